@@ -1,0 +1,413 @@
+//! Command line and environment configuration.
+//!
+//! One clap derive tree: `election run|release|status|verify`. Every flag of
+//! `run` can also come from `ELECTION_<FLAG_IN_UPPER_SNAKE>`; a flag given on
+//! the command line wins over the environment. Values are checked while they
+//! are parsed, so bad input ends with clap's exit code 2 and a one-line
+//! message that names the flag.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Leader election on Apache ZooKeeper: several replicas run, exactly one
+/// leads and writes files into a shared directory, another takes over as
+/// soon as it stops, pauses or loses ZooKeeper.
+#[derive(Debug, Parser)]
+#[command(name = "election", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// What to do.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the election daemon (Init -> Attempter -> Leader, Failover on
+    /// trouble, Stopping on SIGTERM/SIGINT or `election release`).
+    Run(Box<RunArgs>),
+    /// Ask the daemon on this host to give up leadership and stop (the
+    /// Kubernetes preStop hook). Returns once its ZooKeeper node is released.
+    Release(ReleaseArgs),
+    /// Print the candidates of an election and who leads it.
+    Status(StatusArgs),
+    /// Check the leader files of a file-dir: partial or unreadable files,
+    /// fencing tokens going backwards, overlapping leaderships, long gaps.
+    Verify(crate::verify::VerifyArgs),
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human readable lines.
+    Text,
+    /// One JSON object per line (for log collectors).
+    Json,
+}
+
+/// Flags of `election run`.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// ZooKeeper servers, comma separated `host:port` list.
+    #[arg(long, env = "ELECTION_ZK_SERVERS", value_parser = parse_zk_servers)]
+    pub zk_servers: String,
+
+    /// Interval between two files written by the leader.
+    #[arg(long, env = "ELECTION_LEADER_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
+    pub leader_timeout: Duration,
+
+    /// Safety-net interval at which a waiting candidate re-reads the election
+    /// (takeover itself is driven by ZooKeeper watches, not by this tick).
+    #[arg(long, env = "ELECTION_ATTEMPTER_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
+    pub attempter_timeout: Duration,
+
+    /// Directory the leader writes its files into (a PersistentVolume in Kubernetes).
+    #[arg(long, env = "ELECTION_FILE_DIR", default_value = "/tmp/election", value_parser = parse_file_dir)]
+    pub file_dir: PathBuf,
+
+    /// Number of leader files kept in file-dir; older ones are deleted.
+    #[arg(long, env = "ELECTION_STORAGE_CAPACITY", default_value = "10", value_parser = parse_capacity, allow_negative_numbers = true)]
+    pub storage_capacity: usize,
+
+    /// ZooKeeper session timeout asked for (the server may clamp it). A leader
+    /// that cannot reach ZooKeeper stops writing long before it ends.
+    #[arg(long, env = "ELECTION_ZK_SESSION_TIMEOUT", default_value = "6s", value_parser = parse_positive_duration)]
+    pub zk_session_timeout: Duration,
+
+    /// Upper bound for establishing a ZooKeeper session in Init.
+    #[arg(long, env = "ELECTION_ZK_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_positive_duration)]
+    pub zk_connect_timeout: Duration,
+
+    /// ZooKeeper path of this election group; several groups can share one ensemble.
+    #[arg(long, env = "ELECTION_ZK_ROOT", default_value = "/election", value_parser = parse_zk_root)]
+    pub zk_root: String,
+
+    /// Name of this replica in ZooKeeper, logs and files [default: the host name,
+    /// which is the pod name in Kubernetes].
+    #[arg(long, env = "ELECTION_NODE_ID", value_parser = parse_node_id)]
+    pub node_id: Option<String>,
+
+    /// Log format; the filter comes from RUST_LOG (default `info`).
+    #[arg(long, env = "ELECTION_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Give up and exit 1 after this long in Failover without recovering
+    /// (so an orchestrator restarts the process); `0s` never gives up.
+    #[arg(long, env = "ELECTION_FAILOVER_GIVE_UP", default_value = "0s", value_parser = parse_duration)]
+    pub failover_give_up: Duration,
+
+    /// Longest pause between two reconnection attempts in Failover.
+    #[arg(long, env = "ELECTION_FAILOVER_MAX_BACKOFF", default_value = "5s", value_parser = parse_positive_duration)]
+    pub failover_max_backoff: Duration,
+
+    /// Consecutive failed file writes after which a leader gives up
+    /// leadership (Failover) so that a replica with a working disk can lead.
+    #[arg(long, env = "ELECTION_MAX_WRITE_FAILURES", default_value = "3", value_parser = parse_capacity, allow_negative_numbers = true)]
+    pub max_write_failures: usize,
+
+    /// Address of the HTTP listener for /healthz, /readyz, /metrics and
+    /// /status; `off` disables it.
+    #[arg(long, env = "ELECTION_HTTP_ADDR", default_value = "0.0.0.0:8080", value_parser = parse_optional_addr)]
+    pub http_addr: OptionalAddr,
+
+    /// Loopback address for `election release` (POST /release). Must be a
+    /// loopback address so that no other pod can stop this one; `off` disables it.
+    #[arg(long, env = "ELECTION_ADMIN_ADDR", default_value = "127.0.0.1:8081", value_parser = parse_admin_addr)]
+    pub admin_addr: OptionalAddr,
+
+    /// Name of this Pod; with --pod-namespace, the daemon labels its own Pod
+    /// with `election-state=<state>` (needs get/patch on it).
+    #[arg(long, env = "ELECTION_POD_NAME", requires = "pod_namespace")]
+    pub pod_name: Option<String>,
+
+    /// Namespace of this Pod (see --pod-name).
+    #[arg(long, env = "ELECTION_POD_NAMESPACE", requires = "pod_name")]
+    pub pod_namespace: Option<String>,
+}
+
+/// Flags of `election release`.
+#[derive(Debug, Clone, Args)]
+pub struct ReleaseArgs {
+    /// Loopback address of the daemon's admin listener.
+    #[arg(long, env = "ELECTION_ADMIN_ADDR", default_value = "127.0.0.1:8081")]
+    pub admin_addr: SocketAddr,
+
+    /// How long to wait for the daemon to release its ZooKeeper node.
+    #[arg(long, env = "ELECTION_RELEASE_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
+    pub timeout: Duration,
+}
+
+/// Flags of `election status`.
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    /// ZooKeeper servers, comma separated `host:port` list.
+    #[arg(long, env = "ELECTION_ZK_SERVERS", value_parser = parse_zk_servers)]
+    pub zk_servers: String,
+
+    /// ZooKeeper path of the election group.
+    #[arg(long, env = "ELECTION_ZK_ROOT", default_value = "/election", value_parser = parse_zk_root)]
+    pub zk_root: String,
+
+    /// Upper bound for reaching ZooKeeper.
+    #[arg(long, env = "ELECTION_ZK_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_positive_duration)]
+    pub zk_connect_timeout: Duration,
+
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A listener address, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OptionalAddr(pub Option<SocketAddr>);
+
+impl RunArgs {
+    /// The node id, falling back to the host name.
+    pub fn resolved_node_id(&self) -> String {
+        if let Some(id) = &self.node_id {
+            return id.clone();
+        }
+        std::env::var("HOSTNAME")
+            .ok()
+            .filter(|h| !h.is_empty())
+            .or_else(|| {
+                std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .ok()
+                    .map(|h| h.trim().to_owned())
+            })
+            .filter(|h| parse_node_id(h).is_ok())
+            .unwrap_or_else(|| format!("pid-{}", std::process::id()))
+    }
+}
+
+/// A duration in humantime form (`250ms`, `10s`, `1m30s`); a bare number is refused.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_digit()) && s != "0" {
+        return Err(format!("`{s}` has no unit; write e.g. `{s}s` or `{s}ms`"));
+    }
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(s)
+        .map_err(|e| format!("`{s}` is not a duration like `250ms` or `10s`: {e}"))
+}
+
+/// A duration that must be greater than zero.
+pub fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err("must be greater than zero".into());
+    }
+    if d > Duration::from_secs(24 * 3600) {
+        return Err("must be at most 24h".into());
+    }
+    Ok(d)
+}
+
+/// A count of at least one.
+pub fn parse_capacity(s: &str) -> Result<usize, String> {
+    let n: i64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a whole number"))?;
+    if n < 1 {
+        return Err(format!("must be at least 1, got {n}"));
+    }
+    usize::try_from(n).map_err(|_| format!("`{s}` is too large"))
+}
+
+/// A non-empty comma-separated list of `host:port`.
+pub fn parse_zk_servers(s: &str) -> Result<String, String> {
+    let servers: Vec<&str> = s
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect();
+    if servers.is_empty() {
+        return Err("the server list is empty; give e.g. `zk-0:2181,zk-1:2181`".into());
+    }
+    for server in &servers {
+        let (host, port) = server
+            .rsplit_once(':')
+            .ok_or_else(|| format!("`{server}` has no port; write `{server}:2181`"))?;
+        if host.is_empty() || host.contains('/') {
+            return Err(format!("`{server}` has no valid host"));
+        }
+        port.parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| format!("`{server}` has an invalid port `{port}`"))?;
+    }
+    Ok(servers.join(","))
+}
+
+/// An absolute ZooKeeper path, not the root, without trailing slash.
+pub fn parse_zk_root(s: &str) -> Result<String, String> {
+    let valid = s.starts_with('/')
+        && s.len() > 1
+        && !s.ends_with('/')
+        && !s.contains("//")
+        && s.split('/')
+            .skip(1)
+            .all(|seg| seg != "." && seg != ".." && seg != "zookeeper")
+        && !s.chars().any(|c| c.is_control());
+    if valid {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "`{s}` is not an absolute ZooKeeper path like `/election/my-group`"
+        ))
+    }
+}
+
+/// A node id usable in logs, file contents and Kubernetes annotations.
+pub fn parse_node_id(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 253
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "`{s}` must be 1-253 characters of letters, digits, `-`, `_` or `.`"
+        ))
+    }
+}
+
+/// A directory path; refused when it exists and is not a directory.
+pub fn parse_file_dir(s: &str) -> Result<PathBuf, String> {
+    if s.trim().is_empty() {
+        return Err("the path is empty".into());
+    }
+    let path = PathBuf::from(s);
+    match std::fs::metadata(&path) {
+        Ok(meta) if !meta.is_dir() => Err(format!("`{s}` exists and is not a directory")),
+        _ => Ok(path),
+    }
+}
+
+/// A socket address, or `off`.
+pub fn parse_optional_addr(s: &str) -> Result<OptionalAddr, String> {
+    if s.eq_ignore_ascii_case("off") || s.is_empty() {
+        return Ok(OptionalAddr(None));
+    }
+    s.parse::<SocketAddr>()
+        .map(|a| OptionalAddr(Some(a)))
+        .map_err(|_| format!("`{s}` is not an address like `0.0.0.0:8080` (or `off`)"))
+}
+
+/// A loopback socket address, or `off`.
+pub fn parse_admin_addr(s: &str) -> Result<OptionalAddr, String> {
+    let addr = parse_optional_addr(s)?;
+    match addr.0 {
+        Some(a) if !a.ip().is_loopback() => Err(format!(
+            "`{s}` is not a loopback address; the release endpoint must not be reachable from other hosts"
+        )),
+        _ => Ok(addr),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("election").chain(args.iter().copied()))
+    }
+
+    fn run_args(args: &[&str]) -> Result<RunArgs, clap::Error> {
+        let mut full = vec!["run"];
+        full.extend_from_slice(args);
+        match parse(&full)?.command {
+            Command::Run(r) => Ok(*r),
+            other => panic!("expected run, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_match_the_go_service() {
+        let a = run_args(&["--zk-servers", "zk:2181"]).unwrap();
+        assert_eq!(a.leader_timeout, Duration::from_secs(10));
+        assert_eq!(a.attempter_timeout, Duration::from_secs(10));
+        assert_eq!(a.file_dir, PathBuf::from("/tmp/election"));
+        assert_eq!(a.storage_capacity, 10);
+        assert_eq!(a.zk_root, "/election");
+        assert_eq!(a.failover_give_up, Duration::ZERO);
+    }
+
+    #[test]
+    fn durations_need_a_unit() {
+        let err = run_args(&["--zk-servers", "zk:2181", "--leader-timeout", "10"]).unwrap_err();
+        assert!(err.to_string().contains("no unit"), "{err}");
+        assert_eq!(err.exit_code(), 2);
+        let ok = run_args(&["--zk-servers", "zk:2181", "--leader-timeout", "250ms"]).unwrap();
+        assert_eq!(ok.leader_timeout, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn zero_or_negative_capacity_is_refused() {
+        for bad in ["0", "-1", "ten"] {
+            let err =
+                run_args(&["--zk-servers", "zk:2181", "--storage-capacity", bad]).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad}: {err}");
+            assert!(err.to_string().contains("storage-capacity"), "{err}");
+        }
+    }
+
+    #[test]
+    fn server_lists_are_checked() {
+        assert_eq!(parse_zk_servers(" a:1 , b:2 ").unwrap(), "a:1,b:2");
+        assert!(parse_zk_servers("").is_err());
+        assert!(parse_zk_servers(" , ").is_err());
+        assert!(parse_zk_servers("zk").unwrap_err().contains("no port"));
+        assert!(parse_zk_servers("zk:0").is_err());
+        assert!(parse_zk_servers("zk:99999").is_err());
+        assert!(parse_zk_servers("[::1]:2181").is_ok());
+    }
+
+    #[test]
+    fn zk_root_must_be_an_absolute_path() {
+        assert!(parse_zk_root("/election/a").is_ok());
+        for bad in ["", "/", "election", "/a/", "/a//b", "/zookeeper", "/a/../b"] {
+            assert!(parse_zk_root(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn admin_addr_must_be_loopback() {
+        assert!(parse_admin_addr("127.0.0.1:8081").is_ok());
+        assert!(parse_admin_addr("[::1]:8081").is_ok());
+        assert_eq!(parse_admin_addr("off").unwrap(), OptionalAddr(None));
+        assert!(parse_admin_addr("0.0.0.0:8081").is_err());
+    }
+
+    #[test]
+    fn file_dir_that_is_a_regular_file_is_refused() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let err = parse_file_dir(file.path().to_str().unwrap()).unwrap_err();
+        assert!(err.contains("not a directory"));
+    }
+
+    #[test]
+    fn pod_name_requires_namespace() {
+        let err = run_args(&["--zk-servers", "zk:2181", "--pod-name", "p"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn node_ids_are_restricted() {
+        assert!(parse_node_id("election-0").is_ok());
+        assert!(parse_node_id("a b").is_err());
+        assert!(parse_node_id("").is_err());
+    }
+}

@@ -1,0 +1,395 @@
+//! The leader file contract: naming, atomic writes and retention.
+//!
+//! A leader writes `leader_<token>_<seq>.json` into file-dir, where `token`
+//! is the fencing token of its leadership (20 digits) and `seq` counts the
+//! files of that leadership from 1 (10 digits). Both are zero padded, so the
+//! lexicographic order of names is the order in which leaders wrote them,
+//! whatever the wall clock does. The content is one JSON object
+//! ([`LeaderRecord`]). Files are written to a hidden temp file, fsynced,
+//! renamed into place and the directory fsynced: a reader never sees a
+//! partial file. Retention only ever touches names of this pattern.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Prefix of every leader file.
+pub const PREFIX: &str = "leader_";
+/// Suffix of every leader file.
+pub const SUFFIX: &str = ".json";
+/// Prefix of in-flight temp files (hidden, never counted as leader files).
+pub const TEMP_PREFIX: &str = ".leader_";
+
+/// Errors of file-dir operations.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// Creating the directory failed.
+    #[error("cannot create file-dir {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The directory is not writable.
+    #[error("file-dir {path} is not writable: {source}")]
+    NotWritable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Writing the temp file failed.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Renaming the temp file into place failed.
+    #[error("cannot rename into {path}: {source}")]
+    Rename {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Listing the directory failed.
+    #[error("cannot list file-dir {path}: {source}")]
+    List {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Deleting an old file failed.
+    #[error("cannot delete {path}: {source}")]
+    Delete {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Leadership could not be confirmed right before the commit.
+    #[error("leadership not confirmed at commit time; file discarded")]
+    NotLeader,
+}
+
+/// Content of one leader file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderRecord {
+    /// Which replica wrote it.
+    pub node_id: String,
+    /// Fencing token of the leadership that wrote it (strictly increasing
+    /// across successive leaderships).
+    pub token: u64,
+    /// Number of this file within its leadership, from 1.
+    pub seq: u64,
+    /// Wall-clock time of the write, RFC 3339 with milliseconds, UTC.
+    pub written_at: String,
+    /// ZooKeeper session of the leader, hex.
+    pub session_id: String,
+    /// The leader's candidate znode.
+    pub znode: String,
+}
+
+/// Identity of a leader file, parsed from its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FileKey {
+    /// Fencing token.
+    pub token: u64,
+    /// Sequence within the leadership.
+    pub seq: u64,
+}
+
+impl FileKey {
+    /// The file name of this key.
+    pub fn file_name(&self) -> String {
+        format!("{PREFIX}{:020}_{:010}{SUFFIX}", self.token, self.seq)
+    }
+
+    /// Parses a leader file name; `None` for anything else (foreign files).
+    pub fn parse(name: &str) -> Option<FileKey> {
+        let body = name.strip_prefix(PREFIX)?.strip_suffix(SUFFIX)?;
+        let (token, seq) = body.split_once('_')?;
+        if token.len() != 20 || seq.len() != 10 {
+            return None;
+        }
+        if !token.bytes().chain(seq.bytes()).all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        Some(FileKey {
+            token: token.parse().ok()?,
+            seq: seq.parse().ok()?,
+        })
+    }
+}
+
+/// Creates `dir` if needed and proves it is writable with a probe file.
+pub fn ensure_writable_dir(dir: &Path) -> Result<(), FileError> {
+    fs::create_dir_all(dir).map_err(|source| FileError::CreateDir {
+        path: dir.into(),
+        source,
+    })?;
+    let probe = dir.join(format!(".election-probe-{}", std::process::id()));
+    let result =
+        fs::File::create(&probe).and_then(|mut f| f.write_all(b"probe").and_then(|_| f.sync_all()));
+    let _ = fs::remove_file(&probe);
+    result.map_err(|source| FileError::NotWritable {
+        path: dir.into(),
+        source,
+    })
+}
+
+/// Lists the leader files in `dir`, in write order (oldest first).
+pub fn list(dir: &Path) -> Result<Vec<FileKey>, FileError> {
+    let entries = fs::read_dir(dir).map_err(|source| FileError::List {
+        path: dir.into(),
+        source,
+    })?;
+    let mut keys: Vec<FileKey> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str().and_then(FileKey::parse))
+        .collect();
+    keys.sort();
+    Ok(keys)
+}
+
+/// The highest fencing token found in `dir`, if any.
+pub fn max_token(dir: &Path) -> Result<Option<u64>, FileError> {
+    Ok(list(dir)?.last().map(|k| k.token))
+}
+
+/// Which files retention deletes: all but the newest `capacity`, and never
+/// one whose token is newer than `own_token` (a newer leader's file).
+pub fn retention_victims(files: &[FileKey], capacity: usize, own_token: u64) -> Vec<FileKey> {
+    let mut sorted = files.to_vec();
+    sorted.sort();
+    let excess = sorted.len().saturating_sub(capacity);
+    sorted
+        .into_iter()
+        .take(excess)
+        .filter(|k| k.token <= own_token)
+        .collect()
+}
+
+/// Deletes what [`retention_victims`] chooses. Returns the number deleted
+/// and the first error met (deletion goes on past errors).
+pub fn prune(dir: &Path, capacity: usize, own_token: u64) -> (usize, Option<FileError>) {
+    let files = match list(dir) {
+        Ok(files) => files,
+        Err(e) => return (0, Some(e)),
+    };
+    let mut deleted = 0;
+    let mut first_error = None;
+    for key in retention_victims(&files, capacity, own_token) {
+        let path = dir.join(key.file_name());
+        match fs::remove_file(&path) {
+            Ok(()) => deleted += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                first_error.get_or_insert(FileError::Delete { path, source });
+            }
+        }
+    }
+    if deleted > 0 {
+        let _ = sync_dir(dir);
+    }
+    (deleted, first_error)
+}
+
+/// Removes temp files left behind by an interrupted write of this process
+/// or an earlier one. Returns how many were removed.
+pub fn remove_stale_temp_files(dir: &Path) -> usize {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(TEMP_PREFIX) && n.ends_with(".tmp"))
+        })
+        .filter(|e| fs::remove_file(e.path()).is_ok())
+        .count()
+}
+
+/// Writes `record` atomically under the name of `key`.
+///
+/// `still_leader` is asked right before the rename, the commit point: if it
+/// answers false the temp file is removed and nothing becomes visible.
+pub fn write_atomic(
+    dir: &Path,
+    key: FileKey,
+    record: &LeaderRecord,
+    still_leader: impl FnOnce() -> bool,
+) -> Result<PathBuf, FileError> {
+    let final_path = dir.join(key.file_name());
+    let temp_path = dir.join(format!(
+        "{TEMP_PREFIX}{:020}_{:010}.{}.tmp",
+        key.token,
+        key.seq,
+        std::process::id()
+    ));
+    let mut body = serde_json::to_vec(record).expect("a record always serializes");
+    body.push(b'\n');
+    let written = fs::File::create(&temp_path).and_then(|mut f| {
+        f.write_all(&body)?;
+        f.sync_all()
+    });
+    if let Err(source) = written {
+        let _ = fs::remove_file(&temp_path);
+        return Err(FileError::Write {
+            path: temp_path,
+            source,
+        });
+    }
+    if !still_leader() {
+        let _ = fs::remove_file(&temp_path);
+        return Err(FileError::NotLeader);
+    }
+    if let Err(source) = fs::rename(&temp_path, &final_path) {
+        let _ = fs::remove_file(&temp_path);
+        return Err(FileError::Rename {
+            path: final_path,
+            source,
+        });
+    }
+    sync_dir(dir).map_err(|source| FileError::Write {
+        path: dir.into(),
+        source,
+    })?;
+    Ok(final_path)
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    fs::File::open(dir)?.sync_all()
+}
+
+/// Current wall-clock time as RFC 3339 with milliseconds, UTC.
+pub fn now_rfc3339() -> String {
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    time::OffsetDateTime::now_utc()
+        .format(&format)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00.000Z".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(token: u64, seq: u64) -> FileKey {
+        FileKey { token, seq }
+    }
+
+    fn record(token: u64, seq: u64) -> LeaderRecord {
+        LeaderRecord {
+            node_id: "n1".into(),
+            token,
+            seq,
+            written_at: now_rfc3339(),
+            session_id: "0x1".into(),
+            znode: "/election/c".into(),
+        }
+    }
+
+    #[test]
+    fn names_round_trip_and_sort_in_write_order() {
+        let keys = [key(5, 10), key(5, 9), key(12, 1), key(7, 100)];
+        for k in keys {
+            assert_eq!(FileKey::parse(&k.file_name()), Some(k));
+        }
+        let mut names: Vec<String> = keys.iter().map(|k| k.file_name()).collect();
+        names.sort();
+        let parsed: Vec<FileKey> = names.iter().map(|n| FileKey::parse(n).unwrap()).collect();
+        assert_eq!(parsed, vec![key(5, 9), key(5, 10), key(7, 100), key(12, 1)]);
+    }
+
+    #[test]
+    fn foreign_names_are_not_leader_files() {
+        for name in [
+            "notes.txt",
+            "leader_.json",
+            "leader_1_2.json",
+            "leader_0000000000000000000a_0000000001.json",
+            ".leader_00000000000000000001_0000000001.1.tmp",
+            "leader_00000000000000000001_0000000001.json.bak",
+        ] {
+            assert_eq!(FileKey::parse(name), None, "{name}");
+        }
+    }
+
+    #[test]
+    fn retention_keeps_the_newest_capacity_files() {
+        let files: Vec<FileKey> = (1..=5).map(|s| key(3, s)).collect();
+        assert_eq!(retention_victims(&files, 3, 3), vec![key(3, 1), key(3, 2)]);
+        assert!(retention_victims(&files, 5, 3).is_empty());
+        assert!(retention_victims(&files, 10, 3).is_empty());
+    }
+
+    #[test]
+    fn retention_never_deletes_a_newer_leaders_file() {
+        let files = vec![key(9, 1), key(9, 2), key(3, 1), key(3, 2)];
+        // We are the stale leader with token 3: the token-9 files are newer.
+        assert_eq!(retention_victims(&files, 1, 3), vec![key(3, 1), key(3, 2)]);
+        assert_eq!(
+            retention_victims(&files, 1, 9),
+            vec![key(3, 1), key(3, 2), key(9, 1)]
+        );
+    }
+
+    #[test]
+    fn write_is_atomic_and_prune_spares_foreign_files() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("foreign.txt"), "keep me").unwrap();
+        for seq in 1..=4 {
+            write_atomic(dir.path(), key(7, seq), &record(7, seq), || true).unwrap();
+        }
+        let (deleted, err) = prune(dir.path(), 2, 7);
+        assert!(err.is_none());
+        assert_eq!(deleted, 2);
+        assert_eq!(list(dir.path()).unwrap(), vec![key(7, 3), key(7, 4)]);
+        assert!(dir.path().join("foreign.txt").exists());
+        let text = std::fs::read_to_string(dir.path().join(key(7, 4).file_name())).unwrap();
+        let back: LeaderRecord = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.seq, 4);
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty());
+    }
+
+    #[test]
+    fn a_write_that_loses_leadership_before_commit_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = write_atomic(dir.path(), key(1, 1), &record(1, 1), || false).unwrap_err();
+        assert!(matches!(err, FileError::NotLeader));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn stale_temp_files_are_removed_but_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path()
+                .join(".leader_00000000000000000001_0000000001.9.tmp"),
+            "x",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("other.tmp"), "x").unwrap();
+        assert_eq!(remove_stale_temp_files(dir.path()), 1);
+        assert!(dir.path().join("other.tmp").exists());
+    }
+
+    #[test]
+    fn rfc3339_has_milliseconds() {
+        let s = now_rfc3339();
+        assert_eq!(s.len(), "2026-01-01T00:00:00.000Z".len(), "{s}");
+        assert!(s.ends_with('Z'));
+    }
+
+    #[test]
+    fn ensure_writable_dir_creates_and_refuses_read_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("a/b");
+        ensure_writable_dir(&sub).unwrap();
+        assert!(sub.is_dir());
+        assert_eq!(std::fs::read_dir(&sub).unwrap().count(), 0);
+    }
+}

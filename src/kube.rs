@@ -1,0 +1,217 @@
+//! Mirrors the daemon's state on its own Pod, so that
+//! `kubectl get pods -L election-state` shows who leads.
+//!
+//! Runs as its own task, fed by the status channel: it always patches the
+//! latest state (intermediate ones are skipped when the API server is slow),
+//! retries with backoff, bounds every call, and never feeds anything back
+//! into the election: an API outage is logged and counted, nothing more.
+//! Needs `get` and `patch` on its own Pod only.
+//!
+//! Label `election-state`: init | attempter | leader | failover | stopping.
+//! Annotations (prefix `election/`): `state-since` (RFC 3339), `node-id`,
+//! `leader` (node id of the leader as last seen), `fencing-token` (while
+//! leading), `cause` (reason of the last transition).
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{debug, warn};
+
+use crate::machine::Context;
+use crate::status::{StateName, Status};
+
+/// Label key carrying the state.
+pub const STATE_LABEL: &str = "election-state";
+/// Prefix of the annotations.
+pub const ANNOTATION_PREFIX: &str = "election/";
+/// Bound on one API call.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Backoff between failed patches: first and longest pause.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(30));
+
+/// The labelling task.
+pub struct Labeller {
+    task: JoinHandle<()>,
+    patched: watch::Receiver<Option<StateName>>,
+}
+
+impl Labeller {
+    /// Starts labelling Pod `name` in `namespace`.
+    pub fn spawn(ctx: &Context, name: String, namespace: String) -> Labeller {
+        let (tx, patched) = watch::channel(None);
+        let task = tokio::spawn(run(ctx.clone(), name, namespace, tx));
+        Labeller { task, patched }
+    }
+
+    /// Waits (at most `bound`) for the `stopping` label to be published, then stops.
+    pub async fn finish(mut self, bound: Duration) {
+        let done = self.patched.wait_for(|s| *s == Some(StateName::Stopping));
+        if tokio::time::timeout(bound, done).await.is_err() {
+            warn!(bound = ?bound, "could not label the Pod `stopping` in time");
+        }
+        self.task.abort();
+    }
+}
+
+/// The merge patch that mirrors `status`.
+pub fn patch_for(status: &Status) -> Value {
+    let since =
+        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(status.since_ms) * 1_000_000)
+            .ok()
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            });
+    let a = |k: &str| format!("{ANNOTATION_PREFIX}{k}");
+    json!({
+        "metadata": {
+            "labels": { STATE_LABEL: status.state.as_str() },
+            "annotations": {
+                a("state-since"): since,
+                a("node-id"): status.node_id,
+                a("leader"): status.leader,
+                a("fencing-token"): status.token.map(|t| t.to_string()),
+                a("cause"): truncate(&status.cause, 256),
+            }
+        }
+    })
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}...", &s[..i]),
+        None => s.to_owned(),
+    }
+}
+
+async fn run(
+    ctx: Context,
+    name: String,
+    namespace: String,
+    patched: watch::Sender<Option<StateName>>,
+) {
+    let mut rx = ctx.board.subscribe();
+    let mut api: Option<Api<Pod>> = None;
+    let mut last_sent: Option<Value> = None;
+    loop {
+        let status = rx.borrow_and_update().clone();
+        let patch = patch_for(&status);
+        if last_sent.as_ref() != Some(&patch) {
+            let mut pause = BACKOFF.0;
+            loop {
+                match apply(&mut api, &namespace, &name, &patch).await {
+                    Ok(()) => {
+                        ctx.board
+                            .metrics
+                            .kube_patches
+                            .fetch_add(1, Ordering::Relaxed);
+                        debug!(pod = %name, state = %status.state, "pod labelled");
+                        last_sent = Some(patch);
+                        patched.send_replace(Some(status.state));
+                        break;
+                    }
+                    Err(e) => {
+                        ctx.board
+                            .metrics
+                            .kube_patch_errors
+                            .fetch_add(1, Ordering::Relaxed);
+                        warn!(pod = %name, error = %e, retry_in = ?pause, "cannot label pod");
+                        // A newer state replaces the one we failed to send.
+                        let newer = tokio::select! {
+                            _ = tokio::time::sleep(pause) => false,
+                            r = rx.changed() => r.is_ok(),
+                        };
+                        if newer {
+                            break;
+                        }
+                        pause = (pause * 2).min(BACKOFF.1);
+                    }
+                }
+            }
+            if rx.has_changed().unwrap_or(false) {
+                continue;
+            }
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn apply(
+    api: &mut Option<Api<Pod>>,
+    namespace: &str,
+    name: &str,
+    patch: &Value,
+) -> Result<(), String> {
+    if api.is_none() {
+        let client = tokio::time::timeout(CALL_TIMEOUT, kube::Client::try_default())
+            .await
+            .map_err(|_| "timed out building the Kubernetes client".to_owned())?
+            .map_err(|e| format!("no Kubernetes client: {e}"))?;
+        *api = Some(Api::namespaced(client, namespace));
+    }
+    let params = PatchParams::default();
+    let patch = Patch::Merge(patch);
+    let call = api
+        .as_ref()
+        .expect("set above")
+        .patch(name, &params, &patch);
+    match tokio::time::timeout(CALL_TIMEOUT, call).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("patch timed out after {CALL_TIMEOUT:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_patch_carries_the_state_label_and_annotations() {
+        let status = Status {
+            node_id: "election-1".into(),
+            state: StateName::Leader,
+            since_ms: 1_767_225_600_000,
+            leader: Some("election-1".into()),
+            token: Some(42),
+            session_id: None,
+            znode: None,
+            cause: "first in the election queue".into(),
+            last_write_ms: Some(1),
+            released: false,
+        };
+        let p = patch_for(&status);
+        assert_eq!(p["metadata"]["labels"]["election-state"], "leader");
+        let ann = &p["metadata"]["annotations"];
+        assert_eq!(ann["election/fencing-token"], "42");
+        assert_eq!(ann["election/state-since"], "2026-01-01T00:00:00Z");
+        assert_eq!(ann["election/node-id"], "election-1");
+    }
+
+    #[test]
+    fn writes_do_not_change_the_patch() {
+        let mut status = Status {
+            node_id: "n".into(),
+            state: StateName::Attempter,
+            since_ms: 0,
+            leader: None,
+            token: None,
+            session_id: None,
+            znode: None,
+            cause: String::new(),
+            last_write_ms: None,
+            released: false,
+        };
+        let before = patch_for(&status);
+        status.last_write_ms = Some(5);
+        assert_eq!(before, patch_for(&status));
+        assert!(before["metadata"]["annotations"]["election/fencing-token"].is_null());
+    }
+}

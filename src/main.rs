@@ -1,0 +1,63 @@
+//! `election` command line: parse, set up logging, run, map the outcome to
+//! an exit code (0 after a requested stop, 1 on failure, 2 on bad input).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use election::config::{Cli, Command, LogFormat};
+use election::{app, release, status_cmd, telemetry, verify};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let format = match &cli.command {
+        Command::Run(args) => args.log_format,
+        _ => LogFormat::Text,
+    };
+    // The client library logs every connection at info; keep it for warnings.
+    let default_filter = match &cli.command {
+        Command::Run(_) => "info,zookeeper_client=warn",
+        _ => "warn",
+    };
+    telemetry::init(format, default_filter);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(4)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Run(args) => app::run(*args).await,
+            Command::Release(args) => release::run(args).await,
+            Command::Status(args) => status_cmd::run(args).await,
+            Command::Verify(args) => verify_cmd(args),
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn verify_cmd(args: verify::VerifyArgs) -> anyhow::Result<ExitCode> {
+    let report = verify::check(&args.file_dir, args.max_gap)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", verify::render_text(&args.file_dir, &report));
+    }
+    Ok(if report.is_clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

@@ -1,0 +1,256 @@
+//! Attempter: compete for leadership through an ephemeral sequential znode.
+//!
+//! Each round lists the election path once. With no node of our session we
+//! create one (retries after a lost reply find it by name: no duplicate).
+//! Extra nodes of our session, left by an earlier round, are deleted. If
+//! ours is first, we verify it is owned by our session and lead. Otherwise
+//! we watch our predecessor only and wait: its deletion wakes exactly one
+//! replica, so a failover costs O(1) requests. The attempter-timeout tick
+//! re-reads the election as a safety net.
+
+use std::time::Duration;
+
+use tokio::time::MissedTickBehavior;
+use tracing::{debug, info, warn};
+use zookeeper_client::{Acls, CreateMode, Error as ZkErr, EventType};
+
+use super::leader::Leadership;
+use super::session::{Health, Liveness, on_state, until_deadline};
+use crate::machine::{Context, Outcome, Recovery, State, Step};
+use crate::zk::{
+    CandidateData, Standing, ZkSession, candidate_prefix, child_path, order_candidates, standing,
+};
+
+/// Consecutive failed rounds (other than disconnections) before Failover.
+const MAX_ROUND_ERRORS: u32 = 3;
+/// Pause before retrying a failed round.
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
+
+/// What one round found.
+enum Round {
+    /// We are first.
+    Lead(Leadership),
+    /// Wait for this predecessor's node to change.
+    Wait(zookeeper_client::OneshotWatcher, String),
+    /// Something changed under us: look again at once.
+    Again,
+}
+
+/// Runs Attempter.
+pub async fn run(ctx: &Context, mut session: ZkSession) -> Step {
+    let mut live = Liveness::new(session.timeout(), session.state());
+    let mut tick = tokio::time::interval(ctx.cfg.attempter_timeout);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    tick.tick().await;
+    let mut errors = 0u32;
+    loop {
+        ctx.board.beat();
+        if ctx.cancel.is_cancelled() {
+            return Step::Next(
+                State::Stopping(Some(session), Outcome::Stopped),
+                "stop requested".into(),
+            );
+        }
+        let mut retry = false;
+        let round = if live.is_connected() {
+            Some(round(ctx, &session).await)
+        } else {
+            None
+        };
+        let (watcher, predecessor) = match round {
+            Some(Ok(Round::Lead(leadership))) => {
+                return Step::Next(
+                    State::Leader(session, leadership),
+                    "first in the election queue".into(),
+                );
+            }
+            Some(Ok(Round::Again)) => {
+                errors = 0;
+                continue;
+            }
+            Some(Ok(Round::Wait(w, p))) => {
+                errors = 0;
+                (Some(w), p)
+            }
+            Some(Err(e)) => {
+                // A lost connection is the session's business (the state
+                // branch below); other errors count towards Failover.
+                if !matches!(e, ZkErr::ConnectionLoss) {
+                    errors += 1;
+                }
+                if zk_fatal(&e) || errors >= MAX_ROUND_ERRORS {
+                    return Step::Next(
+                        State::Failover(Some(session), Recovery::default().failed()),
+                        format!("election round failed: {e}"),
+                    );
+                }
+                warn!(error = %e, errors, "election round failed; retrying");
+                retry = true;
+                (None, String::new())
+            }
+            None => (None, String::new()),
+        };
+        let changed = async {
+            match watcher {
+                Some(w) => w.changed().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(changed);
+        let retry_soon = async {
+            match retry {
+                true => tokio::time::sleep(RETRY_PAUSE).await,
+                false => std::future::pending().await,
+            }
+        };
+        tokio::pin!(retry_soon);
+        // Wait for something that can change our standing.
+        loop {
+            tokio::select! {
+                ev = &mut changed => {
+                    debug!(event = ?ev.event_type, path = %ev.path, "predecessor changed");
+                    if ev.event_type == EventType::Session {
+                        // Terminal session event: the state branch decides.
+                        continue;
+                    }
+                    if ev.event_type == EventType::NodeDeleted {
+                        info!(predecessor = %predecessor, "predecessor left; re-checking");
+                    }
+                    break;
+                }
+                state = session.state_changed() => match on_state(ctx, &mut live, state) {
+                    Health::Connected => break,
+                    Health::Suspended => {}
+                    Health::Lost(why) => {
+                        return Step::Next(State::Failover(Some(session), Recovery::default().failed()), why);
+                    }
+                },
+                _ = until_deadline(&live) => {
+                    return Step::Next(
+                        State::Failover(Some(session), Recovery::default().failed()),
+                        "disconnected for longer than the session timeout".into(),
+                    );
+                }
+                _ = tick.tick() => {
+                    if live.is_connected() {
+                        debug!("safety-net re-check");
+                        break;
+                    }
+                }
+                _ = &mut retry_soon => break,
+                _ = ctx.cancel.cancelled() => {
+                    return Step::Next(State::Stopping(Some(session), Outcome::Stopped), "stop requested".into());
+                }
+            }
+            ctx.board.beat();
+        }
+    }
+}
+
+/// Errors after which this session is useless.
+fn zk_fatal(e: &ZkErr) -> bool {
+    matches!(
+        e,
+        ZkErr::SessionExpired | ZkErr::ClientClosed | ZkErr::AuthFailed | ZkErr::SessionMoved
+    )
+}
+
+/// One look at the election.
+async fn round(ctx: &Context, session: &ZkSession) -> Result<Round, ZkErr> {
+    let client = session.client();
+    let root = ctx.cfg.zk_root.as_str();
+    let sid = session.id();
+    let children = match client.list_children(root).await {
+        Ok(c) => c,
+        Err(ZkErr::NoNode) => {
+            // The election path vanished (a wiped ensemble, an operator): recreate it.
+            warn!(path = root, "election path missing; recreating it");
+            session.ensure_path(root).await.map_err(|e| match e {
+                crate::zk::ZkError::Request { source, .. } => source,
+                other => ZkErr::UnexpectedError(other.to_string()),
+            })?;
+            return Ok(Round::Again);
+        }
+        Err(e) => return Err(e),
+    };
+    let ordered = order_candidates(&children);
+    let (standing, extra) = standing(&ordered, sid);
+    for orphan in extra {
+        warn!(node = %orphan.name, "deleting an extra candidate node of this session");
+        match client.delete(&child_path(root, &orphan.name), None).await {
+            Ok(()) | Err(ZkErr::NoNode) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if let Some(first) = ordered.first() {
+        let leader_id = if first.session == sid {
+            Some(ctx.node_id.clone())
+        } else {
+            match client.get_data(&child_path(root, &first.name)).await {
+                Ok((data, _)) => serde_json::from_slice::<CandidateData>(&data)
+                    .ok()
+                    .map(|d| d.node_id),
+                Err(_) => None,
+            }
+        };
+        ctx.board.update(|s| s.leader = leader_id);
+    }
+    match standing {
+        Standing::Absent => {
+            let data = CandidateData {
+                node_id: ctx.node_id.clone(),
+                host: hostname(),
+                pid: std::process::id(),
+            };
+            let body = serde_json::to_vec(&data).expect("candidate data serializes");
+            let prefix = child_path(root, &candidate_prefix(sid));
+            let options = CreateMode::EphemeralSequential.with_acls(Acls::anyone_all());
+            match client.create(&prefix, &body, &options).await {
+                Ok((_, seq)) => {
+                    info!(node = %format!("{prefix}{seq}"), "candidate node created");
+                    Ok(Round::Again)
+                }
+                // The create may have landed: the next round finds it by name.
+                Err(ZkErr::ConnectionLoss) => Ok(Round::Again),
+                Err(e) => Err(e),
+            }
+        }
+        Standing::First(own) => {
+            let path = child_path(root, &own.name);
+            match client.check_stat(&path).await? {
+                Some(stat) if stat.ephemeral_owner == sid => {
+                    ctx.board.update(|s| s.znode = Some(path.clone()));
+                    Ok(Round::Lead(Leadership {
+                        path,
+                        czxid: stat.czxid,
+                    }))
+                }
+                Some(stat) => {
+                    warn!(path = %path, owner = stat.ephemeral_owner, "first node is not owned by this session");
+                    Err(ZkErr::UnexpectedError(format!(
+                        "{path} owned by another session"
+                    )))
+                }
+                None => Ok(Round::Again),
+            }
+        }
+        Standing::Behind { own, predecessor } => {
+            let own_path = child_path(root, &own.name);
+            ctx.board.update(|s| s.znode = Some(own_path));
+            let pred_path = child_path(root, &predecessor.name);
+            match client.check_and_watch_stat(&pred_path).await? {
+                (Some(_), watcher) => {
+                    debug!(predecessor = %pred_path, "waiting for predecessor");
+                    Ok(Round::Wait(watcher, pred_path))
+                }
+                (None, _) => Ok(Round::Again),
+            }
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default()
+}

@@ -1,0 +1,129 @@
+//! Session health shared by Attempter and Leader.
+//!
+//! The client reports `Disconnected` when its server goes quiet, and
+//! `Expired` only once it can talk to a server again; while the network is
+//! unreachable it may never report it. So the daemon keeps its own clock:
+//! a session disconnected for longer than its timeout is treated as lost
+//! (the server has expired it, or will before we could use it).
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::{info, warn};
+use zookeeper_client::SessionState;
+
+use crate::machine::Context;
+use crate::zk::is_terminal;
+
+/// What a session state change means for the daemon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// Connected (again).
+    Connected,
+    /// Disconnected: stop acting, wait for reconnection or the deadline.
+    Suspended,
+    /// The session is gone for good.
+    Lost(String),
+}
+
+/// Tracks since when the session is disconnected.
+#[derive(Debug, Clone)]
+pub struct Liveness {
+    lost_since: Option<Instant>,
+    timeout: Duration,
+}
+
+impl Liveness {
+    /// For a session with this timeout, currently in `state`.
+    pub fn new(timeout: Duration, state: SessionState) -> Liveness {
+        let mut l = Liveness {
+            lost_since: None,
+            timeout,
+        };
+        l.observe(state);
+        l
+    }
+
+    /// Folds in a new state and says what it means.
+    pub fn observe(&mut self, state: SessionState) -> Health {
+        match state {
+            SessionState::SyncConnected | SessionState::ConnectedReadOnly => {
+                self.lost_since = None;
+                Health::Connected
+            }
+            SessionState::Disconnected => {
+                self.lost_since.get_or_insert_with(Instant::now);
+                Health::Suspended
+            }
+            s if is_terminal(s) => Health::Lost(format!("session {s:?}")),
+            s => Health::Lost(format!("session {s:?}")),
+        }
+    }
+
+    /// When the daemon gives the session up, if it is disconnected.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.lost_since.map(|t| t + self.timeout)
+    }
+
+    /// Whether it is connected now.
+    pub fn is_connected(&self) -> bool {
+        self.lost_since.is_none()
+    }
+}
+
+/// Sleeps until the disconnection deadline; never returns while connected.
+pub async fn until_deadline(l: &Liveness) {
+    match l.deadline() {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Logs and counts a state change, and folds it into `l`.
+pub fn on_state(ctx: &Context, l: &mut Liveness, state: SessionState) -> Health {
+    ctx.board.zk_event(&format!("{state:?}"));
+    let health = l.observe(state);
+    match &health {
+        Health::Connected => info!(?state, "ZooKeeper session connected"),
+        Health::Suspended => {
+            warn!(?state, give_up_in = ?l.timeout, "ZooKeeper session disconnected")
+        }
+        Health::Lost(why) => warn!(?state, why, "ZooKeeper session lost"),
+    }
+    health
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_disconnection_gets_a_deadline_of_one_session_timeout() {
+        let mut l = Liveness::new(Duration::from_secs(2), SessionState::SyncConnected);
+        assert_eq!(l.deadline(), None);
+        let t0 = Instant::now();
+        assert_eq!(l.observe(SessionState::Disconnected), Health::Suspended);
+        tokio::time::advance(Duration::from_millis(500)).await;
+        // A second Disconnected does not push the deadline back.
+        l.observe(SessionState::Disconnected);
+        assert_eq!(l.deadline(), Some(t0 + Duration::from_secs(2)));
+        assert_eq!(l.observe(SessionState::SyncConnected), Health::Connected);
+        assert_eq!(l.deadline(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn until_deadline_fires_after_the_timeout() {
+        let mut l = Liveness::new(Duration::from_secs(2), SessionState::SyncConnected);
+        l.observe(SessionState::Disconnected);
+        let t0 = Instant::now();
+        until_deadline(&l).await;
+        assert_eq!(t0.elapsed(), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn expiry_is_lost() {
+        let mut l = Liveness::new(Duration::from_secs(2), SessionState::SyncConnected);
+        assert!(matches!(l.observe(SessionState::Expired), Health::Lost(_)));
+        assert!(matches!(l.observe(SessionState::Closed), Health::Lost(_)));
+    }
+}

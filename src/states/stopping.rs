@@ -1,0 +1,34 @@
+//! Stopping: leave the election so a successor takes over at once.
+//!
+//! Entered from any state on SIGTERM, SIGINT or `election release`. No file
+//! is written any more (only Leader writes). Closing the session makes
+//! ZooKeeper delete our candidate node immediately, which fires the watch
+//! of the next candidate; we wait (bounded) for the close to be
+//! acknowledged, because a close that never leaves the process would leave
+//! the node, and the leadership, in place for a whole session timeout.
+
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use crate::machine::{Context, Outcome, Step};
+use crate::zk::ZkSession;
+
+/// Bound on closing the session.
+const CLOSE_BOUND: Duration = Duration::from_secs(2);
+
+/// Runs Stopping.
+pub async fn run(ctx: &Context, session: Option<ZkSession>, outcome: Outcome) -> Step {
+    ctx.board.beat();
+    if let Some(session) = session {
+        let id = session.id_hex();
+        if session.close(CLOSE_BOUND).await {
+            info!(session_id = %id, "ZooKeeper session closed; candidate node released");
+        } else {
+            warn!(session_id = %id, bound = ?CLOSE_BOUND,
+                "session close not acknowledged; the node expires with the session");
+        }
+    }
+    ctx.board.update(|s| s.released = true);
+    Step::Exit(outcome)
+}

@@ -1,0 +1,80 @@
+//! `election status`: who is in an election and who leads it.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde::Serialize;
+
+use crate::config::StatusArgs;
+use crate::zk::{CandidateData, ZkSession, child_path, order_candidates};
+
+#[derive(Debug, Serialize)]
+struct Row {
+    position: usize,
+    znode: String,
+    session_id: String,
+    node_id: Option<String>,
+    leader: bool,
+}
+
+/// Runs `election status`.
+pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let session = ZkSession::connect(
+        &args.zk_servers,
+        Duration::from_secs(4),
+        args.zk_connect_timeout,
+    )
+    .await?;
+    let rows = read(&session, &args.zk_root).await;
+    session.close(Duration::from_secs(1)).await;
+    let rows = rows?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else if rows.is_empty() {
+        println!("{}: no candidates (no leader)", args.zk_root);
+    } else {
+        println!(
+            "{:<4} {:<8} {:<20} {:<20} ZNODE",
+            "POS", "ROLE", "NODE_ID", "SESSION"
+        );
+        for r in &rows {
+            println!(
+                "{:<4} {:<8} {:<20} {:<20} {}",
+                r.position,
+                if r.leader { "leader" } else { "waiting" },
+                r.node_id.as_deref().unwrap_or("?"),
+                r.session_id,
+                r.znode
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn read(session: &ZkSession, root: &str) -> anyhow::Result<Vec<Row>> {
+    let client = session.client();
+    let children = match client.list_children(root).await {
+        Ok(c) => c,
+        Err(zookeeper_client::Error::NoNode) => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("cannot list {root}")),
+    };
+    let mut rows = Vec::new();
+    for (i, c) in order_candidates(&children).into_iter().enumerate() {
+        let path = child_path(root, &c.name);
+        let node_id = match client.get_data(&path).await {
+            Ok((data, _)) => serde_json::from_slice::<CandidateData>(&data)
+                .ok()
+                .map(|d| d.node_id),
+            Err(_) => None,
+        };
+        rows.push(Row {
+            position: i,
+            znode: path,
+            session_id: format!("{:#x}", c.session as u64),
+            node_id,
+            leader: i == 0,
+        });
+    }
+    Ok(rows)
+}

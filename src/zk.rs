@@ -1,0 +1,315 @@
+//! ZooKeeper plumbing: sessions and the candidate znodes of an election.
+//!
+//! Every candidate is an ephemeral sequential child of the election path
+//! named `c_<session id, 16 hex>_<sequence>`. Putting the session id in the
+//! name is what makes the recipe safe to retry: after a lost reply to a
+//! create, or when a replica re-enters Attempter on the same session, it
+//! finds its own node by name instead of creating a second one that would
+//! sit in the queue forever (the orphan-node deadlock of naive recipes).
+//! The candidate with the lowest sequence leads; every other one watches only
+//! its predecessor, so a failover costs O(1) requests whatever the number
+//! of replicas.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use zookeeper_client::{Acls, Client, CreateMode, SessionState, StateWatcher};
+
+/// Errors of ZooKeeper operations, one variant per failing step.
+#[derive(Debug, thiserror::Error)]
+pub enum ZkError {
+    /// No session could be established.
+    #[error("cannot connect to ZooKeeper {servers}: {source}")]
+    Connect {
+        servers: String,
+        source: zookeeper_client::Error,
+    },
+    /// Establishing a session took longer than allowed.
+    #[error("no ZooKeeper session with {servers} within {timeout:?}")]
+    ConnectTimeout { servers: String, timeout: Duration },
+    /// A request failed.
+    #[error("ZooKeeper {op} {path} failed: {source}")]
+    Request {
+        op: &'static str,
+        path: String,
+        source: zookeeper_client::Error,
+    },
+}
+
+/// Data stored in a candidate znode: who this candidate is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CandidateData {
+    /// The replica's node id.
+    pub node_id: String,
+    /// Host name of the replica.
+    #[serde(default)]
+    pub host: String,
+    /// Process id.
+    #[serde(default)]
+    pub pid: u32,
+}
+
+/// A candidate znode, parsed from its name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    /// Child name under the election path.
+    pub name: String,
+    /// Sequence number assigned by ZooKeeper.
+    pub seq: i64,
+    /// Session that owns it (from the name).
+    pub session: i64,
+}
+
+/// Prefix of candidate names.
+pub const CANDIDATE_PREFIX: &str = "c_";
+
+/// The name prefix for candidates of `session`; ZooKeeper appends the sequence.
+pub fn candidate_prefix(session: i64) -> String {
+    format!("{CANDIDATE_PREFIX}{:016x}_", session as u64)
+}
+
+/// Parses a child name; `None` for anything that is not a candidate.
+pub fn parse_candidate(name: &str) -> Option<Candidate> {
+    let body = name.strip_prefix(CANDIDATE_PREFIX)?;
+    let (session, seq) = body.split_once('_')?;
+    if session.len() != 16 || seq.len() < 10 || !seq.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let session = u64::from_str_radix(session, 16).ok()? as i64;
+    Some(Candidate {
+        name: name.to_owned(),
+        seq: seq.parse().ok()?,
+        session,
+    })
+}
+
+/// Candidates among `children` in election order (lowest sequence first).
+/// Children that are not candidates are ignored.
+pub fn order_candidates(children: &[String]) -> Vec<Candidate> {
+    let mut all: Vec<Candidate> = children.iter().filter_map(|c| parse_candidate(c)).collect();
+    all.sort_by_key(|c| (c.seq, c.session));
+    all
+}
+
+/// Where `session` stands in an ordered candidate list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Standing {
+    /// No node of ours: create one.
+    Absent,
+    /// Ours is first: we lead.
+    First(Candidate),
+    /// Someone is ahead: watch `predecessor`.
+    Behind {
+        own: Candidate,
+        predecessor: Candidate,
+    },
+}
+
+/// Our standing, and any extra nodes of ours (to delete; only the oldest is kept).
+pub fn standing(ordered: &[Candidate], session: i64) -> (Standing, Vec<Candidate>) {
+    let mut ours = ordered
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.session == session);
+    let Some((index, own)) = ours.next() else {
+        return (Standing::Absent, Vec::new());
+    };
+    let extra = ours.map(|(_, c)| c.clone()).collect();
+    let standing = if index == 0 {
+        Standing::First(own.clone())
+    } else {
+        Standing::Behind {
+            own: own.clone(),
+            predecessor: ordered[index - 1].clone(),
+        }
+    };
+    (standing, extra)
+}
+
+/// A ZooKeeper client with its session state.
+pub struct ZkSession {
+    client: Client,
+    states: StateWatcher,
+}
+
+impl std::fmt::Debug for ZkSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZkSession")
+            .field("id", &self.id_hex())
+            .finish()
+    }
+}
+
+impl ZkSession {
+    /// Establishes a new session, bounded by `connect_timeout`.
+    pub async fn connect(
+        servers: &str,
+        session_timeout: Duration,
+        connect_timeout: Duration,
+    ) -> Result<ZkSession, ZkError> {
+        // fail_eagerly: one pass over the servers, then an error, so that our own
+        // backoff (not the client's tight loop) paces the retries.
+        let connect = Client::connector()
+            .with_session_timeout(session_timeout)
+            .with_connection_timeout(connect_timeout)
+            .with_fail_eagerly()
+            .connect(servers);
+        let client = tokio::time::timeout(connect_timeout, connect)
+            .await
+            .map_err(|_| ZkError::ConnectTimeout {
+                servers: servers.into(),
+                timeout: connect_timeout,
+            })?
+            .map_err(|source| ZkError::Connect {
+                servers: servers.into(),
+                source,
+            })?;
+        let states = client.state_watcher();
+        Ok(ZkSession { client, states })
+    }
+
+    /// The client.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Session id.
+    pub fn id(&self) -> i64 {
+        self.client.session_id().0
+    }
+
+    /// Session id in hex, as ZooKeeper's own tools print it.
+    pub fn id_hex(&self) -> String {
+        format!("{:#x}", self.id() as u64)
+    }
+
+    /// Session timeout negotiated with the server.
+    pub fn timeout(&self) -> Duration {
+        self.client.session_timeout()
+    }
+
+    /// Latest session state.
+    pub fn state(&self) -> SessionState {
+        self.states.peek_state()
+    }
+
+    /// A watcher of this session's state, for code that must check it elsewhere.
+    pub fn watcher(&self) -> StateWatcher {
+        self.client.state_watcher()
+    }
+
+    /// Waits for the next session state change.
+    pub async fn state_changed(&mut self) -> SessionState {
+        self.states.changed().await
+    }
+
+    /// Makes sure the persistent election path exists.
+    pub async fn ensure_path(&self, path: &str) -> Result<(), ZkError> {
+        let options = CreateMode::Persistent.with_acls(Acls::anyone_all());
+        self.client
+            .mkdir(path, &options)
+            .await
+            .map_err(|source| ZkError::Request {
+                op: "mkdir",
+                path: path.into(),
+                source,
+            })
+    }
+
+    /// Closes the session (its ephemeral nodes vanish at once on the server)
+    /// and waits, at most `bound`, until the client reports it closed.
+    /// Dropping a client and exiting at once would lose the close request.
+    pub async fn close(self, bound: Duration) -> bool {
+        let ZkSession { client, mut states } = self;
+        let already_over = matches!(
+            client.state(),
+            SessionState::Closed | SessionState::Expired | SessionState::AuthFailed
+        );
+        drop(client);
+        if already_over {
+            return true;
+        }
+        tokio::time::timeout(bound, async {
+            loop {
+                if matches!(
+                    states.changed().await,
+                    SessionState::Closed | SessionState::Expired | SessionState::AuthFailed
+                ) {
+                    return;
+                }
+            }
+        })
+        .await
+        .is_ok()
+    }
+}
+
+/// Whether a session state means the session is gone for good.
+pub fn is_terminal(state: SessionState) -> bool {
+    matches!(
+        state,
+        SessionState::Expired | SessionState::Closed | SessionState::AuthFailed
+    )
+}
+
+/// Full path of a child.
+pub fn child_path(root: &str, name: &str) -> String {
+    format!("{root}/{name}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cand(session: i64, seq: i64) -> String {
+        format!("{}{:010}", candidate_prefix(session), seq)
+    }
+
+    #[test]
+    fn candidate_names_round_trip() {
+        let name = cand(0x1234, 42);
+        assert_eq!(name, "c_0000000000001234_0000000042");
+        let c = parse_candidate(&name).unwrap();
+        assert_eq!((c.session, c.seq), (0x1234, 42));
+        let neg = cand(-5, 1);
+        assert_eq!(parse_candidate(&neg).unwrap().session, -5);
+    }
+
+    #[test]
+    fn garbage_children_are_ignored_when_ordering() {
+        let children = vec![
+            cand(2, 7),
+            "garbage".to_owned(),
+            "c_zz_0000000001".to_owned(),
+            cand(1, 3),
+            "_c_curator-lock-0000000000".to_owned(),
+        ];
+        let ordered = order_candidates(&children);
+        assert_eq!(
+            ordered.iter().map(|c| c.seq).collect::<Vec<_>>(),
+            vec![3, 7]
+        );
+    }
+
+    #[test]
+    fn the_lowest_sequence_leads_and_others_watch_their_predecessor() {
+        let ordered = order_candidates(&[cand(1, 1), cand(2, 2), cand(3, 3)]);
+        assert!(matches!(standing(&ordered, 1).0, Standing::First(_)));
+        match standing(&ordered, 3).0 {
+            Standing::Behind { predecessor, .. } => assert_eq!(predecessor.session, 2),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(standing(&ordered, 9).0, Standing::Absent);
+    }
+
+    #[test]
+    fn a_second_node_of_the_same_session_is_reported_for_deletion() {
+        // An orphan from an earlier Attempter round of the same session must
+        // not sit in the queue: the oldest is kept, the rest deleted.
+        let ordered = order_candidates(&[cand(1, 1), cand(2, 2), cand(1, 5)]);
+        let (s, extra) = standing(&ordered, 1);
+        assert!(matches!(s, Standing::First(c) if c.seq == 1));
+        assert_eq!(extra.len(), 1);
+        assert_eq!(extra[0].seq, 5);
+    }
+}
