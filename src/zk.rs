@@ -106,6 +106,8 @@ pub enum Standing {
 }
 
 /// Our standing, and any extra nodes of ours (to delete; only the oldest is kept).
+/// `ordered` must already exclude impostors (nodes whose owner is not the
+/// session their name claims).
 pub fn standing(ordered: &[Candidate], session: i64) -> (Standing, Vec<Candidate>) {
     let mut ours = ordered
         .iter()

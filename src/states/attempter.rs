@@ -7,7 +7,14 @@
 //! we watch our predecessor only and wait: its deletion wakes exactly one
 //! replica, so a failover costs O(1) requests. The attempter-timeout tick
 //! re-reads the election as a safety net.
+//!
+//! Nodes that only look like candidates are not trusted blindly: a
+//! predecessor (or a second node "of ours") whose `ephemeralOwner` is not
+//! the session its name claims, for example a persistent node someone
+//! created by hand, is ignored for the rest of the session instead of
+//! blocking the queue forever. It costs one stat, and only in that case.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use tokio::time::MissedTickBehavior;
@@ -43,6 +50,7 @@ pub async fn run(ctx: &Context, mut session: ZkSession) -> Step {
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     tick.tick().await;
     let mut errors = 0u32;
+    let mut impostors = HashSet::new();
     loop {
         ctx.board.beat();
         if ctx.cancel.is_cancelled() {
@@ -53,7 +61,7 @@ pub async fn run(ctx: &Context, mut session: ZkSession) -> Step {
         }
         let mut retry = false;
         let round = if live.is_connected() {
-            Some(round(ctx, &session).await)
+            Some(round(ctx, &session, &mut impostors).await)
         } else {
             None
         };
@@ -110,8 +118,11 @@ pub async fn run(ctx: &Context, mut session: ZkSession) -> Step {
                 ev = &mut changed => {
                     debug!(event = ?ev.event_type, path = %ev.path, "predecessor changed");
                     if ev.event_type == EventType::Session {
-                        // Terminal session event: the state branch decides.
-                        continue;
+                        // Only terminal session states reach node watchers.
+                        return Step::Next(
+                            State::Failover(Some(session), Recovery::default().failed()),
+                            format!("session {:?}", ev.session_state),
+                        );
                     }
                     if ev.event_type == EventType::NodeDeleted {
                         info!(predecessor = %predecessor, "predecessor left; re-checking");
@@ -156,7 +167,11 @@ fn zk_fatal(e: &ZkErr) -> bool {
 }
 
 /// One look at the election.
-async fn round(ctx: &Context, session: &ZkSession) -> Result<Round, ZkErr> {
+async fn round(
+    ctx: &Context,
+    session: &ZkSession,
+    impostors: &mut HashSet<String>,
+) -> Result<Round, ZkErr> {
     let client = session.client();
     let root = ctx.cfg.zk_root.as_str();
     let sid = session.id();
@@ -173,14 +188,27 @@ async fn round(ctx: &Context, session: &ZkSession) -> Result<Round, ZkErr> {
         }
         Err(e) => return Err(e),
     };
-    let ordered = order_candidates(&children);
+    let mut ordered = order_candidates(&children);
+    ordered.retain(|c| !impostors.contains(&c.name));
     let (standing, extra) = standing(&ordered, sid);
-    for orphan in extra {
-        warn!(node = %orphan.name, "deleting an extra candidate node of this session");
-        match client.delete(&child_path(root, &orphan.name), None).await {
-            Ok(()) | Err(ZkErr::NoNode) => {}
-            Err(e) => return Err(e),
+    if let Some(orphan) = extra.into_iter().next() {
+        let path = child_path(root, &orphan.name);
+        // Ours for real (a create whose reply was lost, an earlier round)?
+        match client.check_stat(&path).await? {
+            Some(stat) if stat.ephemeral_owner == sid => {
+                warn!(node = %orphan.name, "deleting an extra candidate node of this session");
+                match client.delete(&path, None).await {
+                    Ok(()) | Err(ZkErr::NoNode) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Some(stat) => {
+                warn!(node = %orphan.name, owner = stat.ephemeral_owner, "ignoring a node that imitates this session");
+                impostors.insert(orphan.name);
+            }
+            None => {}
         }
+        return Ok(Round::Again);
     }
     if let Some(first) = ordered.first() {
         let leader_id = if first.session == sid {
@@ -226,10 +254,11 @@ async fn round(ctx: &Context, session: &ZkSession) -> Result<Round, ZkErr> {
                     }))
                 }
                 Some(stat) => {
-                    warn!(path = %path, owner = stat.ephemeral_owner, "first node is not owned by this session");
-                    Err(ZkErr::UnexpectedError(format!(
-                        "{path} owned by another session"
-                    )))
+                    // Named after our session but not ours: ignore it, and
+                    // the next round creates a real node.
+                    warn!(path = %path, owner = stat.ephemeral_owner, "ignoring a node that imitates this session");
+                    impostors.insert(own.name);
+                    Ok(Round::Again)
                 }
                 None => Ok(Round::Again),
             }
@@ -239,6 +268,12 @@ async fn round(ctx: &Context, session: &ZkSession) -> Result<Round, ZkErr> {
             ctx.board.update(|s| s.znode = Some(own_path));
             let pred_path = child_path(root, &predecessor.name);
             match client.check_and_watch_stat(&pred_path).await? {
+                (Some(stat), _) if stat.ephemeral_owner != predecessor.session => {
+                    warn!(node = %pred_path, owner = stat.ephemeral_owner,
+                        "ignoring a node that is not a live candidate of the session it names");
+                    impostors.insert(predecessor.name);
+                    Ok(Round::Again)
+                }
                 (Some(_), watcher) => {
                     debug!(predecessor = %pred_path, "waiting for predecessor");
                     Ok(Round::Wait(watcher, pred_path))

@@ -1,0 +1,218 @@
+//! Benchmark: handover and failover times, idle cost per replica, and
+//! ZooKeeper traffic at rest, measured on real processes and a real
+//! ZooKeeper. Run with:
+//!
+//! ```sh
+//! cargo bench --bench failover            # BENCH_ROUNDS=7 by default
+//! ```
+//!
+//! Settings follow the comparison in the README: a 2 s session and a
+//! 200 ms leader-timeout. Times are measured from the signal to the
+//! `written_at` of the successor's first file (millisecond resolution).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime};
+
+use common::replica::Replica;
+use common::wait_until;
+use common::zk::ZkCluster;
+use election::files::{self, LeaderRecord};
+
+struct Bench {
+    zk: ZkCluster,
+    dir: tempfile::TempDir,
+    replicas: Vec<Option<Replica>>,
+    next_id: usize,
+}
+
+impl Bench {
+    fn spawn(&mut self) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let files = self.dir.path().join("files");
+        let zk = self.zk.connect_string();
+        let node = format!("b{id}");
+        let args = [
+            "run",
+            "--zk-servers",
+            &zk,
+            "--zk-root",
+            "/election/bench",
+            "--zk-session-timeout",
+            "2s",
+            "--leader-timeout",
+            "200ms",
+            "--file-dir",
+            files.to_str().unwrap(),
+            "--storage-capacity",
+            "100000",
+            "--node-id",
+            &node,
+            "--http-addr",
+            "off",
+            "--admin-addr",
+            "off",
+        ];
+        self.replicas
+            .push(Some(Replica::spawn(&args, &[("RUST_LOG", "warn")])));
+    }
+
+    fn records(&self) -> Vec<LeaderRecord> {
+        let dir = self.dir.path().join("files");
+        files::list(&dir)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|k| std::fs::read(dir.join(k.file_name())).ok())
+            .filter_map(|b| serde_json::from_slice(&b).ok())
+            .collect()
+    }
+
+    fn leader(&self) -> (usize, u64) {
+        let mut found = None;
+        let ok = wait_until(Duration::from_secs(30), Duration::from_millis(20), || {
+            found = self.records().pop().and_then(|r| {
+                let i: usize = r.node_id.strip_prefix('b')?.parse().ok()?;
+                self.replicas.get(i)?.as_ref()?;
+                Some((i, r.token))
+            });
+            found.is_some()
+        });
+        assert!(ok, "no leader");
+        found.unwrap()
+    }
+
+    /// Sends `sig` to the leader; returns ms from the signal to the
+    /// successor's first file.
+    fn takeover(&mut self, sig: i32) -> f64 {
+        let (i, token) = self.leader();
+        let t0 = SystemTime::now();
+        self.replicas[i].as_ref().unwrap().signal(sig);
+        let mut first = None;
+        let ok = wait_until(Duration::from_secs(30), Duration::from_millis(5), || {
+            first = self.records().into_iter().find(|r| r.token > token);
+            first.is_some()
+        });
+        assert!(ok, "no successor");
+        let at = election::verify::parse_time_ms(&first.unwrap().written_at).unwrap();
+        let t0_ms = t0
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        if let Some(r) = self.replicas[i].take() {
+            r.wait_exit(Duration::from_secs(10));
+        }
+        self.spawn();
+        (at - t0_ms) as f64
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn proc_rss_kb(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .map(|l| l.to_owned())
+        })
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        .unwrap_or(f64::NAN)
+}
+
+fn proc_cpu_ticks(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, a)| a).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let utime: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    let stime: f64 = f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    utime + stime
+}
+
+fn zk_packets(zk: &ZkCluster) -> f64 {
+    let m = zk.mntr(0);
+    let get = |k: &str| m.get(k).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    get("zk_packets_received") + get("zk_packets_sent")
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing else to parse.
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(7);
+    let zk = ZkCluster::standalone();
+    let mut b = Bench {
+        zk,
+        dir: tempfile::tempdir().unwrap(),
+        replicas: Vec::new(),
+        next_id: 0,
+    };
+    for _ in 0..3 {
+        b.spawn();
+    }
+    b.leader();
+    std::thread::sleep(Duration::from_secs(1));
+
+    let mut handover = Vec::new();
+    let mut crash = Vec::new();
+    for round in 0..rounds {
+        let h = b.takeover(libc::SIGTERM);
+        std::thread::sleep(Duration::from_millis(500));
+        let c = b.takeover(libc::SIGKILL);
+        std::thread::sleep(Duration::from_millis(500));
+        eprintln!("round {round}: handover {h:.0} ms, crash failover {c:.0} ms");
+        handover.push(h);
+        crash.push(c);
+    }
+
+    // Idle cost: let things settle, then sample 10 s.
+    std::thread::sleep(Duration::from_secs(2));
+    let (leader, _) = b.leader();
+    let pids: Vec<(usize, u32)> = b
+        .replicas
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| Some((i, r.as_ref()?.pid())))
+        .collect();
+    let cpu0: Vec<f64> = pids.iter().map(|(_, p)| proc_cpu_ticks(*p)).collect();
+    let pk0 = zk_packets(&b.zk);
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(10));
+    let secs = t0.elapsed().as_secs_f64();
+    let pk1 = zk_packets(&b.zk);
+    let ticks_per_sec = 100.0; // USER_HZ on Linux
+    println!("election benchmark: 3 replicas, session 2s, leader-timeout 200ms, {rounds} rounds");
+    println!(
+        "handover on SIGTERM (signal -> successor's first file): median {:.0} ms (min {:.0}, max {:.0})",
+        median(handover.clone()),
+        handover.iter().cloned().fold(f64::MAX, f64::min),
+        handover.iter().cloned().fold(0.0, f64::max)
+    );
+    println!(
+        "failover on SIGKILL (signal -> successor's first file): median {:.0} ms (min {:.0}, max {:.0})",
+        median(crash.clone()),
+        crash.iter().cloned().fold(f64::MAX, f64::min),
+        crash.iter().cloned().fold(0.0, f64::max)
+    );
+    for ((i, pid), c0) in pids.iter().zip(cpu0) {
+        let cpu = (proc_cpu_ticks(*pid) - c0) / ticks_per_sec / secs * 100.0;
+        let role = if *i == leader { "leader" } else { "candidate" };
+        println!(
+            "replica b{i} ({role}): RSS {:.1} MB, CPU {:.2} %",
+            proc_rss_kb(*pid) / 1024.0,
+            cpu
+        );
+    }
+    println!(
+        "ZooKeeper packets at rest (sent + received): {:.1} per second",
+        (pk1 - pk0) / secs
+    );
+    let _ = Path::new(".");
+}

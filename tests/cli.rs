@@ -1,0 +1,207 @@
+//! Bad input on the command line and in the environment: exit code 2 and
+//! one clear line naming the flag, never a panic. Runs the real binary.
+
+use std::process::{Command, Output};
+
+fn election(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_election"));
+    cmd.args(args);
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("ELECTION_")) {
+        cmd.env_remove(k);
+    }
+    cmd.envs(envs.iter().copied());
+    cmd.output().expect("binary runs")
+}
+
+fn assert_usage_error(out: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
+    assert!(stderr.contains(needle), "expected `{needle}` in: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn an_empty_server_list_is_refused() {
+    let out = election(&["run", "--zk-servers", ""], &[]);
+    assert_usage_error(&out, "--zk-servers");
+    let out = election(&["run", "--zk-servers", " , "], &[]);
+    assert_usage_error(&out, "empty");
+}
+
+#[test]
+fn a_missing_server_list_is_refused() {
+    let out = election(&["run"], &[]);
+    assert_usage_error(&out, "--zk-servers");
+}
+
+#[test]
+fn zero_or_negative_capacity_is_refused() {
+    for bad in ["0", "-3"] {
+        let out = election(
+            &[
+                "run",
+                "--zk-servers",
+                "127.0.0.1:1",
+                "--storage-capacity",
+                bad,
+            ],
+            &[],
+        );
+        assert_usage_error(&out, "--storage-capacity");
+    }
+}
+
+#[test]
+fn a_duration_without_unit_is_refused() {
+    let out = election(
+        &[
+            "run",
+            "--zk-servers",
+            "127.0.0.1:1",
+            "--leader-timeout",
+            "10",
+        ],
+        &[],
+    );
+    assert_usage_error(&out, "--leader-timeout");
+    assert_usage_error(&out, "no unit");
+}
+
+#[test]
+fn an_unknown_flag_is_refused() {
+    let out = election(
+        &[
+            "run",
+            "--zk-servers",
+            "127.0.0.1:1",
+            "--leader-timeuot",
+            "1s",
+        ],
+        &[],
+    );
+    assert_usage_error(&out, "--leader-timeuot");
+}
+
+#[test]
+fn a_file_dir_that_is_a_regular_file_is_refused() {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let out = election(
+        &[
+            "run",
+            "--zk-servers",
+            "127.0.0.1:1",
+            "--file-dir",
+            file.path().to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_usage_error(&out, "not a directory");
+}
+
+#[test]
+fn bad_values_from_the_environment_are_refused_the_same_way() {
+    let out = election(
+        &["run"],
+        &[
+            ("ELECTION_ZK_SERVERS", "zk:2181"),
+            ("ELECTION_STORAGE_CAPACITY", "0"),
+        ],
+    );
+    assert_usage_error(&out, "--storage-capacity");
+    let out = election(
+        &["run"],
+        &[
+            ("ELECTION_ZK_SERVERS", "zk:2181"),
+            ("ELECTION_ATTEMPTER_TIMEOUT", "5"),
+        ],
+    );
+    assert_usage_error(&out, "no unit");
+}
+
+#[test]
+fn a_flag_wins_over_the_environment() {
+    // The env value is invalid, the flag valid: the flag is used, so parsing
+    // succeeds and the daemon only fails later. `verify` shows it quickly.
+    let dir = tempfile::tempdir().unwrap();
+    let out = election(
+        &["verify", "--file-dir", dir.path().to_str().unwrap()],
+        &[("ELECTION_FILE_DIR", "/nonexistent/election/dir")],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(dir.path().to_str().unwrap()));
+}
+
+#[test]
+fn help_documents_every_flag_with_its_env_name_and_default() {
+    let out = election(&["run", "--help"], &[]);
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&out.stdout);
+    for (flag, env) in [
+        ("--zk-servers", "ELECTION_ZK_SERVERS"),
+        ("--leader-timeout", "ELECTION_LEADER_TIMEOUT"),
+        ("--attempter-timeout", "ELECTION_ATTEMPTER_TIMEOUT"),
+        ("--file-dir", "ELECTION_FILE_DIR"),
+        ("--storage-capacity", "ELECTION_STORAGE_CAPACITY"),
+        ("--zk-session-timeout", "ELECTION_ZK_SESSION_TIMEOUT"),
+        ("--zk-root", "ELECTION_ZK_ROOT"),
+        ("--node-id", "ELECTION_NODE_ID"),
+        ("--log-format", "ELECTION_LOG_FORMAT"),
+        ("--http-addr", "ELECTION_HTTP_ADDR"),
+        ("--admin-addr", "ELECTION_ADMIN_ADDR"),
+        ("--pod-name", "ELECTION_POD_NAME"),
+    ] {
+        assert!(
+            help.contains(flag) && help.contains(&format!("env: {env}")),
+            "{flag} / {env} in:\n{help}"
+        );
+    }
+    assert!(help.contains("[default: 10s]"));
+}
+
+#[test]
+fn version_is_printed() {
+    let out = election(&["--version"], &[]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("election "));
+}
+
+#[test]
+fn verify_reports_a_broken_file_dir_with_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let name = election::files::FileKey { token: 1, seq: 1 }.file_name();
+    std::fs::write(dir.path().join(name), "{\"node_id\":").unwrap();
+    let out = election(&["verify", "--file-dir", dir.path().to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("bad_content"));
+}
+
+#[test]
+fn status_against_an_unreachable_zookeeper_fails_clearly() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let servers = format!("127.0.0.1:{port}");
+    let out = election(
+        &[
+            "status",
+            "--zk-servers",
+            &servers,
+            "--zk-connect-timeout",
+            "1s",
+        ],
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("error:") && stderr.contains(&servers),
+        "{stderr}"
+    );
+}

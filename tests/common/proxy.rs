@@ -1,0 +1,330 @@
+//! A fault-injecting TCP proxy to put between one client (a daemon, a
+//! test's ZooKeeper client) and one ZooKeeper server: it passes bytes,
+//! delays them, swallows them like a network partition, refuses
+//! connections, or lets only one direction through. The mode applies to
+//! existing connections at once.
+//!
+//! Each proxy runs its own tokio runtime on a background thread, so tests
+//! that are not async can use it; dropping the proxy stops it and closes
+//! its connections.
+
+use std::collections::VecDeque;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
+
+use super::zk::ZkCluster;
+
+/// What the proxy does with connections and bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Forwards everything (the initial mode).
+    Pass,
+    /// Forwards everything, each chunk after this delay, in both
+    /// directions (order is kept; throughput is not limited).
+    Delay(Duration),
+    /// A partition: accepts connections and keeps them open, but forwards
+    /// nothing and silently drops the bytes (and a closing side's FIN) in
+    /// both directions. A connection that lost bytes is reset when the mode
+    /// goes back to `Pass` or `Delay`, since its byte stream is broken; the
+    /// client then reconnects.
+    Blackhole,
+    /// Resets existing connections and every new one (as if the server
+    /// refused).
+    Refuse,
+    /// Forwards client -> server, drops server -> client (the server hears
+    /// the client, the client hears nothing). Like `Blackhole`, a connection
+    /// that lost bytes is reset when forwarding resumes.
+    HalfOpen,
+}
+
+impl Mode {
+    fn delay(self) -> Duration {
+        match self {
+            Mode::Delay(d) => d,
+            _ => Duration::ZERO,
+        }
+    }
+}
+
+/// A running proxy from `addr()` (on 127.0.0.1) to one upstream address.
+pub struct FaultProxy {
+    addr: SocketAddr,
+    upstream: SocketAddr,
+    mode: watch::Sender<Mode>,
+    stats: Arc<Stats>,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct Stats {
+    accepted: AtomicUsize,
+    open: AtomicUsize,
+}
+
+impl FaultProxy {
+    /// Starts a proxy in `Mode::Pass` on a free port of 127.0.0.1 that
+    /// forwards to `upstream`.
+    pub fn start(upstream: SocketAddr) -> FaultProxy {
+        let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind proxy");
+        listener
+            .set_nonblocking(true)
+            .expect("non-blocking listener");
+        let addr = listener.local_addr().expect("proxy address");
+        let (mode, mode_rx) = watch::channel(Mode::Pass);
+        let stats = Arc::new(Stats::default());
+        let (stop, stop_rx) = oneshot::channel();
+        let thread_stats = stats.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("fault-proxy-{}", addr.port()))
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("proxy runtime");
+                runtime.block_on(async move {
+                    let listener = TcpListener::from_std(listener).expect("tokio listener");
+                    tokio::select! {
+                        _ = stop_rx => {}
+                        () = accept_loop(listener, upstream, mode_rx, thread_stats) => {}
+                    }
+                });
+                // Dropping the runtime drops every connection task and
+                // closes its sockets.
+            })
+            .expect("spawn the proxy thread");
+        FaultProxy {
+            addr,
+            upstream,
+            mode,
+            stats,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// One proxy per server of `zk`, in server order.
+    pub fn for_each_server(zk: &ZkCluster) -> Vec<FaultProxy> {
+        (0..zk.len())
+            .map(|i| FaultProxy::start(zk.server_addr(i)))
+            .collect()
+    }
+
+    /// The address clients connect to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The address the proxy forwards to.
+    pub fn upstream(&self) -> SocketAddr {
+        self.upstream
+    }
+
+    /// Switches the mode for new and existing connections.
+    pub fn set_mode(&self, mode: Mode) {
+        self.mode.send_replace(mode);
+    }
+
+    /// The current mode.
+    pub fn mode(&self) -> Mode {
+        *self.mode.borrow()
+    }
+
+    /// How many connections the proxy has accepted since it started
+    /// (including refused ones): a client reconnecting shows here.
+    pub fn accepted(&self) -> usize {
+        self.stats.accepted.load(Ordering::SeqCst)
+    }
+
+    /// How many connections are open through the proxy now.
+    pub fn open_connections(&self) -> usize {
+        self.stats.open.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The connect string of several proxies (e.g. one per ensemble server).
+pub fn connect_string(proxies: &[FaultProxy]) -> String {
+    proxies
+        .iter()
+        .map(|p| p.addr().to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    upstream: SocketAddr,
+    mode: watch::Receiver<Mode>,
+    stats: Arc<Stats>,
+) {
+    loop {
+        let Ok((client, _)) = listener.accept().await else {
+            // Out of file descriptors or similar: back off and go on.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        stats.accepted.fetch_add(1, Ordering::SeqCst);
+        if *mode.borrow() == Mode::Refuse {
+            reset(client);
+            continue;
+        }
+        let mode = mode.clone();
+        let stats = stats.clone();
+        tokio::spawn(async move {
+            stats.open.fetch_add(1, Ordering::SeqCst);
+            proxy_connection(client, upstream, mode).await;
+            stats.open.fetch_sub(1, Ordering::SeqCst);
+        });
+    }
+}
+
+/// Closes a connection with RST rather than FIN, like a refusing peer.
+fn reset(stream: TcpStream) {
+    let _ = stream.set_zero_linger();
+    drop(stream);
+}
+
+/// What travels through a direction's queue.
+enum Item {
+    Data(Vec<u8>),
+    /// The sending side closed: half-close the receiving side.
+    Eof,
+}
+
+/// Forwards one connection until both sides are closed, or resets both.
+async fn proxy_connection(client: TcpStream, upstream: SocketAddr, mode: watch::Receiver<Mode>) {
+    let server =
+        match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(upstream)).await {
+            Ok(Ok(server)) => server,
+            _ => return reset(client),
+        };
+    let _ = client.set_nodelay(true);
+    let _ = server.set_nodelay(true);
+    let mut conn = Connection {
+        client,
+        server,
+        mode,
+    };
+    if conn.run().await.is_err() {
+        reset(conn.client);
+        reset(conn.server);
+    }
+}
+
+struct Connection {
+    client: TcpStream,
+    server: TcpStream,
+    mode: watch::Receiver<Mode>,
+}
+
+/// The connection must be reset.
+struct Broken;
+
+impl Connection {
+    /// One loop over both directions: reads are queued with their due
+    /// time, writes happen when due, and a mode change is handled first.
+    async fn run(&mut self) -> Result<(), Broken> {
+        let mut to_server: VecDeque<(Instant, Item)> = VecDeque::new();
+        let mut to_client: VecDeque<(Instant, Item)> = VecDeque::new();
+        let (mut client_open, mut server_open) = (true, true);
+        // Bytes or a FIN were dropped: the streams no longer line up.
+        let mut lost = false;
+        let mut client_buf = vec![0u8; 16 * 1024];
+        let mut server_buf = vec![0u8; 16 * 1024];
+        if *self.mode.borrow_and_update() == Mode::Refuse {
+            return Err(Broken);
+        }
+        loop {
+            if !client_open && !server_open && to_server.is_empty() && to_client.is_empty() {
+                return Ok(());
+            }
+            let mode = *self.mode.borrow();
+            let due = Instant::now() + mode.delay();
+            let server_due = to_server.front().map(|(t, _)| *t);
+            let client_due = to_client.front().map(|(t, _)| *t);
+            tokio::select! {
+                biased;
+                changed = self.mode.changed() => {
+                    if changed.is_err() {
+                        return Err(Broken);
+                    }
+                    match *self.mode.borrow_and_update() {
+                        Mode::Refuse => return Err(Broken),
+                        Mode::Pass | Mode::Delay(_) if lost => return Err(Broken),
+                        _ => {}
+                    }
+                }
+                () = sleep_until(server_due) => {
+                    write(&mut self.server, to_server.pop_front()).await?;
+                }
+                () = sleep_until(client_due) => {
+                    write(&mut self.client, to_client.pop_front()).await?;
+                }
+                r = self.client.read(&mut client_buf), if client_open => {
+                    let item = match r.map_err(|_| Broken)? {
+                        0 => {
+                            client_open = false;
+                            Item::Eof
+                        }
+                        n => Item::Data(client_buf[..n].to_vec()),
+                    };
+                    match mode {
+                        Mode::Blackhole => lost = true,
+                        _ => to_server.push_back((due, item)),
+                    }
+                }
+                r = self.server.read(&mut server_buf), if server_open => {
+                    let item = match r.map_err(|_| Broken)? {
+                        0 => {
+                            server_open = false;
+                            Item::Eof
+                        }
+                        n => Item::Data(server_buf[..n].to_vec()),
+                    };
+                    match mode {
+                        Mode::Blackhole | Mode::HalfOpen => lost = true,
+                        _ => to_client.push_back((due, item)),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Sleeps until `due`, or forever if there is nothing to write.
+async fn sleep_until(due: Option<Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn write(to: &mut TcpStream, item: Option<(Instant, Item)>) -> Result<(), Broken> {
+    match item {
+        Some((_, Item::Data(bytes))) => to.write_all(&bytes).await.map_err(|_| Broken),
+        Some((_, Item::Eof)) => {
+            let _ = to.shutdown().await;
+            Ok(())
+        }
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,339 @@
+//! The election against a real ZooKeeper, with replicas as real processes
+//! of the built binary (signals matter). Each test starts its own
+//! ZooKeeper on free loopback ports and ends by running the invariant
+//! checker on the file-dir.
+//!
+//! Timing bounds here are generous on purpose (a loaded 2-core machine);
+//! speed is measured by `cargo bench --bench failover`, not asserted.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::group::{Group, LEADER_TIMEOUT};
+use common::wait_until;
+use common::zk::ZkCluster;
+use election::files::{self, FileKey};
+use election::verify;
+
+fn files_by_token(dir: &Path) -> Vec<FileKey> {
+    files::list(dir).unwrap_or_default()
+}
+
+#[test]
+fn exactly_one_leader_among_three_replicas() {
+    // Given a ZooKeeper and three replicas
+    let zk = ZkCluster::standalone();
+    let mut g = Group::new(&zk.connect_string());
+    g.spawn(3);
+    // When they have run for a while
+    g.wait_leader(Duration::from_secs(20));
+    std::thread::sleep(Duration::from_secs(2));
+    // Then exactly one of them became leader, and only its token is on disk
+    let leaders: Vec<usize> = (0..3).filter(|&i| g.count_leaders_in_logs(i) > 0).collect();
+    assert_eq!(leaders.len(), 1, "{}", g.logs());
+    let tokens: std::collections::BTreeSet<u64> = files_by_token(&g.files_dir())
+        .iter()
+        .map(|k| k.token)
+        .collect();
+    assert_eq!(tokens.len(), 1);
+    assert!(
+        g.records().len() >= 5,
+        "the leader writes every {LEADER_TIMEOUT}"
+    );
+    g.stop_all();
+    g.assert_invariants();
+}
+
+#[test]
+fn graceful_handover_on_sigterm_of_the_leader() {
+    // Given three replicas with a leader
+    let zk = ZkCluster::standalone();
+    let mut g = Group::new(&zk.connect_string());
+    g.spawn(3);
+    let old = g.wait_leader(Duration::from_secs(20));
+    let old_token = g.newest_record().unwrap().token;
+    // When the leader gets SIGTERM
+    let t0 = Instant::now();
+    g.replica(old).signal(libc::SIGTERM);
+    // Then it exits 0, and another replica leads with a higher token
+    let status = g
+        .replica(old)
+        .wait_exit(Duration::from_secs(10))
+        .expect("leader exits after SIGTERM");
+    assert_eq!(status.code(), Some(0), "{}", g.logs());
+    g.replicas[old] = None;
+    let new = g.wait_leader(Duration::from_secs(10));
+    assert_ne!(new, old);
+    let new_token = g.newest_record().unwrap().token;
+    assert!(
+        new_token > old_token,
+        "fencing tokens increase: {old_token} -> {new_token}"
+    );
+    // The handover did not wait for a session timeout: the successor's
+    // first file came well before the old session could have expired.
+    let first_new = g
+        .records()
+        .into_iter()
+        .find(|r| r.token == new_token)
+        .unwrap();
+    eprintln!(
+        "handover observed after {:?} (first new file {})",
+        t0.elapsed(),
+        first_new.written_at
+    );
+    g.stop_all();
+    g.assert_invariants();
+}
+
+#[test]
+fn crash_of_the_leader_fails_over_within_about_the_session_timeout() {
+    // Given three replicas with a leader
+    let zk = ZkCluster::standalone();
+    let mut g = Group::new(&zk.connect_string());
+    g.spawn(3);
+    let old = g.wait_leader(Duration::from_secs(20));
+    // When the leader is killed without warning
+    g.replica(old).signal(libc::SIGKILL);
+    g.replica(old).wait_exit(Duration::from_secs(5));
+    g.replicas[old] = None;
+    let t0 = Instant::now();
+    // Then another replica takes over once ZooKeeper expires the session
+    let new = g.wait_leader(Duration::from_secs(15));
+    assert_ne!(new, old);
+    eprintln!("crash failover observed after {:?}", t0.elapsed());
+    g.stop_all();
+    g.assert_invariants();
+}
+
+#[test]
+fn a_frozen_leader_writes_nothing_after_the_successor_starts() {
+    // Given three replicas with a leader
+    let zk = ZkCluster::standalone();
+    let mut g = Group::new(&zk.connect_string());
+    g.spawn(3);
+    let old = g.wait_leader(Duration::from_secs(20));
+    let old_token = g.newest_record().unwrap().token;
+    // When the leader is frozen past its session timeout
+    g.replica(old).signal(libc::SIGSTOP);
+    let new = g.wait_leader_other_than(old, Duration::from_secs(15));
+    assert_ne!(new, old);
+    std::thread::sleep(Duration::from_secs(1));
+    // and then woken up
+    g.replica(old).signal(libc::SIGCONT);
+    std::thread::sleep(Duration::from_secs(3));
+    // Then it wrote nothing after the successor's first file, and it is no
+    // longer leader (it lost its session and competes again).
+    let records = g.records();
+    let first_new = records
+        .iter()
+        .position(|r| r.token > old_token)
+        .expect("successor wrote");
+    assert!(
+        records[first_new..].iter().all(|r| r.token != old_token),
+        "old leader wrote after the successor's first file\n{}",
+        g.logs()
+    );
+    let old_log = g.replica(old).output();
+    assert!(
+        old_log.contains("to=failover") || old_log.contains("to=attempter"),
+        "{old_log}"
+    );
+    g.stop_all();
+    g.assert_invariants();
+}
+
+#[test]
+fn zookeeper_outage_longer_than_the_session_leads_to_failover_then_one_leader() {
+    // Given three replicas with a leader
+    let mut zk = ZkCluster::standalone();
+    let mut g = Group::new(&zk.connect_string());
+    g.spawn(3);
+    g.wait_leader(Duration::from_secs(20));
+    // When ZooKeeper is down for three session timeouts
+    zk.kill(0);
+    std::thread::sleep(Duration::from_secs(6));
+    let files_during_outage = g.records().len();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        g.records().len(),
+        files_during_outage,
+        "nobody writes without ZooKeeper"
+    );
+    for i in 0..3 {
+        assert!(
+            g.replica(i).output().contains("to=failover"),
+            "r{i} went to Failover\n{}",
+            g.logs()
+        );
+    }
+    // and comes back
+    zk.start(0);
+    // Then the replicas recover by themselves to exactly one leader
+    let ok = wait_until(Duration::from_secs(30), Duration::from_millis(100), || {
+        g.records().len() > files_during_outage + 3
+    });
+    assert!(ok, "no leader after ZooKeeper came back\n{}", g.logs());
+    std::thread::sleep(Duration::from_secs(1));
+    let after: Vec<u64> = g.records()[files_during_outage..]
+        .iter()
+        .map(|r| r.token)
+        .collect();
+    let distinct: std::collections::BTreeSet<_> = after.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        1,
+        "one leadership after recovery: {after:?}\n{}",
+        g.logs()
+    );
+    g.stop_all();
+    g.assert_invariants();
+}
+
+#[test]
+fn losing_one_server_of_a_three_node_ensemble_changes_no_leadership() {
+    // Given a 3-node ensemble and three replicas with a leader
+    let mut zk = ZkCluster::ensemble(3);
+    let mut g = Group::new(&zk.connect_string());
+    g.spawn(3);
+    g.wait_leader(Duration::from_secs(30));
+    let token = g.newest_record().unwrap().token;
+    // When one ZooKeeper server dies (clients connected to it move on)
+    zk.kill(0);
+    let before = g.records().len();
+    // Then the same leadership keeps writing
+    let ok = wait_until(Duration::from_secs(20), Duration::from_millis(100), || {
+        g.records().len() > before + 10
+    });
+    assert!(ok, "writes continue\n{}", g.logs());
+    let tokens: std::collections::BTreeSet<u64> = g.records().iter().map(|r| r.token).collect();
+    assert_eq!(
+        tokens.into_iter().collect::<Vec<_>>(),
+        vec![token],
+        "{}",
+        g.logs()
+    );
+    g.stop_all();
+    g.assert_invariants();
+}
+
+#[test]
+fn retention_keeps_capacity_files_and_never_touches_foreign_ones() {
+    // Given a file-dir holding foreign files and a replica with capacity 3
+    let zk = ZkCluster::standalone();
+    let mut g = Group::new(&zk.connect_string());
+    std::fs::create_dir_all(g.files_dir()).unwrap();
+    for name in ["notes.txt", "leader_backup.json", "leader_1_2.json"] {
+        std::fs::write(g.files_dir().join(name), "foreign").unwrap();
+    }
+    g.extra = vec!["--storage-capacity".into(), "3".into()];
+    g.spawn(1);
+    // When the leader has written many more files than that
+    g.wait_leader(Duration::from_secs(20));
+    let ok = wait_until(Duration::from_secs(20), Duration::from_millis(100), || {
+        g.records().last().is_some_and(|r| r.seq >= 10)
+    });
+    assert!(ok, "{}", g.logs());
+    g.stop_all();
+    // Then exactly the newest 3 remain, and every foreign file is intact
+    let keys = files_by_token(&g.files_dir());
+    assert_eq!(keys.len(), 3, "{keys:?}");
+    assert!(keys.windows(2).all(|w| w[0].seq + 1 == w[1].seq));
+    for name in ["notes.txt", "leader_backup.json", "leader_1_2.json"] {
+        assert_eq!(
+            std::fs::read_to_string(g.files_dir().join(name)).unwrap(),
+            "foreign"
+        );
+    }
+    g.assert_invariants();
+}
+
+#[test]
+fn a_partitioned_leader_stops_writing_before_its_session_can_expire() {
+    // Given a leader whose only way to ZooKeeper is a proxy, and a second
+    // replica connected directly
+    let zk = ZkCluster::standalone();
+    let proxy = common::proxy::FaultProxy::start(zk.server_addr(0));
+    let mut g = Group::new(&proxy.addr().to_string());
+    g.spawn(1);
+    g.wait_leader(Duration::from_secs(20));
+    g.servers = zk.connect_string();
+    g.spawn(1);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(g.newest_record().unwrap().node_id, "r0");
+    // When the leader's network to ZooKeeper goes silent
+    proxy.set_mode(common::proxy::Mode::Blackhole);
+    let cut = std::time::SystemTime::now();
+    // Then the other replica takes over, and the partitioned leader wrote
+    // nothing after the successor's first file
+    let new = g.wait_leader_other_than(0, Duration::from_secs(20));
+    assert_eq!(new, 1, "{}", g.logs());
+    std::thread::sleep(Duration::from_secs(3));
+    let records = g.records();
+    let first_new = records.iter().position(|r| r.node_id == "r1").unwrap();
+    assert!(
+        records[first_new..].iter().all(|r| r.node_id == "r1"),
+        "{}",
+        g.logs()
+    );
+    let last_old = records.iter().rev().find(|r| r.node_id == "r0").unwrap();
+    let last_old_ms = verify::parse_time_ms(&last_old.written_at).unwrap();
+    let cut_ms = election::status::unix_ms(cut) as i64;
+    // The session timeout is 2 s: the leader stopped well before that.
+    assert!(
+        last_old_ms - cut_ms < 2000,
+        "last old write {} ms after the cut",
+        last_old_ms - cut_ms
+    );
+    proxy.set_mode(common::proxy::Mode::Pass);
+    g.stop_all();
+    g.assert_invariants();
+}
+
+#[test]
+fn deleting_the_leader_node_makes_it_step_down_and_compete_again() {
+    // Given two replicas with a leader
+    let zk = ZkCluster::standalone();
+    let mut g = Group::new(&zk.connect_string());
+    g.spawn(2);
+    let old = g.wait_leader(Duration::from_secs(20));
+    // When an operator deletes the leader's znode
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client = common::zk_client(&zk.connect_string()).await;
+        let children = client.list_children("/election/test").await.unwrap();
+        let order = election::zk::order_candidates(&children);
+        client
+            .delete(&format!("/election/test/{}", order[0].name), None)
+            .await
+            .unwrap();
+        common::close_client(client).await;
+    });
+    // Then the old leader steps down, the other leads, and the old one is a
+    // candidate again with exactly one node of its own
+    let log_has = |s: &str| {
+        wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
+            g.replica(old).output().contains(s)
+        })
+    };
+    assert!(log_has("leader node deleted"), "{}", g.logs());
+    let ok = wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
+        g.newest_record()
+            .is_some_and(|r| r.node_id != format!("r{old}"))
+    });
+    assert!(ok, "{}", g.logs());
+    let children = rt.block_on(async {
+        let client = common::zk_client(&zk.connect_string()).await;
+        let c = client.list_children("/election/test").await.unwrap();
+        common::close_client(client).await;
+        c
+    });
+    assert_eq!(
+        election::zk::order_candidates(&children).len(),
+        2,
+        "{children:?}"
+    );
+    g.stop_all();
+    g.assert_invariants();
+}

@@ -1,0 +1,427 @@
+//! Reliability under faults: real processes, real ZooKeeper, and the
+//! invariant checker (`election verify`'s library) after every scenario.
+//! The promise: no two leaders write in the same period, no file is lost
+//! or half-written, and leadership comes back after any single fault.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::group::Group;
+use common::proxy::{FaultProxy, Mode};
+use common::wait_until;
+use common::zk::ZkCluster;
+
+/// Waits until leaders write `n` more files than so far. Counted by
+/// sequence numbers, so retention deleting old files does not hide progress.
+fn assert_writes_resume(g: &Group, n: u64, timeout: Duration) {
+    let key = |r: &election::files::LeaderRecord| (r.token, r.seq);
+    let before = g.newest_record().map(|r| key(&r));
+    let ok = wait_until(timeout, Duration::from_millis(50), || {
+        let Some(now) = g.newest_record().map(|r| key(&r)) else {
+            return false;
+        };
+        match before {
+            Some((token, seq)) if token == now.0 => now.1 >= seq + n,
+            _ => now.1 >= n,
+        }
+    });
+    assert!(ok, "writes did not resume within {timeout:?}\n{}", g.logs());
+}
+
+/// Index of the ZooKeeper server that holds `session_id` (from `cons`).
+fn server_of_session(zk: &ZkCluster, session_id: &str) -> Option<usize> {
+    (0..zk.len()).find(|&i| {
+        zk.four_letter(i, "cons")
+            .contains(&format!("sid={session_id}"))
+    })
+}
+
+#[test]
+fn repeated_rapid_restarts_of_the_leader_keep_a_single_writer() {
+    // Given three replicas with a leader
+    let zk = ZkCluster::standalone();
+    let mut g = Group::new(&zk.connect_string());
+    g.spawn(3);
+    // When the leader is killed and replaced six times in a row, quickly
+    for _ in 0..6 {
+        let leader = g.wait_leader(Duration::from_secs(20));
+        g.replica(leader).signal(libc::SIGKILL);
+        g.replica(leader).wait_exit(Duration::from_secs(5));
+        g.replicas[leader] = None;
+        g.spawn(1);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // Then a leader writes again and the history holds no overlap
+    assert_writes_resume(&g, 3, Duration::from_secs(20));
+    g.stop_all();
+    g.assert_invariants();
+    let tokens: BTreeSet<u64> = g.records().iter().map(|r| r.token).collect();
+    assert!(
+        tokens.len() >= 3,
+        "several leaderships took place: {tokens:?}"
+    );
+}
+
+#[test]
+fn killing_the_server_the_leader_is_connected_to_keeps_its_leadership() {
+    // Given a 3-node ensemble and three replicas with a leader
+    let mut zk = ZkCluster::ensemble(3);
+    let mut g = Group::new(&zk.connect_string());
+    g.spawn(3);
+    g.wait_leader(Duration::from_secs(30));
+    let leader = g.newest_record().unwrap();
+    let server =
+        server_of_session(&zk, &leader.session_id).expect("the leader's session is on some server");
+    // When that server crashes
+    zk.kill(server);
+    // Then the client moves to another server and the same leadership
+    // (same token) keeps writing: no leadership change
+    assert_writes_resume(&g, 10, Duration::from_secs(20));
+    let tokens: BTreeSet<u64> = g.records().iter().map(|r| r.token).collect();
+    assert_eq!(
+        tokens.into_iter().collect::<Vec<_>>(),
+        vec![leader.token],
+        "{}",
+        g.logs()
+    );
+    g.stop_all();
+    g.assert_invariants();
+}
+
+#[test]
+fn losing_quorum_stops_the_leader_and_one_leader_returns_with_it() {
+    // Given a 3-node ensemble and three replicas with a leader
+    let mut zk = ZkCluster::ensemble(3);
+    let mut g = Group::new(&zk.connect_string());
+    g.spawn(3);
+    g.wait_leader(Duration::from_secs(30));
+    // When two of the three servers die (no quorum)
+    zk.kill(1);
+    zk.kill(2);
+    // Then within the lease bound (session/2 = 1 s, plus slack) nobody writes
+    std::thread::sleep(Duration::from_secs(2));
+    let frozen = g.records().len();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        g.records().len(),
+        frozen,
+        "a leader wrote without quorum\n{}",
+        g.logs()
+    );
+    // And when the quorum comes back, exactly one leadership writes again
+    zk.start(1);
+    zk.start(2);
+    zk.wait_quorum();
+    assert_writes_resume(&g, 5, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_secs(1));
+    let after: BTreeSet<u64> = g.records()[frozen..].iter().map(|r| r.token).collect();
+    assert_eq!(
+        after.len(),
+        1,
+        "one leadership after quorum returned: {after:?}\n{}",
+        g.logs()
+    );
+    g.stop_all();
+    g.assert_invariants();
+}
+
+#[test]
+fn a_full_ensemble_restart_recovers_to_one_leader() {
+    // Given a 3-node ensemble and three replicas with a leader
+    let mut zk = ZkCluster::ensemble(3);
+    let mut g = Group::new(&zk.connect_string());
+    g.spawn(3);
+    g.wait_leader(Duration::from_secs(30));
+    // When the whole ensemble is stopped and started again
+    zk.stop_all();
+    std::thread::sleep(Duration::from_secs(3));
+    zk.start_all();
+    // Then the replicas recover by themselves
+    assert_writes_resume(&g, 5, Duration::from_secs(30));
+    g.stop_all();
+    g.assert_invariants();
+}
+
+#[test]
+fn a_wiped_ensemble_restarts_with_fencing_tokens_still_increasing() {
+    // Given a standalone ZooKeeper and two replicas with a leader
+    let mut zk = ZkCluster::standalone();
+    let mut g = Group::new(&zk.connect_string());
+    g.spawn(2);
+    g.wait_leader(Duration::from_secs(20));
+    let old_max = g.newest_record().unwrap().token;
+    // When ZooKeeper loses all its data (sessions, paths, zxids restart)
+    zk.kill(0);
+    zk.wipe(0);
+    zk.start(0);
+    // Then a leader writes again, with a token above every earlier one
+    assert_writes_resume(&g, 5, Duration::from_secs(30));
+    let new = g.newest_record().unwrap().token;
+    assert!(
+        new > old_max,
+        "token {new} after the wipe must exceed {old_max}"
+    );
+    g.stop_all();
+    g.assert_invariants();
+}
+
+/// A leader behind its own proxy, a second replica connected directly.
+fn partitioned_pair(zk: &ZkCluster, proxy: &FaultProxy) -> Group {
+    let mut g = Group::new(&proxy.addr().to_string());
+    g.spawn(1);
+    g.wait_leader(Duration::from_secs(20));
+    g.servers = zk.connect_string();
+    g.spawn(1);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(g.newest_record().unwrap().node_id, "r0");
+    g
+}
+
+/// After a network fault on r0's link: r1 leads, and r0 wrote nothing
+/// after r1's first file.
+fn assert_clean_takeover_by_r1(g: &Group) {
+    let ok = wait_until(Duration::from_secs(20), Duration::from_millis(50), || {
+        g.newest_record().is_some_and(|r| r.node_id == "r1")
+    });
+    assert!(ok, "r1 did not take over\n{}", g.logs());
+    std::thread::sleep(Duration::from_secs(3));
+    let records = g.records();
+    let first_new = records.iter().position(|r| r.node_id == "r1").unwrap();
+    assert!(
+        records[first_new..].iter().all(|r| r.node_id == "r1"),
+        "{}",
+        g.logs()
+    );
+}
+
+#[test]
+fn a_half_open_link_fences_the_leader_and_hands_over() {
+    // Given a leader whose requests reach ZooKeeper but whose answers are lost
+    let zk = ZkCluster::standalone();
+    let proxy = FaultProxy::start(zk.server_addr(0));
+    let mut g = partitioned_pair(&zk, &proxy);
+    // When the link turns half-open (the server still hears its pings, so
+    // the session stays alive server-side)
+    proxy.set_mode(Mode::HalfOpen);
+    // Then the leader steps down on its own clock and r1 takes over
+    assert_clean_takeover_by_r1(&g);
+    proxy.set_mode(Mode::Pass);
+    g.stop_all();
+    g.assert_invariants();
+}
+
+#[test]
+fn a_slow_link_to_zookeeper_never_lets_two_leaders_write() {
+    // Given a leader behind a proxy
+    let zk = ZkCluster::standalone();
+    let proxy = FaultProxy::start(zk.server_addr(0));
+    let mut g = partitioned_pair(&zk, &proxy);
+    // When every packet on its link is delayed by 3 s (longer than the session)
+    proxy.set_mode(Mode::Delay(Duration::from_secs(3)));
+    // Then r1 takes over and r0 wrote nothing after r1's first file
+    assert_clean_takeover_by_r1(&g);
+    proxy.set_mode(Mode::Pass);
+    g.stop_all();
+    g.assert_invariants();
+}
+
+#[test]
+fn a_partitioned_replica_rejoins_after_the_partition_heals() {
+    // Given a leader behind a proxy that blackholes its traffic
+    let zk = ZkCluster::standalone();
+    let proxy = FaultProxy::start(zk.server_addr(0));
+    let mut g = partitioned_pair(&zk, &proxy);
+    proxy.set_mode(Mode::Blackhole);
+    assert_clean_takeover_by_r1(&g);
+    // When the partition heals
+    proxy.set_mode(Mode::Pass);
+    // Then r0 is a candidate again (Failover -> Init -> Attempter)
+    let ok = wait_until(Duration::from_secs(20), Duration::from_millis(100), || {
+        g.replica(0).output().matches("to=attempter").count() >= 2
+    });
+    assert!(ok, "r0 did not rejoin\n{}", g.logs());
+    // and when r1 stops, r0 leads again
+    g.replica(1).signal(libc::SIGTERM);
+    let ok = wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
+        g.newest_record().is_some_and(|r| r.node_id == "r0")
+    });
+    assert!(ok, "{}", g.logs());
+    g.stop_all();
+    g.assert_invariants();
+}
+
+#[test]
+fn garbage_in_the_election_path_does_not_block_the_election() {
+    // Given an election path holding garbage data and children that are
+    // not candidates, or that pretend to be candidates of a dead session
+    let zk = ZkCluster::standalone();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use zookeeper_client::{Acls, CreateMode};
+        let c = common::zk_client(&zk.connect_string()).await;
+        let persistent = CreateMode::Persistent.with_acls(Acls::anyone_all());
+        c.mkdir("/election/test", &persistent).await.unwrap();
+        c.set_data("/election/test", b"\x00\xffgarbage", None)
+            .await
+            .unwrap();
+        for name in [
+            "garbage",
+            "c_zz_0000000001",
+            "c_00000000000000ff_0000000000",
+        ] {
+            c.create(
+                &format!("/election/test/{name}"),
+                b"\x01not json",
+                &persistent,
+            )
+            .await
+            .unwrap();
+        }
+        common::close_client(c).await;
+    });
+    let mut g = Group::new(&zk.connect_string());
+    // When replicas run
+    g.spawn(2);
+    // Then one of them leads, the impostor `c_…ff_0000000000` (first in
+    // sequence order, but owned by no session) notwithstanding
+    g.wait_leader(Duration::from_secs(20));
+    assert!(g.logs().contains("ignoring a node"), "{}", g.logs());
+    g.stop_all();
+    g.assert_invariants();
+}
+
+/// File-dir faults need a filesystem we control: a small tmpfs, so root.
+fn tmpfs(dir: &std::path::Path, size: &str) -> bool {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: file-dir fault tests need root (mount a tmpfs); run them as root");
+        return false;
+    }
+    std::fs::create_dir_all(dir).unwrap();
+    let ok = std::process::Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={size}"),
+            "tmpfs",
+            dir.to_str().unwrap(),
+        ])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "mount tmpfs on {}", dir.display());
+    true
+}
+
+fn mount_cmd(args: &[&str]) {
+    let ok = std::process::Command::new("mount")
+        .args(args)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "mount {args:?}");
+}
+
+struct Unmount(std::path::PathBuf);
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_read_only_file_dir_is_reported_never_loses_files_and_recovers() {
+    let zk = ZkCluster::standalone();
+    let mut g = Group::new(&zk.connect_string());
+    let dir = g.files_dir();
+    if !tmpfs(&dir, "1m") {
+        return;
+    }
+    let _guard = Unmount(dir.clone());
+    // Given a leader writing into a volume
+    g.spawn(2);
+    g.wait_leader(Duration::from_secs(20));
+    assert_writes_resume(&g, 3, Duration::from_secs(10));
+    // When the volume turns read-only
+    mount_cmd(&["-o", "remount,ro", dir.to_str().unwrap()]);
+    let kept = g.records().len();
+    // Then the failure is reported, the leader gives up leadership after
+    // max-write-failures, nobody crashes, and no file is lost
+    let ok = wait_until(Duration::from_secs(20), Duration::from_millis(100), || {
+        g.logs().contains("file write failed") && g.logs().contains("consecutive write failures")
+    });
+    assert!(ok, "{}", g.logs());
+    std::thread::sleep(Duration::from_secs(2));
+    for i in 0..2 {
+        assert!(
+            g.replica(i).is_running(),
+            "r{i} must not crash\n{}",
+            g.logs()
+        );
+    }
+    assert_eq!(g.records().len(), kept);
+    // And when it is writable again, a leader resumes by itself
+    mount_cmd(&["-o", "remount,rw", dir.to_str().unwrap()]);
+    assert_writes_resume(&g, 3, Duration::from_secs(30));
+    g.stop_all();
+    g.assert_invariants();
+}
+
+#[test]
+fn a_full_file_dir_never_costs_good_files_and_recovers() {
+    let zk = ZkCluster::standalone();
+    let mut g = Group::new(&zk.connect_string());
+    let dir = g.files_dir();
+    if !tmpfs(&dir, "512k") {
+        return;
+    }
+    let _guard = Unmount(dir.clone());
+    g.extra = vec!["--storage-capacity".into(), "5".into()];
+    g.spawn(1);
+    g.wait_leader(Duration::from_secs(20));
+    assert_writes_resume(&g, 6, Duration::from_secs(10));
+    let before: Vec<_> = g.records();
+    // When the volume fills up
+    let filler = dir.join("filler.bin");
+    let _ = std::fs::write(&filler, vec![0u8; 2 << 20]);
+    let ok = wait_until(Duration::from_secs(20), Duration::from_millis(100), || {
+        g.logs().contains("file write failed")
+    });
+    assert!(ok, "{}", g.logs());
+    std::thread::sleep(Duration::from_secs(1));
+    // Then the good files are all still there (retention never deletes to make room)
+    let during = g.records();
+    assert!(
+        during.len() >= before.len().min(5),
+        "{} files before, {} during",
+        before.len(),
+        during.len()
+    );
+    assert!(g.replica(0).is_running());
+    // And when room comes back, writing resumes
+    std::fs::remove_file(&filler).unwrap();
+    assert_writes_resume(&g, 3, Duration::from_secs(30));
+    g.stop_all();
+    g.assert_invariants();
+}
+
+#[test]
+fn a_removed_file_dir_is_recreated_and_writing_resumes() {
+    // Given a leader writing
+    let zk = ZkCluster::standalone();
+    let mut g = Group::new(&zk.connect_string());
+    g.spawn(1);
+    g.wait_leader(Duration::from_secs(20));
+    // When its directory is removed
+    std::fs::remove_dir_all(g.files_dir()).unwrap();
+    // Then it recreates it (Failover -> Init) and writes again
+    let ok = wait_until(Duration::from_secs(30), Duration::from_millis(100), || {
+        g.records().len() >= 3
+    });
+    assert!(ok, "{}", g.logs());
+    g.stop_all();
+    g.assert_invariants();
+}
