@@ -48,8 +48,10 @@ pub enum Violation {
         older_file: String,
         newer_first_file: String,
     },
-    /// Within one leadership, a later file carries an earlier time.
-    OutOfOrder { file: String },
+    /// Within one leadership, a later file carries an earlier time: the
+    /// wall clock stepped back. Reported as a warning: file order comes
+    /// from the name, not the clock, so nothing breaks.
+    ClockStep { file: String },
     /// No file for longer than the bound.
     Gap {
         after: String,
@@ -69,6 +71,8 @@ pub struct Report {
     pub temp_files: usize,
     /// Problems.
     pub violations: Vec<Violation>,
+    /// Things worth knowing that break no promise (clock steps).
+    pub warnings: Vec<Violation>,
 }
 
 impl Report {
@@ -107,6 +111,7 @@ pub fn check(dir: &Path, max_gap: Option<Duration>) -> Result<Report, VerifyErro
         })
         .unwrap_or(0);
     let mut violations = Vec::new();
+    let mut warnings = Vec::new();
     let mut seen: Vec<Seen> = Vec::new();
     for key in &keys {
         let name = key.file_name();
@@ -148,7 +153,7 @@ pub fn check(dir: &Path, max_gap: Option<Duration>) -> Result<Report, VerifyErro
     for pair in seen.windows(2) {
         let (a, b) = (&pair[0], &pair[1]);
         if a.key.token == b.key.token && b.at_ms < a.at_ms {
-            violations.push(Violation::OutOfOrder {
+            warnings.push(Violation::ClockStep {
                 file: b.name.clone(),
             });
         }
@@ -168,6 +173,7 @@ pub fn check(dir: &Path, max_gap: Option<Duration>) -> Result<Report, VerifyErro
         leaderships: first_of.len(),
         temp_files,
         violations,
+        warnings,
     })
 }
 
@@ -188,9 +194,15 @@ pub fn render_text(dir: &Path, r: &Report) -> String {
         r.temp_files,
         r.violations.len()
     );
+    for w in &r.warnings {
+        out.push_str(&format!(
+            "  warning: {}\n",
+            serde_json::to_string(w).unwrap_or_default()
+        ));
+    }
     for v in &r.violations {
         out.push_str(&format!(
-            "  {}\n",
+            "  violation: {}\n",
             serde_json::to_string(v).unwrap_or_default()
         ));
     }
@@ -263,6 +275,21 @@ mod tests {
         assert_eq!(kinds.len(), 2);
         assert!(matches!(r.violations[0], Violation::BadContent { .. }));
         assert!(matches!(r.violations[1], Violation::NameMismatch { .. }));
+    }
+
+    #[test]
+    fn a_clock_stepping_back_is_a_warning_not_a_violation() {
+        // The wall clock jumped back 1 h between two files of one leader.
+        let d = tempfile::tempdir().unwrap();
+        put(d.path(), 4, 1, "2026-01-01T01:00:00.000Z");
+        put(d.path(), 4, 2, "2026-01-01T00:00:00.200Z");
+        let r = check(d.path(), None).unwrap();
+        assert!(r.is_clean());
+        assert!(matches!(r.warnings[..], [Violation::ClockStep { .. }]));
+        // Order and retention follow the names, not the clock.
+        let keys = files::list(d.path()).unwrap();
+        assert_eq!(keys.iter().map(|k| k.seq).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(files::retention_victims(&keys, 1, 4), vec![keys[0]]);
     }
 
     #[test]

@@ -17,6 +17,24 @@ use common::zk::ZkCluster;
 use election::files::{self, FileKey};
 use election::verify;
 
+/// CPU time (user + system) a process has used, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, a)| a)
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 fn files_by_token(dir: &Path) -> Vec<FileKey> {
     files::list(dir).unwrap_or_default()
 }
@@ -151,11 +169,21 @@ fn zookeeper_outage_longer_than_the_session_leads_to_failover_then_one_leader() 
     let mut g = Group::new(&zk.connect_string());
     g.spawn(3);
     g.wait_leader(Duration::from_secs(20));
-    // When ZooKeeper is down for three session timeouts
+    // When ZooKeeper is down for several session timeouts
     zk.kill(0);
-    std::thread::sleep(Duration::from_secs(6));
+    std::thread::sleep(Duration::from_secs(3));
     let files_during_outage = g.records().len();
-    std::thread::sleep(Duration::from_secs(1));
+    // Then nobody writes, and nobody spins a core retrying (Failover paces
+    // reconnection with its own backoff)
+    let cpu0: Vec<f64> = (0..3).map(|i| cpu_seconds(g.replica(i).pid())).collect();
+    std::thread::sleep(Duration::from_secs(3));
+    for (i, c0) in cpu0.iter().enumerate() {
+        let used = cpu_seconds(g.replica(i).pid()) - c0;
+        assert!(
+            used < 1.0,
+            "r{i} used {used:.2} s of CPU in 3 s while ZooKeeper was down"
+        );
+    }
     assert_eq!(
         g.records().len(),
         files_during_outage,

@@ -61,7 +61,23 @@ pub async fn run(ctx: &Context, mut session: ZkSession) -> Step {
         }
         let mut retry = false;
         let round = if live.is_connected() {
-            Some(round(ctx, &session, &mut impostors).await)
+            // Requests wait in the client's queue while it is disconnected:
+            // bound a round by the session timeout, and stay stoppable.
+            let result = tokio::select! {
+                r = tokio::time::timeout(session.timeout(), round(ctx, &session, &mut impostors)) => {
+                    Some(r.unwrap_or(Err(ZkErr::ConnectionLoss)))
+                }
+                _ = ctx.cancel.cancelled() => None,
+            };
+            match result {
+                Some(r) => Some(r),
+                None => {
+                    return Step::Next(
+                        State::Stopping(Some(session), Outcome::Stopped),
+                        "stop requested".into(),
+                    );
+                }
+            }
         } else {
             None
         };

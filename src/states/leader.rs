@@ -58,10 +58,11 @@ pub async fn run(ctx: &Context, mut session: ZkSession, leadership: Leadership) 
 
     let mut live = Liveness::new(session.timeout(), session.state());
     let mut lease = Lease::new(session.timeout());
-    let watch = session
-        .client()
-        .check_and_watch_stat(&leadership.path)
-        .await;
+    let watch = bounded(
+        &session,
+        session.client().check_and_watch_stat(&leadership.path),
+    )
+    .await;
     let mut node_gone = match watch {
         Ok((Some(stat), w)) if stat.ephemeral_owner == session.id() => Box::pin(w.changed()),
         Ok(_) => {
@@ -121,7 +122,7 @@ pub async fn run(ctx: &Context, mut session: ZkSession, leadership: Leadership) 
                     return Step::Next(State::Attempter(session), "leader node deleted".into());
                 }
                 // A data change or a session event: look again.
-                match session.client().check_and_watch_stat(&leadership.path).await {
+                match bounded(&session, session.client().check_and_watch_stat(&leadership.path)).await {
                     Ok((Some(stat), w)) if stat.ephemeral_owner == session.id() => node_gone = Box::pin(w.changed()),
                     Ok(_) => return Step::Next(State::Attempter(session), "leader node lost".into()),
                     Err(e) => {
@@ -190,6 +191,17 @@ pub async fn run(ctx: &Context, mut session: ZkSession, leadership: Leadership) 
             }
         }
     }
+}
+
+/// Bounds a request by the session timeout: requests wait in the client's
+/// queue while it is disconnected, and the daemon keeps its own clock.
+async fn bounded<T>(
+    session: &ZkSession,
+    request: impl std::future::Future<Output = Result<T, zookeeper_client::Error>>,
+) -> Result<T, zookeeper_client::Error> {
+    tokio::time::timeout(session.timeout(), request)
+        .await
+        .unwrap_or(Err(zookeeper_client::Error::ConnectionLoss))
 }
 
 /// Confirms through a quorum-synced read that our node is still ours.

@@ -1,0 +1,171 @@
+//! Scale benchmark: N replicas on one ZooKeeper. For each N it prints the
+//! handover time (SIGTERM of the leader to the successor's first file),
+//! the ZooKeeper packets the handover cost above the background rate
+//! (pings), and the memory per replica. Run with:
+//!
+//! ```sh
+//! cargo bench --bench scale              # SCALE_SIZES=3,10,50 by default
+//! ```
+//!
+//! A herd-free recipe keeps the packets per handover flat as N grows.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::time::{Duration, Instant, SystemTime};
+
+use common::replica::Replica;
+use common::wait_until;
+use common::zk::ZkCluster;
+use election::files::{self, LeaderRecord};
+
+fn records(dir: &std::path::Path) -> Vec<LeaderRecord> {
+    files::list(dir)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|k| std::fs::read(dir.join(k.file_name())).ok())
+        .filter_map(|b| serde_json::from_slice(&b).ok())
+        .collect()
+}
+
+fn packets_received(zk: &ZkCluster) -> f64 {
+    zk.mntr(0)
+        .get("zk_packets_received")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+fn rss_mb(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .unwrap_or(f64::NAN)
+        / 1024.0
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn main() {
+    let sizes: Vec<usize> = std::env::var("SCALE_SIZES")
+        .unwrap_or_else(|_| "3,10,50".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let rounds: usize = std::env::var("SCALE_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    println!(
+        "| replicas | handover median (ms) | ZooKeeper packets per handover (above pings) | RSS per replica (MB) |"
+    );
+    println!("|---:|---:|---:|---:|");
+    for &n in &sizes {
+        let zk = ZkCluster::standalone();
+        let dir = tempfile::tempdir().unwrap();
+        let files_dir = dir.path().join("files");
+        let mut replicas: Vec<Option<Replica>> = Vec::new();
+        let spawn = |id: usize| {
+            let node = format!("s{id}");
+            let args = [
+                "run",
+                "--zk-servers",
+                &zk.connect_string(),
+                "--zk-root",
+                "/election/scale",
+                // A long session keeps the ping background low and steady.
+                "--zk-session-timeout",
+                "20s",
+                "--leader-timeout",
+                "200ms",
+                "--attempter-timeout",
+                "60s",
+                "--file-dir",
+                files_dir.to_str().unwrap(),
+                "--storage-capacity",
+                "100000",
+                "--node-id",
+                &node,
+                "--http-addr",
+                "off",
+                "--admin-addr",
+                "off",
+            ];
+            Replica::spawn(&args, &[("RUST_LOG", "warn")])
+        };
+        for id in 0..n {
+            replicas.push(Some(spawn(id)));
+        }
+        let leader_of = |replicas: &Vec<Option<Replica>>| -> Option<(usize, u64)> {
+            let r = records(&files_dir).pop()?;
+            let i: usize = r.node_id.strip_prefix('s')?.parse().ok()?;
+            replicas.get(i)?.as_ref()?;
+            Some((i, r.token))
+        };
+        assert!(wait_until(
+            Duration::from_secs(60),
+            Duration::from_millis(50),
+            || leader_of(&replicas).is_some()
+        ));
+        std::thread::sleep(Duration::from_secs(3));
+        let rss: Vec<f64> = replicas.iter().flatten().map(|r| rss_mb(r.pid())).collect();
+
+        let mut times = Vec::new();
+        let mut costs = Vec::new();
+        for _ in 0..rounds {
+            let (leader, token) = leader_of(&replicas).unwrap();
+            // Background: packets over a quiet second.
+            let b0 = packets_received(&zk);
+            let tb = Instant::now();
+            std::thread::sleep(Duration::from_secs(1));
+            let background_rate = (packets_received(&zk) - b0) / tb.elapsed().as_secs_f64();
+
+            let p0 = packets_received(&zk);
+            let t0 = Instant::now();
+            let s0 = SystemTime::now();
+            replicas[leader].as_ref().unwrap().signal(libc::SIGTERM);
+            let mut first = None;
+            assert!(wait_until(
+                Duration::from_secs(30),
+                Duration::from_millis(5),
+                || {
+                    first = records(&files_dir).into_iter().find(|r| r.token > token);
+                    first.is_some()
+                }
+            ));
+            // Let the successor's first confirmation and write finish.
+            std::thread::sleep(Duration::from_millis(100));
+            let window = t0.elapsed().as_secs_f64();
+            let cost = packets_received(&zk) - p0 - background_rate * window;
+            let at = election::verify::parse_time_ms(&first.unwrap().written_at).unwrap();
+            let s0_ms = s0
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as i64;
+            times.push((at - s0_ms) as f64);
+            costs.push(cost);
+            if let Some(r) = replicas[leader].take() {
+                r.wait_exit(Duration::from_secs(10));
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        println!(
+            "| {n} | {:.0} | {:.0} | {:.1} |",
+            median(times),
+            median(costs),
+            rss.iter().sum::<f64>() / rss.len() as f64
+        );
+        for r in replicas.iter().flatten() {
+            r.signal(libc::SIGTERM);
+        }
+        for r in replicas.iter().flatten() {
+            r.wait_exit(Duration::from_secs(10));
+        }
+    }
+}
