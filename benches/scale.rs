@@ -153,7 +153,10 @@ fn main() {
             if let Some(r) = replicas[leader].take() {
                 r.wait_exit(Duration::from_secs(10));
             }
-            std::thread::sleep(Duration::from_millis(300));
+            // Keep N replicas: a replacement joins at the end of the queue.
+            let id = replicas.len();
+            replicas.push(Some(spawn(id)));
+            std::thread::sleep(Duration::from_millis(500));
         }
         println!(
             "| {n} | {:.0} | {:.0} | {:.1} |",
