@@ -20,7 +20,9 @@ cleanup() {
   echo ">> stopping replicas and ZooKeeper"
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  [[ -f "$WORK/zk/zk.pid" ]] && kill "$(cat "$WORK/zk/zk.pid")" 2>/dev/null || true
+  if [[ -f "$WORK/zk/zk.pid" ]]; then
+    kill "$(cat "$WORK/zk/zk.pid")" 2>/dev/null || true
+  fi
   echo ">> logs and files kept in $WORK"
 }
 trap cleanup EXIT
@@ -61,7 +63,7 @@ if [[ "$leader" =~ ^replica-([0-2])$ ]]; then
   "$BIN" status --zk-servers "127.0.0.1:$ZK_PORT" --zk-root /election/demo
 fi
 echo ">> newest files:"
-ls "$FILES" | tail -3
+find "$FILES" -maxdepth 1 -name 'leader_*.json' -printf '%f\n' | sort | tail -3
 "$BIN" verify --file-dir "$FILES" || true
 echo ">> running; logs in $WORK/replica-*.log; Ctrl-C to stop"
 wait

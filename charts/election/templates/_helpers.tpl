@@ -1,0 +1,235 @@
+{{/*
+Chart name, truncated to 63 characters (DNS label limit).
+*/}}
+{{- define "election.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Fully qualified name of the release, truncated to 63 characters. When the
+release name already contains the chart name it is used alone, so that
+`helm install election ./charts/election` gives pods election-0, election-1...
+*/}}
+{{- define "election.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Chart name and version, for the helm.sh/chart label.
+*/}}
+{{- define "election.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Labels shared by every resource (without name, instance, component, version).
+*/}}
+{{- define "election.commonLabels" -}}
+helm.sh/chart: {{ include "election.chart" . }}
+app.kubernetes.io/part-of: {{ include "election.name" . }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Selector labels of the election pods.
+*/}}
+{{- define "election.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "election.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: election
+{{- end }}
+
+{{/*
+Labels of the election resources.
+*/}}
+{{- define "election.labels" -}}
+{{ include "election.selectorLabels" . }}
+app.kubernetes.io/version: {{ default .Chart.AppVersion .Values.image.tag | quote }}
+{{ include "election.commonLabels" . }}
+{{- end }}
+
+{{/*
+Name prefix of the ZooKeeper resources; pods are <this>-0..M-1.
+*/}}
+{{- define "election.zookeeper.fullname" -}}
+{{- printf "%s-zookeeper" (include "election.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Headless Service of the ZooKeeper servers (stable DNS names per pod).
+*/}}
+{{- define "election.zookeeper.headless" -}}
+{{- printf "%s-headless" (include "election.zookeeper.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Selector labels of the ZooKeeper pods.
+*/}}
+{{- define "election.zookeeper.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "election.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: zookeeper
+{{- end }}
+
+{{/*
+Labels of the ZooKeeper resources.
+*/}}
+{{- define "election.zookeeper.labels" -}}
+{{ include "election.zookeeper.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.zookeeper.image.tag | quote }}
+{{ include "election.commonLabels" . }}
+{{- end }}
+
+{{/*
+Name of the election ServiceAccount.
+*/}}
+{{- define "election.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "election.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+Election image reference: repository:tag, or repository@digest when a digest is set.
+*/}}
+{{- define "election.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Pod names of the election StatefulSet, one per line: what the Role may touch.
+*/}}
+{{- define "election.podNames" -}}
+{{- $fullname := include "election.fullname" . }}
+{{- range $i := until (int .Values.replicaCount) }}
+{{ printf "%s-%d" $fullname $i }}
+{{- end }}
+{{- end }}
+
+{{/*
+ZooKeeper connect string for the daemon (ELECTION_ZK_SERVERS): every server of
+the bundled ensemble by its stable pod DNS name, or the external list.
+Names are relative to the release namespace (resolved through the pod's DNS
+search path), so rendered manifests can be moved to another namespace.
+*/}}
+{{- define "election.zkServers" -}}
+{{- if .Values.zookeeper.enabled }}
+{{- $zk := include "election.zookeeper.fullname" . }}
+{{- $headless := include "election.zookeeper.headless" . }}
+{{- $servers := list }}
+{{- range $i := until (int .Values.zookeeper.replicas) }}
+{{- $servers = append $servers (printf "%s-%d.%s:2181" $zk $i $headless) }}
+{{- end }}
+{{- join "," $servers }}
+{{- else }}
+{{- join "," .Values.zookeeper.servers }}
+{{- end }}
+{{- end }}
+
+{{/*
+Server list of the bundled ensemble in the official image's ZOO_SERVERS form:
+"server.<myid>=<host>:2888:3888;2181 ...", myid = pod ordinal + 1.
+*/}}
+{{- define "election.zookeeper.zooServers" -}}
+{{- $zk := include "election.zookeeper.fullname" . }}
+{{- $headless := include "election.zookeeper.headless" . }}
+{{- $servers := list }}
+{{- range $i := until (int .Values.zookeeper.replicas) }}
+{{- $servers = append $servers (printf "server.%d=%s-%d.%s:2888:3888;2181" (add $i 1) $zk $i $headless) }}
+{{- end }}
+{{- join " " $servers }}
+{{- end }}
+
+{{/*
+Election path in ZooKeeper: the configured one, or /election/<fullname>.
+*/}}
+{{- define "election.zkRoot" -}}
+{{- default (printf "/election/%s" (include "election.fullname" .)) .Values.election.zkRoot }}
+{{- end }}
+
+{{/*
+A humantime duration ("1m30s", "250ms") in whole milliseconds. The schema
+guarantees the form; units below a millisecond count as zero.
+*/}}
+{{- define "election.durationMs" -}}
+{{- $ms := dict "ns" 0 "nsec" 0 "us" 0 "usec" 0 "ms" 1 "msec" 1 "s" 1000 "sec" 1000 "secs" 1000 "second" 1000 "seconds" 1000 "m" 60000 "min" 60000 "mins" 60000 "minute" 60000 "minutes" 60000 "h" 3600000 "hr" 3600000 "hrs" 3600000 "hour" 3600000 "hours" 3600000 "d" 86400000 "day" 86400000 "days" 86400000 -}}
+{{- $total := 0 -}}
+{{- range regexFindAll "[0-9]+\\s*[a-z]+" (toString .) -1 -}}
+{{- $n := regexFind "^[0-9]+" . | int -}}
+{{- $unit := regexReplaceAll "^[0-9]+\\s*" . "" -}}
+{{- $total = add $total (mul $n (get $ms $unit | int)) -}}
+{{- end -}}
+{{- $total -}}
+{{- end }}
+
+{{/*
+storageClassName value of a claim: "" for "-" (no dynamic provisioning), the
+quoted class otherwise, nothing when empty (the cluster's default class).
+*/}}
+{{- define "election.storageClassName" -}}
+{{- if eq "-" (toString .) }}
+{{- `""` }}
+{{- else if . }}
+{{- . | quote }}
+{{- end }}
+{{- end }}
+
+{{/*
+Checks of values that the schema cannot express. Fails the render with a
+message that says what to change.
+*/}}
+{{- define "election.validate" -}}
+{{- $fullname := include "election.fullname" . }}
+{{- if gt (len $fullname) 42 }}
+{{- fail (printf "the full name %q is %d characters long; at most 42 fit StatefulSet pod and label limits: set fullnameOverride" $fullname (len $fullname)) }}
+{{- end }}
+{{- if and (not .Values.zookeeper.enabled) (empty .Values.zookeeper.servers) }}
+{{- fail "zookeeper.enabled is false: list the external ZooKeeper servers in zookeeper.servers (host:port)" }}
+{{- end }}
+{{- if and .Values.persistence.existingClaim (eq .Values.persistence.mode "perReplica") }}
+{{- fail "persistence.existingClaim only works with persistence.mode=shared" }}
+{{- end }}
+{{- $releaseMs := include "election.durationMs" .Values.election.releaseTimeout | int }}
+{{- if lt (mul (int .Values.terminationGracePeriodSeconds) 1000) (add $releaseMs 5000) }}
+{{- fail (printf "terminationGracePeriodSeconds (%d) must exceed election.releaseTimeout (%s) by at least 5 seconds, or the kubelet kills the daemon during its release" (int .Values.terminationGracePeriodSeconds) .Values.election.releaseTimeout) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Common fields of the `helm test` containers (kubectl, no shell).
+*/}}
+{{- define "election.test.container" -}}
+env:
+  # kubectl keeps its discovery cache under $HOME.
+  - name: HOME
+    value: /tmp
+resources:
+  requests:
+    cpu: 10m
+    memory: 32Mi
+  limits:
+    memory: 128Mi
+securityContext:
+  {{- toYaml .Values.securityContext | nindent 2 }}
+volumeMounts:
+  - name: tmp
+    mountPath: /tmp
+{{- end }}
