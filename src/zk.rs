@@ -254,6 +254,59 @@ pub fn is_terminal(state: SessionState) -> bool {
     )
 }
 
+/// Child of the election path that remembers the highest fencing token
+/// issued so far (decimal text), so tokens keep increasing even when
+/// file-dir is emptied. Not a candidate name, so elections ignore it.
+pub const FENCING_NODE: &str = "fencing";
+
+/// Reads the token floor and the node's version (`None`: no node yet).
+/// Unreadable content counts as 0.
+pub async fn read_token_floor(
+    client: &Client,
+    root: &str,
+) -> Result<(u64, Option<i32>), zookeeper_client::Error> {
+    match client.get_data(&child_path(root, FENCING_NODE)).await {
+        Ok((data, stat)) => Ok((parse_token_floor(&data), Some(stat.version))),
+        Err(zookeeper_client::Error::NoNode) => Ok((0, None)),
+        Err(e) => Err(e),
+    }
+}
+
+/// Parses the content of the fencing node; garbage is 0.
+pub fn parse_token_floor(data: &[u8]) -> u64 {
+    std::str::from_utf8(data)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Raises the token floor to `token`, atomically with a check that our
+/// candidate node `own` still exists (a multi-op), and only if nobody
+/// changed the floor since we read it (`version`).
+pub async fn raise_token_floor(
+    client: &Client,
+    root: &str,
+    own: &str,
+    token: u64,
+    version: Option<i32>,
+) -> Result<(), String> {
+    let path = child_path(root, FENCING_NODE);
+    let data = token.to_string();
+    let mut writer = client
+        .new_check_writer(own, Some(0))
+        .map_err(|e| e.to_string())?;
+    let added = match version {
+        Some(v) => writer.add_set_data(&path, data.as_bytes(), Some(v)),
+        None => writer.add_create(
+            &path,
+            data.as_bytes(),
+            &CreateMode::Persistent.with_acls(Acls::anyone_all()),
+        ),
+    };
+    added.map_err(|e| e.to_string())?;
+    writer.commit().await.map(|_| ()).map_err(|e| e.to_string())
+}
+
 /// Full path of a child.
 pub fn child_path(root: &str, name: &str) -> String {
     format!("{root}/{name}")
@@ -302,6 +355,13 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(standing(&ordered, 9).0, Standing::Absent);
+    }
+
+    #[test]
+    fn the_fencing_node_is_not_a_candidate_and_garbage_reads_as_zero() {
+        assert_eq!(parse_candidate(FENCING_NODE), None);
+        assert_eq!(parse_token_floor(b"4294967321"), 4294967321);
+        assert_eq!(parse_token_floor(b"\x00garbage"), 0);
     }
 
     #[test]

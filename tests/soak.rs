@@ -1,7 +1,7 @@
 //! A seeded soak: random faults from the reliability list, one after the
-//! other, against three replicas (each behind its own fault proxy) and a
-//! real ZooKeeper. After every fault a leader must write again within a
-//! bound; at the end the invariant checker must find nothing.
+//! other, against three replicas (each behind its own fault proxies) and a
+//! real 3-node ZooKeeper ensemble. After every fault a leader must write
+//! again within a bound, and the invariant checker must find nothing.
 //!
 //! `SOAK_FAULTS` (default 40) and `SOAK_SEED` (default: from the clock,
 //! printed) control it; a failure prints the seed to reproduce it:
@@ -13,16 +13,16 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::group::Group;
-use common::proxy::{FaultProxy, Mode};
+use common::proxy::{FaultProxy, Mode, connect_string};
 use common::wait_until;
 use common::zk::ZkCluster;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-const FAULTS: [&str; 8] = [
+const FAULTS: [&str; 12] = [
     "leader SIGKILL",
     "leader SIGTERM",
     "leader SIGSTOP 3s",
@@ -30,12 +30,17 @@ const FAULTS: [&str; 8] = [
     "leader link blackhole 3s",
     "leader link half-open 3s",
     "leader link delayed 1s for 3s",
-    "ZooKeeper crash and restart",
+    "leader's ZooKeeper server crash",
+    "quorum loss 3s",
+    "full ensemble restart",
+    "ensemble wiped",
+    "file-dir removed",
 ];
 
 struct Soak {
     zk: ZkCluster,
-    proxies: Vec<FaultProxy>,
+    /// Per slot, one proxy per ZooKeeper server.
+    proxies: Vec<Vec<FaultProxy>>,
     g: Group,
     /// Replica index -> proxy slot.
     slot_of: Vec<usize>,
@@ -44,7 +49,7 @@ struct Soak {
 
 impl Soak {
     fn spawn_in_slot(&mut self, slot: usize) {
-        self.g.servers = self.proxies[slot].addr().to_string();
+        self.g.servers = connect_string(&self.proxies[slot]);
         self.g.spawn(1);
         self.slot_of.push(slot);
     }
@@ -68,12 +73,13 @@ impl Soak {
     }
 
     fn link_fault(&mut self, leader: usize, mode: Mode) {
-        let proxy = &self.proxies[self.slot_of[leader]];
-        proxy.set_mode(mode);
+        let proxies = &self.proxies[self.slot_of[leader]];
+        proxies.iter().for_each(|p| p.set_mode(mode));
         std::thread::sleep(Duration::from_secs(3));
-        proxy.set_mode(Mode::Pass);
+        proxies.iter().for_each(|p| p.set_mode(Mode::Pass));
     }
 
+    /// Injects one fault; returns when the fault is over (not recovered).
     fn inject(&mut self, fault: usize, rng: &mut StdRng) {
         let leader = self.leader();
         match fault {
@@ -104,9 +110,42 @@ impl Soak {
             5 => self.link_fault(leader, Mode::HalfOpen),
             6 => self.link_fault(leader, Mode::Delay(Duration::from_secs(1))),
             7 => {
-                self.zk.kill(0);
+                // The server behind the proxy the leader's session uses.
+                let sid = self
+                    .g
+                    .newest_record()
+                    .map(|r| r.session_id)
+                    .unwrap_or_default();
+                let server = (0..self.zk.len())
+                    .find(|&i| {
+                        self.zk
+                            .four_letter(i, "cons")
+                            .contains(&format!("sid={sid}"))
+                    })
+                    .unwrap_or(0);
+                self.zk.kill(server);
                 std::thread::sleep(Duration::from_secs(1));
-                self.zk.start(0);
+                self.zk.start(server);
+            }
+            8 => {
+                let keep = rng.random_range(0..3);
+                let down: Vec<usize> = (0..3).filter(|&i| i != keep).collect();
+                down.iter().for_each(|&i| self.zk.kill(i));
+                std::thread::sleep(Duration::from_secs(3));
+                down.iter().for_each(|&i| self.zk.start(i));
+                self.zk.wait_quorum();
+            }
+            9 => {
+                self.zk.stop_all();
+                self.zk.start_all();
+            }
+            10 => {
+                (0..3).for_each(|i| self.zk.kill(i));
+                (0..3).for_each(|i| self.zk.wipe(i));
+                self.zk.start_all();
+            }
+            11 => {
+                let _ = std::fs::remove_dir_all(self.g.files_dir());
             }
             _ => unreachable!(),
         }
@@ -131,10 +170,8 @@ fn a_seeded_soak_of_random_faults_keeps_one_writer_and_always_recovers() {
     eprintln!("soak: {faults} faults, SOAK_SEED={seed}");
     let mut rng = StdRng::seed_from_u64(seed);
 
-    let zk = ZkCluster::standalone();
-    let proxies: Vec<FaultProxy> = (0..3)
-        .map(|_| FaultProxy::start(zk.server_addr(0)))
-        .collect();
+    let zk = ZkCluster::ensemble(3);
+    let proxies: Vec<Vec<FaultProxy>> = (0..3).map(|_| FaultProxy::for_each_server(&zk)).collect();
     let g = Group::new("unused:1");
     let mut soak = Soak {
         zk,
@@ -148,14 +185,17 @@ fn a_seeded_soak_of_random_faults_keeps_one_writer_and_always_recovers() {
     }
     soak.leader();
 
-    let mut recoveries: BTreeMap<&str, Vec<Duration>> = BTreeMap::new();
+    // Per fault kind: (from the fault's start, from its end) to the next file.
+    let mut recoveries: BTreeMap<&str, Vec<(Duration, Duration)>> = BTreeMap::new();
     for n in 0..faults {
         let fault = rng.random_range(0..FAULTS.len());
         let newest = soak.g.newest_record().map(|r| (r.token, r.seq));
-        // Recovery counts from the start of the fault: a successor may take
-        // over while the fault (a frozen leader, a cut link) still lasts.
-        let t0 = Instant::now();
+        // Recovery counts from the start of the fault (a successor may take
+        // over while a frozen leader or a cut link still lasts) and from
+        // its end (when the environment is whole again).
+        let started = SystemTime::now();
         soak.inject(fault, &mut rng);
+        let ended = SystemTime::now();
         let ok = wait_until(Duration::from_secs(30), Duration::from_millis(20), || {
             soak.g.newest_record().map(|r| (r.token, r.seq)) > newest
         });
@@ -166,10 +206,23 @@ fn a_seeded_soak_of_random_faults_keeps_one_writer_and_always_recovers() {
             soak.seed,
             soak.g.logs()
         );
+        // The successor's first file carries its own time: a successor may
+        // have written while the fault still lasted.
+        let first_new = soak
+            .g
+            .records()
+            .into_iter()
+            .find(|r| Some((r.token, r.seq)) > newest)
+            .unwrap();
+        let at = UNIX_EPOCH
+            + Duration::from_millis(
+                election::verify::parse_time_ms(&first_new.written_at).unwrap() as u64,
+            );
+        let since = |t: SystemTime| at.duration_since(t).unwrap_or(Duration::ZERO);
         recoveries
             .entry(FAULTS[fault])
             .or_default()
-            .push(t0.elapsed());
+            .push((since(started), since(ended)));
         let report = election::verify::check(&soak.g.files_dir(), None).unwrap();
         assert!(
             report.is_clean(),
@@ -182,19 +235,24 @@ fn a_seeded_soak_of_random_faults_keeps_one_writer_and_always_recovers() {
     }
     soak.g.stop_all();
     soak.g.assert_invariants();
-    let report = election::verify::check(&soak.g.files_dir(), None).unwrap();
+    eprintln!("soak: {faults} faults survived, 0 invariant violations (seed {seed})");
     eprintln!(
-        "soak: {faults} faults survived, {} files, {} leaderships, 0 violations (seed {seed})",
-        report.files, report.leaderships
+        "| fault | runs | recovery from fault start, median (max) | from fault end, median (max) |"
     );
+    eprintln!("|---|---:|---:|---:|");
     for (kind, times) in &recoveries {
-        let mut t = times.clone();
-        t.sort();
+        let mut from_start: Vec<Duration> = times.iter().map(|t| t.0).collect();
+        let mut from_end: Vec<Duration> = times.iter().map(|t| t.1).collect();
+        from_start.sort();
+        from_end.sort();
+        let ms = |d: Duration| d.as_millis();
         eprintln!(
-            "  {kind:<32} x{:<3} recovery median {:?} max {:?}",
-            t.len(),
-            t[t.len() / 2],
-            t[t.len() - 1]
+            "| {kind} | {} | {} ms ({} ms) | {} ms ({} ms) |",
+            times.len(),
+            ms(from_start[from_start.len() / 2]),
+            ms(from_start[from_start.len() - 1]),
+            ms(from_end[from_end.len() / 2]),
+            ms(from_end[from_end.len() - 1]),
         );
     }
 }

@@ -8,9 +8,11 @@
 //! session is connected. A disconnection revokes the lease at once
 //! (suspended); the same session reconnecting resumes; a session lost or
 //! disconnected past its timeout leads to Failover. The fencing token of a
-//! leadership is the zxid that created its node, raised above any token
-//! already in file-dir (so tokens keep increasing even after an ensemble is
-//! wiped and zxids start again).
+//! leadership is the zxid that created its node, raised above the highest
+//! token recorded in ZooKeeper (the `fencing` node) and above any token in
+//! file-dir, so tokens keep increasing when file-dir is emptied and when an
+//! ensemble is wiped and zxids start again (not both at once). The new
+//! floor is recorded in ZooKeeper atomically with a check of our node.
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -47,7 +49,15 @@ enum Confirm {
 /// Runs Leader.
 pub async fn run(ctx: &Context, mut session: ZkSession, leadership: Leadership) -> Step {
     let dir = ctx.cfg.file_dir.clone();
-    let token = fencing_token(&dir, leadership.czxid).await;
+    let token = match fencing_token(ctx, &session, &leadership).await {
+        Ok(token) => token,
+        Err(why) => {
+            return Step::Next(
+                State::Failover(Some(session), Recovery::default().failed()),
+                format!("cannot choose a fencing token: {why}"),
+            );
+        }
+    };
     let sid = session.id_hex();
     info!(token, znode = %leadership.path, session_id = %sid, "leadership acquired");
     ctx.board.update(|s| {
@@ -246,6 +256,12 @@ async fn write(
         znode: leadership.path.clone(),
     };
     let dir = dir.to_owned();
+    if !dir.exists() {
+        warn!(dir = %dir.display(), "file-dir is missing; recreating it");
+        if let Err(source) = std::fs::create_dir_all(&dir) {
+            return Err(FileError::CreateDir { path: dir, source });
+        }
+    }
     let lease = lease.clone();
     let still_leader =
         move || lease.is_valid() && states.peek_state() == SessionState::SyncConnected;
@@ -288,28 +304,41 @@ async fn prune(ctx: &Context, dir: &std::path::Path, token: u64) {
     }
 }
 
-/// The token of a leadership: the node's creation zxid, raised above any
-/// token already in file-dir.
-async fn fencing_token(dir: &std::path::Path, czxid: i64) -> u64 {
-    let d = dir.to_owned();
-    let on_disk = tokio::task::spawn_blocking(move || files::max_token(&d)).await;
-    let base = u64::try_from(czxid).unwrap_or(0);
-    match on_disk {
-        Ok(Ok(max)) => choose_token(base, max),
-        Ok(Err(e)) => {
-            warn!(error = %e, "cannot read tokens in file-dir; using the zxid alone");
-            base
+/// The token of a leadership: max(node zxid, ZooKeeper floor + 1, newest
+/// token in file-dir + 1), then recorded as the new floor.
+async fn fencing_token(
+    ctx: &Context,
+    session: &ZkSession,
+    leadership: &Leadership,
+) -> Result<u64, String> {
+    let d = ctx.cfg.file_dir.clone();
+    let on_disk = tokio::task::spawn_blocking(move || match files::max_token(&d) {
+        Err(FileError::List { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Ok(None)
         }
-        Err(_) => base,
+        other => other,
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?;
+    let root = ctx.cfg.zk_root.as_str();
+    let (floor, version) = bounded(session, crate::zk::read_token_floor(session.client(), root))
+        .await
+        .map_err(|e| format!("cannot read the token floor: {e}"))?;
+    let token = choose_token(u64::try_from(leadership.czxid).unwrap_or(0), floor, on_disk);
+    let raise =
+        crate::zk::raise_token_floor(session.client(), root, &leadership.path, token, version);
+    match tokio::time::timeout(session.timeout(), raise).await {
+        Ok(Ok(())) => Ok(token),
+        Ok(Err(e)) => Err(format!("cannot record the token floor: {e}")),
+        Err(_) => Err("timed out recording the token floor".into()),
     }
 }
 
-/// max(czxid, newest token on disk + 1).
-pub fn choose_token(czxid: u64, newest_on_disk: Option<u64>) -> u64 {
-    match newest_on_disk {
-        Some(t) if t >= czxid => t + 1,
-        _ => czxid,
-    }
+/// max(czxid, floor + 1, newest on disk + 1).
+pub fn choose_token(czxid: u64, floor: u64, newest_on_disk: Option<u64>) -> u64 {
+    let above = |t: u64| t.saturating_add(1);
+    czxid.max(above(floor)).max(newest_on_disk.map_or(0, above))
 }
 
 #[cfg(test)]
@@ -318,10 +347,12 @@ mod tests {
 
     #[test]
     fn tokens_follow_the_zxid_and_never_go_back() {
-        assert_eq!(choose_token(500, None), 500);
-        assert_eq!(choose_token(500, Some(100)), 500);
-        // Ensemble wiped: zxids restarted below what is on disk.
-        assert_eq!(choose_token(7, Some(500)), 501);
-        assert_eq!(choose_token(500, Some(500)), 501);
+        assert_eq!(choose_token(500, 0, None), 500);
+        assert_eq!(choose_token(500, 400, Some(100)), 500);
+        // Ensemble wiped: zxids and the floor restarted below what is on disk.
+        assert_eq!(choose_token(7, 0, Some(500)), 501);
+        assert_eq!(choose_token(500, 0, Some(500)), 501);
+        // file-dir emptied after earlier disk-derived tokens: the floor remembers.
+        assert_eq!(choose_token(300, 501, None), 502);
     }
 }
