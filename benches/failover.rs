@@ -13,100 +13,35 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::replica::Replica;
+use common::group::Group;
 use common::wait_until;
 use common::zk::ZkCluster;
-use election::files::{self, LeaderRecord};
 
-struct Bench {
-    zk: ZkCluster,
-    dir: tempfile::TempDir,
-    replicas: Vec<Option<Replica>>,
-    next_id: usize,
-}
-
-impl Bench {
-    fn spawn(&mut self) {
-        let id = self.next_id;
-        self.next_id += 1;
-        let files = self.dir.path().join("files");
-        let zk = self.zk.connect_string();
-        let node = format!("b{id}");
-        let args = [
-            "run",
-            "--zk-servers",
-            &zk,
-            "--zk-root",
-            "/election/bench",
-            "--zk-session-timeout",
-            "2s",
-            "--leader-timeout",
-            "200ms",
-            "--file-dir",
-            files.to_str().unwrap(),
-            "--storage-capacity",
-            "100000",
-            "--node-id",
-            &node,
-            "--http-addr",
-            "off",
-            "--admin-addr",
-            "off",
-        ];
-        self.replicas
-            .push(Some(Replica::spawn(&args, &[("RUST_LOG", "warn")])));
+/// Sends `sig` to the leader; returns ms from the signal to the
+/// successor's first file, and puts a fresh replica in its place.
+fn takeover(g: &mut Group, sig: i32) -> f64 {
+    let leader = g.wait_leader(Duration::from_secs(30));
+    let token = g.newest_record().unwrap().token;
+    let t0 = SystemTime::now();
+    g.replica(leader).signal(sig);
+    let mut first = None;
+    let ok = wait_until(Duration::from_secs(30), Duration::from_millis(5), || {
+        first = g.records().into_iter().find(|r| r.token > token);
+        first.is_some()
+    });
+    assert!(ok, "no successor\n{}", g.logs());
+    let at = election::verify::parse_time_ms(&first.unwrap().written_at).unwrap();
+    let t0_ms = t0
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    if let Some(r) = g.replicas[leader].take() {
+        r.wait_exit(Duration::from_secs(10));
     }
-
-    fn records(&self) -> Vec<LeaderRecord> {
-        let dir = self.dir.path().join("files");
-        files::list(&dir)
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|k| std::fs::read(dir.join(k.file_name())).ok())
-            .filter_map(|b| serde_json::from_slice(&b).ok())
-            .collect()
-    }
-
-    fn leader(&self) -> (usize, u64) {
-        let mut found = None;
-        let ok = wait_until(Duration::from_secs(30), Duration::from_millis(20), || {
-            found = self.records().pop().and_then(|r| {
-                let i: usize = r.node_id.strip_prefix('b')?.parse().ok()?;
-                self.replicas.get(i)?.as_ref()?;
-                Some((i, r.token))
-            });
-            found.is_some()
-        });
-        assert!(ok, "no leader");
-        found.unwrap()
-    }
-
-    /// Sends `sig` to the leader; returns ms from the signal to the
-    /// successor's first file.
-    fn takeover(&mut self, sig: i32) -> f64 {
-        let (i, token) = self.leader();
-        let t0 = SystemTime::now();
-        self.replicas[i].as_ref().unwrap().signal(sig);
-        let mut first = None;
-        let ok = wait_until(Duration::from_secs(30), Duration::from_millis(5), || {
-            first = self.records().into_iter().find(|r| r.token > token);
-            first.is_some()
-        });
-        assert!(ok, "no successor");
-        let at = election::verify::parse_time_ms(&first.unwrap().written_at).unwrap();
-        let t0_ms = t0
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as i64;
-        if let Some(r) = self.replicas[i].take() {
-            r.wait_exit(Duration::from_secs(10));
-        }
-        self.spawn();
-        (at - t0_ms) as f64
-    }
+    g.spawn(1);
+    (at - t0_ms) as f64
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -148,24 +83,18 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(7);
     let zk = ZkCluster::standalone();
-    let mut b = Bench {
-        zk,
-        dir: tempfile::tempdir().unwrap(),
-        replicas: Vec::new(),
-        next_id: 0,
-    };
-    for _ in 0..3 {
-        b.spawn();
-    }
-    b.leader();
+    let mut g = Group::new(&zk.connect_string());
+    g.env = vec![("RUST_LOG".into(), "warn".into())];
+    g.spawn(3);
+    g.wait_leader(Duration::from_secs(30));
     std::thread::sleep(Duration::from_secs(1));
 
     let mut handover = Vec::new();
     let mut crash = Vec::new();
     for round in 0..rounds {
-        let h = b.takeover(libc::SIGTERM);
+        let h = takeover(&mut g, libc::SIGTERM);
         std::thread::sleep(Duration::from_millis(500));
-        let c = b.takeover(libc::SIGKILL);
+        let c = takeover(&mut g, libc::SIGKILL);
         std::thread::sleep(Duration::from_millis(500));
         eprintln!("round {round}: handover {h:.0} ms, crash failover {c:.0} ms");
         handover.push(h);
@@ -174,19 +103,19 @@ fn main() {
 
     // Idle cost: let things settle, then sample 10 s.
     std::thread::sleep(Duration::from_secs(2));
-    let (leader, _) = b.leader();
-    let pids: Vec<(usize, u32)> = b
+    let leader = g.wait_leader(Duration::from_secs(30));
+    let pids: Vec<(usize, u32)> = g
         .replicas
         .iter()
         .enumerate()
         .filter_map(|(i, r)| Some((i, r.as_ref()?.pid())))
         .collect();
     let cpu0: Vec<f64> = pids.iter().map(|(_, p)| proc_cpu_ticks(*p)).collect();
-    let pk0 = zk_packets(&b.zk);
+    let pk0 = zk_packets(&zk);
     let t0 = Instant::now();
     std::thread::sleep(Duration::from_secs(10));
     let secs = t0.elapsed().as_secs_f64();
-    let pk1 = zk_packets(&b.zk);
+    let pk1 = zk_packets(&zk);
     let ticks_per_sec = 100.0; // USER_HZ on Linux
     println!("election benchmark: 3 replicas, session 2s, leader-timeout 200ms, {rounds} rounds");
     println!(
@@ -214,5 +143,4 @@ fn main() {
         "ZooKeeper packets at rest (sent + received): {:.1} per second",
         (pk1 - pk0) / secs
     );
-    let _ = Path::new(".");
 }

@@ -14,19 +14,9 @@ mod common;
 
 use std::time::{Duration, Instant, SystemTime};
 
-use common::replica::Replica;
+use common::group::Group;
 use common::wait_until;
 use common::zk::ZkCluster;
-use election::files::{self, LeaderRecord};
-
-fn records(dir: &std::path::Path) -> Vec<LeaderRecord> {
-    files::list(dir)
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|k| std::fs::read(dir.join(k.file_name())).ok())
-        .filter_map(|b| serde_json::from_slice(&b).ok())
-        .collect()
-}
 
 fn packets_received(zk: &ZkCluster) -> f64 {
     zk.mntr(0)
@@ -68,58 +58,27 @@ fn main() {
     println!("|---:|---:|---:|---:|");
     for &n in &sizes {
         let zk = ZkCluster::standalone();
-        let dir = tempfile::tempdir().unwrap();
-        let files_dir = dir.path().join("files");
-        let mut replicas: Vec<Option<Replica>> = Vec::new();
-        let spawn = |id: usize| {
-            let node = format!("s{id}");
-            let args = [
-                "run",
-                "--zk-servers",
-                &zk.connect_string(),
-                "--zk-root",
-                "/election/scale",
-                // A long session keeps the ping background low and steady.
-                "--zk-session-timeout",
-                "20s",
-                "--leader-timeout",
-                "200ms",
-                "--attempter-timeout",
-                "60s",
-                "--file-dir",
-                files_dir.to_str().unwrap(),
-                "--storage-capacity",
-                "100000",
-                "--node-id",
-                &node,
-                "--http-addr",
-                "off",
-                "--admin-addr",
-                "off",
-            ];
-            Replica::spawn(&args, &[("RUST_LOG", "warn")])
-        };
-        for id in 0..n {
-            replicas.push(Some(spawn(id)));
-        }
-        let leader_of = |replicas: &Vec<Option<Replica>>| -> Option<(usize, u64)> {
-            let r = records(&files_dir).pop()?;
-            let i: usize = r.node_id.strip_prefix('s')?.parse().ok()?;
-            replicas.get(i)?.as_ref()?;
-            Some((i, r.token))
-        };
-        assert!(wait_until(
-            Duration::from_secs(60),
-            Duration::from_millis(50),
-            || leader_of(&replicas).is_some()
-        ));
+        let mut g = Group::new(&zk.connect_string());
+        // A long session keeps the ping background low and steady.
+        g.extra = ["--zk-session-timeout", "20s", "--attempter-timeout", "60s"]
+            .map(String::from)
+            .to_vec();
+        g.env = vec![("RUST_LOG".into(), "warn".into())];
+        g.spawn(n);
+        g.wait_leader(Duration::from_secs(60));
         std::thread::sleep(Duration::from_secs(3));
-        let rss: Vec<f64> = replicas.iter().flatten().map(|r| rss_mb(r.pid())).collect();
+        let rss: Vec<f64> = g
+            .replicas
+            .iter()
+            .flatten()
+            .map(|r| rss_mb(r.pid()))
+            .collect();
 
         let mut times = Vec::new();
         let mut costs = Vec::new();
         for _ in 0..rounds {
-            let (leader, token) = leader_of(&replicas).unwrap();
+            let leader = g.wait_leader(Duration::from_secs(30));
+            let token = g.newest_record().unwrap().token;
             // Background: packets over a quiet second.
             let b0 = packets_received(&zk);
             let tb = Instant::now();
@@ -129,13 +88,13 @@ fn main() {
             let p0 = packets_received(&zk);
             let t0 = Instant::now();
             let s0 = SystemTime::now();
-            replicas[leader].as_ref().unwrap().signal(libc::SIGTERM);
+            g.replica(leader).signal(libc::SIGTERM);
             let mut first = None;
             assert!(wait_until(
                 Duration::from_secs(30),
                 Duration::from_millis(5),
                 || {
-                    first = records(&files_dir).into_iter().find(|r| r.token > token);
+                    first = g.records().into_iter().find(|r| r.token > token);
                     first.is_some()
                 }
             ));
@@ -150,12 +109,11 @@ fn main() {
                 .as_millis() as i64;
             times.push((at - s0_ms) as f64);
             costs.push(cost);
-            if let Some(r) = replicas[leader].take() {
+            if let Some(r) = g.replicas[leader].take() {
                 r.wait_exit(Duration::from_secs(10));
             }
             // Keep N replicas: a replacement joins at the end of the queue.
-            let id = replicas.len();
-            replicas.push(Some(spawn(id)));
+            g.spawn(1);
             std::thread::sleep(Duration::from_millis(500));
         }
         println!(
@@ -164,11 +122,6 @@ fn main() {
             median(costs),
             rss.iter().sum::<f64>() / rss.len() as f64
         );
-        for r in replicas.iter().flatten() {
-            r.signal(libc::SIGTERM);
-        }
-        for r in replicas.iter().flatten() {
-            r.wait_exit(Duration::from_secs(10));
-        }
+        g.stop_all();
     }
 }

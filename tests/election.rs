@@ -11,7 +11,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::group::{Group, LEADER_TIMEOUT};
+use common::group::{Group, LEADER_TIMEOUT, assert_clean_takeover_by_r1, partitioned_pair};
 use common::wait_until;
 use common::zk::ZkCluster;
 use election::files::{self, FileKey};
@@ -283,28 +283,13 @@ fn a_partitioned_leader_stops_writing_before_its_session_can_expire() {
     // replica connected directly
     let zk = ZkCluster::standalone();
     let proxy = common::proxy::FaultProxy::start(zk.server_addr(0));
-    let mut g = Group::new(&proxy.addr().to_string());
-    g.spawn(1);
-    g.wait_leader(Duration::from_secs(20));
-    g.servers = zk.connect_string();
-    g.spawn(1);
-    std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(g.newest_record().unwrap().node_id, "r0");
+    let mut g = partitioned_pair(&zk, &proxy);
     // When the leader's network to ZooKeeper goes silent
     proxy.set_mode(common::proxy::Mode::Blackhole);
     let cut = std::time::SystemTime::now();
     // Then the other replica takes over, and the partitioned leader wrote
     // nothing after the successor's first file
-    let new = g.wait_leader_other_than(0, Duration::from_secs(20));
-    assert_eq!(new, 1, "{}", g.logs());
-    std::thread::sleep(Duration::from_secs(3));
-    let records = g.records();
-    let first_new = records.iter().position(|r| r.node_id == "r1").unwrap();
-    assert!(
-        records[first_new..].iter().all(|r| r.node_id == "r1"),
-        "{}",
-        g.logs()
-    );
+    let records = assert_clean_takeover_by_r1(&g);
     let last_old = records.iter().rev().find(|r| r.node_id == "r0").unwrap();
     let last_old_ms = verify::parse_time_ms(&last_old.written_at).unwrap();
     let cut_ms = election::status::unix_ms(cut) as i64;

@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::group::Group;
+use common::group::{Group, assert_clean_takeover_by_r1, partitioned_pair};
 use common::proxy::{FaultProxy, Mode};
 use common::wait_until;
 use common::zk::ZkCluster;
@@ -165,35 +165,6 @@ fn a_wiped_ensemble_restarts_with_fencing_tokens_still_increasing() {
     );
     g.stop_all();
     g.assert_invariants();
-}
-
-/// A leader behind its own proxy, a second replica connected directly.
-fn partitioned_pair(zk: &ZkCluster, proxy: &FaultProxy) -> Group {
-    let mut g = Group::new(&proxy.addr().to_string());
-    g.spawn(1);
-    g.wait_leader(Duration::from_secs(20));
-    g.servers = zk.connect_string();
-    g.spawn(1);
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(g.newest_record().unwrap().node_id, "r0");
-    g
-}
-
-/// After a network fault on r0's link: r1 leads, and r0 wrote nothing
-/// after r1's first file.
-fn assert_clean_takeover_by_r1(g: &Group) {
-    let ok = wait_until(Duration::from_secs(20), Duration::from_millis(50), || {
-        g.newest_record().is_some_and(|r| r.node_id == "r1")
-    });
-    assert!(ok, "r1 did not take over\n{}", g.logs());
-    std::thread::sleep(Duration::from_secs(3));
-    let records = g.records();
-    let first_new = records.iter().position(|r| r.node_id == "r1").unwrap();
-    assert!(
-        records[first_new..].iter().all(|r| r.node_id == "r1"),
-        "{}",
-        g.logs()
-    );
 }
 
 #[test]

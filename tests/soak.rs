@@ -13,7 +13,9 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
+
+use election::status::unix_ms;
 
 use common::group::Group;
 use common::proxy::{FaultProxy, Mode, connect_string};
@@ -185,19 +187,19 @@ fn a_seeded_soak_of_random_faults_keeps_one_writer_and_always_recovers() {
     }
     soak.leader();
 
-    // Per fault kind: (from the fault's start, from its end) to the next file.
+    // Per fault kind: (the longest stretch without any file around the
+    // fault, the time from the fault's end to the next file).
     let mut recoveries: BTreeMap<&str, Vec<(Duration, Duration)>> = BTreeMap::new();
+    let ms_of =
+        |r: &election::files::LeaderRecord| election::verify::parse_time_ms(&r.written_at).unwrap();
     for n in 0..faults {
         let fault = rng.random_range(0..FAULTS.len());
-        let newest = soak.g.newest_record().map(|r| (r.token, r.seq));
-        // Recovery counts from the start of the fault (a successor may take
-        // over while a frozen leader or a cut link still lasts) and from
-        // its end (when the environment is whole again).
-        let started = SystemTime::now();
+        let before = soak.g.newest_record().map(|r| (r.token, r.seq));
         soak.inject(fault, &mut rng);
-        let ended = SystemTime::now();
+        let ended = unix_ms(SystemTime::now()) as i64;
+        // Recovered: some leader wrote after the fault ended.
         let ok = wait_until(Duration::from_secs(30), Duration::from_millis(20), || {
-            soak.g.newest_record().map(|r| (r.token, r.seq)) > newest
+            soak.g.newest_record().is_some_and(|r| ms_of(&r) >= ended)
         });
         assert!(
             ok,
@@ -206,23 +208,31 @@ fn a_seeded_soak_of_random_faults_keeps_one_writer_and_always_recovers() {
             soak.seed,
             soak.g.logs()
         );
-        // The successor's first file carries its own time: a successor may
-        // have written while the fault still lasted.
-        let first_new = soak
+        // Files in write order from the last one before the fault to the
+        // first one after it: the longest stretch between two of them is
+        // how long the service went without a leader writing.
+        let times: Vec<i64> = soak
             .g
             .records()
-            .into_iter()
-            .find(|r| Some((r.token, r.seq)) > newest)
-            .unwrap();
-        let at = UNIX_EPOCH
-            + Duration::from_millis(
-                election::verify::parse_time_ms(&first_new.written_at).unwrap() as u64,
-            );
-        let since = |t: SystemTime| at.duration_since(t).unwrap_or(Duration::ZERO);
-        recoveries
-            .entry(FAULTS[fault])
-            .or_default()
-            .push((since(started), since(ended)));
+            .iter()
+            .filter(|r| Some((r.token, r.seq)) >= before)
+            .map(ms_of)
+            .collect();
+        let end_index = times
+            .iter()
+            .position(|&t| t >= ended)
+            .unwrap_or(times.len() - 1);
+        let gap = times[..=end_index]
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .max()
+            .unwrap_or(0)
+            .max(0);
+        let after_end = times[end_index] - ended;
+        recoveries.entry(FAULTS[fault]).or_default().push((
+            Duration::from_millis(gap as u64),
+            Duration::from_millis(after_end.max(0) as u64),
+        ));
         let report = election::verify::check(&soak.g.files_dir(), None).unwrap();
         assert!(
             report.is_clean(),
@@ -237,7 +247,7 @@ fn a_seeded_soak_of_random_faults_keeps_one_writer_and_always_recovers() {
     soak.g.assert_invariants();
     eprintln!("soak: {faults} faults survived, 0 invariant violations (seed {seed})");
     eprintln!(
-        "| fault | runs | recovery from fault start, median (max) | from fault end, median (max) |"
+        "| fault | runs | longest stretch without a write, median (max) | fault end to next write, median (max) |"
     );
     eprintln!("|---|---:|---:|---:|");
     for (kind, times) in &recoveries {

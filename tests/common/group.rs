@@ -8,8 +8,10 @@ use std::time::Duration;
 use election::files::{self, LeaderRecord};
 use election::verify;
 
+use super::proxy::FaultProxy;
 use super::replica::Replica;
 use super::wait_until;
+use super::zk::ZkCluster;
 
 /// Session timeout the groups run with.
 pub const SESSION: &str = "2s";
@@ -22,6 +24,8 @@ pub struct Group {
     pub servers: String,
     pub replicas: Vec<Option<Replica>>,
     pub extra: Vec<String>,
+    /// Environment of every spawned replica (besides the harness defaults).
+    pub env: Vec<(String, String)>,
 }
 
 impl Group {
@@ -31,6 +35,7 @@ impl Group {
             servers: servers.to_owned(),
             replicas: Vec::new(),
             extra: Vec::new(),
+            env: Vec::new(),
         }
     }
 
@@ -82,7 +87,12 @@ impl Group {
             let i = self.replicas.len();
             let args = self.args(i);
             let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-            self.replicas.push(Some(Replica::spawn(&refs, &[])));
+            let env: Vec<(&str, &str)> = self
+                .env
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            self.replicas.push(Some(Replica::spawn(&refs, &env)));
         }
     }
 
@@ -115,13 +125,7 @@ impl Group {
     }
 
     pub fn records(&self) -> Vec<LeaderRecord> {
-        let dir = self.files_dir();
-        files::list(&dir)
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|k| std::fs::read(dir.join(k.file_name())).ok())
-            .filter_map(|b| serde_json::from_slice(&b).ok())
-            .collect()
+        read_records(&self.files_dir())
     }
 
     pub fn newest_record(&self) -> Option<LeaderRecord> {
@@ -161,4 +165,44 @@ impl Group {
             r.wait_exit(Duration::from_secs(10));
         }
     }
+}
+
+/// The leader records in `dir`, oldest first (unreadable files skipped).
+pub fn read_records(dir: &std::path::Path) -> Vec<LeaderRecord> {
+    files::list(dir)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|k| std::fs::read(dir.join(k.file_name())).ok())
+        .filter_map(|b| serde_json::from_slice(&b).ok())
+        .collect()
+}
+
+/// A leader `r0` behind `proxy`, and a second replica `r1` connected directly.
+pub fn partitioned_pair(zk: &ZkCluster, proxy: &FaultProxy) -> Group {
+    let mut g = Group::new(&proxy.addr().to_string());
+    g.spawn(1);
+    g.wait_leader(Duration::from_secs(20));
+    g.servers = zk.connect_string();
+    g.spawn(1);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(g.newest_record().unwrap().node_id, "r0");
+    g
+}
+
+/// After a network fault on r0's link: r1 leads, and r0 wrote nothing
+/// after r1's first file. Returns the records.
+pub fn assert_clean_takeover_by_r1(g: &Group) -> Vec<LeaderRecord> {
+    let ok = wait_until(Duration::from_secs(20), Duration::from_millis(50), || {
+        g.newest_record().is_some_and(|r| r.node_id == "r1")
+    });
+    assert!(ok, "r1 did not take over\n{}", g.logs());
+    std::thread::sleep(Duration::from_secs(3));
+    let records = g.records();
+    let first_new = records.iter().position(|r| r.node_id == "r1").unwrap();
+    assert!(
+        records[first_new..].iter().all(|r| r.node_id == "r1"),
+        "{}",
+        g.logs()
+    );
+    records
 }
