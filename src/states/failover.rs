@@ -2,8 +2,9 @@
 //!
 //! The old session is closed (an expired session never comes back, and a
 //! live one must not keep a stale candidate in the queue). Then the daemon
-//! waits with exponential backoff and full jitter, capped at
-//! failover-max-backoff, and goes back to Init, which builds a fresh client.
+//! waits with exponential backoff and jitter (between half and all of a cap
+//! doubling up to failover-max-backoff), and goes back to Init, which builds
+//! a fresh client.
 //! With a non-zero failover-give-up it stops with exit 1 once it has been
 //! failing that long, so an orchestrator restarts it; by default it never
 //! gives up, since a restart cannot fix an unreachable ZooKeeper.
