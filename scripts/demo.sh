@@ -26,6 +26,7 @@ cleanup() {
   echo ">> logs and files kept in $WORK"
 }
 trap cleanup EXIT
+trap 'exit 0' INT TERM
 
 ensure_zookeeper
 echo ">> building"
