@@ -49,7 +49,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         // Released by the preStop hook: stay (idle, not leading) until the
         // SIGTERM that follows, so the hook does not see its container die.
         info!(linger = ?RELEASE_LINGER, "released; waiting for SIGTERM");
-        let _ = tokio::time::timeout(RELEASE_LINGER, signalled.notified()).await;
+        // Keep /healthz green meanwhile: a released daemon is not wedged.
+        let wait = async {
+            let mut beat = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = beat.tick() => ctx.board.beat(),
+                    _ = signalled.notified() => return,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(RELEASE_LINGER, wait).await;
     }
     servers.shutdown(Duration::from_millis(500)).await;
     Ok(match outcome {

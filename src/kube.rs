@@ -98,7 +98,7 @@ async fn run(
     let mut rx = ctx.board.subscribe();
     let mut api: Option<Api<Pod>> = None;
     let mut last_sent: Option<Value> = None;
-    loop {
+    'latest: loop {
         let status = rx.borrow_and_update().clone();
         let patch = patch_for(&status);
         if last_sent.as_ref() != Some(&patch) {
@@ -121,13 +121,24 @@ async fn run(
                             .kube_patch_errors
                             .fetch_add(1, Ordering::Relaxed);
                         warn!(pod = %name, error = %e, retry_in = ?pause, "cannot label pod");
-                        // A newer state replaces the one we failed to send.
-                        let newer = tokio::select! {
-                            _ = tokio::time::sleep(pause) => false,
-                            r = rx.changed() => r.is_ok(),
-                        };
-                        if newer {
-                            break;
+                        // Wait out the pause, unless a different patch is
+                        // due first: the latest state replaces the one we
+                        // failed to send. (Status updates that leave the
+                        // patch as it is, such as each file write, neither
+                        // cut the pause short nor restart it.)
+                        let retry_at = tokio::time::Instant::now() + pause;
+                        loop {
+                            tokio::select! {
+                                _ = tokio::time::sleep_until(retry_at) => break,
+                                r = rx.changed() => {
+                                    if r.is_err() {
+                                        return;
+                                    }
+                                    if patch_for(&rx.borrow_and_update()) != patch {
+                                        continue 'latest;
+                                    }
+                                }
+                            }
                         }
                         pause = (pause * 2).min(BACKOFF.1);
                     }

@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod group;
+pub mod kube_api;
 pub mod proxy;
 pub mod replica;
 pub mod zk;

@@ -1,0 +1,421 @@
+//! The daemon labels its own Pod: against a fake API server that speaks
+//! the Pod API (and fails on purpose), with a real ZooKeeper and daemon
+//! processes of the built binary.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::group::Group;
+use common::kube_api::{ApiMode, FakeApi, http_get};
+use common::replica::Replica;
+use common::zk::ZkCluster;
+use common::{free_port, wait_until};
+
+/// Namespace of the test Pods.
+const NS: &str = "election-test";
+/// Poll interval of every wait.
+const POLL: Duration = Duration::from_millis(50);
+/// Bound on anything that takes a ZooKeeper session or a takeover.
+const ELECTION: Duration = Duration::from_secs(30);
+/// Bound on a daemon exiting after SIGTERM.
+const EXIT: Duration = Duration::from_secs(15);
+
+fn loopback() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
+/// Makes the next replicas spawned by `g` label Pod `pod` through `api`,
+/// and serve HTTP on `http`.
+fn label_as(g: &mut Group, api: &FakeApi, pod: &str, http: SocketAddr) {
+    g.extra = vec![
+        "--pod-name".into(),
+        pod.into(),
+        "--pod-namespace".into(),
+        NS.into(),
+        "--http-addr".into(),
+        http.to_string(),
+    ];
+    g.env = vec![(
+        "KUBECONFIG".into(),
+        api.kubeconfig(NS).display().to_string(),
+    )];
+}
+
+/// The value of the series `series` (`name` or `name{labels}`, exactly as
+/// exposed) on the replica's /metrics, if it answers and has it.
+fn metric(http: SocketAddr, series: &str) -> Option<f64> {
+    let answer = http_get(http, "/metrics")?;
+    answer
+        .body
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .find(|(s, _)| *s == series)
+        .and_then(|(_, v)| v.parse().ok())
+}
+
+/// The labels of `pod` with a leading `init` dropped: whether the `init`
+/// patch lands before the daemon moves on is a race the labeller is
+/// allowed to lose (it sends the latest state only).
+fn labels_after_init(api: &FakeApi, pod: &str) -> Vec<String> {
+    let mut labels = api.labels_of(NS, pod);
+    if labels.first().is_some_and(|l| l == "init") {
+        labels.remove(0);
+    }
+    labels
+}
+
+fn wait_label(api: &FakeApi, pod: &str, label: &str, g: &Group) {
+    let ok = wait_until(ELECTION, POLL, || {
+        api.last_label(NS, pod).as_deref() == Some(label)
+    });
+    assert!(
+        ok,
+        "{pod} never labelled {label}: {:?}\n{}",
+        api.labels_of(NS, pod),
+        g.logs()
+    );
+}
+
+fn stop(g: &mut Group, i: usize) {
+    let replica = g.replica(i);
+    replica.signal(libc::SIGTERM);
+    let status = replica
+        .wait_exit(EXIT)
+        .expect("the replica exits after SIGTERM");
+    assert_eq!(status.code(), Some(0), "{}", g.logs());
+}
+
+#[test]
+fn each_pod_is_labelled_with_its_state_and_an_old_leader_says_stopping_before_it_exits() {
+    // Given a fake API server and a first leader r0 that labels nothing,
+    // so that the labelled replicas are candidates before they lead
+    let zk = ZkCluster::standalone();
+    let api = FakeApi::start();
+    let mut g = Group::new(&zk.connect_string());
+    g.spawn(1);
+    assert_eq!(g.wait_leader(ELECTION), 0);
+    // And r1, labelling Pod election-1, waiting as a candidate
+    label_as(&mut g, &api, "election-1", loopback());
+    g.spawn(1);
+    wait_label(&api, "election-1", "attempter", &g);
+
+    // When r0 stops, r1 leads
+    stop(&mut g, 0);
+    assert_eq!(g.wait_leader_other_than(0, ELECTION), 1);
+    // Then election-1 went attempter -> leader
+    wait_label(&api, "election-1", "leader", &g);
+    assert_eq!(
+        labels_after_init(&api, "election-1"),
+        ["attempter", "leader"]
+    );
+
+    // Given r2, labelling Pod election-2, waiting as a candidate
+    label_as(&mut g, &api, "election-2", loopback());
+    g.spawn(1);
+    wait_label(&api, "election-2", "attempter", &g);
+    // When the leader r1 gets SIGTERM (and has exited)
+    stop(&mut g, 1);
+    // Then its last patch, answered before it exited, says `stopping`
+    assert_eq!(
+        labels_after_init(&api, "election-1"),
+        ["attempter", "leader", "stopping"]
+    );
+    assert!(
+        !g.replica(1).output().contains("could not label the Pod"),
+        "{}",
+        g.logs()
+    );
+    // And r2 takes over, and its Pod says `leader`
+    assert_eq!(g.wait_leader_other_than(1, ELECTION), 2);
+    wait_label(&api, "election-2", "leader", &g);
+    assert_eq!(
+        labels_after_init(&api, "election-2"),
+        ["attempter", "leader"]
+    );
+
+    // And every request was a merge patch of the replica's own Pod, with
+    // the kubeconfig's token and the replica's node id
+    let requests = api.requests();
+    assert!(!requests.is_empty());
+    for r in &requests {
+        let (pod, node) = if r.is_for(NS, "election-1") {
+            ("election-1", "r1")
+        } else if r.is_for(NS, "election-2") {
+            ("election-2", "r2")
+        } else {
+            panic!(
+                "request outside the replicas' Pods: {} {}",
+                r.method, r.path
+            );
+        };
+        assert_eq!(r.method, "PATCH", "{pod}");
+        assert_eq!(
+            r.content_type.as_deref(),
+            Some("application/merge-patch+json")
+        );
+        assert_eq!(r.authorization.as_deref(), Some("Bearer test-token"));
+        assert_eq!(r.annotation("node-id"), Some(node), "{}", r.body);
+        assert!(r.annotation("state-since").is_some(), "{}", r.body);
+    }
+    // And a leader's Pod carries the fencing token of the files it wrote,
+    // which is removed when it stops leading
+    let r1_token = g
+        .records()
+        .iter()
+        .find(|rec| rec.node_id == "r1")
+        .expect("r1 wrote files")
+        .token
+        .to_string();
+    let r1_patches = api.requests_for(NS, "election-1");
+    let last_leader_patch = r1_patches
+        .iter()
+        .rfind(|r| r.state_label() == Some("leader"))
+        .unwrap();
+    assert_eq!(
+        last_leader_patch.annotation("fencing-token"),
+        Some(r1_token.as_str())
+    );
+    let pod = api.pod(NS, "election-1").unwrap();
+    assert_eq!(pod["metadata"]["labels"]["election-state"], "stopping");
+    assert!(
+        pod["metadata"]["annotations"]["election/fencing-token"].is_null(),
+        "{pod}"
+    );
+    assert_eq!(pod["metadata"]["annotations"]["election/node-id"], "r1");
+    g.stop_all();
+    g.assert_invariants();
+}
+
+/// Runs one replica labelling Pod election-0 through an API server that
+/// fails in `mode`; checks that the election goes on, that the failures
+/// are counted, and that the current state is patched once the API server
+/// answers again.
+fn the_election_goes_on_while_the_api_server_fails(mode: ApiMode) {
+    // Given an API server failing in `mode`
+    let zk = ZkCluster::standalone();
+    let api = FakeApi::start();
+    api.set_mode(mode);
+    // When a replica that labels its Pod runs
+    let mut g = Group::new(&zk.connect_string());
+    let http = loopback();
+    label_as(&mut g, &api, "election-0", http);
+    g.spawn(1);
+    // Then it leads and writes files, while its patches fail and are counted
+    assert_eq!(g.wait_leader(ELECTION), 0);
+    let ok = wait_until(ELECTION, POLL, || {
+        g.records().len() >= 5
+            && metric(http, "election_kube_patch_errors_total").is_some_and(|v| v > 0.0)
+    });
+    assert!(
+        ok,
+        "{mode:?}: files {}, patch errors {:?}\n{}",
+        g.records().len(),
+        metric(http, "election_kube_patch_errors_total"),
+        g.logs()
+    );
+    assert!(
+        !api.requests_for(NS, "election-0").is_empty(),
+        "the errors come from the API server"
+    );
+
+    // When the API server answers again
+    api.set_mode(ApiMode::Ok);
+    // Then the current state, `leader`, is patched (within the longest
+    // backoff, 30 s, plus one bounded call)
+    let ok = wait_until(Duration::from_secs(60), POLL, || {
+        api.last_label(NS, "election-0").as_deref() == Some("leader")
+    });
+    assert!(
+        ok,
+        "{mode:?}: {:?}\n{}",
+        api.labels_of(NS, "election-0"),
+        g.logs()
+    );
+    assert_eq!(
+        api.pod(NS, "election-0").unwrap()["metadata"]["labels"]["election-state"],
+        "leader"
+    );
+    // And the outage changed nothing in the election: one leadership, no
+    // Failover, files all along
+    assert_eq!(
+        metric(http, "election_leadership_acquisitions_total"),
+        Some(1.0),
+        "{}",
+        g.logs()
+    );
+    let exposition = http_get(http, "/metrics").unwrap().body;
+    assert!(
+        !exposition.contains("to=\"failover\""),
+        "{exposition}\n{}",
+        g.logs()
+    );
+    assert!(metric(http, "election_kube_patches_total").is_some_and(|v| v >= 1.0));
+    stop(&mut g, 0);
+    g.assert_invariants();
+}
+
+#[test]
+fn the_election_goes_on_while_the_api_server_answers_500() {
+    the_election_goes_on_while_the_api_server_fails(ApiMode::Fail500);
+}
+
+#[test]
+fn the_election_goes_on_while_the_api_server_answers_409() {
+    the_election_goes_on_while_the_api_server_fails(ApiMode::Conflict409);
+}
+
+#[test]
+fn the_election_goes_on_while_the_api_server_hangs() {
+    the_election_goes_on_while_the_api_server_fails(ApiMode::Hang);
+}
+
+#[test]
+fn the_election_goes_on_while_the_api_server_drops_connections() {
+    the_election_goes_on_while_the_api_server_fails(ApiMode::CloseConnection);
+}
+
+#[test]
+fn a_candidate_is_labelled_once_the_api_server_recovers() {
+    // Given a leader r0 that labels nothing, and an API server answering 500
+    let zk = ZkCluster::standalone();
+    let api = FakeApi::start();
+    let mut g = Group::new(&zk.connect_string());
+    g.spawn(1);
+    assert_eq!(g.wait_leader(ELECTION), 0);
+    api.set_mode(ApiMode::Fail500);
+    // And r1, labelling election-1, settled as a candidate (a state in
+    // which nothing else changes) after some failed patches
+    let http = loopback();
+    label_as(&mut g, &api, "election-1", http);
+    g.spawn(1);
+    let ok = wait_until(ELECTION, POLL, || {
+        let state = http_get(http, "/status")
+            .and_then(|a| serde_json::from_str::<serde_json::Value>(&a.body).ok())
+            .map(|s| s["state"].clone());
+        state.is_some_and(|s| s == "attempter")
+            && metric(http, "election_kube_patch_errors_total").is_some_and(|v| v > 0.0)
+    });
+    assert!(ok, "{}", g.logs());
+    // When the API server answers again
+    api.set_mode(ApiMode::Ok);
+    // Then the failed patch is retried: election-1 says `attempter`
+    wait_label(&api, "election-1", "attempter", &g);
+    assert_eq!(labels_after_init(&api, "election-1"), ["attempter"]);
+    g.stop_all();
+    g.assert_invariants();
+}
+
+#[test]
+fn a_hanging_api_server_delays_a_stop_by_a_short_bound_only() {
+    // Given a labelled leader whose API server starts hanging
+    let zk = ZkCluster::standalone();
+    let api = FakeApi::start();
+    let mut g = Group::new(&zk.connect_string());
+    label_as(&mut g, &api, "election-0", loopback());
+    g.spawn(1);
+    g.wait_leader(ELECTION);
+    wait_label(&api, "election-0", "leader", &g);
+    api.set_mode(ApiMode::Hang);
+    // When it gets SIGTERM
+    let replica = g.replica(0);
+    replica.signal(libc::SIGTERM);
+    // Then it tried to say `stopping`, gave up after its bound, and exited 0
+    let status = replica
+        .wait_exit(EXIT)
+        .expect("exits despite the hanging API");
+    assert_eq!(status.code(), Some(0), "{}", g.logs());
+    let stopping_tried = api
+        .requests_for(NS, "election-0")
+        .iter()
+        .any(|r| r.mode == ApiMode::Hang && r.state_label() == Some("stopping"));
+    assert!(stopping_tried, "{:?}", api.requests());
+    assert!(
+        replica
+            .output()
+            .contains("could not label the Pod `stopping` in time"),
+        "{}",
+        g.logs()
+    );
+    g.assert_invariants();
+}
+
+#[test]
+fn without_a_pod_name_nothing_reaches_the_api_server() {
+    // Given a kubeconfig for the fake API server in the environment of r0,
+    // which has no --pod-name
+    let zk = ZkCluster::standalone();
+    let api = FakeApi::start();
+    let kubeconfig = api.kubeconfig(NS);
+    let mut g = Group::new(&zk.connect_string());
+    g.env = vec![("KUBECONFIG".into(), kubeconfig.display().to_string())];
+    g.spawn(1);
+    assert_eq!(g.wait_leader(ELECTION), 0);
+    // And, to show the API server is reachable with that kubeconfig, r1
+    // with a --pod-name, which patches its Pod
+    label_as(&mut g, &api, "election-1", loopback());
+    g.spawn(1);
+    wait_label(&api, "election-1", "attempter", &g);
+    // When r0 keeps leading for several files, then stops
+    let written = g.records().len();
+    let ok = wait_until(ELECTION, POLL, || g.records().len() >= written + 5);
+    assert!(ok, "{}", g.logs());
+    stop(&mut g, 0);
+    wait_label(&api, "election-1", "leader", &g);
+    g.stop_all();
+    // Then every request came from r1, about its own Pod
+    let requests = api.requests();
+    assert!(!requests.is_empty());
+    for r in &requests {
+        assert!(r.is_for(NS, "election-1"), "{} {}", r.method, r.path);
+        assert_eq!(r.annotation("node-id"), Some("r1"), "{}", r.body);
+    }
+    g.assert_invariants();
+}
+
+#[test]
+fn the_pod_is_labelled_while_zookeeper_is_unreachable() {
+    // Given a fake API server and no ZooKeeper (nothing listens there)
+    let api = FakeApi::start();
+    let dir = tempfile::tempdir().unwrap();
+    let zk = loopback();
+    let file_dir = dir.path().join("files");
+    let kubeconfig = api.kubeconfig(NS);
+    // When a replica with a pod identity starts
+    let replica = Replica::spawn(
+        &[
+            "run",
+            "--zk-servers",
+            &zk.to_string(),
+            "--file-dir",
+            file_dir.to_str().unwrap(),
+            "--http-addr",
+            "off",
+            "--admin-addr",
+            "off",
+            "--pod-name",
+            "election-0",
+            "--pod-namespace",
+            NS,
+        ],
+        &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
+    );
+    // Then its Pod is labelled even though it never gets a session: with
+    // `init` or `failover`, never a ready state
+    let ok = wait_until(ELECTION, POLL, || {
+        api.last_label(NS, "election-0").is_some()
+    });
+    assert!(ok, "{}", replica.output());
+    for label in api.labels_of(NS, "election-0") {
+        assert!(["init", "failover"].contains(&label.as_str()), "{label}");
+    }
+    replica.signal(libc::SIGTERM);
+    let status = replica.wait_exit(EXIT).expect("exits");
+    assert_eq!(status.code(), Some(0), "{}", replica.output());
+    assert_eq!(
+        api.last_label(NS, "election-0").as_deref(),
+        Some("stopping")
+    );
+}
