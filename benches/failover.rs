@@ -85,6 +85,8 @@ fn main() {
     let zk = ZkCluster::standalone();
     let mut g = Group::new(&zk.connect_string());
     g.env = vec![("RUST_LOG".into(), "warn".into())];
+    // The default safety-net tick, so "at rest" means what it does in production.
+    g.extra = vec!["--attempter-timeout".into(), "10s".into()];
     g.spawn(3);
     g.wait_leader(Duration::from_secs(30));
     std::thread::sleep(Duration::from_secs(1));
@@ -134,7 +136,7 @@ fn main() {
         let cpu = (proc_cpu_ticks(*pid) - c0) / ticks_per_sec / secs * 100.0;
         let role = if *i == leader { "leader" } else { "candidate" };
         println!(
-            "replica b{i} ({role}): RSS {:.1} MB, CPU {:.2} %",
+            "replica r{i} ({role}): RSS {:.1} MB, CPU {:.2} %",
             proc_rss_kb(*pid) / 1024.0,
             cpu
         );

@@ -19,8 +19,9 @@ fn main() -> ExitCode {
         _ => "warn",
     };
     telemetry::init(format, default_filter);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread runs the whole daemon: every task is I/O bound, and file
+    // writes go to the blocking pool. It keeps the idle footprint small.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .max_blocking_threads(4)
         .enable_all()
         .build()

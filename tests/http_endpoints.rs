@@ -63,6 +63,19 @@ fn wait_state(http: SocketAddr, state: &str, g: &Group) {
     );
 }
 
+/// A leader r0 and a waiting candidate r1, each with its own listeners:
+/// `[r0 http, r0 admin, r1 http, r1 admin]`.
+fn leader_and_candidate(zk: &ZkCluster) -> (Group, [SocketAddr; 4]) {
+    let mut g = Group::new(&zk.connect_string());
+    let (h0, a0) = (loopback(), loopback());
+    spawn_with_listeners(&mut g, h0, a0);
+    assert_eq!(g.wait_leader(ELECTION), 0);
+    let (h1, a1) = (loopback(), loopback());
+    spawn_with_listeners(&mut g, h1, a1);
+    wait_state(h1, "attempter", &g);
+    (g, [h0, a0, h1, a1])
+}
+
 #[test]
 fn readiness_follows_the_zookeeper_session_and_a_candidate_is_ready_too() {
     // Given a replica whose ZooKeeper is down
@@ -310,13 +323,7 @@ fn the_exposition_checker_rejects_malformed_text() {
 fn metrics_are_valid_prometheus_text_with_every_required_family() {
     // Given a leader that has written a few files, and a candidate
     let zk = ZkCluster::standalone();
-    let mut g = Group::new(&zk.connect_string());
-    let (h0, a0) = (loopback(), loopback());
-    spawn_with_listeners(&mut g, h0, a0);
-    assert_eq!(g.wait_leader(ELECTION), 0);
-    let (h1, a1) = (loopback(), loopback());
-    spawn_with_listeners(&mut g, h1, a1);
-    wait_state(h1, "attempter", &g);
+    let (mut g, [h0, _a0, h1, _a1]) = leader_and_candidate(&zk);
     assert!(wait_until(ELECTION, POLL, || g.records().len() >= 3));
 
     // When the leader's /metrics is scraped
@@ -433,13 +440,7 @@ fn release(admin: SocketAddr) -> Output {
 fn release_hands_leadership_over_and_the_released_daemon_waits_for_sigterm() {
     // Given a leader r0 and a ready candidate r1, each with an admin listener
     let zk = ZkCluster::standalone();
-    let mut g = Group::new(&zk.connect_string());
-    let (h0, a0) = (loopback(), loopback());
-    spawn_with_listeners(&mut g, h0, a0);
-    assert_eq!(g.wait_leader(ELECTION), 0);
-    let (h1, a1) = (loopback(), loopback());
-    spawn_with_listeners(&mut g, h1, a1);
-    wait_state(h1, "attempter", &g);
+    let (mut g, [h0, a0, h1, _a1]) = leader_and_candidate(&zk);
 
     // When the preStop hook runs `election release` against the leader
     let out = release(a0);
