@@ -16,6 +16,7 @@ mod common;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::group::Group;
+use common::procfs::{cpu_seconds, median, rss_mb};
 use common::wait_until;
 use common::zk::ZkCluster;
 
@@ -42,32 +43,6 @@ fn takeover(g: &mut Group, sig: i32) -> f64 {
     }
     g.spawn(1);
     (at - t0_ms) as f64
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
-fn proc_rss_kb(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .map(|l| l.to_owned())
-        })
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        .unwrap_or(f64::NAN)
-}
-
-fn proc_cpu_ticks(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|(_, a)| a).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let utime: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    let stime: f64 = f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    utime + stime
 }
 
 fn zk_packets(zk: &ZkCluster) -> f64 {
@@ -112,13 +87,12 @@ fn main() {
         .enumerate()
         .filter_map(|(i, r)| Some((i, r.as_ref()?.pid())))
         .collect();
-    let cpu0: Vec<f64> = pids.iter().map(|(_, p)| proc_cpu_ticks(*p)).collect();
+    let cpu0: Vec<f64> = pids.iter().map(|(_, p)| cpu_seconds(*p)).collect();
     let pk0 = zk_packets(&zk);
     let t0 = Instant::now();
     std::thread::sleep(Duration::from_secs(10));
     let secs = t0.elapsed().as_secs_f64();
     let pk1 = zk_packets(&zk);
-    let ticks_per_sec = 100.0; // USER_HZ on Linux
     println!("election benchmark: 3 replicas, session 2s, leader-timeout 200ms, {rounds} rounds");
     println!(
         "handover on SIGTERM (signal -> successor's first file): median {:.0} ms (min {:.0}, max {:.0})",
@@ -133,11 +107,11 @@ fn main() {
         crash.iter().cloned().fold(0.0, f64::max)
     );
     for ((i, pid), c0) in pids.iter().zip(cpu0) {
-        let cpu = (proc_cpu_ticks(*pid) - c0) / ticks_per_sec / secs * 100.0;
+        let cpu = (cpu_seconds(*pid) - c0) / secs * 100.0;
         let role = if *i == leader { "leader" } else { "candidate" };
         println!(
             "replica r{i} ({role}): RSS {:.1} MB, CPU {:.2} %",
-            proc_rss_kb(*pid) / 1024.0,
+            rss_mb(*pid),
             cpu
         );
     }

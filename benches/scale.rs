@@ -15,6 +15,7 @@ mod common;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::group::Group;
+use common::procfs::{median, rss_mb};
 use common::wait_until;
 use common::zk::ZkCluster;
 
@@ -23,23 +24,6 @@ fn packets_received(zk: &ZkCluster) -> f64 {
         .get("zk_packets_received")
         .and_then(|v| v.parse().ok())
         .unwrap_or(f64::NAN)
-}
-
-fn rss_mb(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .unwrap_or(f64::NAN)
-        / 1024.0
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
 }
 
 fn main() {

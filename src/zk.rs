@@ -205,6 +205,18 @@ impl ZkSession {
         self.states.changed().await
     }
 
+    /// Runs `request`, giving up after one session timeout with
+    /// `ConnectionLoss`: requests wait in the client's queue while it is
+    /// disconnected, and the daemon keeps its own clock.
+    pub async fn bounded<T>(
+        &self,
+        request: impl std::future::Future<Output = Result<T, zookeeper_client::Error>>,
+    ) -> Result<T, zookeeper_client::Error> {
+        tokio::time::timeout(self.timeout(), request)
+            .await
+            .unwrap_or(Err(zookeeper_client::Error::ConnectionLoss))
+    }
+
     /// Makes sure the persistent election path exists.
     pub async fn ensure_path(&self, path: &str) -> Result<(), ZkError> {
         let options = CreateMode::Persistent.with_acls(Acls::anyone_all());

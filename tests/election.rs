@@ -12,28 +12,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::group::{Group, LEADER_TIMEOUT, assert_clean_takeover_by_r1, partitioned_pair};
+use common::procfs::cpu_seconds;
 use common::wait_until;
 use common::zk::ZkCluster;
 use election::files::{self, FileKey};
 use election::verify;
-
-/// CPU time (user + system) a process has used, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, a)| a)
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / 100.0
-}
 
 fn files_by_token(dir: &Path) -> Vec<FileKey> {
     files::list(dir).unwrap_or_default()

@@ -64,9 +64,7 @@ pub async fn run(ctx: &Context, mut session: ZkSession) -> Step {
             // Requests wait in the client's queue while it is disconnected:
             // bound a round by the session timeout, and stay stoppable.
             let result = tokio::select! {
-                r = tokio::time::timeout(session.timeout(), round(ctx, &session, &mut impostors)) => {
-                    Some(r.unwrap_or(Err(ZkErr::ConnectionLoss)))
-                }
+                r = session.bounded(round(ctx, &session, &mut impostors)) => Some(r),
                 _ = ctx.cancel.cancelled() => None,
             };
             match result {

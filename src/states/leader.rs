@@ -68,11 +68,9 @@ pub async fn run(ctx: &Context, mut session: ZkSession, leadership: Leadership) 
 
     let mut live = Liveness::new(session.timeout(), session.state());
     let mut lease = Lease::new(session.timeout());
-    let watch = bounded(
-        &session,
-        session.client().check_and_watch_stat(&leadership.path),
-    )
-    .await;
+    let watch = session
+        .bounded(session.client().check_and_watch_stat(&leadership.path))
+        .await;
     let mut node_gone = match watch {
         Ok((Some(stat), w)) if stat.ephemeral_owner == session.id() => Box::pin(w.changed()),
         Ok(_) => {
@@ -132,7 +130,7 @@ pub async fn run(ctx: &Context, mut session: ZkSession, leadership: Leadership) 
                     return Step::Next(State::Attempter(session), "leader node deleted".into());
                 }
                 // A data change or a session event: look again.
-                match bounded(&session, session.client().check_and_watch_stat(&leadership.path)).await {
+                match session.bounded(session.client().check_and_watch_stat(&leadership.path)).await {
                     Ok((Some(stat), w)) if stat.ephemeral_owner == session.id() => node_gone = Box::pin(w.changed()),
                     Ok(_) => return Step::Next(State::Attempter(session), "leader node lost".into()),
                     Err(e) => {
@@ -201,17 +199,6 @@ pub async fn run(ctx: &Context, mut session: ZkSession, leadership: Leadership) 
             }
         }
     }
-}
-
-/// Bounds a request by the session timeout: requests wait in the client's
-/// queue while it is disconnected, and the daemon keeps its own clock.
-async fn bounded<T>(
-    session: &ZkSession,
-    request: impl std::future::Future<Output = Result<T, zookeeper_client::Error>>,
-) -> Result<T, zookeeper_client::Error> {
-    tokio::time::timeout(session.timeout(), request)
-        .await
-        .unwrap_or(Err(zookeeper_client::Error::ConnectionLoss))
 }
 
 /// Confirms through a quorum-synced read that our node is still ours.
@@ -322,7 +309,8 @@ async fn fencing_token(
     .map_err(|e| e.to_string())?
     .map_err(|e| e.to_string())?;
     let root = ctx.cfg.zk_root.as_str();
-    let (floor, version) = bounded(session, crate::zk::read_token_floor(session.client(), root))
+    let (floor, version) = session
+        .bounded(crate::zk::read_token_floor(session.client(), root))
         .await
         .map_err(|e| format!("cannot read the token floor: {e}"))?;
     let token = choose_token(u64::try_from(leadership.czxid).unwrap_or(0), floor, on_disk);

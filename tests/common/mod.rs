@@ -9,6 +9,7 @@
 
 pub mod group;
 pub mod kube_api;
+pub mod procfs;
 pub mod proxy;
 pub mod replica;
 pub mod zk;
