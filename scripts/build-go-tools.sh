@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Builds the Go test tools from source, from the modules pinned under
+# hack/tools/<group>/go.mod, into .tools/go/<group>-<key>/ (gitignored):
+#
+#   kubernetes  kube-apiserver, kube-controller-manager, kube-scheduler, kubectl
+#   etcd        etcd (go.etcd.io/etcd/server/v3)
+#   kwok        kwok (simulated nodes)
+#   helm3       helm 3
+#   helm4       helm 4
+#
+# Each group is its own module so that each tool builds with the k8s.io/*
+# versions its release was tested with (one module would unify them by MVS).
+# <key> hashes the group's go.mod, go.sum and the Go toolchain, so a pin change
+# builds into a new folder; .tools/go/<group> is a symlink to the current one.
+#
+# Caches: GOMODCACHE and GOCACHE live under ${XDG_CACHE_HOME:-~/.cache}/election-go
+# (override with GOMODCACHE/GOCACHE), so another clone on the same machine
+# reuses them. A second run with nothing changed only checks the stamps.
+#
+#   scripts/build-go-tools.sh [group...]     (default: all groups)
+#
+# Measured on the 2-core development machine: see README ("Kubernetes test
+# cluster").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# The one approved way to a newer Go than the machine's: the go command
+# fetches this toolchain from the module proxy (into GOMODCACHE).
+export GOTOOLCHAIN=go1.27.3
+CACHE_ROOT=${XDG_CACHE_HOME:-$HOME/.cache}/election-go
+export GOMODCACHE=${GOMODCACHE:-$CACHE_ROOT/mod}
+export GOCACHE=${GOCACHE:-$CACHE_ROOT/build}
+export GOFLAGS=-mod=readonly
+export CGO_ENABLED=0
+
+TOOLS=$PWD/.tools/go
+ALL_GROUPS=(kubernetes etcd kwok helm3 helm4)
+
+log() { echo ">> $*" >&2; }
+
+key_of() { # group
+  cat "hack/tools/$1/go.mod" "hack/tools/$1/go.sum" <(echo "$GOTOOLCHAIN") | sha256sum | cut -c1-12
+}
+
+# kwok has no built-in stages: ship its own "fast" node and pod stages (nodes
+# Ready with lease heartbeats; pods Running and Ready at once, deleted at once).
+kwok_stages() { # dest
+  local src f
+  src=$(cd hack/tools/kwok && go list -m -f '{{.Dir}}' sigs.k8s.io/kwok)
+  for f in node/fast/node-initialize node/heartbeat-with-lease/node-heartbeat-with-lease \
+    pod/fast/pod-ready pod/fast/pod-complete pod/fast/pod-delete; do
+    echo "---"
+    cat "$src/kustomize/stage/$f.yaml"
+  done >"$1/stages.yaml"
+}
+
+build_group() { # group
+  local group=$1 key dest t0=$SECONDS
+  key=$(key_of "$group")
+  dest="$TOOLS/$group-$key"
+  if [[ -f "$dest/.built" ]]; then
+    ln -sfn "$group-$key" "$TOOLS/$group"
+    [[ $group != kwok || -f "$dest/stages.yaml" ]] || kwok_stages "$dest"
+    return
+  fi
+  # The group's main packages: the `tool` lines of its go.mod.
+  local -a pkgs
+  read -r -a pkgs <<<"$(awk '/^tool \(/{t=1;next} t&&/^\)/{t=0} t{print $1} /^tool [^(]/{print $2}' "hack/tools/$group/go.mod" | tr '\n' ' ')"
+  log "building $group (${pkgs[*]}) into .tools/go/$group-$key"
+  mkdir -p "$dest"
+  (cd "hack/tools/$group" && go build -trimpath -ldflags='-s -w' -o "$dest/" "${pkgs[@]}")
+  # etcd's main package is its module root, go.etcd.io/etcd/server/v3:
+  # go names that binary `server`.
+  if [[ -f "$dest/server" ]]; then mv "$dest/server" "$dest/etcd"; fi
+  [[ $group != kwok ]] || kwok_stages "$dest"
+  touch "$dest/.built"
+  ln -sfn "$group-$key" "$TOOLS/$group"
+  log "built $group in $((SECONDS - t0))s"
+}
+
+groups=("$@")
+((${#groups[@]})) || groups=("${ALL_GROUPS[@]}")
+mkdir -p "$TOOLS"
+start=$SECONDS
+for group in "${groups[@]}"; do
+  [[ -f "hack/tools/$group/go.mod" ]] || { log "unknown group $group (hack/tools/$group/go.mod)"; exit 2; }
+  build_group "$group"
+done
+log "go tools ready in $((SECONDS - start))s: $(cd "$TOOLS" && for g in "${groups[@]}"; do printf '%s ' "$g/"*; done)"

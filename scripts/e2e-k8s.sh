@@ -1,0 +1,488 @@
+#!/usr/bin/env bash
+# End-to-end test of the Helm chart on a real Kubernetes control plane
+# (scripts/k8s-up.sh: etcd, kube-apiserver, kube-controller-manager,
+# kube-scheduler built from source, kwok nodes). Containers do not run there,
+# so this script plays the kubelet: for every pod the API server holds, it
+# starts a real process built from the pod object (ZooKeeper 3.8 from Debian
+# for the ZooKeeper pods; target/debug/election for the election pods, with
+# the env of the pod spec, downward API resolved from the pod, and a
+# TokenRequest token of the pod's ServiceAccount bound to the pod). What
+# cannot exist here (images, cluster DNS names, listen ports, volumes) is
+# mapped, and every mapping is printed.
+#
+#   1. helm install: every object accepted with admission on; the StatefulSet
+#      controller creates the pods, the scheduler binds them to kwok nodes
+#   2. exactly one pod labelled election-state=leader, the others attempter,
+#      annotations present (the daemon's own patches, authorized by RBAC)
+#   3. SIGKILL of the leader's process: time until another pod is labelled
+#      leader (bound: session timeout + 4 s); the harness restarts the
+#      process, as the kubelet restarts a container
+#   4. preStop path (the pod's own preStop command, `election release`, then
+#      SIGTERM): the old leader's pod says `stopping`, another pod leads
+#      within 3 s
+#   5. the ServiceAccount's token: 403 patching a pod outside the release or
+#      in another namespace; no list/watch/delete/create/update, no secrets
+#   6. helm upgrade replicas 3 -> 4: the Role names election-3, which labels
+#      itself; still one leader. helm uninstall: no RBAC nor object left
+#      (except the ZooKeeper volumes that StatefulSets keep by design)
+#   7. kubectl apply --server-side -k manifests/ (restricted Pod Security
+#      namespace): accepted, pods created and scheduled
+#
+# Everything it starts is stopped on exit, failure included; E2E_TIMEOUT
+# (default 600 s) bounds the run. When the control plane cannot be built or
+# started (no Go), it prints SKIPPED and exits 0, or 1 with E2E_REQUIRED=1.
+# KEEP=1 keeps the cluster and processes for a look around (then run
+# ELECTION_K8S_DIR=<dir> scripts/k8s-down.sh and kill the printed pids).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib-chart.sh
+source scripts/lib-chart.sh
+# shellcheck source=scripts/lib-zk.sh
+source scripts/lib-zk.sh
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/election-e2e-k8s.XXXXXX")
+export ELECTION_K8S_DIR=$WORK/cluster
+# shellcheck source=scripts/lib-k8s.sh
+source scripts/lib-k8s.sh
+
+NS=election
+RELEASE=election
+SEL="app.kubernetes.io/instance=$RELEASE,app.kubernetes.io/component=election"
+ZK_SEL="app.kubernetes.io/instance=$RELEASE,app.kubernetes.io/component=zookeeper"
+E2E_TIMEOUT=${E2E_TIMEOUT:-600}
+HELM_MAJOR=${HELM_MAJOR:-4}
+BIN=$PWD/target/debug/election
+PIDS=$WORK/pids
+mkdir -p "$PIDS" "$WORK/logs" "$WORK/pv"
+START_ALL=$(now_ms)
+NUMBERS=()
+
+skip() {
+  echo
+  echo "=================================================================="
+  echo "  e2e-k8s SKIPPED: $*"
+  echo "=================================================================="
+  rm -rf "$WORK"
+  if [[ "${E2E_REQUIRED:-0}" == 1 ]]; then exit 1; fi
+  exit 0
+}
+
+cleanup() {
+  local rc=$? f
+  trap - EXIT INT TERM
+  [[ -n "${WATCHDOG:-}" ]] && kill "$WATCHDOG" 2>/dev/null
+  if ((rc != 0)); then
+    log "FAILED (exit $rc): diagnostics"
+    if [[ -f "$ELECTION_K8S_DIR/admin.kubeconfig" ]]; then
+      kc get pods -A -o wide -L election-state || true
+      kc get events -n "$NS" --sort-by=.lastTimestamp 2>/dev/null | tail -30 || true
+    fi
+    for f in "$WORK"/logs/*.log; do
+      [[ -f "$f" ]] || continue
+      log "last lines of $f"
+      tail -n 15 "$f" >&2
+    done
+  fi
+  if [[ "${KEEP:-0}" == 1 ]]; then
+    log "KEEP=1: leaving everything in $WORK (pids in $PIDS)"
+    exit "$rc"
+  fi
+  for f in "$PIDS"/*.pid; do
+    [[ -f "$f" ]] && stop_pid "$f" 5
+  done
+  bash scripts/k8s-down.sh >/dev/null 2>&1 || true
+  rm -rf "$WORK"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'log "interrupted"; exit 130' INT TERM
+# Bounds the whole run: the watchdog TERMs this script, whose trap cleans up.
+(
+  trap 'kill "$sleeper" 2>/dev/null; exit 0' TERM
+  sleep "$E2E_TIMEOUT" &
+  sleeper=$!
+  wait "$sleeper"
+  log "e2e-k8s: timeout after ${E2E_TIMEOUT}s"
+  kill -TERM $$
+) &
+WATCHDOG=$!
+
+step() { echo; echo "== $*"; }
+note() { NUMBERS+=("$1"); log "$1"; }
+die() { log "FAILED: $*"; exit 1; }
+
+# --- tools and the cluster
+if ! k8s_tools_present; then
+  command -v go >/dev/null || skip "Go is not installed: the control plane cannot be built (scripts/build-go-tools.sh)"
+  bash scripts/build-go-tools.sh || skip "scripts/build-go-tools.sh failed: no control plane"
+fi
+[[ -x "$GO_TOOLS/helm$HELM_MAJOR/helm" ]] || bash scripts/build-go-tools.sh "helm$HELM_MAJOR"
+HELM=$GO_TOOLS/helm$HELM_MAJOR/helm
+if [[ -z "$(zk_classpath)" ]] || ! command -v java >/dev/null; then
+  skip "no ZooKeeper/java (scripts/lib-zk.sh ensure_zookeeper installs them)"
+fi
+cargo build --quiet --bin election
+[[ -x "$BIN" ]] || die "no $BIN"
+
+step "control plane (scripts/k8s-up.sh)"
+t0=$(now_ms)
+bash scripts/k8s-up.sh >"$WORK/k8s-up.out" || skip "the control plane did not start (see above)"
+note "control plane ready in $(($(now_ms) - t0)) ms"
+KCFG=$ELECTION_K8S_DIR/admin.kubeconfig
+SERVER=$(cat "$ELECTION_K8S_DIR/server")
+CA=$ELECTION_K8S_DIR/pki/ca.crt
+kc() { "$KUBECTL" --kubeconfig "$KCFG" "$@"; }
+k() { kc --namespace "$NS" "$@"; }
+kc get nodes
+kc auth can-i '*' '*' >/dev/null || die "the admin cannot do everything?"
+
+# --- storage: no provisioner here, so PersistentVolumes made beforehand
+# (hostPath on this machine; reclaim policy Retain). Claims without a
+# storage class bind to them (there is no default StorageClass).
+for i in $(seq 0 7); do
+  mkdir -p "$WORK/pv/pv-$i"
+  cat <<EOF
+---
+apiVersion: v1
+kind: PersistentVolume
+metadata:
+  name: e2e-pv-$i
+spec:
+  capacity: {storage: 2Gi}
+  accessModes: [ReadWriteOnce, ReadWriteMany]
+  persistentVolumeReclaimPolicy: Retain
+  hostPath: {path: $WORK/pv/pv-$i, type: DirectoryOrCreate}
+EOF
+done | kc apply -f - >/dev/null
+log "harness: no volume provisioner here: 8 hostPath PersistentVolumes under $WORK/pv stand in"
+
+# --- the kubelet part: pods -> processes
+
+# The local directory behind a pod's volume mounted at PATH (claim -> PV hostPath).
+volume_dir() { # pod mountPath
+  local vol claim pv
+  vol=$(k get pod "$1" -o json | python3 -c '
+import json, sys
+pod = json.load(sys.stdin)
+c = pod["spec"]["containers"][0]
+(mount,) = [m for m in c.get("volumeMounts", []) if m["mountPath"] == sys.argv[1]]
+(v,) = [v for v in pod["spec"]["volumes"] if v["name"] == mount["name"]]
+print(v.get("persistentVolumeClaim", {}).get("claimName", ""))' "$2")
+  [[ -n "$vol" ]] || die "pod $1: $2 is not a persistentVolumeClaim"
+  claim=$vol
+  pv=$(k get pvc "$claim" -o jsonpath='{.spec.volumeName}')
+  [[ -n "$pv" ]] || die "claim $claim is not bound"
+  kc get pv "$pv" -o jsonpath='{.spec.hostPath.path}'
+}
+
+declare -A ZK_ADDR=()
+
+# Starts one real ZooKeeper server per ZooKeeper pod, as a local ensemble.
+start_zookeepers() {
+  local pods=() p i id cfg
+  read -r -a pods <<<"$(k get pods -l "$ZK_SEL" -o jsonpath='{.items[*].metadata.name}')"
+  ((${#pods[@]})) || die "no ZooKeeper pods"
+  local -A client=() peer=() elect=()
+  for p in "${pods[@]}"; do
+    client[$p]=$(free_port)
+    peer[$p]=$(free_port)
+    elect[$p]=$(free_port)
+    ZK_ADDR[$p]=127.0.0.1:${client[$p]}
+  done
+  for p in "${pods[@]}"; do
+    # myid = ordinal + 1, as the pod's command computes it from HOSTNAME.
+    id=$((${p##*-} + 1))
+    mkdir -p "$WORK/zk/$p/data"
+    echo "$id" >"$WORK/zk/$p/data/myid"
+    cfg=$WORK/zk/$p/zoo.cfg
+    {
+      echo "tickTime=200"
+      echo "initLimit=50"
+      echo "syncLimit=25"
+      echo "maxSessionTimeout=40000"
+      echo "dataDir=$WORK/zk/$p/data"
+      echo "clientPort=${client[$p]}"
+      echo "clientPortAddress=127.0.0.1"
+      echo "4lw.commands.whitelist=*"
+      echo "admin.enableServer=false"
+      for i in "${pods[@]}"; do
+        echo "server.$((${i##*-} + 1))=127.0.0.1:${peer[$i]}:${elect[$i]}"
+      done
+    } >"$cfg"
+    log "harness: pod $p (image $(k get pod "$p" -o jsonpath='{.spec.containers[0].image}') cannot run here)" \
+      "-> ZooKeeper from Debian, myid $id, client port ${ZK_ADDR[$p]}, tickTime 200 ms (chart: 2000), data in $WORK/zk/$p"
+    bg_start "$WORK" "zk-$p" java -Xmx128m -cp "$(zk_classpath)" \
+      org.apache.zookeeper.server.quorum.QuorumPeerMain "$cfg"
+  done
+  local deadline=$((SECONDS + 60)) up
+  while ((SECONDS < deadline)); do
+    up=0
+    for p in "${pods[@]}"; do
+      zk_4lw 127.0.0.1 "${ZK_ADDR[$p]#*:}" srvr | grep -qE '^Mode: (leader|follower|standalone)' && up=$((up + 1))
+    done
+    ((up == ${#pods[@]})) && { log "ZooKeeper ensemble of ${#pods[@]} servers up"; return; }
+    sleep 0.3
+  done
+  die "the ZooKeeper ensemble did not form"
+}
+
+# A kubeconfig for a pod's process: a TokenRequest token of the pod's
+# ServiceAccount, bound to the pod (as the kubelet's projected token).
+pod_kubeconfig() { # pod out
+  local sa uid token
+  sa=$(k get pod "$1" -o jsonpath='{.spec.serviceAccountName}')
+  uid=$(k get pod "$1" -o jsonpath='{.metadata.uid}')
+  token=$(k create token "$sa" --duration 1h --bound-object-kind Pod --bound-object-name "$1" --bound-object-uid "$uid")
+  cat >"$2" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+  - name: e2e
+    cluster: {server: "$SERVER", certificate-authority: "$CA"}
+users:
+  - name: $sa
+    user: {token: "$token"}
+contexts:
+  - name: $sa
+    context: {cluster: e2e, user: $sa, namespace: $NS}
+current-context: $sa
+EOF
+  log "harness: pod $1 authenticates as ServiceAccount $NS/$sa (TokenRequest token bound to pod uid $uid): KUBECONFIG=$2"
+}
+
+# Starts (or restarts) the process of one election pod.
+start_election() { # pod
+  local pod=$1 dir http admin file_dir mount
+  dir=$WORK/pods/$pod
+  mkdir -p "$dir"
+  k get pod "$pod" -o json >"$dir/pod.json"
+  mount=$(python3 -c 'import json,sys; p=json.load(open(sys.argv[1])); print(next(e["value"] for e in p["spec"]["containers"][0]["env"] if e["name"]=="ELECTION_FILE_DIR"))' "$dir/pod.json")
+  file_dir=$(volume_dir "$pod" "$mount")
+  http=$(free_port)
+  admin=$(free_port)
+  local args=(--pod-json "$dir/pod.json" --container election --entrypoint /usr/local/bin/election
+    --binary "/usr/local/bin/election=$BIN" --kubectl "$KUBECTL --kubeconfig $KCFG"
+    --map-dir "$mount=$file_dir"
+    --map-addr "0.0.0.0:8080=127.0.0.1:$http" --map-addr "127.0.0.1:8081=127.0.0.1:$admin")
+  local p
+  for p in "${!ZK_ADDR[@]}"; do args+=(--map-host "$p=${ZK_ADDR[$p]}"); done
+  python3 scripts/k8s-pod-process.py "${args[@]}" >"$dir/plan.json"
+  pod_kubeconfig "$pod" "$dir/kubeconfig"
+  python3 - "$dir/plan.json" "$dir" <<'PY'
+import json, sys
+plan = json.load(open(sys.argv[1]))
+d = sys.argv[2]
+for m in plan["mappings"]:
+    print(">> harness:", m, file=sys.stderr)
+with open(d + "/env", "wb") as f:
+    for k, v in plan["env"].items():
+        f.write(f"{k}={v}".encode() + b"\0")
+open(d + "/argv", "wb").write(b"".join(a.encode() + b"\0" for a in plan["argv"]))
+open(d + "/prestop", "wb").write(b"".join(a.encode() + b"\0" for a in plan["prestop"]))
+PY
+  local envs=() argv=()
+  mapfile -d '' envs <"$dir/env"
+  mapfile -d '' argv <"$dir/argv"
+  envs+=("KUBECONFIG=$dir/kubeconfig" "PATH=/usr/bin:/bin")
+  echo "$http" >"$dir/http-port"
+  bg_start "$WORK" "$pod" env -i "${envs[@]}" "${argv[@]}"
+  log "harness: pod $pod -> pid $(cat "$PIDS/$pod.pid"): ${argv[*]} (log $WORK/logs/$pod.log)"
+}
+
+# Waits until every pod of a selector exists, is bound to a kwok node and Running.
+wait_pods_running() { # selector count timeout
+  local sel=$1 count=$2 timeout=$3 deadline out
+  deadline=$((SECONDS + timeout))
+  while ((SECONDS < deadline)); do
+    out=$(k get pods -l "$sel" -o jsonpath='{range .items[*]}{.metadata.name} {.spec.nodeName} {.status.phase}{"\n"}{end}' 2>/dev/null || true)
+    if [[ $(grep -c ' kwok-node-[0-9]* Running$' <<<"$out") -eq $count && $(grep -c . <<<"$out") -eq $count ]]; then
+      return 0
+    fi
+    sleep 0.3
+  done
+  echo "$out" >&2
+  k get pods -l "$sel" -o wide >&2 || true
+  k describe pods -l "$sel" 2>&1 | tail -40 >&2 || true
+  die "pods $sel: not $count Running on kwok nodes within ${timeout}s"
+}
+
+# state of each election pod: "election-0=leader election-1=attempter ..."
+states() {
+  k get pods -l "$SEL" -o jsonpath='{range .items[*]}{.metadata.name}={.metadata.labels.election-state} {end}'
+}
+leaders() {
+  k get pods -l "$SEL,election-state=leader" -o jsonpath='{.items[*].metadata.name}'
+}
+
+# Waits until exactly one pod leads and all N others are attempters; prints
+# the leader. wait_one_leader N TIMEOUT [NOT_THIS_POD]
+wait_one_leader() {
+  local n=$1 timeout=$2 not=${3:-} deadline s l
+  deadline=$((SECONDS + timeout))
+  while ((SECONDS < deadline)); do
+    s=$(states 2>/dev/null || true)
+    l=$(leaders 2>/dev/null || true)
+    if [[ -n "$l" && "$l" != *" "* && "$l" != "$not" ]] \
+      && [[ $(grep -o '=attempter' <<<"$s" | wc -l) -eq $((n - 1)) ]]; then
+      echo "$l"
+      return 0
+    fi
+    sleep 0.1
+  done
+  die "no single leader with $((n - 1)) attempters within ${timeout}s${not:+ (other than $not)}: $s"
+}
+
+# Milliseconds until a pod other than $1 is labelled leader (alone).
+time_new_leader() { # old timeout
+  local old=$1 timeout=$2 t0 deadline l
+  t0=$(now_ms)
+  deadline=$((SECONDS + timeout))
+  while ((SECONDS < deadline)); do
+    l=$(leaders 2>/dev/null || true)
+    for p in $l; do
+      if [[ "$p" != "$old" ]]; then
+        echo $(($(now_ms) - t0))
+        return 0
+      fi
+    done
+    sleep 0.05
+  done
+  die "no new leader within ${timeout}s: $(states)"
+}
+
+# ======================================================================
+step "1. helm install ($("$HELM" version --short)) on the real API server"
+t_install=$(now_ms)
+"$HELM" install "$RELEASE" "$CHART" --kubeconfig "$KCFG" --namespace "$NS" --create-namespace --wait --timeout 3m \
+  || die "helm install failed"
+note "helm install --wait (objects accepted, pods scheduled, kwok reports Ready): $(($(now_ms) - t_install)) ms"
+k get all,serviceaccount,role,rolebinding,pdb,pvc -o name | sed 's/^/   /'
+wait_pods_running "$ZK_SEL" 3 60
+wait_pods_running "$SEL" 3 60
+k get pods -o wide
+
+step "2. real processes play the pods; one leader"
+start_zookeepers
+for pod in $(k get pods -l "$SEL" -o jsonpath='{.items[*].metadata.name}'); do start_election "$pod"; done
+leader=$(wait_one_leader 3 60)
+note "helm install -> exactly one pod labelled leader, 2 attempter: $(($(now_ms) - t_install)) ms"
+k get pods -L election-state
+# The daemon's annotations, on every pod (the fencing token on the leader only).
+k get pods -l "$SEL" -o json | python3 -c '
+import json, sys
+leader = sys.argv[1]
+for pod in json.load(sys.stdin)["items"]:
+    name, ann = pod["metadata"]["name"], pod["metadata"].get("annotations", {})
+    want = ["election/state-since", "election/node-id", "election/leader", "election/cause"]
+    if name == leader:
+        want.append("election/fencing-token")
+    missing = [a for a in want if not ann.get(a)]
+    if missing:
+        sys.exit(f"{name}: annotations missing: {missing}")
+    if ann["election/leader"] != leader or ann["election/node-id"] != name:
+        sys.exit(f"{name}: election/leader={ann[\"election/leader\"]} election/node-id={ann[\"election/node-id\"]}")
+    print("  ", name, " ".join(f"{a}={ann[a]}" for a in want))
+' "$leader" || die "annotations"
+
+step "3. SIGKILL of the leader's process ($leader)"
+session=$(python3 -c 'import json,sys; p=json.load(open(sys.argv[1])); print(next(e["value"] for e in p["spec"]["containers"][0]["env"] if e["name"]=="ELECTION_ZK_SESSION_TIMEOUT"))' "$WORK/pods/$leader/pod.json")
+session_s=${session%s}
+[[ "$session_s" =~ ^[0-9]+$ ]] || die "session timeout $session is not whole seconds"
+kill -KILL "$(cat "$PIDS/$leader.pid")"
+rm -f "$PIDS/$leader.pid"
+ms=$(time_new_leader "$leader" $((session_s + 10)))
+note "SIGKILL of the leader -> another pod labelled leader: $ms ms (session timeout ${session})"
+((ms <= (session_s + 4) * 1000)) || die "label flip took $ms ms, bound $(((session_s + 4) * 1000)) ms"
+log "harness: restarting the process of $leader, as the kubelet restarts a container"
+start_election "$leader"
+leader=$(wait_one_leader 3 30)
+k get pods -L election-state
+
+step "4. preStop path of $leader: its own preStop command, then SIGTERM"
+mapfile -d '' prestop <"$WORK/pods/$leader/prestop"
+log "harness: preStop: ${prestop[*]}"
+t0=$(now_ms)
+"${prestop[@]}" || die "preStop command failed"
+kill -TERM "$(cat "$PIDS/$leader.pid")"
+ms=$(time_new_leader "$leader" 10)
+note "preStop (election release) + SIGTERM -> another pod labelled leader: $ms ms"
+((ms <= 3000)) || die "handover took $ms ms, bound 3000 ms"
+stop_pid "$PIDS/$leader.pid" 10
+old_state=$(k get pod "$leader" -o jsonpath='{.metadata.labels.election-state}')
+[[ "$old_state" == stopping ]] || die "$leader is labelled '$old_state' after its stop, not stopping"
+log "$leader says election-state=stopping after it exited"
+log "harness: restarting the process of $leader (restartPolicy Always)"
+start_election "$leader"
+leader=$(wait_one_leader 3 30)
+k get pods -L election-state
+
+step "5. what the ServiceAccount's token may do"
+SA_KCFG=$WORK/pods/election-0/kubeconfig
+sa() { "$KUBECTL" --kubeconfig "$SA_KCFG" "$@"; }
+kc run outsider --namespace default --image=registry.example/none:1 --restart=Never >/dev/null
+for target in "$NS/election-zookeeper-0" "default/outsider"; do
+  out=$(sa patch pod "${target#*/}" --namespace "${target%/*}" --type merge \
+    -p '{"metadata":{"labels":{"election-state":"leader"}}}' 2>&1) && die "patching $target succeeded"
+  grep -q 'Forbidden\|forbidden' <<<"$out" || die "patching $target: not a 403: $out"
+  echo "   403 patching pod $target: $(grep -o 'is forbidden.*' <<<"$out" | cut -c1-110)"
+done
+expect_can() { # yes|no verb resource [namespace]
+  local got
+  got=$(sa auth can-i "$2" "$3" --namespace "${4:-$NS}" 2>/dev/null || true)
+  [[ "$got" == "$1" ]] || die "can-i $2 $3 in ${4:-$NS}: $got, expected $1"
+  printf '   can-i %-7s %-28s %-9s %s\n' "$2" "$3" "${4:-$NS}" "$got"
+}
+expect_can yes get pods/election-0
+expect_can yes patch pods/election-2
+expect_can no patch pods/election-zookeeper-0
+expect_can no patch pods/election-0 default
+expect_can no update pods/election-0
+expect_can no delete pods/election-0
+expect_can no list pods
+expect_can no watch pods
+expect_can no create pods
+expect_can no patch pods/status
+expect_can no get secrets
+expect_can no list configmaps
+expect_can no create pods/exec
+expect_can no get nodes
+expect_can no patch statefulsets/election
+
+step "6. helm upgrade replicas 3 -> 4, then helm uninstall"
+"$HELM" upgrade "$RELEASE" "$CHART" --kubeconfig "$KCFG" --namespace "$NS" --reuse-values \
+  --set replicaCount=4 --wait --timeout 2m || die "helm upgrade failed"
+names=$(k get role "$RELEASE" -o jsonpath='{.rules[0].resourceNames}')
+[[ "$names" == *'"election-3"'* ]] || die "the Role does not name election-3: $names"
+expect_can yes patch pods/election-3
+expect_can no patch pods/election-4
+wait_pods_running "$SEL" 4 60
+start_election election-3
+leader=$(wait_one_leader 4 30)
+note "after helm upgrade to 4 replicas: one leader ($leader), 3 attempters"
+k get pods -L election-state
+"$HELM" uninstall "$RELEASE" --kubeconfig "$KCFG" --namespace "$NS" --wait --timeout 2m || die "helm uninstall failed"
+# The pods are gone: their processes stop as the kubelet would stop them.
+for f in "$PIDS"/election-*.pid; do [[ -f "$f" ]] && stop_pid "$f" 10; done
+left=$(k get all,serviceaccount,role,rolebinding,pdb,pvc,networkpolicy,configmap,secret -l "app.kubernetes.io/instance=$RELEASE" -o name)
+unexpected=$(grep -v '^persistentvolumeclaim/data-election-zookeeper-[0-9]*$' <<<"$left" || true)
+[[ -z "$unexpected" ]] || die "left after helm uninstall: $unexpected"
+log "left after helm uninstall: $(tr '\n' ' ' <<<"$left")(the ZooKeeper StatefulSet's claims, kept by its default retention policy)"
+kc get role,rolebinding -n "$NS" -o name | grep -q . && die "RBAC left in $NS: $(kc get role,rolebinding -n "$NS" -o name)"
+got=$(kc auth can-i patch pods/election-0 --namespace "$NS" --as "system:serviceaccount:$NS:election" 2>/dev/null || true)
+[[ "$got" == no ]] || die "the ServiceAccount may still patch pods after uninstall: $got"
+log "no Role, RoleBinding, ServiceAccount or pod left; the account may no longer patch pods"
+
+step "7. kubectl apply --server-side -k manifests/"
+for f in "$PIDS"/zk-*.pid; do [[ -f "$f" ]] && stop_pid "$f" 5; done
+kc apply --server-side -k manifests/ | sed 's/^/   /'
+wait_pods_running "$SEL" 3 60
+wait_pods_running "$ZK_SEL" 3 60
+k get pods -o wide
+kc get namespace "$NS" -o jsonpath='{.metadata.labels.pod-security\.kubernetes\.io/enforce}' | grep -qx restricted \
+  || die "namespace $NS is not Pod Security restricted"
+log "manifests/ accepted under Pod Security 'restricted'; pods created and scheduled"
+
+step "numbers"
+for n in "${NUMBERS[@]}"; do echo "   $n"; done
+echo
+echo "e2e-k8s passed in $((($(now_ms) - START_ALL) / 1000)) s"

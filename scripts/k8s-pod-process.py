@@ -1,0 +1,148 @@
+#!/usr/bin/env python3
+"""Turns a Pod object, as the API server holds it, into a local process.
+
+Used by scripts/e2e-k8s.sh, which plays the kubelet for the pods that kwok
+only pretends to run. Reads the pod (`kubectl get pod -o json`) and prints
+a JSON plan:
+
+  {"argv": [...], "env": {...}, "prestop": [...], "mappings": ["..."]}
+
+- argv: the container's command (else the image's ENTRYPOINT, which must be
+  given with --entrypoint) and args, with the image's binary mapped to the
+  local one (--binary).
+- env: exactly what the kubelet would give the container: `value`s, and
+  `valueFrom` resolved from the pod itself (fieldRef) or from the API
+  (secretKeyRef, configMapKeyRef, through --kubectl), plus HOSTNAME (the
+  pod's host name, as the container runtime sets it). Then the mappings
+  for what cannot exist here, each one also described in "mappings":
+  --map-host NAME=ADDR  a host:port in an env value whose first DNS label is
+                        NAME (a pod behind a headless Service) -> ADDR
+  --map-addr OLD=NEW    an env value equal to OLD (a listen address) -> NEW
+  --map-dir PATH=DIR    an env value equal to a volume's mountPath -> DIR
+- prestop: the preStop exec command, mapped the same way.
+"""
+
+import argparse
+import base64
+import json
+import subprocess
+import sys
+
+
+def field_ref(pod, path):
+    meta, spec, status = pod["metadata"], pod["spec"], pod.get("status", {})
+    simple = {
+        "metadata.name": meta["name"],
+        "metadata.namespace": meta["namespace"],
+        "metadata.uid": meta["uid"],
+        "spec.nodeName": spec.get("nodeName", ""),
+        "spec.serviceAccountName": spec.get("serviceAccountName", ""),
+        "status.podIP": status.get("podIP", ""),
+        "status.hostIP": status.get("hostIP", ""),
+        "status.podIPs": ",".join(ip["ip"] for ip in status.get("podIPs", [])),
+    }
+    if path in simple:
+        return simple[path]
+    for prefix, key in (("metadata.labels['", "labels"), ("metadata.annotations['", "annotations")):
+        if path.startswith(prefix) and path.endswith("']"):
+            return meta.get(key, {}).get(path[len(prefix) : -2], "")
+    raise SystemExit(f"unsupported fieldRef {path}")
+
+
+def from_api(kubectl, kind, namespace, name, key, decode):
+    out = subprocess.run(
+        kubectl + ["get", kind, name, "--namespace", namespace, "-o", "json"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    value = json.loads(out).get("data", {})[key]
+    return base64.b64decode(value).decode() if decode else value
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--pod-json", required=True)
+    p.add_argument("--container", default=None)
+    p.add_argument("--entrypoint", default="")
+    p.add_argument("--binary", required=True, help="IMAGE_PATH=LOCAL_PATH")
+    p.add_argument("--kubectl", required=True, help="kubectl command line, space separated")
+    p.add_argument("--map-host", action="append", default=[])
+    p.add_argument("--map-addr", action="append", default=[])
+    p.add_argument("--map-dir", action="append", default=[])
+    a = p.parse_args()
+
+    pod = json.load(open(a.pod_json))
+    name = pod["metadata"]["name"]
+    ns = pod["metadata"]["namespace"]
+    containers = pod["spec"]["containers"]
+    c = next(c for c in containers if a.container in (None, c["name"]))
+    kubectl = a.kubectl.split()
+    image_bin, local_bin = a.binary.split("=", 1)
+    hosts = dict(m.split("=", 1) for m in a.map_host)
+    addrs = dict(m.split("=", 1) for m in a.map_addr)
+    dirs = dict(m.split("=", 1) for m in a.map_dir)
+    mappings = [f"pod {name}: image {c['image']} cannot be pulled here: runs {local_bin} (built from this checkout)"]
+
+    def map_value(var, value):
+        if value in addrs:
+            mappings.append(f"pod {name}: {var}={value} -> {addrs[value]} (loopback only, free port)")
+            return addrs[value]
+        if value in dirs:
+            mappings.append(f"pod {name}: {var}={value} (volume mount) -> {dirs[value]}")
+            return dirs[value]
+        parts, changed = [], False
+        for item in value.split(","):
+            host = item.rsplit(":", 1)[0] if ":" in item else ""
+            label = host.split(".", 1)[0]
+            if host and "." in host and label in hosts:
+                parts.append(hosts[label])
+                changed = True
+            else:
+                parts.append(item)
+        if changed:
+            mapped = ",".join(parts)
+            mappings.append(f"pod {name}: {var}={value} -> {mapped} (cluster DNS names of pods -> their local processes)")
+            return mapped
+        return value
+
+    env = {"HOSTNAME": pod["spec"].get("hostname") or name}
+    for e in c.get("env", []):
+        if "value" in e:
+            value = e["value"]
+        elif "valueFrom" in e:
+            src = e["valueFrom"]
+            if "fieldRef" in src:
+                value = field_ref(pod, src["fieldRef"]["fieldPath"])
+            elif "secretKeyRef" in src:
+                r = src["secretKeyRef"]
+                value = from_api(kubectl, "secret", ns, r["name"], r["key"], True)
+            elif "configMapKeyRef" in src:
+                r = src["configMapKeyRef"]
+                value = from_api(kubectl, "configmap", ns, r["name"], r["key"], False)
+            else:
+                raise SystemExit(f"pod {name}: unsupported valueFrom in {e['name']}: {src}")
+        else:
+            value = ""
+        env[e["name"]] = map_value(e["name"], value)
+
+    def map_argv(argv):
+        out = []
+        for i, arg in enumerate(argv):
+            if i == 0 and arg == image_bin:
+                out.append(local_bin)
+            else:
+                out.append(map_value("argument", arg) if arg in addrs else arg)
+        return out
+
+    command = c.get("command") or ([a.entrypoint] if a.entrypoint else [])
+    argv = map_argv(command + c.get("args", []))
+    prestop = c.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
+    json.dump(
+        {"argv": argv, "env": env, "prestop": map_argv(prestop), "mappings": mappings},
+        sys.stdout,
+    )
+
+
+if __name__ == "__main__":
+    main()
