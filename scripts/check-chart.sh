@@ -140,9 +140,8 @@ manifests_in_sync() {
 kustomize_builds() {
   local kubectl candidate
   kubectl=$(command -v kubectl || true)
-  for candidate in .tools/helm3/kubectl .tools/helm4/kubectl; do
-    [[ -x "$candidate" ]] && kubectl=$candidate
-  done
+  candidate=.tools/go/kubernetes/kubectl
+  [[ -x "$candidate" ]] && kubectl=$candidate
   [[ -n "$kubectl" ]] || { echo "kubectl not found (scripts/install-tools.sh)"; return 1; }
   "$kubectl" kustomize manifests/ >"$WORK/kustomized.yaml"
   validate_k8s "$WORK/kustomized.yaml"

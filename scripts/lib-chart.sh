@@ -6,12 +6,12 @@
 CHART=charts/election
 
 # Prints the path of a helm of the given major version (3 or 4): the one
-# scripts/install-tools.sh put under .tools/, else `helm` on PATH when it
-# has that version. Prints nothing when there is none.
+# scripts/build-go-tools.sh built under .tools/go/, else `helm` on PATH when
+# it has that version. Prints nothing when there is none.
 helm_of() { # major
   local major=$1
-  if [[ -x ".tools/helm$major/helm" ]]; then
-    echo ".tools/helm$major/helm"
+  if [[ -x ".tools/go/helm$major/helm" ]]; then
+    echo ".tools/go/helm$major/helm"
   elif command -v helm >/dev/null && helm version --short 2>/dev/null | grep -q "^v$major\."; then
     command -v helm
   fi

