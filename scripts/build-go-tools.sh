@@ -38,8 +38,45 @@ ALL_GROUPS=(kubernetes etcd kwok helm3 helm4)
 
 log() { echo ">> $*" >&2; }
 
+# Version of a module in a group's build list.
+mod_version() { # group module
+  (cd "hack/tools/$1" && go list -m -f '{{.Version}}' "$2")
+}
+
+# The version stamps each project's own release build sets (its Makefile or
+# hack/lib/version.sh); without them `kubectl version` says v0.0.0-master and
+# helm 3 renders for Kubernetes 1.20.
+ldflags_of() { # group
+  local v k8s major minor pkg flags="-s -w"
+  case $1 in
+    kubernetes)
+      v=$(mod_version kubernetes k8s.io/kubernetes)
+      major=${v#v}; major=${major%%.*}
+      minor=${v#v*.}; minor=${minor%%.*}
+      for pkg in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
+        flags+=" -X $pkg.gitVersion=$v -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean"
+      done
+      ;;
+    helm3 | helm4)
+      local m=helm.sh/helm/v${1#helm}
+      v=$(mod_version "$1" "$m")
+      flags+=" -X $m/internal/version.version=$v -X $m/internal/version.gitTreeState=clean"
+      if [[ $1 == helm3 ]]; then
+        # helm 3's default Kubernetes version (helm template, lint) is that of
+        # its client-go: v0.X.Y -> 1.X.
+        k8s=$(mod_version helm3 k8s.io/client-go)
+        minor=${k8s#v0.}; minor=${minor%%.*}
+        for pkg in $m/pkg/lint/rules $m/pkg/chartutil; do
+          flags+=" -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=$minor"
+        done
+      fi
+      ;;
+  esac
+  echo "$flags"
+}
+
 key_of() { # group
-  cat "hack/tools/$1/go.mod" "hack/tools/$1/go.sum" <(echo "$GOTOOLCHAIN") | sha256sum | cut -c1-12
+  cat "hack/tools/$1/go.mod" "hack/tools/$1/go.sum" <(echo "$GOTOOLCHAIN $(ldflags_of "$1")") | sha256sum | cut -c1-12
 }
 
 # kwok has no built-in stages: ship its own "fast" node and pod stages (nodes
@@ -67,14 +104,18 @@ build_group() { # group
   local -a pkgs
   read -r -a pkgs <<<"$(awk '/^tool \(/{t=1;next} t&&/^\)/{t=0} t{print $1} /^tool [^(]/{print $2}' "hack/tools/$group/go.mod" | tr '\n' ' ')"
   log "building $group (${pkgs[*]}) into .tools/go/$group-$key"
+  local ldflags
+  ldflags=$(ldflags_of "$group")
   mkdir -p "$dest"
-  (cd "hack/tools/$group" && go build -trimpath -ldflags='-s -w' -o "$dest/" "${pkgs[@]}")
+  (cd "hack/tools/$group" && go build -trimpath -ldflags="$ldflags" -o "$dest/" "${pkgs[@]}")
   # etcd's main package is its module root, go.etcd.io/etcd/server/v3:
   # go names that binary `server`.
   if [[ -f "$dest/server" ]]; then mv "$dest/server" "$dest/etcd"; fi
   [[ $group != kwok ]] || kwok_stages "$dest"
   touch "$dest/.built"
   ln -sfn "$group-$key" "$TOOLS/$group"
+  # Older builds of the group (other pins) only take disk space.
+  find "$TOOLS" -mindepth 1 -maxdepth 1 -type d -name "$group-*" ! -name "$group-$key" -exec rm -rf {} +
   log "built $group in $((SECONDS - t0))s"
 }
 

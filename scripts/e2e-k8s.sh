@@ -410,7 +410,9 @@ note "preStop (election release) + SIGTERM -> another pod labelled leader: $ms m
 stop_pid "$PIDS/$leader.pid" 10
 old_state=$(k get pod "$leader" -o jsonpath='{.metadata.labels.election-state}')
 [[ "$old_state" == stopping ]] || die "$leader is labelled '$old_state' after its stop, not stopping"
-log "$leader says election-state=stopping after it exited"
+token=$(k get pod "$leader" -o jsonpath='{.metadata.annotations.election/fencing-token}')
+[[ -z "$token" ]] || die "$leader still carries election/fencing-token=$token after it stopped leading"
+log "$leader says election-state=stopping after it exited, and no longer carries a fencing token"
 log "harness: restarting the process of $leader (restartPolicy Always)"
 start_election "$leader"
 leader=$(wait_one_leader 3 30)
@@ -461,8 +463,13 @@ leader=$(wait_one_leader 4 30)
 note "after helm upgrade to 4 replicas: one leader ($leader), 3 attempters"
 k get pods -L election-state
 "$HELM" uninstall "$RELEASE" --kubeconfig "$KCFG" --namespace "$NS" --wait --timeout 2m || die "helm uninstall failed"
-# The pods are gone: their processes stop as the kubelet would stop them.
+# The pods are going: their processes stop as the kubelet would stop them.
 for f in "$PIDS"/election-*.pid; do [[ -f "$f" ]] && stop_pid "$f" 10; done
+deadline=$((SECONDS + 60))
+while [[ -n "$(k get pods -l "app.kubernetes.io/instance=$RELEASE" -o name)" ]]; do
+  ((SECONDS < deadline)) || die "pods left 60 s after helm uninstall: $(k get pods -o name)"
+  sleep 0.3
+done
 left=$(k get all,serviceaccount,role,rolebinding,pdb,pvc,networkpolicy,configmap,secret -l "app.kubernetes.io/instance=$RELEASE" -o name)
 unexpected=$(grep -v '^persistentvolumeclaim/data-election-zookeeper-[0-9]*$' <<<"$left" || true)
 [[ -z "$unexpected" ]] || die "left after helm uninstall: $unexpected"
