@@ -380,7 +380,8 @@ for pod in json.load(sys.stdin)["items"]:
     if missing:
         sys.exit(f"{name}: annotations missing: {missing}")
     if ann["election/leader"] != leader or ann["election/node-id"] != name:
-        sys.exit(f"{name}: election/leader={ann[\"election/leader\"]} election/node-id={ann[\"election/node-id\"]}")
+        seen, me = ann["election/leader"], ann["election/node-id"]
+        sys.exit(f"{name}: election/leader={seen} election/node-id={me}")
     print("  ", name, " ".join(f"{a}={ann[a]}" for a in want))
 ' "$leader" || die "annotations"
 
