@@ -19,7 +19,9 @@
 #      process, as the kubelet restarts a container
 #   4. preStop path (the pod's own preStop command, `election release`, then
 #      SIGTERM): the old leader's pod says `stopping`, another pod leads
-#      within 3 s
+#      within 3 s; then `kubectl delete pod` of the leader: the same
+#      handover, the StatefulSet recreates the pod, whose new process labels
+#      itself, and the token bound to the deleted pod is refused (401)
 #   5. the ServiceAccount's token: 403 patching a pod outside the release or
 #      in another namespace; no list/watch/delete/create/update, no secrets
 #   6. helm upgrade replicas 3 -> 4: the Role names election-3, which labels
@@ -354,7 +356,8 @@ time_new_leader() { # old timeout
 step "1. helm install ($("$HELM" version --short)) on the real API server"
 t_install=$(now_ms)
 "$HELM" install "$RELEASE" "$CHART" --kubeconfig "$KCFG" --namespace "$NS" --create-namespace --wait --timeout 3m \
-  || die "helm install failed"
+  >"$WORK/helm-install.out" || die "helm install failed: $(cat "$WORK/helm-install.out")"
+sed -n '/^STATUS:/p; /has no registry part/,/^$/p' "$WORK/helm-install.out" | sed 's/^/   | /'
 note "helm install --wait (objects accepted, pods scheduled, kwok reports Ready): $(($(now_ms) - t_install)) ms"
 k get all,serviceaccount,role,rolebinding,pdb,pvc -o name | sed 's/^/   /'
 wait_pods_running "$ZK_SEL" 3 60
@@ -362,10 +365,13 @@ wait_pods_running "$SEL" 3 60
 k get pods -o wide
 
 step "2. real processes play the pods; one leader"
+t_zk=$(now_ms)
 start_zookeepers
+t_procs=$(now_ms)
 for pod in $(k get pods -l "$SEL" -o jsonpath='{.items[*].metadata.name}'); do start_election "$pod"; done
 leader=$(wait_one_leader 3 60)
-note "helm install -> exactly one pod labelled leader, 2 attempter: $(($(now_ms) - t_install)) ms"
+now=$(now_ms)
+note "helm install -> exactly one pod labelled leader, 2 attempter: $((now - t_install)) ms (of which ZooKeeper ensemble start $((t_procs - t_zk)) ms; election processes started -> labels $((now - t_procs)) ms)"
 k get pods -L election-state
 # The daemon's annotations, on every pod (the fencing token on the leader only).
 k get pods -l "$SEL" -o json | python3 -c '
@@ -419,15 +425,62 @@ start_election "$leader"
 leader=$(wait_one_leader 3 30)
 k get pods -L election-state
 
+step "4b. kubectl delete pod $leader (the path of a rolling update or a drain)"
+# The harness plays the kubelet's part as soon as the API server accepted
+# the deletion: preStop, SIGTERM. kwok removes the pod object, the
+# StatefulSet controller recreates it (new uid), and its process starts
+# with a token bound to the new pod.
+old_uid=$(k get pod "$leader" -o jsonpath='{.metadata.uid}')
+old_kcfg=$WORK/pods/$leader/kubeconfig.old
+cp "$WORK/pods/$leader/kubeconfig" "$old_kcfg"
+mapfile -d '' prestop <"$WORK/pods/$leader/prestop"
+t0=$(now_ms)
+k delete pod "$leader" --wait=false >/dev/null
+"${prestop[@]}" >/dev/null || die "preStop command failed"
+kill -TERM "$(cat "$PIDS/$leader.pid")"
+ms=$(time_new_leader "$leader" 10)
+note "kubectl delete pod of the leader (preStop, SIGTERM) -> another pod labelled leader: $ms ms"
+((ms <= 3000)) || die "handover took $ms ms, bound 3000 ms"
+stop_pid "$PIDS/$leader.pid" 10
+deadline=$((SECONDS + 60))
+until [[ "$(k get pod "$leader" -o jsonpath='{.metadata.uid} {.spec.nodeName} {.status.phase}' 2>/dev/null)" =~ ^[0-9a-f-]+\ kwok-node-[0-9]+\ Running$ ]] \
+  && [[ "$(k get pod "$leader" -o jsonpath='{.metadata.uid}')" != "$old_uid" ]]; do
+  ((SECONDS < deadline)) || die "$leader was not recreated and scheduled within 60 s"
+  sleep 0.2
+done
+log "the StatefulSet controller recreated $leader (uid $old_uid -> $(k get pod "$leader" -o jsonpath='{.metadata.uid}'))"
+# The API server caches successful token reviews for 10 s
+# (--authentication-token-success-cache-ttl): allow for that.
+deadline=$((SECONDS + 20))
+while out=$("$KUBECTL" --kubeconfig "$old_kcfg" get pod "$leader" 2>&1); do
+  ((SECONDS < deadline)) || die "the token bound to the deleted pod still works after 20 s"
+  sleep 0.5
+done
+grep -q Unauthorized <<<"$out" || die "the old pod's token: not 401: $out"
+log "the token bound to the deleted pod is rejected (401 Unauthorized) $(($(now_ms) - t0)) ms after the delete"
+start_election "$leader"
+leader=$(wait_one_leader 3 30)
+k get pods -L election-state
+
 step "5. what the ServiceAccount's token may do"
 SA_KCFG=$WORK/pods/election-0/kubeconfig
 sa() { "$KUBECTL" --kubeconfig "$SA_KCFG" "$@"; }
 kc run outsider --namespace default --image=registry.example/none:1 --restart=Never >/dev/null
-for target in "$NS/election-zookeeper-0" "default/outsider"; do
-  out=$(sa patch pod "${target#*/}" --namespace "${target%/*}" --type merge \
-    -p '{"metadata":{"labels":{"election-state":"leader"}}}' 2>&1) && die "patching $target succeeded"
-  grep -q 'Forbidden\|forbidden' <<<"$out" || die "patching $target: not a 403: $out"
-  echo "   403 patching pod $target: $(grep -o 'is forbidden.*' <<<"$out" | cut -c1-110)"
+SA_TOKEN=$(sed -n 's/.*token: "\(.*\)".*/\1/p' "$SA_KCFG")
+# The daemon's own kind of request (a merge patch of a pod), by hand:
+# allowed on the release's pods, 403 on any other.
+patch_status() { # namespace pod body
+  curl -sS -o "$WORK/patch.out" -w '%{http_code}' --cacert "$CA" -X PATCH \
+    -H "Authorization: Bearer $SA_TOKEN" -H 'Content-Type: application/merge-patch+json' \
+    --data "$3" "$SERVER/api/v1/namespaces/$1/pods/$2"
+}
+forged='{"metadata":{"labels":{"election-state":"leader"}}}'
+for target in "$NS/election-zookeeper-0" "default/outsider" "$NS/election-0"; do
+  body=$forged want=403
+  [[ $target == "$NS/election-0" ]] && body='{"metadata":{"annotations":{"e2e/probe":"1"}}}' want=200
+  code=$(patch_status "${target%/*}" "${target#*/}" "$body")
+  [[ $code == "$want" ]] || die "PATCH pod $target as the ServiceAccount: HTTP $code, expected $want: $(cat "$WORK/patch.out")"
+  echo "   PATCH pod $target $body as system:serviceaccount:$NS:election -> HTTP $code"
 done
 expect_can() { # yes|no verb resource [namespace]
   local got
@@ -453,7 +506,8 @@ expect_can no patch statefulsets/election
 
 step "6. helm upgrade replicas 3 -> 4, then helm uninstall"
 "$HELM" upgrade "$RELEASE" "$CHART" --kubeconfig "$KCFG" --namespace "$NS" --reuse-values \
-  --set replicaCount=4 --wait --timeout 2m || die "helm upgrade failed"
+  --set replicaCount=4 --wait --timeout 2m >"$WORK/helm-upgrade.out" || die "helm upgrade failed: $(cat "$WORK/helm-upgrade.out")"
+sed -n '/^STATUS:/p; /^REVISION:/p' "$WORK/helm-upgrade.out" | sed 's/^/   | /'
 names=$(k get role "$RELEASE" -o jsonpath='{.rules[0].resourceNames}')
 [[ "$names" == *'"election-3"'* ]] || die "the Role does not name election-3: $names"
 expect_can yes patch pods/election-3

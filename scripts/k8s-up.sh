@@ -177,7 +177,8 @@ log "starting kwok with $K8S_NODES fake nodes"
 bg_start "$D" kwok "$GO_TOOLS/kwok/kwok" \
   --kubeconfig "$D/kwok.kubeconfig" --config "$GO_TOOLS/kwok/stages.yaml" \
   --manage-all-nodes=false --manage-nodes-with-annotation-selector kwok.x-k8s.io/node=fake \
-  --cidr 10.244.0.0/16 --node-ip 127.0.0.1
+  --cidr 10.244.0.0/16 --node-ip 127.0.0.1 \
+  --node-lease-duration-seconds 40
 for i in $(seq 0 $((K8S_NODES - 1))); do
   cat <<EOF
 ---

@@ -66,4 +66,6 @@ bg_start() {
   mkdir -p "$dir/logs" "$dir/pids"
   setsid "$@" >"$dir/logs/$name.log" 2>&1 </dev/null &
   echo $! >"$dir/pids/$name.pid"
+  # Not a job of this shell: no "Killed" line when a test kills it.
+  disown $!
 }
