@@ -7,8 +7,8 @@
 #   3. runs the Rust tests (unit tests, and integration tests against real
 #      ZooKeeper servers and real daemon processes),
 #   4. runs the chart end to end on a real Kubernetes control plane with
-#      simulated nodes (scripts/e2e-k8s.sh; says SKIPPED loudly when it
-#      cannot start one).
+#      simulated nodes, under helm 4 and helm 3 (scripts/e2e-k8s.sh; says
+#      SKIPPED loudly when it cannot start one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib-zk.sh
@@ -24,4 +24,7 @@ else
   cargo test --no-fail-fast
 fi
 
-bash scripts/e2e-k8s.sh
+# The chart on a real control plane, installed/upgraded/uninstalled by helm 4
+# and by helm 3 (about a minute each).
+HELM_MAJOR=4 bash scripts/e2e-k8s.sh
+HELM_MAJOR=3 bash scripts/e2e-k8s.sh
