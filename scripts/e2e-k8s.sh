@@ -13,7 +13,9 @@
 #   1. helm install: every object accepted with admission on; the StatefulSet
 #      controller creates the pods, the scheduler binds them to kwok nodes
 #   2. exactly one pod labelled election-state=leader, the others attempter,
-#      annotations present (the daemon's own patches, authorized by RBAC)
+#      annotations present (the daemon's own patches, authorized by RBAC);
+#      `helm test` passes, its pod's kubectl commands run by the harness as
+#      the test's ServiceAccount (kwok never completes a non-Job pod)
 #   3. SIGKILL of the leader's process: time until another pod is labelled
 #      leader (bound: session timeout + 4 s); the harness restarts the
 #      process, as the kubelet restarts a container
@@ -390,6 +392,73 @@ for pod in json.load(sys.stdin)["items"]:
         sys.exit(f"{name}: election/leader={seen} election/node-id={me}")
     print("  ", name, " ".join(f"{a}={ann[a]}" for a in want))
 ' "$leader" || die "annotations"
+
+step "2b. helm test, its pod played for real"
+# kwok would leave the test pod Running forever (it completes only Job
+# pods): the harness runs its containers in order, as the kubelet would,
+# with kubectl built here for the image's kubectl and a token of the test's
+# ServiceAccount bound to the pod, then reports the outcome in the pod's
+# status, which `helm test` reads.
+"$HELM" test "$RELEASE" --kubeconfig "$KCFG" --namespace "$NS" --timeout 2m >"$WORK/helm-test.out" 2>&1 &
+helm_test=$!
+TEST_POD=$RELEASE-test-leader
+deadline=$((SECONDS + 60))
+until [[ "$(k get pod "$TEST_POD" -o jsonpath='{.status.phase}' 2>/dev/null)" == Running ]]; do
+  ((SECONDS < deadline)) || die "the helm test pod did not start: $(cat "$WORK/helm-test.out")"
+  sleep 0.2
+done
+run_test_pod() {
+  local dir=$WORK/pods/$TEST_POD c rc=0 phase=Succeeded statuses=() started finished
+  mkdir -p "$dir/tmp"
+  k get pod "$TEST_POD" -o json >"$dir/pod.json"
+  pod_kubeconfig "$TEST_POD" "$dir/kubeconfig"
+  for c in $(python3 -c 'import json,sys; p=json.load(open(sys.argv[1]))["spec"]; print(" ".join(c["name"] for c in p.get("initContainers",[])+p["containers"]))' "$dir/pod.json"); do
+    python3 scripts/k8s-pod-process.py --pod-json "$dir/pod.json" --container "$c" \
+      --binary "kubectl=$KUBECTL" --kubectl "$KUBECTL --kubeconfig $KCFG" --map-dir "/tmp=$dir/tmp" >"$dir/$c.plan.json"
+    local envs=() argv=()
+    mapfile -d '' envs < <(python3 -c 'import json,sys; [sys.stdout.write(f"{k}={v}\0") for k,v in json.load(open(sys.argv[1]))["env"].items()]' "$dir/$c.plan.json")
+    mapfile -d '' argv < <(python3 -c 'import json,sys; [sys.stdout.write(a+"\0") for a in json.load(open(sys.argv[1]))["argv"]]' "$dir/$c.plan.json")
+    log "harness: test pod container $c (image $(python3 -c 'import json,sys; p=json.load(open(sys.argv[1]))["spec"]; print(next(x["image"] for x in p.get("initContainers",[])+p["containers"] if x["name"]==sys.argv[2]))' "$dir/pod.json" "$c")) -> $(basename "${argv[0]}") $KUBECTL_VERSION built here, HOME /tmp -> $dir/tmp, in-cluster token -> KUBECONFIG"
+    started=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+    rc=0
+    env -i "${envs[@]}" "KUBECONFIG=$dir/kubeconfig" PATH=/usr/bin:/bin "${argv[@]}" >"$dir/$c.log" 2>&1 || rc=$?
+    finished=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+    sed "s/^/   $c | /" "$dir/$c.log"
+    statuses+=("$c $rc $started $finished")
+    if ((rc != 0)); then phase=Failed; break; fi
+  done
+  # The kubelet's report: phase and each container's termination.
+  python3 - "$dir/pod.json" "$phase" "${statuses[@]}" >"$dir/status.json" <<'PY'
+import json, sys
+pod = json.load(open(sys.argv[1]))
+phase, runs = sys.argv[2], [r.split() for r in sys.argv[3:]]
+done = {name: (int(rc), s, f) for name, rc, s, f in runs}
+def status(c):
+    st = {"name": c["name"], "image": c["image"], "imageID": "", "ready": False, "restartCount": 0}
+    if c["name"] in done:
+        rc, s, f = done[c["name"]]
+        st["state"] = {"terminated": {"exitCode": rc, "reason": "Completed" if rc == 0 else "Error", "startedAt": s, "finishedAt": f}}
+    else:
+        st["state"] = {"waiting": {"reason": "PodInitializing"}}
+    return st
+spec = pod["spec"]
+print(json.dumps({"status": {
+    "phase": phase,
+    "initContainerStatuses": [status(c) for c in spec.get("initContainers", [])],
+    "containerStatuses": [status(c) for c in spec["containers"]],
+}}))
+PY
+  k patch pod "$TEST_POD" --subresource status --type merge --patch-file "$dir/status.json" >/dev/null
+  log "harness: test pod $TEST_POD -> phase $phase"
+}
+KUBECTL_VERSION=$("$KUBECTL" version --client -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["clientVersion"]["gitVersion"])')
+run_test_pod
+rc=0
+wait "$helm_test" || rc=$?
+grep -E '^(TEST SUITE|Phase)' "$WORK/helm-test.out" | paste - - | sed 's/^/   | /' | sort -u
+((rc == 0)) || die "helm test failed (exit $rc)"
+grep -q 'Phase:.*Succeeded' "$WORK/helm-test.out" || die "helm test did not report Succeeded"
+log "helm test passed: its checks ran against the real API server as the test's ServiceAccount"
 
 step "3. SIGKILL of the leader's process ($leader)"
 session=$(python3 -c 'import json,sys; p=json.load(open(sys.argv[1])); print(next(e["value"] for e in p["spec"]["containers"][0]["env"] if e["name"]=="ELECTION_ZK_SESSION_TIMEOUT"))' "$WORK/pods/$leader/pod.json")

@@ -75,7 +75,7 @@ def main():
     pod = json.load(open(a.pod_json))
     name = pod["metadata"]["name"]
     ns = pod["metadata"]["namespace"]
-    containers = pod["spec"]["containers"]
+    containers = pod["spec"].get("initContainers", []) + pod["spec"]["containers"]
     c = next(c for c in containers if a.container in (None, c["name"]))
     kubectl = a.kubectl.split()
     image_bin, local_bin = a.binary.split("=", 1)
