@@ -557,6 +557,20 @@ expect_can() { # yes|no verb resource [namespace]
   [[ "$got" == "$1" ]] || die "can-i $2 $3 in ${4:-$NS}: $got, expected $1"
   printf '   can-i %-7s %-28s %-9s %s\n' "$2" "$3" "${4:-$NS}" "$got"
 }
+# Everything the account may do beyond what any account in the namespace
+# may (self reviews, discovery): exactly the README's rule, nothing else.
+sa auth can-i --list --namespace "$NS" >"$WORK/can-sa.txt"
+kc auth can-i --list --namespace "$NS" --as "system:serviceaccount:$NS:default" >"$WORK/can-default.txt"
+extra=$(python3 - "$WORK/can-sa.txt" "$WORK/can-default.txt" <<'PY'
+import sys
+def rules(path):
+    return {" ".join(l.split()) for l in open(path).read().splitlines()[1:] if l and not l[0].isspace()}
+print("\n".join(sorted(rules(sys.argv[1]) - rules(sys.argv[2]))))
+PY
+)
+while read -r line; do echo "   beyond any account's rights: $line"; done <<<"$extra"
+want=$(printf 'pods [] [election-%d] [get patch]\n' 0 1 2)
+[[ "$extra" == "$want" ]] || die "the ServiceAccount's rights differ from the README's rule: $extra"
 expect_can yes get pods/election-0
 expect_can yes patch pods/election-2
 expect_can no patch pods/election-zookeeper-0
