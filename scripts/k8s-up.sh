@@ -59,9 +59,12 @@ explain() {
     tail -n 25 "$D/logs/$c.log" >&2
   done
 }
+# Stops what this run started (the logs stay in $D; k8s-down.sh deletes it).
 fail() {
+  local c
   log "FAILED: $*"
   explain
+  for c in "${COMPONENTS[@]}"; do stop_pid "$D/pids/$c.pid" 5; done
   exit 1
 }
 
