@@ -74,6 +74,8 @@ skip() {
 cleanup() {
   local rc=$? f
   trap - EXIT INT TERM
+  # Best effort from here on: one failing step must not skip the others.
+  set +e
   [[ -n "${WATCHDOG:-}" ]] && kill "$WATCHDOG" 2>/dev/null
   if ((rc != 0)); then
     log "FAILED (exit $rc): diagnostics"
