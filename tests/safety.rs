@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::group::Group;
+use common::proxy::{FaultProxy, Mode};
 use common::wait_until;
 use common::zk::ZkCluster;
 use election::files::FileKey;
@@ -545,4 +546,28 @@ fn a_fencing_node_holding_garbage_stops_the_leader_from_writing() {
     std::thread::sleep(Duration::from_secs(2));
     assert!(g.records().is_empty(), "{:?}", g.records());
     g.stop_all();
+}
+
+#[test]
+fn a_low_connect_timeout_does_not_disconnect_a_healthy_leader_on_a_slower_link() {
+    // Given a leader with a 300 ms zk-connect-timeout behind a proxy
+    let zk = ZkCluster::standalone();
+    let proxy = FaultProxy::start(zk.server_addr(0));
+    let mut g = Group::new(&proxy.addr().to_string());
+    g.extra = vec!["--zk-connect-timeout".into(), "300ms".into()];
+    g.spawn(1);
+    g.wait_leader(Duration::from_secs(20));
+    // When the link's round trip grows to 400 ms (answers still well within
+    // the session timeout and the confirmation bound)
+    proxy.set_mode(Mode::Delay(Duration::from_millis(200)));
+    let before = g.records().len();
+    std::thread::sleep(Duration::from_secs(4));
+    // Then the session stays connected (the connect timeout bounds only
+    // establishing a session) and the leader keeps writing
+    let log = g.replica(0).output();
+    assert!(!log.contains("ZooKeeper session disconnected"), "{log}");
+    assert!(g.records().len() > before + 3, "{log}");
+    proxy.set_mode(Mode::Pass);
+    g.stop_all();
+    g.assert_invariants();
 }
