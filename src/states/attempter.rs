@@ -5,8 +5,11 @@
 //! Extra nodes of our session, left by an earlier round, are deleted. If
 //! ours is first, we verify it is owned by our session and lead. Otherwise
 //! we watch our predecessor only and wait: its deletion wakes exactly one
-//! replica, so a failover costs O(1) requests. The attempter-timeout tick
-//! re-reads the election as a safety net.
+//! replica, so a failover costs O(1) requests. A waiting candidate does not
+//! poll: the watch on its predecessor and the session's events tell it
+//! everything that can change its standing (see docs/design.md), so at rest
+//! it sends only the client's pings. attempter-timeout bounds one round
+//! (list, create, watch): a slower round counts as failed and is retried.
 //!
 //! Nodes that only look like candidates are not trusted blindly: a
 //! predecessor (or a second node "of ours") whose `ephemeralOwner` is not
@@ -51,6 +54,7 @@ pub async fn run(ctx: &Context, mut session: ZkSession, recovery: Recovery) -> S
     let mut tick = tokio::time::interval(ctx.cfg.attempter_timeout);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     tick.tick().await;
+    let round_bound = ctx.cfg.attempter_timeout.min(session.timeout());
     let mut errors = 0u32;
     let mut impostors = HashSet::new();
     loop {
@@ -63,7 +67,9 @@ pub async fn run(ctx: &Context, mut session: ZkSession, recovery: Recovery) -> S
             // Requests wait in the client's queue while it is disconnected:
             // bound a round by the session timeout, and stay stoppable.
             let result = tokio::select! {
-                r = session.bounded(round(ctx, &session, &mut impostors)) => Some(r),
+                r = tokio::time::timeout(round_bound, round(ctx, &session, &mut impostors)) => {
+                    Some(r.unwrap_or(Err(ZkErr::Timeout)))
+                }
                 _ = ctx.cancel.cancelled() => None,
             };
             match result {
@@ -147,12 +153,8 @@ pub async fn run(ctx: &Context, mut session: ZkSession, recovery: Recovery) -> S
                 _ = until_deadline(&live) => {
                     return Step::failover(Some(session), recovery, "disconnected for longer than the session timeout");
                 }
-                _ = tick.tick() => {
-                    if live.is_connected() {
-                        debug!("safety-net re-check");
-                        break;
-                    }
-                }
+                // Only the heartbeat: /healthz sees a waiting candidate alive.
+                _ = tick.tick() => {}
                 _ = &mut retry_soon => break,
                 _ = ctx.cancel.cancelled() => return Step::stop(Some(session)),
             }
