@@ -537,3 +537,42 @@ fn the_admin_listener_refuses_a_non_loopback_address() {
         assert!(!output.contains("starting"), "{address}: {output}");
     }
 }
+
+#[test]
+fn an_http_listener_on_the_ipv6_any_address_answers_ipv4_and_ipv6_clients() {
+    // Given a daemon whose HTTP listener is bound to [::] (the chart's and
+    // the binary's default form), with no ZooKeeper to reach: the listener
+    // serves whatever the election does
+    let dir = tempfile::tempdir().unwrap();
+    let zk = loopback().to_string();
+    let port = common::free_port();
+    let http = format!("[::]:{port}");
+    let replica = Replica::spawn(
+        &[
+            "run",
+            "--zk-servers",
+            &zk,
+            "--file-dir",
+            dir.path().to_str().unwrap(),
+            "--http-addr",
+            &http,
+            "--admin-addr",
+            "off",
+        ],
+        &[],
+    );
+    // When an IPv4 and an IPv6 client ask for /healthz and /status
+    let v4 = SocketAddr::from(([127, 0, 0, 1], port));
+    let v6 = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
+    // Then both are answered by the same daemon
+    for addr in [v4, v6] {
+        let answered = wait_until(ELECTION, POLL, || {
+            http_get(addr, "/healthz").is_some_and(|a| a.status == 200)
+        });
+        assert!(answered, "no /healthz on {addr}\n{}", replica.output());
+        let s = status(addr).unwrap_or_else(|| panic!("no /status on {addr}"));
+        assert_eq!(s["node_id"], status(v4).unwrap()["node_id"], "{addr}");
+    }
+    assert!(replica.signal(libc::SIGTERM));
+    assert!(replica.wait_exit(EXIT).is_some(), "{}", replica.output());
+}
