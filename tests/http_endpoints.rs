@@ -576,3 +576,53 @@ fn an_http_listener_on_the_ipv6_any_address_answers_ipv4_and_ipv6_clients() {
     assert!(replica.signal(libc::SIGTERM));
     assert!(replica.wait_exit(EXIT).is_some(), "{}", replica.output());
 }
+
+#[test]
+#[ignore = "needs strace: run by scripts/test.sh as root"]
+fn without_ipv6_the_ipv6_any_address_falls_back_to_ipv4() {
+    // Given a host without IPv6: strace fails the daemon's first socket(2)
+    // call, the AF_INET6 one of the HTTP listener, with EAFNOSUPPORT
+    let dir = tempfile::tempdir().unwrap();
+    let zk = loopback().to_string();
+    let port = common::free_port();
+    let http = format!("[::]:{port}");
+    let tracer = Replica::spawn_program(
+        "strace",
+        &[
+            "-f",
+            "-qq",
+            "-o",
+            "/dev/null",
+            "-e",
+            "trace=socket",
+            "-e",
+            "inject=socket:error=EAFNOSUPPORT:when=1",
+            env!("CARGO_BIN_EXE_election"),
+            "run",
+            "--zk-servers",
+            &zk,
+            "--file-dir",
+            dir.path().to_str().unwrap(),
+            "--http-addr",
+            &http,
+            "--admin-addr",
+            "off",
+        ],
+        &[],
+    );
+    // When the daemon starts
+    let v4 = SocketAddr::from(([127, 0, 0, 1], port));
+    let answered = wait_until(ELECTION, POLL, || {
+        http_get(v4, "/healthz").is_some_and(|a| a.status == 200)
+    });
+    // Then it says so and serves on IPv4 instead of failing to start
+    let output = tracer.output();
+    assert!(answered, "no /healthz on {v4}\n{output}");
+    assert!(output.contains("no IPv6 on this host"), "{output}");
+    // strace ignores SIGTERM while its tracee runs: stop the daemon itself.
+    let children =
+        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", tracer.pid())).unwrap();
+    let daemon: i32 = children.split_whitespace().next().unwrap().parse().unwrap();
+    assert_eq!(unsafe { libc::kill(daemon, libc::SIGTERM) }, 0);
+    assert!(tracer.wait_exit(EXIT).is_some(), "{}", tracer.output());
+}
