@@ -110,9 +110,5 @@ done
 install_python_tools
 install_shellcheck
 
-# --- promtool (scripts/check-alerts.sh): built from its Go module, pinned in
-# hack/tools/promtool/go.mod, into .tools/go/promtool/. A no-op when current.
-bash scripts/build-promtool.sh
-
 log "tools ready: $("$TOOLS/helm3/helm" version --short), $("$TOOLS/helm4/helm" version --short)," \
   "checkov $("$TOOLS/venv/bin/checkov" --version), $(shellcheck --version | sed -n 's/^version: /shellcheck /p')"
