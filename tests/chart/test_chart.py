@@ -699,4 +699,3 @@ def test_notes_tell_how_to_see_the_leader_and_the_files():
     assert "/usr/local/bin/election verify --file-dir /var/lib/election" in notes
     assert "election-files" in notes
     assert "helm test election" in notes
-
