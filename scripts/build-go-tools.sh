@@ -7,6 +7,8 @@
 #   kwok        kwok (simulated nodes)
 #   helm3       helm 3
 #   helm4       helm 4
+#   promtool    promtool (scripts/check-alerts.sh; also built alone by
+#               scripts/build-promtool.sh, same key and folder)
 #
 # Each group is its own module so that each tool builds with the k8s.io/*
 # versions its release was tested with (one module would unify them by MVS).
@@ -34,7 +36,7 @@ export GOFLAGS=-mod=readonly
 export CGO_ENABLED=0
 
 TOOLS=$PWD/.tools/go
-ALL_GROUPS=(kubernetes etcd kwok helm3 helm4)
+ALL_GROUPS=(kubernetes etcd kwok helm3 helm4 promtool)
 
 log() { echo ">> $*" >&2; }
 

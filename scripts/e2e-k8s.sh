@@ -266,10 +266,15 @@ start_election() { # pod
   file_dir=$(volume_dir "$pod" "$mount")
   http=$(free_port)
   admin=$(free_port)
+  # The container's listeners: the http containerPort, and the admin port of
+  # ELECTION_ADMIN_ADDR (never a containerPort).
+  local http_port admin_port
+  http_port=$(python3 -c 'import json,sys; c=json.load(open(sys.argv[1]))["spec"]["containers"][0]; print(next(p["containerPort"] for p in c["ports"] if p["name"]=="http"))' "$dir/pod.json")
+  admin_port=$(python3 -c 'import json,sys; c=json.load(open(sys.argv[1]))["spec"]["containers"][0]; print(next(e["value"] for e in c["env"] if e["name"]=="ELECTION_ADMIN_ADDR").rpartition(":")[2])' "$dir/pod.json")
   local args=(--pod-json "$dir/pod.json" --container election --entrypoint /usr/local/bin/election
     --binary "/usr/local/bin/election=$BIN" --kubectl "$KUBECTL --kubeconfig $KCFG"
     --map-dir "$mount=$file_dir"
-    --map-addr "0.0.0.0:8080=127.0.0.1:$http" --map-addr "127.0.0.1:8081=127.0.0.1:$admin")
+    --map-listen "$http_port=127.0.0.1:$http" --map-listen "$admin_port=127.0.0.1:$admin")
   local p
   for p in "${!ZK_ADDR[@]}"; do args+=(--map-host "$p=${ZK_ADDR[$p]}"); done
   python3 scripts/k8s-pod-process.py "${args[@]}" >"$dir/plan.json"

@@ -17,7 +17,9 @@ a JSON plan:
   for what cannot exist here, each one also described in "mappings":
   --map-host NAME=ADDR  a host:port in an env value whose first DNS label is
                         NAME (a pod behind a headless Service) -> ADDR
-  --map-addr OLD=NEW    an env value equal to OLD (a listen address) -> NEW
+  --map-listen PORT=NEW a listen address on PORT (`0.0.0.0:PORT`, `[::]:PORT`,
+                        `127.0.0.1:PORT`, `:PORT`...) in an env value or an
+                        argument -> NEW
   --map-dir PATH=DIR    an env value equal to a volume's mountPath -> DIR
 - prestop: the preStop exec command, mapped the same way.
 """
@@ -68,7 +70,7 @@ def main():
     p.add_argument("--binary", required=True, help="IMAGE_PATH=LOCAL_PATH")
     p.add_argument("--kubectl", required=True, help="kubectl command line, space separated")
     p.add_argument("--map-host", action="append", default=[])
-    p.add_argument("--map-addr", action="append", default=[])
+    p.add_argument("--map-listen", action="append", default=[])
     p.add_argument("--map-dir", action="append", default=[])
     a = p.parse_args()
 
@@ -80,14 +82,22 @@ def main():
     kubectl = a.kubectl.split()
     image_bin, local_bin = a.binary.split("=", 1)
     hosts = dict(m.split("=", 1) for m in a.map_host)
-    addrs = dict(m.split("=", 1) for m in a.map_addr)
+    listen = dict(m.split("=", 1) for m in a.map_listen)
+
+    def listen_addr(value):
+        host, sep, port = value.rpartition(":")
+        if sep and port in listen and host in ("", "0.0.0.0", "[::]", "::", "127.0.0.1", "[::1]", "localhost"):
+            return listen[port]
+        return None
+
     dirs = dict(m.split("=", 1) for m in a.map_dir)
     mappings = [f"pod {name}: image {c['image']} cannot be pulled here: runs {local_bin} (built from this checkout)"]
 
     def map_value(var, value):
-        if value in addrs:
-            mappings.append(f"pod {name}: {var}={value} -> {addrs[value]} (loopback only, free port)")
-            return addrs[value]
+        mapped = listen_addr(value)
+        if mapped:
+            mappings.append(f"pod {name}: {var}={value} -> {mapped} (loopback only, free port)")
+            return mapped
         if value in dirs:
             mappings.append(f"pod {name}: {var}={value} (volume mount) -> {dirs[value]}")
             return dirs[value]
@@ -132,7 +142,7 @@ def main():
             if i == 0 and arg == image_bin:
                 out.append(local_bin)
             else:
-                out.append(map_value("argument", arg) if arg in addrs else arg)
+                out.append(map_value("argument", arg) if listen_addr(arg) else arg)
         return out
 
     command = c.get("command") or ([a.entrypoint] if a.entrypoint else [])

@@ -58,8 +58,10 @@ pub struct RunArgs {
     #[arg(long, env = "ELECTION_LEADER_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
     pub leader_timeout: Duration,
 
-    /// Safety-net interval at which a waiting candidate re-reads the election
-    /// (takeover itself is driven by ZooKeeper watches, not by this tick).
+    /// Upper bound of one election round of a candidate (list the queue,
+    /// create its node, watch its predecessor; capped by the session
+    /// timeout); a slower round counts as failed and is retried. Candidates
+    /// do not poll: takeover is driven by ZooKeeper watches.
     #[arg(long, env = "ELECTION_ATTEMPTER_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
     pub attempter_timeout: Duration,
 
@@ -108,8 +110,8 @@ pub struct RunArgs {
     pub max_write_failures: usize,
 
     /// Address of the HTTP listener for /healthz, /readyz, /metrics and
-    /// /status; `off` disables it.
-    #[arg(long, env = "ELECTION_HTTP_ADDR", default_value = "0.0.0.0:8080", value_parser = parse_optional_addr)]
+    /// /status; `off` disables it. `[::]` listens dual-stack (IPv4 too).
+    #[arg(long, env = "ELECTION_HTTP_ADDR", default_value = "[::]:8080", value_parser = parse_optional_addr)]
     pub http_addr: OptionalAddr,
 
     /// Loopback address for `election release` (POST /release). Must be a
