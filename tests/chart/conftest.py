@@ -1,7 +1,8 @@
 """Fixtures of the chart tests: find helm 3 and helm 4, render the chart.
 
-helm comes from .tools/helm3 and .tools/helm4 (scripts/install-tools.sh) or,
-for the major version it has, from `helm` on PATH. Every test that renders
+helm comes from .tools/go/helm3 and .tools/go/helm4 (built from source by
+scripts/build-go-tools.sh, which scripts/install-tools.sh runs) or, for the
+major version it has, from `helm` on PATH. Every test that renders
 runs once per helm found; the session fails when neither is there.
 """
 
