@@ -1,5 +1,5 @@
 // Kubernetes control plane and kubectl, built from source for the e2e test
-// (scripts/build-k8s-tools.sh). k8s.io/kubernetes is not meant to be a
+// (scripts/build-go-tools.sh). k8s.io/kubernetes is not meant to be a
 // dependency: its staging modules must be pinned by replace at v0.37.2.
 module election/hack/tools/kubernetes
 
