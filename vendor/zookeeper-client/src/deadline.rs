@@ -20,8 +20,16 @@ impl Deadline {
         Self { timer: Timer::at(deadline).fuse(), deadline: Some(deadline) }
     }
 
+    /// Whether the deadline has passed.
+    ///
+    /// PATCHED: asks the clock, not only the timer. The timer completes only
+    /// when it is polled, and `Connector::connect` polls it only while the
+    /// connect attempt is pending: with attempts that fail at once
+    /// (ENETUNREACH, EPERM, ECONNREFUSED on loopback) it was never polled,
+    /// `elapsed` stayed false and `Session::start` retried forever without
+    /// a pause (the retry delay is capped by the remaining time, zero by then).
     pub fn elapsed(&self) -> bool {
-        self.timer.is_terminated()
+        self.timer.is_terminated() || self.deadline.is_some_and(|deadline| Instant::now() >= deadline)
     }
 
     /// Remaining timeout.

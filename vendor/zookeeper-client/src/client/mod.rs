@@ -1548,6 +1548,7 @@ pub struct Connector {
     server_version: Version,
     session_timeout: Duration,
     connection_timeout: Duration,
+    session_expired_timeout: Duration,
 }
 
 impl Connector {
@@ -1565,6 +1566,7 @@ impl Connector {
             server_version: Version(u32::MAX, u32::MAX, u32::MAX),
             session_timeout: Duration::ZERO,
             connection_timeout: Duration::ZERO,
+            session_expired_timeout: Duration::ZERO,
         }
     }
 
@@ -1590,6 +1592,20 @@ impl Connector {
     /// Defaults to `2/5` of session timeout.
     pub fn with_connection_timeout(mut self, timeout: Duration) -> Self {
         self.connection_timeout = timeout;
+        self
+    }
+
+    /// Specifies how long the client keeps reconnecting an established
+    /// session, counted from the last reply of a server, before it reports
+    /// [SessionState::Expired] on its own.
+    ///
+    /// Defaults to `7/5` of the negotiated session timeout. Only a server
+    /// can tell whether a session expired: one that restarts with its data
+    /// restores its sessions with a fresh timeout, so a client that keeps
+    /// trying longer finds its session alive after an outage, and the server
+    /// answers [SessionState::Expired] when it is not.
+    pub fn with_session_expired_timeout(mut self, timeout: Duration) -> Self {
+        self.session_expired_timeout = timeout;
         self
     }
 
@@ -1749,7 +1765,8 @@ impl Connector {
             .with_readonly(self.readonly)
             .with_detached(self.detached)
             .with_session_timeout(self.session_timeout)
-            .with_connection_timeout(self.connection_timeout);
+            .with_connection_timeout(self.connection_timeout)
+            .with_session_expired_timeout(self.session_expired_timeout);
         #[cfg(feature = "tls")]
         let builder = builder.with_tls(self.tls);
         #[cfg(any(feature = "sasl-digest-md5", feature = "sasl-gssapi"))]

@@ -58,6 +58,7 @@ pub struct Builder {
     session: Option<SessionInfo>,
     session_timeout: Duration,
     connection_timeout: Duration,
+    session_expired_timeout: Duration,
 }
 
 impl Builder {
@@ -95,6 +96,11 @@ impl Builder {
         Self { connection_timeout, ..self }
     }
 
+    /// PATCHED: see `Connector::with_session_expired_timeout`; zero keeps the default.
+    pub fn with_session_expired_timeout(self, session_expired_timeout: Duration) -> Self {
+        Self { session_expired_timeout, ..self }
+    }
+
     pub fn build(self, requester: Weak<mpsc::UnboundedSender<Request>>) -> Result<Session, Error> {
         let session = match self.session {
             Some(session) => {
@@ -111,7 +117,7 @@ impl Builder {
         };
         if self.session_timeout < Duration::ZERO {
             return Err(Error::BadArguments(&"session timeout must not be negative"));
-        } else if self.connection_timeout < Duration::ZERO {
+        } else if self.connection_timeout < Duration::ZERO || self.session_expired_timeout < Duration::ZERO {
             return Err(Error::BadArguments(&"connection timeout must not be negative"));
         }
         #[cfg(feature = "tls")]
@@ -129,6 +135,7 @@ impl Builder {
             detached: self.detached,
 
             configured_connection_timeout: self.connection_timeout,
+            configured_session_expired_timeout: self.session_expired_timeout,
 
             last_zxid: session.last_zxid,
             last_recv: now,
@@ -164,6 +171,7 @@ pub struct Session {
     connector: Connector,
 
     configured_connection_timeout: Duration,
+    configured_session_expired_timeout: Duration,
 
     last_zxid: i64,
     last_recv: Instant,
@@ -430,7 +438,25 @@ impl Session {
         self.ping_timeout = Duration::from_secs(10).min(3 * tick);
         self.connector.set_timeout(8 * tick);
         self.session_timeout = session_timeout.max(self.connector.timeout());
-        self.session_expired_timeout = self.session_timeout * 7 / 5;
+        self.session_expired_timeout = if self.configured_session_expired_timeout.is_zero() {
+            self.session_timeout * 7 / 5
+        } else {
+            self.configured_session_expired_timeout
+        };
+    }
+
+    /// PATCHED: the longest pause between two attempts to reconnect an
+    /// established session: a quarter of the connection timeout, with
+    /// jitter (between half and all of it). The backoff alone doubles
+    /// without bound and is only capped by the time left before the
+    /// client-side expiry; a client that keeps a session through a server
+    /// restart must find the server soon after it answers again.
+    fn max_reconnect_delay(&self) -> Duration {
+        if self.session.id.0 == 0 {
+            return Duration::MAX;
+        }
+        let cap = self.connector.timeout() / 4;
+        cap / 2 + cap.mul_f64(fastrand::f64() / 2.0)
     }
 
     fn complete_connect(&mut self) {
@@ -637,7 +663,8 @@ impl Session {
         buf: &mut Vec<u8>,
         depot: &mut Depot,
     ) -> Result<Connection, Error> {
-        let Some(endpoint) = endpoints.next(deadline.timeout()).await else {
+        let max_delay = deadline.timeout().min(self.max_reconnect_delay());
+        let Some(endpoint) = endpoints.next(max_delay).await else {
             return Err(Error::NoHosts);
         };
         let mut conn = match self.connector.connect(endpoint, deadline).await {
@@ -696,6 +723,10 @@ impl Session {
             if deadline.elapsed() {
                 return Err(Error::Timeout);
             }
+            // PATCHED: give the executor a turn between two attempts, so that
+            // attempts failing at once cannot monopolize it even when no
+            // retry delay applies (the first pass over the endpoints).
+            futures_lite::future::yield_now().await;
             match self.start_once(endpoints, &mut deadline, buf, depot).await {
                 Err(err) => {
                     last_error = err;
