@@ -139,6 +139,8 @@ impl Builder {
 
             last_zxid: session.last_zxid,
             last_recv: now,
+            refused_since: None,
+            unanswered: false,
             last_send: now,
             last_ping: None,
             tick_timeout: Duration::ZERO,
@@ -175,6 +177,12 @@ pub struct Session {
 
     last_zxid: i64,
     last_recv: Instant,
+    /// PATCHED: since when reachable servers close our connect requests
+    /// unanswered, in the current reconnection.
+    refused_since: Option<Instant>,
+    /// PATCHED: whether a server took our connection but did not answer
+    /// the connect request in time, in the current reconnection.
+    unanswered: bool,
     last_send: Instant,
     last_ping: Option<Instant>,
     tick_timeout: Duration,
@@ -445,6 +453,34 @@ impl Session {
         };
     }
 
+    /// PATCHED: with a configured client-side expiry (see
+    /// `Connector::with_session_expired_timeout`), whether reachable servers
+    /// have refused to reconnect this session for half a session timeout.
+    ///
+    /// A server closes a connect request unanswered when it is not serving
+    /// yet, or when it is behind the last zxid this client has seen: then it
+    /// never answers `Expired`, even when it lost the session with its data
+    /// (a server restarted empty). A server that serves and keeps refusing
+    /// cannot hold this session, so the client stops waiting for it.
+    fn refused_too_long(&self) -> bool {
+        !self.configured_session_expired_timeout.is_zero()
+            && self.session.id.0 != 0
+            && self.refused_since.is_some_and(|since| since.elapsed() >= self.session_timeout / 2)
+    }
+
+    /// PATCHED: with a configured client-side expiry, whether a server that
+    /// took our connection left the connect request unanswered, and the
+    /// default client-side expiry (`7/5` of the session timeout since the
+    /// last reply) has passed. Such a link may be half-open: the server
+    /// hears our attempts, each one keeps the session alive there, and it
+    /// would never answer `Expired`. The longer configured expiry is meant
+    /// for servers that are down or refusing, not for this.
+    fn unanswered_too_long(&self) -> bool {
+        !self.configured_session_expired_timeout.is_zero()
+            && self.unanswered
+            && Instant::now() >= self.last_recv + self.session_timeout * 7 / 5
+    }
+
     /// PATCHED: the longest pause between two attempts to reconnect an
     /// established session: a quarter of the connection timeout, with
     /// jitter (between half and all of it). The backoff alone doubles
@@ -533,6 +569,7 @@ impl Session {
                 },
                 now = tick.as_mut() => {
                     if now >= self.last_recv + self.connector.timeout() {
+                        self.unanswered = true; // PATCHED: see `unanswered_too_long`
                         return Err(Error::with_message(format!("no response from connection in {}ms", self.connector.timeout().as_millis())));
                     }
                 },
@@ -689,6 +726,13 @@ impl Session {
         self.last_ping = None;
         self.change_state(SessionState::Disconnected);
         match self.serve_connecting(&mut conn, buf, depot).await {
+            Err(Error::ConnectionLoss) => {
+                // The server took the connection and closed it without an
+                // answer: not serving yet, or behind the zxid we have seen.
+                warn!("server {} closed our connect request unanswered", endpoint);
+                self.refused_since.get_or_insert_with(Instant::now);
+                Err(Error::ConnectionLoss)
+            },
             Err(err) => {
                 warn!("fails to establish session to {} due to {}", endpoint, err);
                 Err(err)
@@ -715,12 +759,20 @@ impl Session {
             endpoints.endpoints()
         );
         let mut deadline = Deadline::until(self.last_recv + session_timeout);
+        self.refused_since = None;
+        self.unanswered = false;
         let mut last_error = match self.start_once(endpoints, &mut deadline, buf, depot).await {
             Err(err) => err,
             Ok(conn) => return Ok(conn),
         };
         while !last_error.is_terminated() {
             if deadline.elapsed() {
+                return Err(Error::Timeout);
+            }
+            if self.refused_too_long() {
+                return Err(Error::SessionExpired);
+            }
+            if self.unanswered_too_long() {
                 return Err(Error::Timeout);
             }
             // PATCHED: give the executor a turn between two attempts, so that
