@@ -79,25 +79,26 @@ fn assert_idle_responsive_and_stoppable(replica: &Replica, http: SocketAddr) {
         cpu * 100.0,
         t0.elapsed()
     );
-    assert!(
-        cpu < 0.10,
-        "the replica used {:.0} % of a core while its client reconnected\n{}",
-        cpu * 100.0,
-        replica.output()
-    );
-    assert!(
-        silent.is_empty(),
-        "/healthz did not answer 200: {silent:#?}\n{}",
-        replica.output()
-    );
     let stop = Instant::now();
-    assert!(replica.signal(libc::SIGTERM));
+    let signalled = replica.signal(libc::SIGTERM);
     let status = replica.wait_exit(Duration::from_secs(10));
     let took = stop.elapsed();
+    println!("/healthz silences: {}", silent.len());
     println!("exit after SIGTERM: {status:?} in {took:?}");
+    // All three checked together, so a failure shows the whole picture.
+    let mut failures = Vec::new();
+    if cpu >= 0.10 {
+        failures.push(format!("used {:.0} % of a core", cpu * 100.0));
+    }
+    if !silent.is_empty() {
+        failures.push(format!("/healthz did not answer 200: {silent:#?}"));
+    }
+    if !(signalled && status.is_some_and(|s| s.success()) && took < Duration::from_secs(2)) {
+        failures.push(format!("SIGTERM: {status:?} after {took:?}"));
+    }
     assert!(
-        status.is_some_and(|s| s.success()) && took < Duration::from_secs(2),
-        "SIGTERM: {status:?} after {took:?}\n{}",
+        failures.is_empty(),
+        "while its client reconnected, the replica {failures:#?}\n{}",
         replica.output()
     );
 }
@@ -148,7 +149,14 @@ impl Netns {
         let peer = format!("elzkn{tag}");
         assert!(ip(&["netns", "add", &ns.name]), "ip netns add");
         assert!(ip(&[
-            "link", "add", &ns.host_if, "type", "veth", "peer", "name", &peer
+            "link",
+            "add",
+            &ns.host_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &peer
         ]));
         assert!(ip(&["link", "set", &peer, "netns", &ns.name]));
         ns
@@ -208,8 +216,20 @@ fn a_replica_whose_route_to_zookeeper_vanishes_stays_idle_and_responsive() {
         format!("10.232.{tag}.1"),
     );
     let peer = format!("elzkn{tag}");
-    assert!(ip(&["addr", "add", &format!("{host_ip}/24"), "dev", &ns.host_if]));
-    assert!(ip(&["addr", "add", &format!("{zk_ip}/32"), "dev", &ns.host_if]));
+    assert!(ip(&[
+        "addr",
+        "add",
+        &format!("{host_ip}/24"),
+        "dev",
+        &ns.host_if
+    ]));
+    assert!(ip(&[
+        "addr",
+        "add",
+        &format!("{zk_ip}/32"),
+        "dev",
+        &ns.host_if
+    ]));
     assert!(ip(&["link", "set", &ns.host_if, "up"]));
     assert!(ns.exec(&["ip", "link", "set", "lo", "up"]));
     assert!(ns.exec(&["ip", "addr", "add", &format!("{ns_ip}/24"), "dev", &peer]));

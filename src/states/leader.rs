@@ -104,7 +104,11 @@ pub async fn run(ctx: &Context, mut session: ZkSession, leadership: Leadership) 
                     // Same session back in time: make sure the node survived.
                     match confirm(&session, &leadership, &mut lease).await {
                         Confirm::Lost(why) => return Step::Next(State::Attempter(session), why),
-                        Confirm::Held => info!("leadership confirmed after reconnection; resuming"),
+                        Confirm::Held => {
+                            info!("leadership confirmed after reconnection; resuming");
+                            // Write at once (the tick confirms again first).
+                            tick.reset_immediately();
+                        }
                         Confirm::Unknown(why) => warn!(why, "cannot confirm leadership yet"),
                     }
                 }
