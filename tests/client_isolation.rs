@@ -74,6 +74,10 @@ fn assert_idle_responsive_and_stoppable(replica: &Replica, http: SocketAddr) {
         std::thread::sleep(Duration::from_secs(1).saturating_sub(asked.elapsed()));
     }
     let cpu = (cpu_seconds(pid) - cpu0) / t0.elapsed().as_secs_f64();
+    // Every Failover drops a client, and with it its session thread: the
+    // thread count stays small however many clients were built.
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count());
+    println!("threads after reconnecting: {threads}");
     println!(
         "cpu while reconnecting: {:.1} % of a core over {:?}",
         cpu * 100.0,
@@ -89,6 +93,9 @@ fn assert_idle_responsive_and_stoppable(replica: &Replica, http: SocketAddr) {
     let mut failures = Vec::new();
     if cpu >= 0.10 {
         failures.push(format!("used {:.0} % of a core", cpu * 100.0));
+    }
+    if threads > 16 {
+        failures.push(format!("runs {threads} threads (a session thread leaks?)"));
     }
     if !silent.is_empty() {
         failures.push(format!("/healthz did not answer 200: {silent:#?}"));
