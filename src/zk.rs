@@ -142,6 +142,9 @@ pub fn standing(ordered: &[Candidate], session: i64) -> (Standing, Vec<Candidate
 /// never come back ends by itself. See `docs/design.md`.
 pub const CLIENT_EXPIRY_FACTOR: u32 = 6;
 
+/// Longest wait for a close acknowledgement while disconnected.
+const DISCONNECTED_CLOSE_BOUND: Duration = Duration::from_millis(500);
+
 /// A ZooKeeper client with its session state.
 pub struct ZkSession {
     client: Client,
@@ -327,6 +330,12 @@ impl ZkSession {
             client.state(),
             SessionState::Closed | SessionState::Expired | SessionState::AuthFailed
         );
+        // A disconnected client delivers the close only if it reconnects
+        // soon; do not hold a stopping daemon for long on that chance.
+        let bound = match client.state() {
+            SessionState::Disconnected => bound.min(DISCONNECTED_CLOSE_BOUND),
+            _ => bound,
+        };
         drop(client);
         if already_over {
             return true;

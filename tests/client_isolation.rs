@@ -133,6 +133,38 @@ fn a_replica_whose_zookeeper_refuses_connections_stays_idle_and_responsive() {
     assert_idle_responsive_and_stoppable(&replica, http);
 }
 
+#[test]
+fn sigterm_while_the_session_waits_for_zookeeper_exits_at_once() {
+    // Given a leader whose ZooKeeper has been down for two session
+    // timeouts (the session is kept, suspended, for the server to decide)
+    let mut zk = ZkCluster::standalone();
+    let dir = tempfile::tempdir().unwrap();
+    let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let args = replica_args(&zk.connect_string(), http, dir.path());
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let replica = Replica::spawn(&refs, &[]);
+    wait_leading(&replica, http);
+    zk.kill(0);
+    std::thread::sleep(SESSION * 2);
+    assert!(
+        !replica.output().contains("to=failover"),
+        "the session is kept\n{}",
+        replica.output()
+    );
+    // When it gets SIGTERM
+    let stop = Instant::now();
+    assert!(replica.signal(libc::SIGTERM));
+    let status = replica.wait_exit(Duration::from_secs(10));
+    let took = stop.elapsed();
+    println!("exit after SIGTERM while suspended: {status:?} in {took:?}");
+    // Then it exits 0 within 2 s (the close cannot be delivered)
+    assert!(
+        status.is_some_and(|s| s.success()) && took < Duration::from_secs(2),
+        "SIGTERM: {status:?} after {took:?}\n{}",
+        replica.output()
+    );
+}
+
 /// A network namespace with a veth pair to the host, removed (with its
 /// veth pair) on drop, also when the test fails.
 struct Netns {
