@@ -139,7 +139,7 @@ pub fn standing(ordered: &[Candidate], session: i64) -> (Standing, Vec<Candidate
 /// restores its sessions with a fresh timeout, so the client must keep
 /// trying well past one session timeout (the library's default is 7/5) to
 /// find its session alive. A bound remains so that a client whose servers
-/// never come back ends by itself. See `docs/design.md`.
+/// never come back ends by itself. See `docs/reliability.md` (Decisions).
 pub const CLIENT_EXPIRY_FACTOR: u32 = 6;
 
 /// Longest wait for a close acknowledgement while disconnected.
