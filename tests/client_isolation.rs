@@ -239,15 +239,47 @@ fn forward(listener: TcpListener, upstream: SocketAddr) {
 
 #[test]
 fn a_replica_whose_route_to_zookeeper_vanishes_stays_idle_and_responsive() {
+    // When the route to ZooKeeper disappears (connect fails with
+    // ENETUNREACH at once)
+    in_netns_when(0, |ns, zk_ip, _| {
+        assert!(ns.exec(&["ip", "route", "del", &format!("{zk_ip}/32")]));
+    });
+}
+
+#[test]
+fn a_replica_whose_egress_to_zookeeper_is_firewalled_stays_idle_and_responsive() {
+    // When an egress rule drops packets to ZooKeeper (connect fails with
+    // EPERM at once); the nft table lives and dies with the namespace
+    in_netns_when(1, |ns, zk_ip, zk_port| {
+        let port = zk_port.to_string();
+        assert!(ns.exec(&["nft", "add", "table", "inet", "elzk"]));
+        assert!(ns.exec(&[
+            "nft",
+            "add",
+            "chain",
+            "inet",
+            "elzk",
+            "out",
+            "{ type filter hook output priority 0 ; }",
+        ]));
+        assert!(ns.exec(&[
+            "nft", "add", "rule", "inet", "elzk", "out", "ip", "daddr", zk_ip, "tcp", "dport",
+            &port, "drop",
+        ]));
+    });
+}
+
+/// Given a leader in its own network namespace, reaching ZooKeeper at an IP
+/// literal through its own host route, and reached by the test on another
+/// subnet of the same veth pair: applies `fault` (namespace, ZooKeeper's
+/// address and port), then checks the replica idles, answers and stops.
+fn in_netns_when(slot: u32, fault: impl FnOnce(&Netns, &str, u16)) {
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("SKIPPED: the network namespace test needs root (ip netns); run it as root");
         return;
     }
-    // Given a replica in its own network namespace, reaching ZooKeeper at
-    // an IP literal through its own host route, and reached by the test on
-    // another subnet of the same veth pair
     let zk = ZkCluster::standalone();
-    let tag = std::process::id() % 200 + 20;
+    let tag = std::process::id() % 100 + 20 + 100 * slot;
     let ns = Netns::create(tag);
     let (host_ip, ns_ip, zk_ip) = (
         format!("10.231.{tag}.1"),
@@ -287,9 +319,7 @@ fn a_replica_whose_route_to_zookeeper_vanishes_stays_idle_and_responsive() {
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let replica = Replica::spawn_program("ip", &refs, &[]);
     wait_leading(&replica, http);
-    // When the route to ZooKeeper disappears (connect fails with
-    // ENETUNREACH at once)
-    assert!(ns.exec(&["ip", "route", "del", &format!("{zk_ip}/32")]));
+    fault(&ns, &zk_ip, zk_port);
     assert!(
         TcpStream::connect_timeout(&http, Duration::from_secs(2)).is_ok(),
         "the test still reaches the replica"
