@@ -153,7 +153,7 @@ pub async fn run(ctx: &Context, mut session: ZkSession) -> Step {
                 _ = until_deadline(&live) => {
                     return Step::Next(
                         State::Failover(Some(session), Recovery::default().failed()),
-                        "disconnected for longer than the session timeout".into(),
+                        super::session::GIVE_UP_CAUSE.into(),
                     );
                 }
                 _ = tick.tick() => {

@@ -125,7 +125,7 @@ pub async fn run(ctx: &Context, mut session: ZkSession, leadership: Leadership) 
                 lease.revoke();
                 return Step::Next(
                     State::Failover(Some(session), Recovery::default().failed()),
-                    "disconnected for longer than the session timeout".into(),
+                    super::session::GIVE_UP_CAUSE.into(),
                 );
             }
             ev = &mut node_gone => {

@@ -28,6 +28,9 @@ use crate::zk::{CLIENT_EXPIRY_FACTOR, is_terminal};
 /// earlier than the disconnection), so the client normally reports first.
 pub const GIVE_UP_FACTOR: u32 = CLIENT_EXPIRY_FACTOR + 2;
 
+/// The cause logged when the safety net gives a session up.
+pub const GIVE_UP_CAUSE: &str = "disconnected for 8 session timeouts (safety net)";
+
 /// What a session state change means for the daemon.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Health {
@@ -139,6 +142,11 @@ mod tests {
         let t0 = Instant::now();
         until_deadline(&l).await;
         assert_eq!(t0.elapsed(), Duration::from_secs(2) * GIVE_UP_FACTOR);
+    }
+
+    #[test]
+    fn the_give_up_cause_names_the_factor() {
+        assert!(GIVE_UP_CAUSE.contains(&format!("{GIVE_UP_FACTOR} session timeouts")));
     }
 
     #[test]
