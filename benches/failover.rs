@@ -3,8 +3,11 @@
 //! ZooKeeper. Run with:
 //!
 //! ```sh
-//! cargo bench --bench failover            # BENCH_ROUNDS=7 by default
+//! cargo bench --bench failover            # BENCH_ROUNDS=7, BENCH_HANDOVERS=60 by default
 //! ```
+//!
+//! Besides the paired rounds, a series of `BENCH_HANDOVERS` graceful
+//! handovers (SIGTERM only) gives the tail: p50, p90, p99 and max.
 //!
 //! Settings follow the comparison in the README: a 2 s session and a
 //! 200 ms leader-timeout. Times are measured from the signal to the
@@ -112,6 +115,18 @@ fn main() {
         crash.push(c);
     }
 
+    // The tail of graceful handover: many SIGTERMs in a row.
+    let handovers: usize = std::env::var("BENCH_HANDOVERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60);
+    let mut series = Vec::new();
+    for _ in 0..handovers {
+        series.push(takeover(&mut g, libc::SIGTERM));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    series.sort_by(f64::total_cmp);
+
     // Idle cost: let things settle, then sample 10 s.
     std::thread::sleep(Duration::from_secs(2));
     let leader = g.wait_leader(Duration::from_secs(30));
@@ -140,6 +155,17 @@ fn main() {
         crash.iter().cloned().fold(f64::MAX, f64::min),
         crash.iter().cloned().fold(0.0, f64::max)
     );
+    if !series.is_empty() {
+        let pct = |p: f64| series[((series.len() - 1) as f64 * p).round() as usize];
+        println!(
+            "handover on SIGTERM over {} handovers: p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+            series.len(),
+            pct(0.5),
+            pct(0.9),
+            pct(0.99),
+            series[series.len() - 1]
+        );
+    }
     for ((i, pid), c0) in pids.iter().zip(cpu0) {
         let cpu = (cpu_seconds(*pid) - c0) / secs * 100.0;
         let role = if *i == leader { "leader" } else { "candidate" };

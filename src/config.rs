@@ -58,8 +58,10 @@ pub struct RunArgs {
     #[arg(long, env = "ELECTION_LEADER_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
     pub leader_timeout: Duration,
 
-    /// Safety-net interval at which a waiting candidate re-reads the election
-    /// (takeover itself is driven by ZooKeeper watches, not by this tick).
+    /// Upper bound of one election round of a candidate (list the queue,
+    /// create its node, watch its predecessor; capped by the session
+    /// timeout); a slower round counts as failed and is retried. Candidates
+    /// do not poll: takeover is driven by ZooKeeper watches.
     #[arg(long, env = "ELECTION_ATTEMPTER_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
     pub attempter_timeout: Duration,
 

@@ -61,9 +61,42 @@ pub enum FileError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The file is in place, but fsyncing the directory failed: it may
+    /// not survive a crash, and its name is taken.
+    #[error("{path} was renamed into place, but syncing the directory failed: {source}")]
+    SyncDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// file-dir is not on the device it was on at start (a volume was
+    /// unmounted or replaced).
+    #[error(
+        "file-dir {path} is on device {found:#x}, not {expected:#x} as at start; refusing to write"
+    )]
+    DeviceChanged {
+        path: PathBuf,
+        expected: u64,
+        found: u64,
+    },
+    /// A file of a newer leadership is already in file-dir.
+    #[error("{path} belongs to a newer leadership; file discarded")]
+    Superseded { path: PathBuf },
     /// Leadership could not be confirmed right before the commit.
     #[error("leadership not confirmed at commit time; file discarded")]
     NotLeader,
+}
+
+impl FileError {
+    /// Whether the file became visible despite the error (its name is used).
+    pub fn is_committed(&self) -> bool {
+        matches!(self, FileError::SyncDir { .. })
+    }
+
+    /// Whether the write was refused at the commit point because leadership
+    /// could not be vouched for (rather than because the disk failed).
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, FileError::NotLeader | FileError::Superseded { .. })
+    }
 }
 
 /// Content of one leader file.
@@ -117,19 +150,72 @@ impl FileKey {
 }
 
 /// Creates `dir` if needed and proves it is writable with a probe file.
-pub fn ensure_writable_dir(dir: &Path) -> Result<(), FileError> {
+/// Returns the device the directory lives on, which [`write_atomic`]
+/// insists on afterwards.
+pub fn ensure_writable_dir(dir: &Path) -> Result<u64, FileError> {
     fs::create_dir_all(dir).map_err(|source| FileError::CreateDir {
         path: dir.into(),
         source,
     })?;
-    let probe = dir.join(format!(".election-probe-{}", std::process::id()));
+    let probe = dir.join(format!(
+        ".election-probe-{}-{:016x}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
     let result =
-        fs::File::create(&probe).and_then(|mut f| f.write_all(b"probe").and_then(|_| f.sync_all()));
+        create_new(&probe).and_then(|mut f| f.write_all(b"probe").and_then(|_| f.sync_all()));
     let _ = fs::remove_file(&probe);
     result.map_err(|source| FileError::NotWritable {
         path: dir.into(),
         source,
+    })?;
+    device_of(dir).map_err(|source| FileError::NotWritable {
+        path: dir.into(),
+        source,
     })
+}
+
+/// The device (`st_dev`) a path lives on.
+pub fn device_of(path: &Path) -> std::io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(fs::metadata(path)?.dev())
+}
+
+/// Makes sure `dir` exists on `device` before a write. A missing directory
+/// is recreated only when its parent is on that device: a volume that was
+/// unmounted leaves an empty mount point on another device, and writing
+/// there would silently hide files from every reader of the volume.
+pub fn prepare_dir(dir: &Path, device: u64) -> Result<(), FileError> {
+    let changed = |found| FileError::DeviceChanged {
+        path: dir.into(),
+        expected: device,
+        found,
+    };
+    match device_of(dir) {
+        Ok(d) if d == device => Ok(()),
+        Ok(d) => Err(changed(d)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let parent = dir.parent().unwrap_or(Path::new("/"));
+            match device_of(parent) {
+                Ok(d) if d == device => {}
+                Ok(d) => return Err(changed(d)),
+                Err(source) => {
+                    return Err(FileError::CreateDir {
+                        path: dir.into(),
+                        source,
+                    });
+                }
+            }
+            fs::create_dir(dir).map_err(|source| FileError::CreateDir {
+                path: dir.into(),
+                source,
+            })
+        }
+        Err(source) => Err(FileError::List {
+            path: dir.into(),
+            source,
+        }),
+    }
 }
 
 /// Lists the leader files in `dir`, in write order (oldest first).
@@ -206,26 +292,83 @@ pub fn remove_stale_temp_files(dir: &Path) -> usize {
         .count()
 }
 
-/// Writes `record` atomically under the name of `key`.
+/// The commit point of one leadership, shared by the leader and its
+/// blocking writers. A commit (the final checks and the rename) runs while
+/// holding the gate; [`CommitGate::close`] waits for a commit in flight and
+/// makes every later one fail. A leader closes its gate before it gives up
+/// its session or its writer node, so no write of its leadership can land
+/// after a successor could have started.
+#[derive(Debug, Default)]
+pub struct CommitGate {
+    closed: std::sync::Mutex<bool>,
+}
+
+impl CommitGate {
+    /// An open gate.
+    pub fn new() -> CommitGate {
+        CommitGate::default()
+    }
+
+    /// Runs `commit` unless the gate is closed, holding the gate meanwhile.
+    fn commit<T>(&self, commit: impl FnOnce() -> Result<T, FileError>) -> Result<T, FileError> {
+        let closed = self
+            .closed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *closed {
+            return Err(FileError::NotLeader);
+        }
+        commit()
+    }
+
+    /// Closes the gate. Blocks while a commit is in flight, so call it
+    /// from a blocking thread.
+    pub fn close(&self) {
+        *self
+            .closed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = true;
+    }
+
+    /// Whether the gate is closed.
+    pub fn is_closed(&self) -> bool {
+        *self
+            .closed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Writes `record` atomically under the name of `key`, into `dir` on
+/// `device` (see [`prepare_dir`]).
 ///
-/// `still_leader` is asked right before the rename, the commit point: if it
-/// answers false the temp file is removed and nothing becomes visible.
+/// The temp file is created exclusively (never through a symlink, with a
+/// random suffix), written and fsynced. Then, holding `gate`, the commit
+/// point: `still_leader` must answer true, no file of a newer token may
+/// exist, and the rename must not replace an existing file. A temp file
+/// that is not committed is removed. After the rename the directory is
+/// fsynced; if that fails the file is visible all the same
+/// ([`FileError::is_committed`]), so its name must not be used again.
 pub fn write_atomic(
     dir: &Path,
+    device: u64,
     key: FileKey,
     record: &LeaderRecord,
+    gate: &CommitGate,
     still_leader: impl FnOnce() -> bool,
 ) -> Result<PathBuf, FileError> {
+    prepare_dir(dir, device)?;
     let final_path = dir.join(key.file_name());
     let temp_path = dir.join(format!(
-        "{TEMP_PREFIX}{:020}_{:010}.{}.tmp",
+        "{TEMP_PREFIX}{:020}_{:010}.{}.{:016x}.tmp",
         key.token,
         key.seq,
-        std::process::id()
+        std::process::id(),
+        rand::random::<u64>()
     ));
     let mut body = serde_json::to_vec(record).expect("a record always serializes");
     body.push(b'\n');
-    let written = fs::File::create(&temp_path).and_then(|mut f| {
+    let written = create_new(&temp_path).and_then(|mut f| {
         f.write_all(&body)?;
         f.sync_all()
     });
@@ -236,22 +379,80 @@ pub fn write_atomic(
             source,
         });
     }
-    if !still_leader() {
-        let _ = fs::remove_file(&temp_path);
-        return Err(FileError::NotLeader);
-    }
-    if let Err(source) = fs::rename(&temp_path, &final_path) {
-        let _ = fs::remove_file(&temp_path);
-        return Err(FileError::Rename {
-            path: final_path,
+    let committed = gate.commit(|| {
+        if !still_leader() {
+            return Err(FileError::NotLeader);
+        }
+        if let Some(newer) = newest_token_above(dir, key.token)? {
+            return Err(FileError::Superseded {
+                path: dir.join(newer.file_name()),
+            });
+        }
+        rename_no_replace(&temp_path, &final_path).map_err(|source| FileError::Rename {
+            path: final_path.clone(),
             source,
-        });
+        })
+    });
+    if let Err(e) = committed {
+        let _ = fs::remove_file(&temp_path);
+        return Err(e);
     }
-    sync_dir(dir).map_err(|source| FileError::Write {
-        path: dir.into(),
+    sync_dir(dir).map_err(|source| FileError::SyncDir {
+        path: final_path.clone(),
         source,
     })?;
     Ok(final_path)
+}
+
+/// The newest leader file whose token is above `token`, if any.
+fn newest_token_above(dir: &Path, token: u64) -> Result<Option<FileKey>, FileError> {
+    Ok(list(dir)?.into_iter().rev().find(|k| k.token > token))
+}
+
+/// Creates a new file: exclusively, never through a symlink, mode 0644.
+fn create_new(path: &Path) -> std::io::Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .mode(0o644)
+        .open(path)
+}
+
+/// `rename(2)` that fails with `AlreadyExists` instead of replacing a file:
+/// `renameat2(RENAME_NOREPLACE)`, or where the file system lacks it, a hard
+/// link (which also refuses to replace) and an unlink of the temp name.
+fn rename_no_replace(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+    };
+    let (cf, ct) = (c(from)?, c(to)?);
+    // SAFETY: both are valid NUL-terminated paths; AT_FDCWD resolves them
+    // like rename(2) does.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            cf.as_ptr(),
+            libc::AT_FDCWD,
+            ct.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP) => {
+            fs::hard_link(from, to)?;
+            let _ = fs::remove_file(from);
+            Ok(())
+        }
+        _ => Err(err),
+    }
 }
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
@@ -336,8 +537,13 @@ mod tests {
     fn write_is_atomic_and_prune_spares_foreign_files() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("foreign.txt"), "keep me").unwrap();
+        let dev = ensure_writable_dir(dir.path()).unwrap();
+        let gate = CommitGate::new();
         for seq in 1..=4 {
-            write_atomic(dir.path(), key(7, seq), &record(7, seq), || true).unwrap();
+            write_atomic(dir.path(), dev, key(7, seq), &record(7, seq), &gate, || {
+                true
+            })
+            .unwrap();
         }
         let (deleted, err) = prune(dir.path(), 2, 7);
         assert!(err.is_none());
@@ -358,9 +564,90 @@ mod tests {
     #[test]
     fn a_write_that_loses_leadership_before_commit_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let err = write_atomic(dir.path(), key(1, 1), &record(1, 1), || false).unwrap_err();
+        let dev = ensure_writable_dir(dir.path()).unwrap();
+        let gate = CommitGate::new();
+        let err =
+            write_atomic(dir.path(), dev, key(1, 1), &record(1, 1), &gate, || false).unwrap_err();
         assert!(matches!(err, FileError::NotLeader));
+        assert!(err.is_fenced() && !err.is_committed());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_closed_gate_refuses_every_later_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = ensure_writable_dir(dir.path()).unwrap();
+        let gate = CommitGate::new();
+        write_atomic(dir.path(), dev, key(1, 1), &record(1, 1), &gate, || true).unwrap();
+        gate.close();
+        assert!(gate.is_closed());
+        let err =
+            write_atomic(dir.path(), dev, key(1, 2), &record(1, 2), &gate, || true).unwrap_err();
+        assert!(matches!(err, FileError::NotLeader), "{err}");
+        assert_eq!(list(dir.path()).unwrap(), vec![key(1, 1)]);
+    }
+
+    #[test]
+    fn a_published_file_is_never_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = ensure_writable_dir(dir.path()).unwrap();
+        let gate = CommitGate::new();
+        let path = write_atomic(dir.path(), dev, key(4, 1), &record(4, 1), &gate, || true).unwrap();
+        let before = std::fs::read_to_string(&path).unwrap();
+        let err =
+            write_atomic(dir.path(), dev, key(4, 1), &record(4, 1), &gate, || true).unwrap_err();
+        assert!(
+            matches!(&err, FileError::Rename { source, .. }
+            if source.kind() == std::io::ErrorKind::AlreadyExists),
+            "{err}"
+        );
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), before);
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temp file left"
+        );
+    }
+
+    #[test]
+    fn an_old_leader_cannot_commit_after_a_newer_token_landed() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = ensure_writable_dir(dir.path()).unwrap();
+        let gate = CommitGate::new();
+        write_atomic(dir.path(), dev, key(9, 1), &record(9, 1), &gate, || true).unwrap();
+        let err =
+            write_atomic(dir.path(), dev, key(3, 7), &record(3, 7), &gate, || true).unwrap_err();
+        assert!(matches!(err, FileError::Superseded { .. }), "{err}");
+        assert!(err.is_fenced());
+        assert_eq!(list(dir.path()).unwrap(), vec![key(9, 1)]);
+    }
+
+    #[test]
+    fn a_missing_dir_is_recreated_only_on_its_own_device() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("files");
+        let dev = ensure_writable_dir(&sub).unwrap();
+        std::fs::remove_dir(&sub).unwrap();
+        // The parent is on the same device: recreated.
+        prepare_dir(&sub, dev).unwrap();
+        assert!(sub.is_dir());
+        // A directory that is on another device than recorded: refused.
+        let err = prepare_dir(&sub, dev ^ 1).unwrap_err();
+        assert!(matches!(err, FileError::DeviceChanged { .. }), "{err}");
+        std::fs::remove_dir(&sub).unwrap();
+        let err = prepare_dir(&sub, dev ^ 1).unwrap_err();
+        assert!(matches!(err, FileError::DeviceChanged { .. }), "{err}");
+        assert!(!sub.exists(), "nothing is created on the wrong device");
+    }
+
+    #[test]
+    fn temp_files_are_never_opened_through_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target");
+        std::os::unix::fs::symlink(&target, dir.path().join("link")).unwrap();
+        let err = create_new(&dir.path().join("link")).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists);
+        assert!(!target.exists());
     }
 
     #[test]

@@ -312,9 +312,18 @@ async fn release(State(ctx): State<Context>, Query(q): Query<ReleaseQuery>) -> R
     info!("release requested through the admin listener");
     let mut rx = ctx.board.subscribe();
     ctx.request_release();
-    let released = tokio::time::timeout(bound, rx.wait_for(|s| s.released)).await;
-    match released {
-        Ok(Ok(_)) => (StatusCode::OK, "released\n").into_response(),
+    let done = tokio::time::timeout(bound, rx.wait_for(|s| s.release_done)).await;
+    let released = done
+        .as_ref()
+        .is_ok_and(|r| r.as_ref().is_ok_and(|s| s.released));
+    match done {
+        Ok(Ok(_)) if released => (StatusCode::OK, "released\n").into_response(),
+        Ok(Ok(_)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "left the election, but ZooKeeper did not acknowledge the session close: \
+             the node stays until the session expires\n",
+        )
+            .into_response(),
         _ => (
             StatusCode::GATEWAY_TIMEOUT,
             format!("not released within {bound:?}\n"),

@@ -197,6 +197,7 @@ mod tests {
             cause: "first in the election queue".into(),
             last_write_ms: Some(1),
             released: false,
+            release_done: false,
         };
         let p = patch_for(&status);
         assert_eq!(p["metadata"]["labels"]["election-state"], "leader");
@@ -219,6 +220,7 @@ mod tests {
             cause: String::new(),
             last_write_ms: None,
             released: false,
+            release_done: false,
         };
         let before = patch_for(&status);
         status.last_write_ms = Some(5);

@@ -14,8 +14,8 @@
 //! Each state is `async fn run(self, ctx) -> Step`: it never returns an error,
 //! it logs the cause and names the next state.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -40,6 +40,13 @@ pub struct Context {
     pub board: Arc<Board>,
     /// Set when the stop was asked through `election release`.
     pub released_by_request: Arc<AtomicBool>,
+    /// The device file-dir was on at the first successful Init; the leader
+    /// writes nowhere else (a vanished mount must not swallow files).
+    pub file_dir_device: Arc<OnceLock<u64>>,
+    /// Sessions of this process given up without an acknowledged close:
+    /// their candidate nodes linger until the server expires them, and
+    /// Attempter deletes them so they do not delay a handover.
+    pub abandoned_sessions: Arc<Mutex<Vec<i64>>>,
 }
 
 impl Context {
@@ -52,7 +59,30 @@ impl Context {
             node_id,
             cancel,
             released_by_request: Arc::new(AtomicBool::new(false)),
+            file_dir_device: Arc::new(OnceLock::new()),
+            abandoned_sessions: Arc::new(Mutex::new(Vec::new())),
         }
+    }
+
+    /// Remembers a session whose close was not acknowledged (bounded list).
+    pub fn abandoned(&self, session: i64) {
+        let mut list = self
+            .abandoned_sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !list.contains(&session) {
+            list.push(session);
+        }
+        let excess = list.len().saturating_sub(16);
+        list.drain(..excess);
+    }
+
+    /// The sessions [`Context::abandoned`] remembers.
+    pub fn abandoned_list(&self) -> Vec<i64> {
+        self.abandoned_sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Asks the daemon to release leadership and stop (the preStop path).
@@ -62,21 +92,45 @@ impl Context {
     }
 }
 
-/// Consecutive failures since the daemon last reached Attempter.
+/// How long a replica must stay healthy (Attempter or Leader) before its
+/// failures are forgotten: the backoff starts small again and
+/// failover-give-up counts from the next failure.
+pub const HEALTHY_PERIOD: Duration = Duration::from_secs(30);
+
+/// Consecutive failures, carried through every state until the daemon has
+/// been healthy for [`HEALTHY_PERIOD`]. A failure that strikes right after
+/// Init (an ACL that forbids our create, a fencing node we cannot write)
+/// therefore keeps backing off and eventually reaches failover-give-up,
+/// instead of looping every 100 ms.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Recovery {
     /// Failed attempts so far.
     pub attempt: u32,
     /// When the first of them happened.
     pub since: Option<Instant>,
+    /// Since when the daemon is healthy (in Attempter or Leader).
+    pub healthy_since: Option<Instant>,
 }
 
 impl Recovery {
-    /// One more failure.
+    /// One more failure (the first of a new series after a healthy period).
     pub fn failed(self) -> Recovery {
+        let fresh = self
+            .healthy_since
+            .is_some_and(|t| t.elapsed() >= HEALTHY_PERIOD);
+        let base = if fresh { Recovery::default() } else { self };
         Recovery {
-            attempt: self.attempt.saturating_add(1),
-            since: Some(self.since.unwrap_or_else(Instant::now)),
+            attempt: base.attempt.saturating_add(1),
+            since: Some(base.since.unwrap_or_else(Instant::now)),
+            healthy_since: None,
+        }
+    }
+
+    /// The daemon reached a healthy state (kept if it already was).
+    pub fn healthy(self) -> Recovery {
+        Recovery {
+            healthy_since: Some(self.healthy_since.unwrap_or_else(Instant::now)),
+            ..self
         }
     }
 }
@@ -87,33 +141,58 @@ pub enum State {
     /// Entered at start and after each Failover pause. Checks file-dir,
     /// connects to ZooKeeper, makes sure the election path exists. Left to
     /// Attempter on success, to Failover on any error.
-    Init(Recovery),
+    Init {
+        /// Failures so far.
+        recovery: Recovery,
+    },
     /// Holds a live session. Makes sure exactly one candidate node of this
     /// session exists and waits, watching only its predecessor, until it is
     /// first. Left to Leader when first, to Failover when the session is lost.
-    Attempter(ZkSession),
+    Attempter {
+        /// The live session.
+        session: ZkSession,
+        /// Failures so far (reset after a healthy period).
+        recovery: Recovery,
+    },
     /// First in the queue. Writes a file every leader-timeout while its lease
     /// is valid; suspends on disconnection. Left to Attempter if its node
     /// disappears, to Failover when the session is lost or the disk fails.
-    Leader(ZkSession, leader::Leadership),
+    Leader {
+        /// The live session.
+        session: ZkSession,
+        /// Our node and its zxid.
+        leadership: leader::Leadership,
+        /// Failures so far (reset after a healthy period).
+        recovery: Recovery,
+    },
     /// Something broke. Closes the old session, waits with exponential
     /// backoff and jitter, then goes to Init with a fresh client (or stops
     /// with exit 1 after failover-give-up).
-    Failover(Option<ZkSession>, Recovery),
+    Failover {
+        /// The session to close, if any.
+        session: Option<ZkSession>,
+        /// Failures so far, this one included.
+        recovery: Recovery,
+    },
     /// Entered from any state on SIGTERM/SIGINT/release. Deletes our node,
     /// closes the session, then the process exits.
-    Stopping(Option<ZkSession>, Outcome),
+    Stopping {
+        /// The session to close, if any.
+        session: Option<ZkSession>,
+        /// How the daemon ends.
+        outcome: Outcome,
+    },
 }
 
 impl State {
     /// The name of this state.
     pub fn name(&self) -> StateName {
         match self {
-            State::Init(_) => StateName::Init,
-            State::Attempter(_) => StateName::Attempter,
-            State::Leader(..) => StateName::Leader,
-            State::Failover(..) => StateName::Failover,
-            State::Stopping(..) => StateName::Stopping,
+            State::Init { .. } => StateName::Init,
+            State::Attempter { .. } => StateName::Attempter,
+            State::Leader { .. } => StateName::Leader,
+            State::Failover { .. } => StateName::Failover,
+            State::Stopping { .. } => StateName::Stopping,
         }
     }
 }
@@ -128,6 +207,8 @@ pub enum Outcome {
 }
 
 /// What a state returns.
+// One value per transition: its size does not matter, a Box would.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Step {
     /// Move to the next state, with the reason.
@@ -136,9 +217,39 @@ pub enum Step {
     Exit(Outcome),
 }
 
+impl Step {
+    /// To Failover, closing `session`, with one more failure.
+    pub fn failover(
+        session: Option<ZkSession>,
+        recovery: Recovery,
+        cause: impl Into<String>,
+    ) -> Step {
+        Step::Next(
+            State::Failover {
+                session,
+                recovery: recovery.failed(),
+            },
+            cause.into(),
+        )
+    }
+
+    /// To Stopping on a stop request.
+    pub fn stop(session: Option<ZkSession>) -> Step {
+        Step::Next(
+            State::Stopping {
+                session,
+                outcome: Outcome::Stopped,
+            },
+            "stop requested".into(),
+        )
+    }
+}
+
 /// Runs the machine from Init until it exits.
 pub async fn run(ctx: Context) -> Outcome {
-    let mut state = State::Init(Recovery::default());
+    let mut state = State::Init {
+        recovery: Recovery::default(),
+    };
     info!(node_id = %ctx.node_id, zk_servers = %ctx.cfg.zk_servers, zk_root = %ctx.cfg.zk_root,
         file_dir = %ctx.cfg.file_dir.display(), "starting");
     loop {
@@ -146,11 +257,19 @@ pub async fn run(ctx: Context) -> Outcome {
         let span = info_span!("state", state = %from);
         let step = async {
             match state {
-                State::Init(recovery) => init::run(&ctx, recovery).await,
-                State::Attempter(session) => attempter::run(&ctx, session).await,
-                State::Leader(session, leadership) => leader::run(&ctx, session, leadership).await,
-                State::Failover(session, recovery) => failover::run(&ctx, session, recovery).await,
-                State::Stopping(session, outcome) => stopping::run(&ctx, session, outcome).await,
+                State::Init { recovery } => init::run(&ctx, recovery).await,
+                State::Attempter { session, recovery } => {
+                    attempter::run(&ctx, session, recovery).await
+                }
+                State::Leader {
+                    session,
+                    leadership,
+                    recovery,
+                } => leader::run(&ctx, session, leadership, recovery).await,
+                State::Failover { session, recovery } => {
+                    failover::run(&ctx, session, recovery).await
+                }
+                State::Stopping { session, outcome } => stopping::run(&ctx, session, outcome).await,
             }
         }
         .instrument(span)
@@ -175,5 +294,33 @@ pub async fn sleep_or_cancel(ctx: &Context, d: Duration) -> bool {
     tokio::select! {
         _ = tokio::time::sleep(d) => true,
         _ = ctx.cancel.cancelled() => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_after_a_short_healthy_spell_keep_counting() {
+        let r = Recovery::default().failed().healthy();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let r = r.failed();
+        assert_eq!(
+            r.attempt, 2,
+            "a failure right after Init continues the series"
+        );
+        assert!(r.since.unwrap().elapsed() >= Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_healthy_period_starts_a_new_series() {
+        let r = Recovery::default().failed().failed().healthy();
+        tokio::time::advance(HEALTHY_PERIOD).await;
+        // Staying healthy keeps the first moment of health.
+        let r = r.healthy();
+        let r = r.failed();
+        assert_eq!(r.attempt, 1);
+        assert_eq!(r.since.unwrap().elapsed(), Duration::ZERO);
     }
 }

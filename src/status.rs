@@ -75,8 +75,12 @@ pub struct Status {
     pub cause: String,
     /// Last successful file write, unix milliseconds.
     pub last_write_ms: Option<u64>,
-    /// Set once Stopping has released the ZooKeeper node.
+    /// Set once Stopping has released the ZooKeeper node (the session
+    /// close was acknowledged).
     pub released: bool,
+    /// Set once Stopping is done, released or not.
+    #[serde(default)]
+    pub release_done: bool,
 }
 
 impl Status {
@@ -92,6 +96,7 @@ impl Status {
             cause: "start".into(),
             last_write_ms: None,
             released: false,
+            release_done: false,
         }
     }
 

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use serde::Serialize;
 
 use crate::config::StatusArgs;
-use crate::zk::{CandidateData, ZkSession, child_path, order_candidates};
+use crate::zk::{CandidateData, ZkSession, child_path, is_live_candidate, order_candidates};
 
 #[derive(Debug, Serialize)]
 struct Row {
@@ -60,20 +60,26 @@ async fn read(session: &ZkSession, root: &str) -> anyhow::Result<Vec<Row>> {
         Err(e) => return Err(e).with_context(|| format!("cannot list {root}")),
     };
     let mut rows = Vec::new();
-    for (i, c) in order_candidates(&children).into_iter().enumerate() {
+    for c in order_candidates(&children) {
         let path = child_path(root, &c.name);
+        // The daemons ignore nodes that only look like candidates (not
+        // ephemeral, or owned by another session than the name says): so
+        // does this listing.
         let node_id = match client.get_data(&path).await {
-            Ok((data, _)) => serde_json::from_slice::<CandidateData>(&data)
-                .ok()
-                .map(|d| d.node_id),
+            Ok((data, stat)) if is_live_candidate(stat.ephemeral_owner, c.session) => {
+                serde_json::from_slice::<CandidateData>(&data)
+                    .ok()
+                    .map(|d| d.node_id)
+            }
+            Ok(_) | Err(zookeeper_client::Error::NoNode) => continue,
             Err(_) => None,
         };
         rows.push(Row {
-            position: i,
+            position: rows.len(),
             znode: path,
             session_id: format!("{:#x}", c.session as u64),
             node_id,
-            leader: i == 0,
+            leader: rows.is_empty(),
         });
     }
     Ok(rows)

@@ -18,7 +18,7 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use zookeeper_client::{Acls, Client, CreateMode, SessionState, StateWatcher};
+use zookeeper_client::{Acls, CheckWriteError, Client, CreateMode, SessionState, StateWatcher};
 
 /// Errors of ZooKeeper operations, one variant per failing step.
 #[derive(Debug, thiserror::Error)]
@@ -139,7 +139,7 @@ pub fn standing(ordered: &[Candidate], session: i64) -> (Standing, Vec<Candidate
 /// restores its sessions with a fresh timeout, so the client must keep
 /// trying well past one session timeout (the library's default is 7/5) to
 /// find its session alive. A bound remains so that a client whose servers
-/// never come back ends by itself. See `docs/reliability.md` (Decisions).
+/// never come back ends by itself. See `docs/design.md`.
 pub const CLIENT_EXPIRY_FACTOR: u32 = 6;
 
 /// Longest wait for a close acknowledgement while disconnected.
@@ -231,10 +231,12 @@ impl ZkSession {
         connect_timeout: Duration,
     ) -> Result<ZkSession, ZkError> {
         // fail_eagerly: one pass over the servers, then an error, so that our own
-        // backoff (not the client's tight loop) paces the retries.
+        // backoff (not the client's tight loop) paces the retries. The
+        // client's connection (idle) timeout stays at its default, 2/5 of the
+        // session timeout: `connect_timeout` bounds establishing a session,
+        // and as an idle timeout a low value would suspend a healthy leader.
         let connector = Client::connector()
             .with_session_timeout(session_timeout)
-            .with_connection_timeout(connect_timeout)
             .with_session_expired_timeout(session_timeout * CLIENT_EXPIRY_FACTOR)
             .with_fail_eagerly();
         let connect = SessionThread::connect(connector, servers);
@@ -368,52 +370,154 @@ pub fn is_terminal(state: SessionState) -> bool {
 /// file-dir is emptied. Not a candidate name, so elections ignore it.
 pub const FENCING_NODE: &str = "fencing";
 
+/// Ephemeral child of the election path held by the leader that may be
+/// writing: created atomically with its claim of a fencing token, deleted
+/// only after it can no longer commit a file (or with its session). A new
+/// leader that finds it owned by another live session waits before its
+/// first write (see `states::leader`). Not a candidate name.
+pub const WRITER_NODE: &str = "writer";
+
+/// The content of the fencing node is not a token.
+#[derive(Debug, thiserror::Error)]
+#[error("the fencing node holds {content:?}, not a decimal token; refusing to guess a floor")]
+pub struct BadFloor {
+    /// What it holds (lossy UTF-8, shortened).
+    pub content: String,
+}
+
+/// Why claiming a leadership's token failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClaimError {
+    /// Another session holds the writer node.
+    #[error("the writer node is held by session {owner:#x}")]
+    WriterHeld { owner: i64 },
+    /// Our candidate node is gone, or the floor changed under us.
+    #[error("claim rejected: {0}")]
+    Rejected(zookeeper_client::Error),
+    /// The request failed.
+    #[error("claim failed: {0}")]
+    Request(zookeeper_client::Error),
+}
+
 /// Reads the token floor and the node's version (`None`: no node yet).
-/// Unreadable content counts as 0.
 pub async fn read_token_floor(
     client: &Client,
     root: &str,
-) -> Result<(u64, Option<i32>), zookeeper_client::Error> {
+) -> Result<Result<(u64, Option<i32>), BadFloor>, zookeeper_client::Error> {
     match client.get_data(&child_path(root, FENCING_NODE)).await {
-        Ok((data, stat)) => Ok((parse_token_floor(&data), Some(stat.version))),
-        Err(zookeeper_client::Error::NoNode) => Ok((0, None)),
+        Ok((data, stat)) => Ok(parse_token_floor(&data).map(|t| (t, Some(stat.version)))),
+        Err(zookeeper_client::Error::NoNode) => Ok(Ok((0, None))),
         Err(e) => Err(e),
     }
 }
 
-/// Parses the content of the fencing node; garbage is 0.
-pub fn parse_token_floor(data: &[u8]) -> u64 {
+/// Parses the content of the fencing node. Anything but a decimal token
+/// is an error: reading garbage as 0 could let tokens go backwards.
+pub fn parse_token_floor(data: &[u8]) -> Result<u64, BadFloor> {
     std::str::from_utf8(data)
         .ok()
         .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0)
+        .ok_or_else(|| BadFloor {
+            content: String::from_utf8_lossy(&data[..data.len().min(64)]).into_owned(),
+        })
 }
 
-/// Raises the token floor to `token`, atomically with a check that our
-/// candidate node `own` still exists (a multi-op), and only if nobody
-/// changed the floor since we read it (`version`).
-pub async fn raise_token_floor(
+/// Claims a leadership in one multi-op: checks that our candidate node
+/// `own` still exists, raises the token floor to `token` (only if nobody
+/// changed it since we read `version`) and creates the writer node.
+pub async fn claim_leadership(
     client: &Client,
     root: &str,
     own: &str,
     token: u64,
     version: Option<i32>,
-) -> Result<(), String> {
+) -> Result<(), ClaimError> {
     let path = child_path(root, FENCING_NODE);
+    let writer_path = child_path(root, WRITER_NODE);
     let data = token.to_string();
     let mut writer = client
         .new_check_writer(own, Some(0))
-        .map_err(|e| e.to_string())?;
-    let added = match version {
+        .map_err(ClaimError::Request)?;
+    match version {
         Some(v) => writer.add_set_data(&path, data.as_bytes(), Some(v)),
         None => writer.add_create(
             &path,
             data.as_bytes(),
             &CreateMode::Persistent.with_acls(Acls::anyone_all()),
         ),
-    };
-    added.map_err(|e| e.to_string())?;
-    writer.commit().await.map(|_| ()).map_err(|e| e.to_string())
+    }
+    .map_err(ClaimError::Request)?;
+    writer
+        .add_create(
+            &writer_path,
+            data.as_bytes(),
+            &CreateMode::Ephemeral.with_acls(Acls::anyone_all()),
+        )
+        .map_err(ClaimError::Request)?;
+    match writer.commit().await {
+        Ok(_) => Ok(()),
+        Err(CheckWriteError::OperationFailed {
+            index: 1,
+            source: zookeeper_client::Error::NodeExists,
+        }) => match client.check_stat(&writer_path).await {
+            Ok(Some(stat)) => Err(ClaimError::WriterHeld {
+                owner: stat.ephemeral_owner,
+            }),
+            // Gone in between: the caller tries again.
+            Ok(None) => Err(ClaimError::WriterHeld { owner: 0 }),
+            Err(e) => Err(ClaimError::Request(e)),
+        },
+        Err(CheckWriteError::RequestFailed { source }) => Err(ClaimError::Request(source)),
+        Err(CheckWriteError::CheckFailed { source })
+        | Err(CheckWriteError::OperationFailed { source, .. }) => Err(ClaimError::Rejected(source)),
+    }
+}
+
+/// Deletes the writer node if `session` owns it (the leader stepping down
+/// while keeping its session). `Ok` also when there is none.
+pub async fn release_writer(
+    client: &Client,
+    root: &str,
+    session: i64,
+) -> Result<(), zookeeper_client::Error> {
+    let path = child_path(root, WRITER_NODE);
+    match client.check_stat(&path).await? {
+        Some(stat) if stat.ephemeral_owner == session => {
+            match client.delete(&path, Some(stat.version)).await {
+                Ok(()) | Err(zookeeper_client::Error::NoNode) => Ok(()),
+                Err(e) => Err(e),
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Deletes a writer node left by another session whose leadership is over
+/// (the caller waited out its lease), if it is still the node it saw.
+pub async fn clear_stale_writer(
+    client: &Client,
+    root: &str,
+    owner: i64,
+) -> Result<(), zookeeper_client::Error> {
+    let path = child_path(root, WRITER_NODE);
+    match client.check_stat(&path).await? {
+        Some(stat) if stat.ephemeral_owner == owner => {
+            match client.delete(&path, Some(stat.version)).await {
+                Ok(())
+                | Err(zookeeper_client::Error::NoNode)
+                | Err(zookeeper_client::Error::BadVersion) => Ok(()),
+                Err(e) => Err(e),
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Whether a node that names `session` as its owner really is a live
+/// candidate of it: ephemeral (a persistent node has owner 0, which is
+/// never a session) and owned by that session.
+pub fn is_live_candidate(ephemeral_owner: i64, session: i64) -> bool {
+    ephemeral_owner != 0 && ephemeral_owner == session
 }
 
 /// Full path of a child.
@@ -467,10 +571,21 @@ mod tests {
     }
 
     #[test]
-    fn the_fencing_node_is_not_a_candidate_and_garbage_reads_as_zero() {
+    fn the_fencing_node_is_not_a_candidate_and_garbage_is_refused() {
         assert_eq!(parse_candidate(FENCING_NODE), None);
-        assert_eq!(parse_token_floor(b"4294967321"), 4294967321);
-        assert_eq!(parse_token_floor(b"\x00garbage"), 0);
+        assert_eq!(parse_candidate(WRITER_NODE), None);
+        assert_eq!(parse_token_floor(b"4294967321").unwrap(), 4294967321);
+        assert!(parse_token_floor(b"\x00garbage").is_err());
+        assert!(parse_token_floor(b"").is_err());
+        assert!(parse_token_floor(b"-1").is_err());
+    }
+
+    #[test]
+    fn persistent_nodes_are_never_live_candidates() {
+        // A persistent node named after "session 0" has owner 0.
+        assert!(!is_live_candidate(0, 0));
+        assert!(is_live_candidate(0x77, 0x77));
+        assert!(!is_live_candidate(0x77, 0x78));
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use common::group::Group;
 use common::kube_api::{HttpAnswer, http_get};
+use common::proxy::{FaultProxy, Mode};
 use common::replica::Replica;
 use common::zk::ZkCluster;
 use common::{free_port, wait_until};
@@ -536,4 +537,29 @@ fn the_admin_listener_refuses_a_non_loopback_address() {
         );
         assert!(!output.contains("starting"), "{address}: {output}");
     }
+}
+
+#[test]
+fn release_says_so_when_zookeeper_did_not_acknowledge_the_close() {
+    // Given a leader whose only link to ZooKeeper goes through a proxy
+    let zk = ZkCluster::standalone();
+    let proxy = FaultProxy::start(zk.server_addr(0));
+    let mut g = Group::new(&proxy.addr().to_string());
+    let (h0, a0) = (loopback(), loopback());
+    spawn_with_listeners(&mut g, h0, a0);
+    g.wait_leader(ELECTION);
+    // When the link goes silent and the preStop hook runs `election release`
+    proxy.set_mode(Mode::Blackhole);
+    let out = release(a0);
+    // Then the hook fails and says why, instead of claiming a release that
+    // did not happen (the node stays until the session expires)
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{out:?}\n{}", g.logs());
+    assert!(
+        stderr.contains("did not acknowledge the session close"),
+        "{stderr}"
+    );
+    let s0 = status(h0).expect("the daemon still serves /status");
+    assert_eq!(s0["released"], false, "{s0}");
+    g.stop_all();
 }

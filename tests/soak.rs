@@ -17,6 +17,7 @@ use std::time::{Duration, SystemTime};
 
 use election::status::unix_ms;
 
+use common::faults::{Arrivals, Strace, late_arrivals};
 use common::group::Group;
 use common::proxy::{FaultProxy, Mode, connect_string};
 use common::wait_until;
@@ -24,7 +25,7 @@ use common::zk::ZkCluster;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-const FAULTS: [&str; 12] = [
+const FAULTS: [&str; 14] = [
     "leader SIGKILL",
     "leader SIGTERM",
     "leader SIGSTOP 3s",
@@ -37,6 +38,8 @@ const FAULTS: [&str; 12] = [
     "full ensemble restart",
     "ensemble wiped",
     "file-dir removed",
+    "leader node deleted",
+    "leader fsync 1.5 s for 3 s",
 ];
 
 struct Soak {
@@ -79,6 +82,22 @@ impl Soak {
         proxies.iter().for_each(|p| p.set_mode(mode));
         std::thread::sleep(Duration::from_secs(3));
         proxies.iter().for_each(|p| p.set_mode(Mode::Pass));
+    }
+
+    /// Deletes the first candidate node, as an operator might.
+    fn delete_leader_node(&self) {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let client = common::zk_client(&self.zk.connect_string()).await;
+            if let Ok(children) = client.list_children("/election/test").await
+                && let Some(first) = election::zk::order_candidates(&children).first()
+            {
+                let _ = client
+                    .delete(&format!("/election/test/{}", first.name), None)
+                    .await;
+            }
+            common::close_client(client).await;
+        });
     }
 
     /// Injects one fault; returns when the fault is over (not recovered).
@@ -149,6 +168,17 @@ impl Soak {
             11 => {
                 let _ = std::fs::remove_dir_all(self.g.files_dir());
             }
+            12 => self.delete_leader_node(),
+            13 => {
+                if unsafe { libc::geteuid() } != 0 {
+                    // strace needs root: an operator's delete instead.
+                    return self.delete_leader_node();
+                }
+                let pid = self.g.replica(leader).pid();
+                let slow = Strace::delay(pid, "fsync", Duration::from_millis(1500));
+                std::thread::sleep(Duration::from_secs(3));
+                drop(slow);
+            }
             _ => unreachable!(),
         }
     }
@@ -186,6 +216,9 @@ fn a_seeded_soak_of_random_faults_keeps_one_writer_and_always_recovers() {
         soak.spawn_in_slot(slot);
     }
     soak.leader();
+    // A file that lands late keeps its early `written_at`: only the order in
+    // which files appear shows it.
+    let arrivals = Arrivals::watch(soak.g.files_dir());
 
     // Per fault kind: (the longest stretch without any file around the
     // fault, the time from the fault's end to the next file).
@@ -233,6 +266,14 @@ fn a_seeded_soak_of_random_faults_keeps_one_writer_and_always_recovers() {
             Duration::from_millis(gap as u64),
             Duration::from_millis(after_end.max(0) as u64),
         ));
+        let late = late_arrivals(&arrivals.so_far());
+        assert!(
+            late.is_empty(),
+            "fault #{n} ({}): old-leadership files landed after a newer leadership's: {late:?}; reproduce with SOAK_SEED={}\n{}",
+            FAULTS[fault],
+            soak.seed,
+            soak.g.logs()
+        );
         let report = election::verify::check(&soak.g.files_dir(), None).unwrap();
         assert!(
             report.is_clean(),
@@ -245,6 +286,7 @@ fn a_seeded_soak_of_random_faults_keeps_one_writer_and_always_recovers() {
     }
     soak.g.stop_all();
     soak.g.assert_invariants();
+    assert!(late_arrivals(&arrivals.finish()).is_empty());
     eprintln!("soak: {faults} faults survived, 0 invariant violations (seed {seed})");
     eprintln!(
         "| fault | runs | longest stretch without a write, median (max) | fault end to next write, median (max) |"

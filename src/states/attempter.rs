@@ -5,8 +5,11 @@
 //! Extra nodes of our session, left by an earlier round, are deleted. If
 //! ours is first, we verify it is owned by our session and lead. Otherwise
 //! we watch our predecessor only and wait: its deletion wakes exactly one
-//! replica, so a failover costs O(1) requests. The attempter-timeout tick
-//! re-reads the election as a safety net.
+//! replica, so a failover costs O(1) requests. A waiting candidate does not
+//! poll: the watch on its predecessor and the session's events tell it
+//! everything that can change its standing (see docs/design.md), so at rest
+//! it sends only the client's pings. attempter-timeout bounds one round
+//! (list, create, watch): a slower round counts as failed and is retried.
 //!
 //! Nodes that only look like candidates are not trusted blindly: a
 //! predecessor (or a second node "of ours") whose `ephemeralOwner` is not
@@ -23,9 +26,10 @@ use zookeeper_client::{Acls, CreateMode, Error as ZkErr, EventType};
 
 use super::leader::Leadership;
 use super::session::{Health, Liveness, on_state, until_deadline};
-use crate::machine::{Context, Outcome, Recovery, State, Step};
+use crate::machine::{Context, Recovery, State, Step};
 use crate::zk::{
-    CandidateData, Standing, ZkSession, candidate_prefix, child_path, order_candidates, standing,
+    CandidateData, Standing, ZkSession, candidate_prefix, child_path, is_live_candidate,
+    order_candidates, standing,
 };
 
 /// Consecutive failed rounds (other than disconnections) before Failover.
@@ -44,37 +48,33 @@ enum Round {
 }
 
 /// Runs Attempter.
-pub async fn run(ctx: &Context, mut session: ZkSession) -> Step {
+pub async fn run(ctx: &Context, mut session: ZkSession, recovery: Recovery) -> Step {
+    let recovery = recovery.healthy();
     let mut live = Liveness::new(session.timeout(), session.state());
     let mut tick = tokio::time::interval(ctx.cfg.attempter_timeout);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     tick.tick().await;
+    let round_bound = ctx.cfg.attempter_timeout.min(session.timeout());
     let mut errors = 0u32;
     let mut impostors = HashSet::new();
     loop {
         ctx.board.beat();
         if ctx.cancel.is_cancelled() {
-            return Step::Next(
-                State::Stopping(Some(session), Outcome::Stopped),
-                "stop requested".into(),
-            );
+            return Step::stop(Some(session));
         }
         let mut retry = false;
         let round = if live.is_connected() {
             // Requests wait in the client's queue while it is disconnected:
             // bound a round by the session timeout, and stay stoppable.
             let result = tokio::select! {
-                r = session.bounded(round(ctx, &session, &mut impostors)) => Some(r),
+                r = tokio::time::timeout(round_bound, round(ctx, &session, &mut impostors)) => {
+                    Some(r.unwrap_or(Err(ZkErr::Timeout)))
+                }
                 _ = ctx.cancel.cancelled() => None,
             };
             match result {
                 Some(r) => Some(r),
-                None => {
-                    return Step::Next(
-                        State::Stopping(Some(session), Outcome::Stopped),
-                        "stop requested".into(),
-                    );
-                }
+                None => return Step::stop(Some(session)),
             }
         } else {
             None
@@ -82,7 +82,11 @@ pub async fn run(ctx: &Context, mut session: ZkSession) -> Step {
         let (watcher, predecessor) = match round {
             Some(Ok(Round::Lead(leadership))) => {
                 return Step::Next(
-                    State::Leader(session, leadership),
+                    State::Leader {
+                        session,
+                        leadership,
+                        recovery,
+                    },
                     "first in the election queue".into(),
                 );
             }
@@ -101,8 +105,9 @@ pub async fn run(ctx: &Context, mut session: ZkSession) -> Step {
                     errors += 1;
                 }
                 if zk_fatal(&e) || errors >= MAX_ROUND_ERRORS {
-                    return Step::Next(
-                        State::Failover(Some(session), Recovery::default().failed()),
+                    return Step::failover(
+                        Some(session),
+                        recovery,
                         format!("election round failed: {e}"),
                     );
                 }
@@ -133,10 +138,7 @@ pub async fn run(ctx: &Context, mut session: ZkSession) -> Step {
                     debug!(event = ?ev.event_type, path = %ev.path, "predecessor changed");
                     if ev.event_type == EventType::Session {
                         // Only terminal session states reach node watchers.
-                        return Step::Next(
-                            State::Failover(Some(session), Recovery::default().failed()),
-                            format!("session {:?}", ev.session_state),
-                        );
+                        return Step::failover(Some(session), recovery, format!("session {:?}", ev.session_state));
                     }
                     if ev.event_type == EventType::NodeDeleted {
                         info!(predecessor = %predecessor, "predecessor left; re-checking");
@@ -146,26 +148,15 @@ pub async fn run(ctx: &Context, mut session: ZkSession) -> Step {
                 state = session.state_changed() => match on_state(ctx, &mut live, state) {
                     Health::Connected => break,
                     Health::Suspended => {}
-                    Health::Lost(why) => {
-                        return Step::Next(State::Failover(Some(session), Recovery::default().failed()), why);
-                    }
+                    Health::Lost(why) => return Step::failover(Some(session), recovery, why),
                 },
                 _ = until_deadline(&live) => {
-                    return Step::Next(
-                        State::Failover(Some(session), Recovery::default().failed()),
-                        super::session::GIVE_UP_CAUSE.into(),
-                    );
+                    return Step::failover(Some(session), recovery, super::session::GIVE_UP_CAUSE);
                 }
-                _ = tick.tick() => {
-                    if live.is_connected() {
-                        debug!("safety-net re-check");
-                        break;
-                    }
-                }
+                // Only the heartbeat: /healthz sees a waiting candidate alive.
+                _ = tick.tick() => {}
                 _ = &mut retry_soon => break,
-                _ = ctx.cancel.cancelled() => {
-                    return Step::Next(State::Stopping(Some(session), Outcome::Stopped), "stop requested".into());
-                }
+                _ = ctx.cancel.cancelled() => return Step::stop(Some(session)),
             }
             ctx.board.beat();
         }
@@ -204,23 +195,54 @@ async fn round(
     };
     let mut ordered = order_candidates(&children);
     ordered.retain(|c| !impostors.contains(&c.name));
-    let (standing, extra) = standing(&ordered, sid);
-    if let Some(orphan) = extra.into_iter().next() {
-        let path = child_path(root, &orphan.name);
-        // Ours for real (a create whose reply was lost, an earlier round)?
+    // Nodes of sessions this process gave up without an acknowledged close
+    // would sit in the queue until the server expires them: remove them.
+    let abandoned = ctx.abandoned_list();
+    if let Some(stale) = ordered.iter().find(|c| abandoned.contains(&c.session)) {
+        let path = child_path(root, &stale.name);
         match client.check_stat(&path).await? {
-            Some(stat) if stat.ephemeral_owner == sid => {
-                warn!(node = %orphan.name, "deleting an extra candidate node of this session");
-                match client.delete(&path, None).await {
+            Some(stat) if is_live_candidate(stat.ephemeral_owner, stale.session) => {
+                info!(node = %stale.name, "deleting the candidate node of a session this replica abandoned");
+                match client.delete(&path, Some(stat.version)).await {
                     Ok(()) | Err(ZkErr::NoNode) => {}
                     Err(e) => return Err(e),
                 }
             }
-            Some(stat) => {
-                warn!(node = %orphan.name, owner = stat.ephemeral_owner, "ignoring a node that imitates this session");
-                impostors.insert(orphan.name);
+            Some(_) => {
+                impostors.insert(stale.name.clone());
             }
             None => {}
+        }
+        return Ok(Round::Again);
+    }
+    let (standing, extra) = standing(&ordered, sid);
+    if !extra.is_empty() {
+        // Several nodes carry our session's name. Only those really owned by
+        // this session count: an impostor that sorts first must not make
+        // us delete our real node.
+        let own = match &standing {
+            Standing::First(c) | Standing::Behind { own: c, .. } => c.clone(),
+            Standing::Absent => unreachable!("extra nodes imply one of ours"),
+        };
+        let mut real = Vec::new();
+        for node in std::iter::once(own).chain(extra) {
+            match client.check_stat(&child_path(root, &node.name)).await? {
+                Some(stat) if is_live_candidate(stat.ephemeral_owner, sid) => real.push(node),
+                Some(stat) => {
+                    warn!(node = %node.name, owner = stat.ephemeral_owner, "ignoring a node that imitates this session");
+                    impostors.insert(node.name);
+                }
+                None => {}
+            }
+        }
+        // Keep the oldest real one; delete the rest (a create whose reply
+        // was lost, an earlier round).
+        for orphan in real.iter().skip(1) {
+            warn!(node = %orphan.name, "deleting an extra candidate node of this session");
+            match client.delete(&child_path(root, &orphan.name), None).await {
+                Ok(()) | Err(ZkErr::NoNode) => {}
+                Err(e) => return Err(e),
+            }
         }
         return Ok(Round::Again);
     }
@@ -260,7 +282,7 @@ async fn round(
         Standing::First(own) => {
             let path = child_path(root, &own.name);
             match client.check_stat(&path).await? {
-                Some(stat) if stat.ephemeral_owner == sid => {
+                Some(stat) if is_live_candidate(stat.ephemeral_owner, sid) => {
                     ctx.board.update(|s| s.znode = Some(path.clone()));
                     Ok(Round::Lead(Leadership {
                         path,
@@ -282,7 +304,9 @@ async fn round(
             ctx.board.update(|s| s.znode = Some(own_path));
             let pred_path = child_path(root, &predecessor.name);
             match client.check_and_watch_stat(&pred_path).await? {
-                (Some(stat), _) if stat.ephemeral_owner != predecessor.session => {
+                (Some(stat), _)
+                    if !is_live_candidate(stat.ephemeral_owner, predecessor.session) =>
+                {
                     warn!(node = %pred_path, owner = stat.ephemeral_owner,
                         "ignoring a node that is not a live candidate of the session it names");
                     impostors.insert(predecessor.name);

@@ -24,8 +24,14 @@ const BASE: Duration = Duration::from_millis(100);
 pub async fn run(ctx: &Context, session: Option<ZkSession>, recovery: Recovery) -> Step {
     ctx.board.beat();
     if let Some(session) = session {
+        let id = session.id();
         let closed = session.close(Duration::from_millis(500)).await;
         info!(closed, "old ZooKeeper session dropped");
+        if !closed {
+            // Its node lingers until the server expires it: the next
+            // Attempter deletes it rather than queue behind it.
+            ctx.abandoned(id);
+        }
     }
     let give_up = ctx.cfg.failover_give_up;
     if let Some(since) = recovery.since
@@ -34,7 +40,10 @@ pub async fn run(ctx: &Context, session: Option<ZkSession>, recovery: Recovery) 
     {
         warn!(failing_for = ?since.elapsed(), "giving up: failover-give-up reached");
         return Step::Next(
-            State::Stopping(None, Outcome::GaveUp),
+            State::Stopping {
+                session: None,
+                outcome: Outcome::GaveUp,
+            },
             "failover-give-up reached".into(),
         );
     }
@@ -42,13 +51,10 @@ pub async fn run(ctx: &Context, session: Option<ZkSession>, recovery: Recovery) 
     let pause = rand::rng().random_range(cap / 2..=cap);
     info!(attempt = recovery.attempt, pause = ?pause, "retrying after backoff");
     if !sleep_or_cancel(ctx, pause).await {
-        return Step::Next(
-            State::Stopping(None, Outcome::Stopped),
-            "stop requested".into(),
-        );
+        return Step::stop(None);
     }
     Step::Next(
-        State::Init(recovery),
+        State::Init { recovery },
         format!("retry {} after backoff", recovery.attempt),
     )
 }

@@ -10,27 +10,41 @@ use std::sync::atomic::Ordering;
 use tracing::{info, warn};
 
 use crate::files;
-use crate::machine::{Context, Outcome, Recovery, State, Step};
+use crate::machine::{Context, Recovery, State, Step};
 use crate::zk::ZkSession;
 
 /// Runs Init.
 pub async fn run(ctx: &Context, recovery: Recovery) -> Step {
     ctx.board.beat();
     if ctx.cancel.is_cancelled() {
-        return Step::Next(
-            State::Stopping(None, Outcome::Stopped),
-            "stop requested".into(),
-        );
+        return Step::stop(None);
     }
+    // Off the runtime thread and bounded: a hung mount must not freeze the
+    // daemon (the check goes on in the background; a later Init retries).
     let dir = ctx.cfg.file_dir.clone();
-    let checked = tokio::task::spawn_blocking(move || files::ensure_writable_dir(&dir)).await;
-    match checked {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
+    let checked = tokio::task::spawn_blocking(move || files::ensure_writable_dir(&dir));
+    let device = match tokio::time::timeout(ctx.cfg.zk_connect_timeout, checked).await {
+        Ok(Ok(Ok(device))) => device,
+        Ok(Ok(Err(e))) => {
             warn!(error = %e, "file-dir check failed");
-            return Step::Next(State::Failover(None, recovery.failed()), e.to_string());
+            return Step::failover(None, recovery, e.to_string());
         }
-        Err(e) => return Step::Next(State::Failover(None, recovery.failed()), e.to_string()),
+        Ok(Err(e)) => return Step::failover(None, recovery, e.to_string()),
+        Err(_) => {
+            warn!(bound = ?ctx.cfg.zk_connect_timeout, "file-dir check timed out");
+            return Step::failover(None, recovery, "file-dir check timed out");
+        }
+    };
+    // The device of the first successful check is the one the leader
+    // writes to for the life of the process.
+    let pinned = *ctx.file_dir_device.get_or_init(|| device);
+    if pinned != device {
+        let why = format!(
+            "file-dir {} is on device {device:#x}, not {pinned:#x} as at start; is its volume mounted?",
+            ctx.cfg.file_dir.display()
+        );
+        warn!(why, "file-dir check failed");
+        return Step::failover(None, recovery, why);
     }
 
     ctx.board
@@ -45,15 +59,13 @@ pub async fn run(ctx: &Context, recovery: Recovery) -> Step {
     );
     let session = tokio::select! {
         r = connect => r,
-        _ = ctx.cancel.cancelled() => {
-            return Step::Next(State::Stopping(None, Outcome::Stopped), "stop requested".into());
-        }
+        _ = ctx.cancel.cancelled() => return Step::stop(None),
     };
     let session = match session {
         Ok(s) => s,
         Err(e) => {
             warn!(error = %e, attempt = recovery.attempt, "cannot reach ZooKeeper");
-            return Step::Next(State::Failover(None, recovery.failed()), e.to_string());
+            return Step::failover(None, recovery, e.to_string());
         }
     };
     info!(session_id = %session.id_hex(), session_timeout = ?session.timeout(), "ZooKeeper session established");
@@ -61,26 +73,24 @@ pub async fn run(ctx: &Context, recovery: Recovery) -> Step {
 
     let ensured = tokio::select! {
         r = tokio::time::timeout(cfg.zk_connect_timeout, session.ensure_path(&cfg.zk_root)) => r,
-        _ = ctx.cancel.cancelled() => {
-            return Step::Next(State::Stopping(Some(session), Outcome::Stopped), "stop requested".into());
-        }
+        _ = ctx.cancel.cancelled() => return Step::stop(Some(session)),
     };
     match ensured {
         Ok(Ok(())) => {
             let id = session.id_hex();
             ctx.board.update(|s| s.session_id = Some(id));
-            Step::Next(State::Attempter(session), "resources ready".into())
+            Step::Next(
+                State::Attempter {
+                    session,
+                    recovery: recovery.healthy(),
+                },
+                "resources ready".into(),
+            )
         }
         Ok(Err(e)) => {
             warn!(error = %e, "cannot create election path");
-            Step::Next(
-                State::Failover(Some(session), recovery.failed()),
-                e.to_string(),
-            )
+            Step::failover(Some(session), recovery, e.to_string())
         }
-        Err(_) => Step::Next(
-            State::Failover(Some(session), recovery.failed()),
-            "timed out creating election path".into(),
-        ),
+        Err(_) => Step::failover(Some(session), recovery, "timed out creating election path"),
     }
 }

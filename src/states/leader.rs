@@ -1,31 +1,49 @@
 //! Leader: write a file every leader-timeout, and never without leadership.
 //!
-//! Before each write the leader confirms with ZooKeeper that its node still
-//! exists and is owned by its session: a `sync` (which a server cut off
-//! from the quorum cannot answer) followed by a stat, pipelined. The answer
-//! grants a [`Lease`] counted from when the request was sent; the file is
-//! committed (renamed into place) only while the lease is valid and the
-//! session is connected. A disconnection revokes the lease at once
-//! (suspended); the same session reconnecting resumes; a session lost or
-//! disconnected past its timeout leads to Failover. The fencing token of a
-//! leadership is the zxid that created its node, raised above the highest
-//! token recorded in ZooKeeper (the `fencing` node) and above any token in
-//! file-dir, so tokens keep increasing when file-dir is emptied and when an
-//! ensemble is wiped and zxids start again (not both at once). The new
-//! floor is recorded in ZooKeeper atomically with a check of our node.
+//! **Claim.** The leadership's fencing token is the zxid that created its
+//! node, raised above the highest token recorded in ZooKeeper (the
+//! `fencing` node) and above any token in file-dir. One multi-op checks our
+//! node, records the new floor and creates the ephemeral `writer` node.
+//! If another session still holds `writer`, its leader may still be inside
+//! a write (its node was deleted by hand, say, rather than released): we
+//! wait until that node goes, or until that leader's lease has certainly
+//! run out (Chubby's lock-delay), before the first write. A leader that
+//! stopped cleanly (closed session, or deleted `writer` after closing its
+//! commit gate) costs its successor no wait.
+//!
+//! **Writes.** Before each write the leader confirms with ZooKeeper that
+//! its node still exists and is owned by its session: a `sync` (which a
+//! server cut off from the quorum cannot answer) followed by a stat,
+//! pipelined. A good answer that came back quickly grants a [`Lease`]
+//! counted from when the request was sent. The write runs on a blocking
+//! thread, bounded by what is left of the lease; a write that overruns
+//! counts as a failure and no new one starts while it hangs. The file is
+//! committed (renamed into place) only through the leadership's
+//! [`CommitGate`], while the lease is valid, the session connected and our
+//! node not seen deleted. Every way out of Leader first closes the gate,
+//! which waits for a commit in flight: no file of this leadership can land
+//! after we gave up the session or the writer node.
+//!
+//! **Failures.** A disconnection revokes the lease at once (suspended); the
+//! same session reconnecting resumes after a fresh confirmation. Write
+//! errors, overruns and writes fenced while connected count towards
+//! max-write-failures, after which the leader steps down (Failover).
 
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
+use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{error, info, warn};
-use zookeeper_client::{EventType, SessionState, StateWatcher};
+use zookeeper_client::{EventType, SessionState, WatchedEvent};
 
 use super::session::{Health, Liveness, on_state, until_deadline};
-use crate::files::{self, FileError, FileKey, LeaderRecord};
-use crate::lease::Lease;
-use crate::machine::{Context, Outcome, Recovery, State, Step};
-use crate::zk::ZkSession;
+use crate::files::{self, CommitGate, FileError, FileKey, LeaderRecord};
+use crate::lease::{Lease, Stamp};
+use crate::machine::{Context, Recovery, State, Step};
+use crate::zk::{self, ClaimError, ZkSession, is_live_candidate};
 
 /// The leadership won in Attempter.
 #[derive(Debug, Clone)]
@@ -36,301 +54,602 @@ pub struct Leadership {
     pub czxid: i64,
 }
 
-/// Why confirming leadership did not succeed.
+/// The next event on our node.
+type NodeWatch = std::pin::Pin<Box<dyn std::future::Future<Output = WatchedEvent> + Send>>;
+
+/// How many times a claim is tried before Failover.
+const CLAIM_ATTEMPTS: u32 = 5;
+
+/// What confirming leadership found.
 enum Confirm {
     /// Confirmed; the lease is extended.
     Held,
     /// Our node is gone or not ours: leadership is lost.
     Lost(String),
-    /// No answer (yet): not allowed to write now.
+    /// No trustworthy answer: not allowed to write now.
     Unknown(String),
 }
 
-/// Runs Leader.
-pub async fn run(ctx: &Context, mut session: ZkSession, leadership: Leadership) -> Step {
-    let dir = ctx.cfg.file_dir.clone();
-    let token = match fencing_token(ctx, &session, &leadership).await {
-        Ok(token) => token,
-        Err(why) => {
-            return Step::Next(
-                State::Failover(Some(session), Recovery::default().failed()),
-                format!("cannot choose a fencing token: {why}"),
-            );
-        }
-    };
-    let sid = session.id_hex();
-    info!(token, znode = %leadership.path, session_id = %sid, "leadership acquired");
-    ctx.board.update(|s| {
-        s.token = Some(token);
-        s.leader = Some(ctx.node_id.clone());
-        s.znode = Some(leadership.path.clone());
-    });
-
-    let mut live = Liveness::new(session.timeout(), session.state());
-    let mut lease = Lease::new(session.timeout());
-    let watch = session
-        .bounded(session.client().check_and_watch_stat(&leadership.path))
-        .await;
-    let mut node_gone = match watch {
-        Ok((Some(stat), w)) if stat.ephemeral_owner == session.id() => Box::pin(w.changed()),
-        Ok(_) => {
-            return Step::Next(
-                State::Attempter(session),
-                "leader node vanished before the first write".into(),
-            );
-        }
-        Err(e) => {
-            return Step::Next(
-                State::Failover(Some(session), Recovery::default().failed()),
-                format!("cannot watch leader node: {e}"),
-            );
-        }
-    };
-
-    let mut tick = tokio::time::interval(ctx.cfg.leader_timeout);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut seq = 0u64;
-    let mut write_failures = 0usize;
-    let mut stale_temp_cleaned = false;
-    loop {
-        ctx.board.beat();
-        tokio::select! {
-            biased;
-            _ = ctx.cancel.cancelled() => {
-                return Step::Next(State::Stopping(Some(session), Outcome::Stopped), "stop requested".into());
-            }
-            state = session.state_changed() => match on_state(ctx, &mut live, state) {
-                Health::Connected => {
-                    // Same session back in time: make sure the node survived.
-                    match confirm(&session, &leadership, &mut lease).await {
-                        Confirm::Lost(why) => return Step::Next(State::Attempter(session), why),
-                        Confirm::Held => {
-                            info!("leadership confirmed after reconnection; resuming");
-                            // Write at once (the tick confirms again first).
-                            tick.reset_immediately();
-                        }
-                        Confirm::Unknown(why) => warn!(why, "cannot confirm leadership yet"),
-                    }
-                }
-                Health::Suspended => {
-                    lease.revoke();
-                    warn!("suspended: no writes until the session is confirmed again");
-                }
-                Health::Lost(why) => {
-                    lease.revoke();
-                    return Step::Next(State::Failover(Some(session), Recovery::default().failed()), why);
-                }
-            },
-            _ = until_deadline(&live) => {
-                lease.revoke();
-                return Step::Next(
-                    State::Failover(Some(session), Recovery::default().failed()),
-                    super::session::GIVE_UP_CAUSE.into(),
-                );
-            }
-            ev = &mut node_gone => {
-                if ev.event_type == EventType::NodeDeleted {
-                    lease.revoke();
-                    return Step::Next(State::Attempter(session), "leader node deleted".into());
-                }
-                // A data change or a session event: look again.
-                match session.bounded(session.client().check_and_watch_stat(&leadership.path)).await {
-                    Ok((Some(stat), w)) if stat.ephemeral_owner == session.id() => node_gone = Box::pin(w.changed()),
-                    Ok(_) => return Step::Next(State::Attempter(session), "leader node lost".into()),
-                    Err(e) => {
-                        return Step::Next(
-                            State::Failover(Some(session), Recovery::default().failed()),
-                            format!("cannot watch leader node: {e}"),
-                        );
-                    }
-                }
-            }
-            _ = tick.tick() => {
-                if !live.is_connected() {
-                    ctx.board.metrics.writes_fenced.fetch_add(1, Ordering::Relaxed);
-                    warn!("skipping write: suspended");
-                    continue;
-                }
-                match confirm(&session, &leadership, &mut lease).await {
-                    Confirm::Held => {}
-                    Confirm::Lost(why) => {
-                        lease.revoke();
-                        return Step::Next(State::Attempter(session), why);
-                    }
-                    Confirm::Unknown(why) => {
-                        ctx.board.metrics.writes_fenced.fetch_add(1, Ordering::Relaxed);
-                        warn!(why, "skipping write: leadership not confirmed");
-                        continue;
-                    }
-                }
-                if !stale_temp_cleaned {
-                    let d = dir.clone();
-                    let removed = tokio::task::spawn_blocking(move || files::remove_stale_temp_files(&d))
-                        .await
-                        .unwrap_or(0);
-                    if removed > 0 {
-                        info!(removed, "removed temp files of interrupted writes");
-                    }
-                    stale_temp_cleaned = true;
-                }
-                seq += 1;
-                let key = FileKey { token, seq };
-                match write(ctx, &dir, key, &sid, &leadership, &lease, session.watcher()).await {
-                    Ok(path) => {
-                        write_failures = 0;
-                        ctx.board.wrote_file();
-                        info!(file = %path.display(), token, seq, "file written");
-                        prune(ctx, &dir, token).await;
-                    }
-                    Err(FileError::NotLeader) => {
-                        seq -= 1;
-                        ctx.board.metrics.writes_fenced.fetch_add(1, Ordering::Relaxed);
-                        warn!("write discarded: lease ended before commit");
-                    }
-                    Err(e) => {
-                        seq -= 1;
-                        write_failures += 1;
-                        ctx.board.metrics.write_errors.fetch_add(1, Ordering::Relaxed);
-                        error!(error = %e, failures = write_failures, "file write failed");
-                        if write_failures >= ctx.cfg.max_write_failures {
-                            return Step::Next(
-                                State::Failover(Some(session), Recovery::default().failed()),
-                                format!("{write_failures} consecutive write failures: {e}"),
-                            );
-                        }
-                    }
-                }
-            }
-        }
-    }
+/// Where Leader goes next.
+enum Exit {
+    /// Back to the queue with the same session.
+    Attempter(String),
+    /// Give the session up.
+    Failover(String),
+    /// Stop requested.
+    Stop,
 }
 
-/// Confirms through a quorum-synced read that our node is still ours.
-async fn confirm(session: &ZkSession, leadership: &Leadership, lease: &mut Lease) -> Confirm {
-    let client = session.client();
-    let sent_at = Instant::now();
-    // Pipelined: the stat is answered only after the sync went through the
-    // ZooKeeper leader, so a server cut off from the quorum cannot vouch for us.
-    let sync = client.sync(&leadership.path);
-    let stat = client.check_stat(&leadership.path);
-    let answer = tokio::time::timeout(lease.bound(), async { (sync.await, stat.await) }).await;
-    match answer {
-        Ok((Ok(()), Ok(Some(stat)))) if stat.ephemeral_owner == session.id() => {
-            lease.confirm(sent_at);
-            Confirm::Held
-        }
-        Ok((_, Ok(Some(_))))
-        | Ok((Err(zookeeper_client::Error::NoNode), _))
-        | Ok((_, Ok(None))) => Confirm::Lost(format!("leader node {} lost", leadership.path)),
-        Ok((Err(e), _)) | Ok((_, Err(e))) => Confirm::Unknown(e.to_string()),
-        Err(_) => Confirm::Unknown(format!("no answer within {:?}", lease.bound())),
-    }
-}
-
-/// Writes one file on a blocking thread; committed only under a valid lease
-/// and a connected session.
-async fn write(
-    ctx: &Context,
-    dir: &std::path::Path,
+/// A write running on a blocking thread.
+struct InFlight {
+    handle: JoinHandle<Result<PathBuf, FileError>>,
     key: FileKey,
-    sid: &str,
-    leadership: &Leadership,
-    lease: &Lease,
-    states: StateWatcher,
-) -> Result<PathBuf, FileError> {
-    let record = LeaderRecord {
-        node_id: ctx.node_id.clone(),
-        token: key.token,
-        seq: key.seq,
-        written_at: files::now_rfc3339(),
-        session_id: sid.to_owned(),
-        znode: leadership.path.clone(),
-    };
-    let dir = dir.to_owned();
-    if !dir.exists() {
-        warn!(dir = %dir.display(), "file-dir is missing; recreating it");
-        if let Err(source) = std::fs::create_dir_all(&dir) {
-            return Err(FileError::CreateDir { path: dir, source });
-        }
-    }
-    let lease = lease.clone();
-    let still_leader =
-        move || lease.is_valid() && states.peek_state() == SessionState::SyncConnected;
-    tokio::task::spawn_blocking(move || files::write_atomic(&dir, key, &record, still_leader))
-        .await
-        .unwrap_or_else(|e| {
-            Err(FileError::Write {
-                path: PathBuf::new(),
-                source: std::io::Error::other(e),
-            })
-        })
+    /// When it must have finished (end of the lease it started under).
+    deadline: Instant,
+    /// Already counted as a failure for overrunning its deadline.
+    overdue: bool,
 }
 
-/// Applies retention after a write.
-async fn prune(ctx: &Context, dir: &std::path::Path, token: u64) {
-    let d = dir.to_owned();
-    let capacity = ctx.cfg.storage_capacity;
-    let result = tokio::task::spawn_blocking(move || files::prune(&d, capacity, token)).await;
-    match result {
-        Ok((deleted, err)) => {
-            ctx.board
+/// How a write in flight ended.
+enum WriteEnd {
+    Done(Result<Result<PathBuf, FileError>, tokio::task::JoinError>),
+    Overdue,
+}
+
+/// Leader's data.
+struct Leader<'a> {
+    ctx: &'a Context,
+    session: ZkSession,
+    leadership: Leadership,
+    recovery: Recovery,
+    token: u64,
+    device: u64,
+    live: Liveness,
+    lease: Lease,
+    gate: Arc<CommitGate>,
+    /// Set as soon as the watch reports our node deleted; read at commit.
+    node_gone: Arc<AtomicBool>,
+    /// Files committed by this leadership (the last seq used).
+    seq: u64,
+    failures: usize,
+    writing: Option<InFlight>,
+    pruning: Arc<AtomicBool>,
+    temp_cleaned: bool,
+}
+
+/// Runs Leader.
+pub async fn run(
+    ctx: &Context,
+    session: ZkSession,
+    leadership: Leadership,
+    recovery: Recovery,
+) -> Step {
+    let Some(&device) = ctx.file_dir_device.get() else {
+        // Init records it before Attempter; never reached.
+        return Step::failover(Some(session), recovery, "file-dir device unknown");
+    };
+    let mut me = Leader {
+        live: Liveness::new(session.timeout(), session.state()),
+        lease: Lease::new(session.timeout()),
+        ctx,
+        session,
+        leadership,
+        recovery: recovery.healthy(),
+        token: 0,
+        device,
+        gate: Arc::new(CommitGate::new()),
+        node_gone: Arc::new(AtomicBool::new(false)),
+        seq: 0,
+        failures: 0,
+        writing: None,
+        pruning: Arc::new(AtomicBool::new(false)),
+        temp_cleaned: false,
+    };
+    let exit = me.lead().await;
+    me.leave(exit).await
+}
+
+impl Leader<'_> {
+    /// Claims the leadership, then writes until something ends it.
+    async fn lead(&mut self) -> Exit {
+        match self.claim().await {
+            Ok(token) => self.token = token,
+            Err(exit) => return exit,
+        }
+        let sid = self.session.id_hex();
+        info!(token = self.token, znode = %self.leadership.path, session_id = %sid, "leadership acquired");
+        let (ctx, token, path) = (self.ctx, self.token, self.leadership.path.clone());
+        ctx.board.update(|s| {
+            s.token = Some(token);
+            s.leader = Some(ctx.node_id.clone());
+            s.znode = Some(path);
+        });
+        let mut node_watch = match self.watch_node().await {
+            Ok(w) => w,
+            Err(exit) => return exit,
+        };
+        let mut tick = tokio::time::interval(self.ctx.cfg.leader_timeout);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            self.ctx.board.beat();
+            tokio::select! {
+                biased;
+                _ = self.ctx.cancel.cancelled() => return Exit::Stop,
+                state = self.session.state_changed() => {
+                    let was_connected = self.live.is_connected();
+                    if let Some(exit) = self.on_session_change(state).await {
+                        return exit;
+                    }
+                    if !was_connected && self.live.is_connected() {
+                        // Back after a suspension: write at once (the tick
+                        // confirms leadership first, as always).
+                        tick.reset_immediately();
+                    }
+                }
+                _ = until_deadline(&self.live) => {
+                    return Exit::Failover(super::session::GIVE_UP_CAUSE.into());
+                }
+                ev = &mut node_watch => {
+                    if ev.event_type == EventType::NodeDeleted {
+                        self.node_gone.store(true, Ordering::SeqCst);
+                        return Exit::Attempter("leader node deleted".into());
+                    }
+                    // A data change or a session event: look again.
+                    node_watch = match self.watch_node().await {
+                        Ok(w) => w,
+                        Err(exit) => return exit,
+                    };
+                }
+                end = wait_write(&mut self.writing) => {
+                    if let Some(exit) = self.on_write_end(end) {
+                        return exit;
+                    }
+                }
+                _ = tick.tick() => {
+                    if let Some(exit) = self.on_tick().await {
+                        return exit;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Leaves Leader: closes the commit gate (waiting for a commit in
+    /// flight), then gives up the writer node or the session.
+    async fn leave(self, exit: Exit) -> Step {
+        let Leader {
+            ctx,
+            session,
+            recovery,
+            gate,
+            mut lease,
+            ..
+        } = self;
+        lease.revoke();
+        let closing = tokio::task::spawn_blocking(move || gate.close());
+        if closing.await.is_err() {
+            warn!("closing the commit gate failed");
+        }
+        match exit {
+            Exit::Stop => Step::stop(Some(session)),
+            Exit::Failover(why) => Step::failover(Some(session), recovery, why),
+            Exit::Attempter(why) => {
+                let released = session.bounded(zk::release_writer(
+                    session.client(),
+                    &ctx.cfg.zk_root,
+                    session.id(),
+                ));
+                match released.await {
+                    Ok(()) => Step::Next(State::Attempter { session, recovery }, why),
+                    Err(e) => Step::failover(
+                        Some(session),
+                        recovery,
+                        format!("{why}; cannot release the writer node: {e}"),
+                    ),
+                }
+            }
+        }
+    }
+
+    /// Chooses the token and claims it together with the writer node,
+    /// waiting out another session's writer node if need be.
+    async fn claim(&mut self) -> Result<u64, Exit> {
+        let root = self.ctx.cfg.zk_root.as_str();
+        for _ in 0..CLAIM_ATTEMPTS {
+            let on_disk = self.newest_on_disk().await?;
+            let (floor, version) = match self
+                .session
+                .bounded(zk::read_token_floor(self.session.client(), root))
+                .await
+            {
+                Ok(Ok(read)) => read,
+                Ok(Err(bad)) => return Err(Exit::Failover(bad.to_string())),
+                Err(e) => return Err(Exit::Failover(format!("cannot read the token floor: {e}"))),
+            };
+            let czxid = u64::try_from(self.leadership.czxid).unwrap_or(0);
+            let Some(token) = choose_token(czxid, floor, on_disk) else {
+                error!(floor, ?on_disk, "fencing tokens exhausted");
+                return Err(Exit::Failover(
+                    "fencing tokens exhausted (u64::MAX reached)".into(),
+                ));
+            };
+            let claim = zk::claim_leadership(
+                self.session.client(),
+                root,
+                &self.leadership.path,
+                token,
+                version,
+            );
+            let claimed = tokio::time::timeout(self.session.timeout(), claim)
+                .await
+                .unwrap_or(Err(ClaimError::Request(
+                    zookeeper_client::Error::ConnectionLoss,
+                )));
+            match claimed {
+                Ok(()) => return Ok(token),
+                Err(ClaimError::WriterHeld { owner }) if owner == self.session.id() => {
+                    // Ours from an earlier leadership of this session.
+                    self.release_own_writer().await?;
+                }
+                Err(ClaimError::WriterHeld { owner: 0 }) => {}
+                Err(ClaimError::WriterHeld { owner }) => self.lock_delay(owner).await?,
+                Err(ClaimError::Rejected(zookeeper_client::Error::BadVersion)) => {
+                    info!("token floor changed while claiming; trying again");
+                }
+                Err(ClaimError::Rejected(e)) => {
+                    return Err(Exit::Attempter(format!("claim rejected: {e}")));
+                }
+                Err(ClaimError::Request(e)) => {
+                    return Err(Exit::Failover(format!("cannot claim leadership: {e}")));
+                }
+            }
+        }
+        Err(Exit::Failover(format!(
+            "leadership not claimed after {CLAIM_ATTEMPTS} attempts"
+        )))
+    }
+
+    /// The newest token in file-dir, read off the runtime thread and bounded.
+    async fn newest_on_disk(&self) -> Result<Option<u64>, Exit> {
+        let dir = self.ctx.cfg.file_dir.clone();
+        let read = tokio::task::spawn_blocking(move || match files::max_token(&dir) {
+            Err(FileError::List { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                Ok(None)
+            }
+            other => other,
+        });
+        match tokio::time::timeout(self.session.timeout(), read).await {
+            Ok(Ok(Ok(newest))) => Ok(newest),
+            Ok(Ok(Err(e))) => Err(Exit::Failover(format!("cannot read file-dir: {e}"))),
+            Ok(Err(e)) => Err(Exit::Failover(format!("cannot read file-dir: {e}"))),
+            Err(_) => Err(Exit::Failover("reading file-dir timed out".into())),
+        }
+    }
+
+    async fn release_own_writer(&self) -> Result<(), Exit> {
+        let release = zk::release_writer(
+            self.session.client(),
+            &self.ctx.cfg.zk_root,
+            self.session.id(),
+        );
+        self.session
+            .bounded(release)
+            .await
+            .map_err(|e| Exit::Failover(format!("cannot remove our old writer node: {e}")))
+    }
+
+    /// Waits until the writer node of session `owner` goes, or until any
+    /// lease its leader could hold has run out, then clears it.
+    async fn lock_delay(&self, owner: i64) -> Result<(), Exit> {
+        let root = self.ctx.cfg.zk_root.as_str();
+        let bound = self.lease.bound() + self.lease.max_round_trip();
+        warn!(owner = %format!("{owner:#x}"), wait_at_most = ?bound,
+            "the previous leader did not release the writer node; waiting before the first write");
+        let path = zk::child_path(root, zk::WRITER_NODE);
+        let started = Instant::now();
+        let watched = self
+            .session
+            .bounded(self.session.client().check_and_watch_stat(&path))
+            .await;
+        let gone = match watched {
+            Ok((None, _)) => return Ok(()),
+            Ok((Some(_), watcher)) => async move { watcher.changed().await },
+            Err(e) => return Err(Exit::Failover(format!("cannot watch the writer node: {e}"))),
+        };
+        tokio::select! {
+            _ = self.ctx.cancel.cancelled() => return Err(Exit::Stop),
+            _ = gone => {
+                info!(waited = ?started.elapsed(), "the previous leader released the writer node");
+                return Ok(());
+            }
+            _ = tokio::time::sleep(bound) => {}
+        }
+        warn!(waited = ?started.elapsed(), "the previous leader's lease is over; clearing its writer node");
+        self.session
+            .bounded(zk::clear_stale_writer(self.session.client(), root, owner))
+            .await
+            .map_err(|e| Exit::Failover(format!("cannot clear the stale writer node: {e}")))
+    }
+
+    /// Watches our node; leaves if it is already gone.
+    async fn watch_node(&self) -> Result<NodeWatch, Exit> {
+        let watched = self
+            .session
+            .bounded(
+                self.session
+                    .client()
+                    .check_and_watch_stat(&self.leadership.path),
+            )
+            .await;
+        match watched {
+            Ok((Some(stat), w)) if is_live_candidate(stat.ephemeral_owner, self.session.id()) => {
+                Ok(Box::pin(w.changed()))
+            }
+            Ok(_) => {
+                self.node_gone.store(true, Ordering::SeqCst);
+                Err(Exit::Attempter("leader node lost".into()))
+            }
+            Err(e) => Err(Exit::Failover(format!("cannot watch leader node: {e}"))),
+        }
+    }
+
+    async fn on_session_change(&mut self, state: SessionState) -> Option<Exit> {
+        match on_state(self.ctx, &mut self.live, state) {
+            Health::Connected => {
+                // Same session back in time: make sure the node survived.
+                match self.confirm().await {
+                    Confirm::Lost(why) => return Some(Exit::Attempter(why)),
+                    Confirm::Held => info!("leadership confirmed after reconnection; resuming"),
+                    Confirm::Unknown(why) => warn!(why, "cannot confirm leadership yet"),
+                }
+                None
+            }
+            Health::Suspended => {
+                self.lease.revoke();
+                warn!("suspended: no writes until the session is confirmed again");
+                None
+            }
+            Health::Lost(why) => Some(Exit::Failover(why)),
+        }
+    }
+
+    async fn on_tick(&mut self) -> Option<Exit> {
+        match &self.writing {
+            // Slow but within its lease: let it finish.
+            Some(w) if !w.overdue => return None,
+            Some(_) => return self.failed("the previous write hangs past its lease"),
+            None => {}
+        }
+        if !self.live.is_connected() {
+            self.ctx
+                .board
+                .metrics
+                .writes_fenced
+                .fetch_add(1, Ordering::Relaxed);
+            warn!("skipping write: suspended");
+            return None;
+        }
+        match self.confirm().await {
+            Confirm::Held => {}
+            Confirm::Lost(why) => return Some(Exit::Attempter(why)),
+            Confirm::Unknown(why) => {
+                self.ctx
+                    .board
+                    .metrics
+                    .writes_fenced
+                    .fetch_add(1, Ordering::Relaxed);
+                return self.failed(&format!("leadership not confirmed: {why}"));
+            }
+        }
+        self.start_write();
+        None
+    }
+
+    /// Counts one failure; steps down after max-write-failures in a row.
+    fn failed(&mut self, why: &str) -> Option<Exit> {
+        self.failures += 1;
+        error!(why, failures = self.failures, "write failed");
+        (self.failures >= self.ctx.cfg.max_write_failures).then(|| {
+            Exit::Failover(format!(
+                "{} consecutive write failures: {why}",
+                self.failures
+            ))
+        })
+    }
+
+    fn start_write(&mut self) {
+        let ctx = self.ctx;
+        let key = FileKey {
+            token: self.token,
+            seq: self.seq + 1,
+        };
+        let record = LeaderRecord {
+            node_id: ctx.node_id.clone(),
+            token: key.token,
+            seq: key.seq,
+            written_at: files::now_rfc3339(),
+            session_id: self.session.id_hex(),
+            znode: self.leadership.path.clone(),
+        };
+        let dir = ctx.cfg.file_dir.clone();
+        let device = self.device;
+        let gate = self.gate.clone();
+        let lease = self.lease.clone();
+        let states = self.session.watcher();
+        let node_gone = self.node_gone.clone();
+        let clean_temp = !std::mem::replace(&mut self.temp_cleaned, true);
+        let still_leader = move || {
+            lease.is_valid()
+                && states.peek_state() == SessionState::SyncConnected
+                && !node_gone.load(Ordering::SeqCst)
+        };
+        let handle = tokio::task::spawn_blocking(move || {
+            if clean_temp {
+                let removed = files::remove_stale_temp_files(&dir);
+                if removed > 0 {
+                    info!(removed, "removed temp files of interrupted writes");
+                }
+            }
+            files::write_atomic(&dir, device, key, &record, &gate, still_leader)
+        });
+        self.writing = Some(InFlight {
+            handle,
+            key,
+            deadline: Instant::now() + self.lease.remaining(),
+            overdue: false,
+        });
+    }
+
+    fn on_write_end(&mut self, end: WriteEnd) -> Option<Exit> {
+        let w = self.writing.as_mut()?;
+        let key = w.key;
+        let late = w.overdue;
+        let result = match end {
+            WriteEnd::Overdue => {
+                w.overdue = true;
+                self.ctx
+                    .board
+                    .metrics
+                    .write_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                return self.failed("the write did not finish within the lease");
+            }
+            WriteEnd::Done(r) => {
+                self.writing = None;
+                r.unwrap_or_else(|e| {
+                    Err(FileError::Write {
+                        path: PathBuf::new(),
+                        source: std::io::Error::other(e),
+                    })
+                })
+            }
+        };
+        let committed = result.as_ref().map_or_else(|e| e.is_committed(), |_| true);
+        if committed {
+            // Never reuse a name once a rename happened.
+            self.seq = key.seq;
+        }
+        match result {
+            Ok(path) if late => {
+                warn!(file = %path.display(), "a write that overran its lease still committed in time");
+                None
+            }
+            Ok(path) => {
+                self.failures = 0;
+                self.ctx.board.wrote_file();
+                info!(file = %path.display(), token = key.token, seq = key.seq, "file written");
+                self.prune();
+                None
+            }
+            Err(_) if late => None,
+            Err(e) if e.is_fenced() => {
+                self.ctx
+                    .board
+                    .metrics
+                    .writes_fenced
+                    .fetch_add(1, Ordering::Relaxed);
+                self.failed(&format!("write discarded at the commit point: {e}"))
+            }
+            Err(e) => {
+                self.ctx
+                    .board
+                    .metrics
+                    .write_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                self.failed(&e.to_string())
+            }
+        }
+    }
+
+    /// Confirms through a quorum-synced read that our node is still ours.
+    async fn confirm(&mut self) -> Confirm {
+        let client = self.session.client();
+        let path = self.leadership.path.as_str();
+        let sent = Stamp::now();
+        let max_rtt = self.lease.max_round_trip();
+        // Pipelined: the stat is answered only after the sync went through the
+        // ZooKeeper leader, so a server cut off from the quorum cannot vouch for us.
+        let sync = client.sync(path);
+        let stat = client.check_stat(path);
+        let answer = tokio::time::timeout(max_rtt, async { (sync.await, stat.await) }).await;
+        let sid = self.session.id();
+        match answer {
+            Err(_) => Confirm::Unknown(format!("no answer within {max_rtt:?}")),
+            Ok((_, Ok(None))) | Ok((Err(zookeeper_client::Error::NoNode), _)) => {
+                Confirm::Lost(format!("leader node {path} lost"))
+            }
+            Ok((_, Ok(Some(stat)))) if !is_live_candidate(stat.ephemeral_owner, sid) => {
+                Confirm::Lost(format!("leader node {path} is not ours"))
+            }
+            Ok((Err(e), _)) => Confirm::Unknown(format!("sync failed: {e}")),
+            Ok((_, Err(e))) => Confirm::Unknown(e.to_string()),
+            Ok((Ok(()), Ok(Some(_)))) if sent.elapsed() > max_rtt => Confirm::Unknown(format!(
+                "the answer took {:?}, longer than {max_rtt:?}",
+                sent.elapsed()
+            )),
+            Ok((Ok(()), Ok(Some(_)))) => {
+                self.lease.confirm(sent);
+                Confirm::Held
+            }
+        }
+    }
+
+    /// Applies retention in the background, one pass at a time.
+    fn prune(&self) {
+        if self.pruning.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let dir = self.ctx.cfg.file_dir.clone();
+        let capacity = self.ctx.cfg.storage_capacity;
+        let token = self.token;
+        let board = self.ctx.board.clone();
+        let pruning = self.pruning.clone();
+        tokio::task::spawn_blocking(move || {
+            let (deleted, err) = files::prune(&dir, capacity, token);
+            board
                 .metrics
                 .files_pruned
                 .fetch_add(deleted as u64, Ordering::Relaxed);
             if let Some(e) = err {
-                ctx.board
-                    .metrics
-                    .prune_errors
-                    .fetch_add(1, Ordering::Relaxed);
+                board.metrics.prune_errors.fetch_add(1, Ordering::Relaxed);
                 warn!(error = %e, "retention failed");
             }
-        }
-        Err(e) => {
-            ctx.board
-                .metrics
-                .prune_errors
-                .fetch_add(1, Ordering::Relaxed);
-            warn!(error = %e, "retention task failed");
-        }
+            pruning.store(false, Ordering::SeqCst);
+        });
     }
 }
 
-/// The token of a leadership: max(node zxid, ZooKeeper floor + 1, newest
-/// token in file-dir + 1), then recorded as the new floor.
-async fn fencing_token(
-    ctx: &Context,
-    session: &ZkSession,
-    leadership: &Leadership,
-) -> Result<u64, String> {
-    let d = ctx.cfg.file_dir.clone();
-    let on_disk = tokio::task::spawn_blocking(move || match files::max_token(&d) {
-        Err(FileError::List { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            Ok(None)
-        }
-        other => other,
-    })
-    .await
-    .map_err(|e| e.to_string())?
-    .map_err(|e| e.to_string())?;
-    let root = ctx.cfg.zk_root.as_str();
-    let (floor, version) = session
-        .bounded(crate::zk::read_token_floor(session.client(), root))
-        .await
-        .map_err(|e| format!("cannot read the token floor: {e}"))?;
-    let token = choose_token(u64::try_from(leadership.czxid).unwrap_or(0), floor, on_disk);
-    let raise =
-        crate::zk::raise_token_floor(session.client(), root, &leadership.path, token, version);
-    match tokio::time::timeout(session.timeout(), raise).await {
-        Ok(Ok(())) => Ok(token),
-        Ok(Err(e)) => Err(format!("cannot record the token floor: {e}")),
-        Err(_) => Err("timed out recording the token floor".into()),
+/// Waits for the write in flight to end or overrun; pending without one.
+async fn wait_write(writing: &mut Option<InFlight>) -> WriteEnd {
+    let Some(w) = writing.as_mut() else {
+        return std::future::pending().await;
+    };
+    let overdue = w.overdue;
+    let deadline = w.deadline;
+    tokio::select! {
+        r = &mut w.handle => WriteEnd::Done(r),
+        _ = tokio::time::sleep_until(deadline), if !overdue => WriteEnd::Overdue,
     }
 }
 
-/// max(czxid, floor + 1, newest on disk + 1).
-pub fn choose_token(czxid: u64, floor: u64, newest_on_disk: Option<u64>) -> u64 {
-    let above = |t: u64| t.saturating_add(1);
-    czxid.max(above(floor)).max(newest_on_disk.map_or(0, above))
+/// max(czxid, floor + 1, newest on disk + 1); `None` when that would not
+/// fit (fail closed: a saturated token would be shared by two leaderships).
+pub fn choose_token(czxid: u64, floor: u64, newest_on_disk: Option<u64>) -> Option<u64> {
+    let above_floor = floor.checked_add(1)?;
+    let above_disk = match newest_on_disk {
+        Some(t) => t.checked_add(1)?,
+        None => 0,
+    };
+    Some(czxid.max(above_floor).max(above_disk))
+}
+
+/// Bound used by tests to wait out a lock-delay: the longest a successor
+/// waits for a writer node that was not released.
+pub fn lock_delay_bound(session_timeout: Duration) -> Duration {
+    let lease = Lease::new(session_timeout);
+    lease.bound() + lease.max_round_trip()
 }
 
 #[cfg(test)]
@@ -339,12 +658,26 @@ mod tests {
 
     #[test]
     fn tokens_follow_the_zxid_and_never_go_back() {
-        assert_eq!(choose_token(500, 0, None), 500);
-        assert_eq!(choose_token(500, 400, Some(100)), 500);
+        assert_eq!(choose_token(500, 0, None), Some(500));
+        assert_eq!(choose_token(500, 400, Some(100)), Some(500));
         // Ensemble wiped: zxids and the floor restarted below what is on disk.
-        assert_eq!(choose_token(7, 0, Some(500)), 501);
-        assert_eq!(choose_token(500, 0, Some(500)), 501);
+        assert_eq!(choose_token(7, 0, Some(500)), Some(501));
+        assert_eq!(choose_token(500, 0, Some(500)), Some(501));
         // file-dir emptied after earlier disk-derived tokens: the floor remembers.
-        assert_eq!(choose_token(300, 501, None), 502);
+        assert_eq!(choose_token(300, 501, None), Some(502));
+    }
+
+    #[test]
+    fn exhausted_tokens_fail_closed() {
+        assert_eq!(choose_token(5, u64::MAX, None), None);
+        assert_eq!(choose_token(5, 0, Some(u64::MAX)), None);
+        assert_eq!(choose_token(u64::MAX, 0, None), Some(u64::MAX));
+    }
+
+    #[test]
+    fn the_lock_delay_outlasts_any_lease_of_the_previous_leader() {
+        let s = Duration::from_secs(2);
+        assert!(lock_delay_bound(s) > Lease::new(s).bound());
+        assert!(lock_delay_bound(s) < s);
     }
 }

@@ -20,15 +20,21 @@ const CLOSE_BOUND: Duration = Duration::from_secs(2);
 /// Runs Stopping.
 pub async fn run(ctx: &Context, session: Option<ZkSession>, outcome: Outcome) -> Step {
     ctx.board.beat();
+    let mut released = true;
     if let Some(session) = session {
         let id = session.id_hex();
         if session.close(CLOSE_BOUND).await {
             info!(session_id = %id, "ZooKeeper session closed; candidate node released");
         } else {
+            released = false;
             warn!(session_id = %id, bound = ?CLOSE_BOUND,
                 "session close not acknowledged; the node expires with the session");
         }
     }
-    ctx.board.update(|s| s.released = true);
+    // `election release` answers "released" only for an acknowledged close.
+    ctx.board.update(|s| {
+        s.released = released;
+        s.release_done = true;
+    });
     Step::Exit(outcome)
 }

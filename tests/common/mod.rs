@@ -7,6 +7,7 @@
 //! part of it, hence the `dead_code` allowance.
 #![allow(dead_code)]
 
+pub mod faults;
 pub mod group;
 pub mod kube_api;
 pub mod procfs;

@@ -56,10 +56,14 @@ impl<F: Fn(&str) -> bool> LineMatch for F {
 }
 
 impl Replica {
-    /// Spawns the daemon (`election`, built by cargo for this test) with
-    /// `args` and extra `envs`; see [`Replica::spawn_program`].
+    /// Spawns the daemon (`election`, built by cargo for this test, or the
+    /// binary `ELECTION_TEST_BIN` names, to show a test failing on an older
+    /// build) with `args` and extra `envs`; see [`Replica::spawn_program`].
     pub fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Replica {
-        Replica::spawn_program(env!("CARGO_BIN_EXE_election"), args, envs)
+        let program = std::env::var_os("ELECTION_TEST_BIN")
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_election").into());
+        Replica::spawn_program(program, args, envs)
     }
 
     /// Spawns `program` with `args`. The environment is inherited, plus

@@ -1,0 +1,491 @@
+//! The safety promise under faults of the leader's own disk and of the
+//! election data: no file of an old leadership lands after the first file
+//! of the next one, and a leader whose writes cannot succeed steps down.
+//!
+//! Disk faults are injected into the running daemon with strace's fault
+//! injection (`-e inject=fsync:delay_enter=…`), which needs root and the
+//! `strace` binary: those tests are `#[ignore]`d, and `scripts/test.sh`
+//! runs them (`--include-ignored`) when it is root. Elsewhere they show as
+//! ignored, never as passed.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::faults::{Arrivals, Strace};
+use common::group::Group;
+use common::proxy::{FaultProxy, Mode};
+use common::wait_until;
+use common::zk::ZkCluster;
+use election::files::FileKey;
+use zookeeper_client::{Acls, CreateMode};
+
+const ROOT: &str = "/election/test";
+
+/// Asserts that no file of `old_token` appeared after the first file of a
+/// newer token.
+fn assert_no_old_file_after_successor(order: &[FileKey], old_token: u64) {
+    eprintln!("files in order of arrival: {order:?}");
+    let Some(first_new) = order.iter().position(|k| k.token > old_token) else {
+        panic!("no successor wrote: {order:?}");
+    };
+    let late: Vec<_> = order[first_new..]
+        .iter()
+        .filter(|k| k.token == old_token)
+        .collect();
+    assert!(
+        late.is_empty(),
+        "files of the old leadership {old_token} landed after the successor's first file {:?}: {late:?}",
+        order[first_new]
+    );
+}
+
+fn is_root() -> bool {
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The newest token written so far.
+fn newest_token(g: &Group) -> u64 {
+    g.newest_record().expect("a leader wrote").token
+}
+
+#[test]
+#[ignore = "needs root and strace: run by scripts/test.sh as root"]
+fn a_leader_with_a_hung_fsync_steps_down_and_its_write_never_lands_later() {
+    assert!(is_root(), "run as root");
+    // Given two replicas with a leader
+    let zk = ZkCluster::standalone();
+    let mut g = Group::new(&zk.connect_string());
+    g.spawn(2);
+    let leader = g.wait_leader(Duration::from_secs(20));
+    let old_token = newest_token(&g);
+    let arrivals = Arrivals::watch(g.files_dir());
+    // When every fsync of the leader hangs for 30 s
+    let hang = Duration::from_secs(30);
+    let strace = Strace::delay(g.replica(leader).pid(), "fsync", hang);
+    let hung_at = Instant::now();
+    // Then another replica writes within session + 3 x leader-timeout + 1 s
+    let bound = Duration::from_millis(2000 + 3 * 200 + 1000);
+    let ok = wait_until(Duration::from_secs(60), Duration::from_millis(10), || {
+        g.newest_record().is_some_and(|r| r.token > old_token)
+    });
+    let took = hung_at.elapsed();
+    assert!(ok, "nobody took over\n{}", g.logs());
+    assert!(
+        took <= bound,
+        "takeover took {took:?}, more than {bound:?}\n{}",
+        g.logs()
+    );
+    assert!(
+        g.replica(leader).output().contains("write failed"),
+        "{}",
+        g.logs()
+    );
+    // And when the hung fsyncs finally return, the old write is refused
+    while hung_at.elapsed() < hang + Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(strace);
+    std::thread::sleep(Duration::from_secs(1));
+    let order = arrivals.finish();
+    assert_no_old_file_after_successor(&order, old_token);
+    g.stop_all();
+    g.assert_invariants();
+}
+
+#[test]
+#[ignore = "needs root and strace: run by scripts/test.sh as root"]
+fn a_leader_whose_writes_are_always_fenced_steps_down() {
+    assert!(is_root(), "run as root");
+    // Given two replicas with a leader
+    let zk = ZkCluster::standalone();
+    let mut g = Group::new(&zk.connect_string());
+    g.spawn(2);
+    let leader = g.wait_leader(Duration::from_secs(20));
+    let old_token = newest_token(&g);
+    // When each of its fsyncs takes longer than its whole lease (1 s), so
+    // that every write would commit after the lease ran out
+    let _strace = Strace::delay(
+        g.replica(leader).pid(),
+        "fsync",
+        Duration::from_millis(1200),
+    );
+    // Then it counts those writes as failures and steps down, and another
+    // replica leads
+    let ok = wait_until(Duration::from_secs(20), Duration::from_millis(50), || {
+        g.newest_record().is_some_and(|r| r.token > old_token)
+    });
+    assert!(ok, "the fenced leader never stepped down\n{}", g.logs());
+    assert!(
+        g.replica(leader)
+            .output()
+            .contains("consecutive write failures"),
+        "{}",
+        g.logs()
+    );
+    g.stop_all();
+    g.assert_invariants();
+}
+
+#[test]
+#[ignore = "needs root and strace: run by scripts/test.sh as root"]
+fn deleting_the_leader_node_during_a_slow_write_never_lets_the_old_write_land_late() {
+    assert!(is_root(), "run as root");
+    // Given two replicas with a leader whose fsyncs are slow (each write
+    // takes about 0.8 s, within its 1 s lease)
+    let zk = ZkCluster::standalone();
+    let mut g = Group::new(&zk.connect_string());
+    g.spawn(2);
+    let leader = g.wait_leader(Duration::from_secs(20));
+    let old_token = newest_token(&g);
+    let arrivals = Arrivals::watch(g.files_dir());
+    let strace = Strace::delay(g.replica(leader).pid(), "fsync", Duration::from_millis(400));
+    // When an operator deletes the leader's node in the middle of a write:
+    // right after its temp file appears, while the temp file's fsync runs
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = rt.block_on(common::zk_client(&zk.connect_string()));
+    let children = rt.block_on(client.list_children(ROOT)).unwrap();
+    let leader_node = format!(
+        "{ROOT}/{}",
+        election::zk::order_candidates(&children)[0].name
+    );
+    let files = g.files_dir();
+    let in_write = wait_until(Duration::from_secs(10), Duration::from_millis(1), || {
+        std::fs::read_dir(&files).is_ok_and(|d| {
+            d.filter_map(|e| e.ok())
+                .any(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        })
+    });
+    assert!(in_write, "no write in flight seen");
+    rt.block_on(client.delete(&leader_node, None)).unwrap();
+    rt.block_on(common::close_client(client));
+    // Then the other replica takes over
+    let ok = wait_until(Duration::from_secs(20), Duration::from_millis(20), || {
+        g.newest_record().is_some_and(|r| r.token > old_token)
+    });
+    assert!(ok, "nobody took over\n{}", g.logs());
+    // And no file of the old leadership lands after the successor's first
+    std::thread::sleep(Duration::from_secs(2));
+    drop(strace);
+    std::thread::sleep(Duration::from_millis(500));
+    let order = arrivals.finish();
+    if std::env::var_os("SAFETY_DEBUG").is_some() {
+        eprintln!("{}", g.logs());
+    }
+    assert_no_old_file_after_successor(&order, old_token);
+    g.stop_all();
+    g.assert_invariants();
+}
+
+#[test]
+#[ignore = "needs root and strace: run by scripts/test.sh as root"]
+fn deleting_the_leader_node_after_its_confirmation_never_lets_that_write_land_late() {
+    assert!(is_root(), "run as root");
+    // Given two replicas with a leader whose file opens are slow, so that
+    // a write's temp file is created well after its confirmation (and so
+    // after a successor's clean-up of stale temp files); 150 ms per open keeps
+    // its writes within the lease
+    let zk = ZkCluster::standalone();
+    let mut g = Group::new(&zk.connect_string());
+    g.spawn(2);
+    let leader = g.wait_leader(Duration::from_secs(20));
+    let old_token = newest_token(&g);
+    let arrivals = Arrivals::watch(g.files_dir());
+    let strace = Strace::delay(
+        g.replica(leader).pid(),
+        "openat",
+        Duration::from_millis(250),
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = rt.block_on(common::zk_client(&zk.connect_string()));
+    let children = rt.block_on(client.list_children(ROOT)).unwrap();
+    let leader_node = format!(
+        "{ROOT}/{}",
+        election::zk::order_candidates(&children)[0].name
+    );
+    // When an operator deletes the leader's node between a confirmation
+    // and the commit of that write: 380 ms after a file lands, the
+    // directory having been opened for its fsync and for retention
+    // (150 ms each), the next write is confirmed and its temp file is
+    // being opened or committed
+    let count = || election::files::list(&g.files_dir()).map_or(0, |l| l.len());
+    let before = count();
+    let landed = wait_until(Duration::from_secs(10), Duration::from_millis(1), || {
+        count() > before
+    });
+    assert!(landed, "the slowed leader wrote nothing\n{}", g.logs());
+    std::thread::sleep(Duration::from_millis(380));
+    let deleted = rt.block_on(client.delete(&leader_node, None));
+    assert!(
+        deleted.is_ok(),
+        "{deleted:?}: the leader left by itself\n{}",
+        g.logs()
+    );
+    rt.block_on(common::close_client(client));
+    // Then the other replica takes over
+    let ok = wait_until(Duration::from_secs(20), Duration::from_millis(20), || {
+        g.newest_record().is_some_and(|r| r.token > old_token)
+    });
+    assert!(ok, "nobody took over\n{}", g.logs());
+    // And no file of the old leadership lands after the successor's first
+    std::thread::sleep(Duration::from_secs(2));
+    drop(strace);
+    std::thread::sleep(Duration::from_millis(500));
+    let order = arrivals.finish();
+    if std::env::var_os("SAFETY_DEBUG").is_some() {
+        eprintln!("{}", g.logs());
+    }
+    assert_no_old_file_after_successor(&order, old_token);
+    g.stop_all();
+    g.assert_invariants();
+}
+
+#[test]
+fn a_writer_node_held_by_a_live_session_delays_the_first_write_then_is_cleared() {
+    // Given a writer node held by another live session (a leader whose
+    // candidate node was deleted but which did not release it)
+    let zk = ZkCluster::standalone();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let holder = rt.block_on(async {
+        let client = common::zk_client(&zk.connect_string()).await;
+        client
+            .mkdir(ROOT, &CreateMode::Persistent.with_acls(Acls::anyone_all()))
+            .await
+            .unwrap();
+        client
+            .create(
+                &format!("{ROOT}/writer"),
+                b"1",
+                &CreateMode::Ephemeral.with_acls(Acls::anyone_all()),
+            )
+            .await
+            .unwrap();
+        client
+    });
+    // When a replica becomes leader
+    let mut g = Group::new(&zk.connect_string());
+    g.spawn(1);
+    // Then it waits for that leader's lease to run out, clears the node
+    // and writes
+    let ok = wait_until(Duration::from_secs(20), Duration::from_millis(20), || {
+        !g.records().is_empty()
+    });
+    assert!(ok, "{}", g.logs());
+    let log = g.replica(0).output();
+    assert!(log.contains("did not release the writer node"), "{log}");
+    assert!(log.contains("clearing its writer node"), "{log}");
+    rt.block_on(common::close_client(holder));
+    g.stop_all();
+    g.assert_invariants();
+}
+
+#[test]
+fn failures_right_after_init_back_off_and_reach_failover_give_up() {
+    // Given an election path on which the replicas may read but not create
+    let zk = ZkCluster::standalone();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client = common::zk_client(&zk.connect_string()).await;
+        client
+            .mkdir(
+                "/election",
+                &CreateMode::Persistent.with_acls(Acls::anyone_all()),
+            )
+            .await
+            .unwrap();
+        client
+            .create(
+                ROOT,
+                b"",
+                &CreateMode::Persistent.with_acls(Acls::anyone_read()),
+            )
+            .await
+            .unwrap();
+        common::close_client(client).await;
+    });
+    // When a replica with failover-give-up 3s starts
+    let mut g = Group::new(&zk.connect_string());
+    g.extra = vec!["--failover-give-up".into(), "3s".into()];
+    g.spawn(1);
+    // Then every Attempter fails, the failures add up, and it gives up with
+    // exit 1 instead of retrying every 100 ms forever
+    let status = g.replica(0).wait_exit(Duration::from_secs(30));
+    assert!(status.is_some(), "never gave up\n{}", g.logs());
+    assert_eq!(status.unwrap().code(), Some(1), "{}", g.logs());
+    assert!(
+        g.logs().contains("failover-give-up reached"),
+        "{}",
+        g.logs()
+    );
+}
+
+#[test]
+fn a_persistent_node_named_like_session_zero_does_not_block_the_election() {
+    // Given a persistent node that looks like a candidate of "session 0"
+    let zk = ZkCluster::standalone();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client = common::zk_client(&zk.connect_string()).await;
+        client
+            .mkdir(
+                &format!("{ROOT}/c_0000000000000000_0000000000"),
+                &CreateMode::Persistent.with_acls(Acls::anyone_all()),
+            )
+            .await
+            .unwrap();
+        common::close_client(client).await;
+    });
+    // When replicas start
+    let mut g = Group::new(&zk.connect_string());
+    g.spawn(2);
+    // Then one of them leads all the same
+    g.wait_leader(Duration::from_secs(20));
+    // And `election status` does not call the impostor the leader
+    let out = Command::new(env!("CARGO_BIN_EXE_election"))
+        .args([
+            "status",
+            "--json",
+            "--zk-servers",
+            &zk.connect_string(),
+            "--zk-root",
+            ROOT,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let leader = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["leader"] == true)
+        .expect("a leader row");
+    assert!(
+        !leader["znode"]
+            .as_str()
+            .unwrap()
+            .contains("c_0000000000000000_"),
+        "{rows}"
+    );
+    assert_eq!(rows.as_array().unwrap().len(), 2, "{rows}");
+    g.stop_all();
+    g.assert_invariants();
+}
+
+#[test]
+fn an_impostor_named_after_our_session_never_makes_us_delete_our_node() {
+    // Given a leader and a waiting candidate, whose queue position is known
+    let zk = ZkCluster::standalone();
+    let mut g = Group::new(&zk.connect_string());
+    g.spawn(1);
+    g.wait_leader(Duration::from_secs(20));
+    g.spawn(1);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let list = || {
+        rt.block_on(async {
+            let client = common::zk_client(&zk.connect_string()).await;
+            let c = client.list_children(ROOT).await.unwrap();
+            common::close_client(client).await;
+            election::zk::order_candidates(&c)
+        })
+    };
+    assert!(wait_until(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || list().len() == 2
+    ));
+    let waiting = list()[1].clone();
+    assert!(waiting.seq > 0, "{waiting:?}");
+    // When someone creates a persistent node named after the candidate's
+    // session that sorts before its real node
+    let impostor = format!(
+        "{ROOT}/{}{:010}",
+        election::zk::candidate_prefix(waiting.session),
+        0
+    );
+    rt.block_on(async {
+        let client = common::zk_client(&zk.connect_string()).await;
+        client
+            .create(
+                &impostor,
+                b"",
+                &CreateMode::Persistent.with_acls(Acls::anyone_all()),
+            )
+            .await
+            .unwrap();
+        common::close_client(client).await;
+    });
+    // Then after a few safety-net rounds the candidate still holds its real node
+    std::thread::sleep(Duration::from_secs(4));
+    let names: Vec<String> = list().into_iter().map(|c| c.name).collect();
+    assert!(
+        names.contains(&waiting.name),
+        "the real node was deleted: {names:?}\n{}",
+        g.logs()
+    );
+    g.stop_all();
+    g.assert_invariants();
+}
+
+#[test]
+fn a_fencing_node_holding_garbage_stops_the_leader_from_writing() {
+    // Given a fencing node whose content is not a token
+    let zk = ZkCluster::standalone();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client = common::zk_client(&zk.connect_string()).await;
+        client
+            .mkdir(ROOT, &CreateMode::Persistent.with_acls(Acls::anyone_all()))
+            .await
+            .unwrap();
+        client
+            .create(
+                &format!("{ROOT}/fencing"),
+                b"not-a-number",
+                &CreateMode::Persistent.with_acls(Acls::anyone_all()),
+            )
+            .await
+            .unwrap();
+        common::close_client(client).await;
+    });
+    // When a replica starts
+    let mut g = Group::new(&zk.connect_string());
+    g.spawn(1);
+    // Then it refuses to guess a token: loudly, and without writing
+    let ok = wait_until(Duration::from_secs(20), Duration::from_millis(50), || {
+        g.logs().contains("not a decimal token")
+    });
+    assert!(ok, "{}", g.logs());
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(g.records().is_empty(), "{:?}", g.records());
+    g.stop_all();
+}
+
+#[test]
+fn a_low_connect_timeout_does_not_disconnect_a_healthy_leader_on_a_slower_link() {
+    // Given a leader with a 300 ms zk-connect-timeout behind a proxy
+    let zk = ZkCluster::standalone();
+    let proxy = FaultProxy::start(zk.server_addr(0));
+    let mut g = Group::new(&proxy.addr().to_string());
+    g.extra = vec!["--zk-connect-timeout".into(), "300ms".into()];
+    g.spawn(1);
+    g.wait_leader(Duration::from_secs(20));
+    // When the link's round trip grows to 400 ms (answers still well within
+    // the session timeout and the confirmation bound)
+    proxy.set_mode(Mode::Delay(Duration::from_millis(200)));
+    let before = g.records().len();
+    std::thread::sleep(Duration::from_secs(4));
+    // Then the session stays connected (the connect timeout bounds only
+    // establishing a session) and the leader keeps writing
+    let log = g.replica(0).output();
+    assert!(!log.contains("ZooKeeper session disconnected"), "{log}");
+    assert!(g.records().len() > before + 3, "{log}");
+    proxy.set_mode(Mode::Pass);
+    g.stop_all();
+    g.assert_invariants();
+}
