@@ -169,6 +169,7 @@ step "checkov (chart and renderings)" checkov_chart
 step "yamllint" yamllint_all
 step "manifests/ matches the chart" manifests_in_sync
 step "kubectl kustomize manifests/" kustomize_builds
+step "alerts: promtool check rules and test rules (scripts/check-alerts.sh)" bash scripts/check-alerts.sh
 step "hadolint Dockerfile" "$(tool hadolint)" Dockerfile
 step "shellcheck scripts/*.sh" shellcheck -x scripts/*.sh
 # pytest prints its own summary line, which CI reads: show it in full.

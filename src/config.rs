@@ -110,8 +110,8 @@ pub struct RunArgs {
     pub max_write_failures: usize,
 
     /// Address of the HTTP listener for /healthz, /readyz, /metrics and
-    /// /status; `off` disables it.
-    #[arg(long, env = "ELECTION_HTTP_ADDR", default_value = "0.0.0.0:8080", value_parser = parse_optional_addr)]
+    /// /status; `off` disables it. `[::]` listens dual-stack (IPv4 too).
+    #[arg(long, env = "ELECTION_HTTP_ADDR", default_value = "[::]:8080", value_parser = parse_optional_addr)]
     pub http_addr: OptionalAddr,
 
     /// Loopback address for `election release` (POST /release). Must be a

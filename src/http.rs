@@ -9,8 +9,13 @@
 //!   restarts a wedged process. Leadership is not a health condition.
 //! - `/readyz` (readiness) answers 200 in Attempter and Leader, i.e. when the
 //!   replica is a healthy candidate with a live session, 503 otherwise.
+//!
+//! `[::]` (the default `--http-addr`) is bound dual-stack whatever the
+//! host's `net.ipv6.bindv6only`, so probes and scrapes work on IPv4-only,
+//! IPv6-only and dual-stack clusters; see [`bind`].
 
 use std::fmt::Write as _;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -48,16 +53,42 @@ pub async fn start(ctx: &Context) -> std::io::Result<Servers> {
     let stop = CancellationToken::new();
     let mut tasks = Vec::new();
     if let Some(addr) = ctx.cfg.http_addr.0 {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let listener = bind(addr)?;
         info!(addr = %listener.local_addr()?, "serving /healthz /readyz /metrics /status");
         tasks.push(serve(listener, public_router(ctx.clone()), stop.clone()));
     }
     if let Some(addr) = ctx.cfg.admin_addr.0 {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let listener = bind(addr)?;
         info!(addr = %listener.local_addr()?, "serving POST /release on loopback");
         tasks.push(serve(listener, admin_router(ctx.clone()), stop.clone()));
     }
     Ok(Servers { stop, tasks })
+}
+
+/// Binds a TCP listener on `addr` (inside a tokio runtime). The IPv6 any
+/// address `[::]` gets `IPV6_V6ONLY` off explicitly, so it also accepts
+/// IPv4 (as mapped addresses) even where the system default is v6-only; on a
+/// host without IPv6 it falls back to `0.0.0.0` on the same port.
+pub fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let dual_stack = addr.is_ipv6() && addr.ip().is_unspecified();
+    let socket = match Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)) {
+        Err(e) if dual_stack && e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {
+            let v4 = SocketAddr::from((Ipv4Addr::UNSPECIFIED, addr.port()));
+            warn!(error = %e, addr = %v4, "no IPv6 on this host; listening on IPv4 only");
+            return bind(v4);
+        }
+        other => other?,
+    };
+    if dual_stack {
+        socket.set_only_v6(false)?;
+    }
+    // As tokio's own bind: a restarted daemon can rebind at once.
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    tokio::net::TcpListener::from_std(socket.into())
 }
 
 fn serve(
@@ -329,5 +360,29 @@ async fn release(State(ctx): State<Context>, Query(q): Query<ReleaseQuery>) -> R
             format!("not released within {bound:?}\n"),
         )
             .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_ipv6_any_address_is_bound_dual_stack_whatever_the_host_default() {
+        let listener = bind("[::]:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        assert!(addr.ip().is_unspecified(), "{addr}");
+        if addr.is_ipv6() {
+            assert!(!socket2::SockRef::from(&listener).only_v6().unwrap());
+        }
+    }
+
+    #[tokio::test]
+    async fn an_ipv4_address_is_bound_as_given() {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        assert_eq!(
+            listener.local_addr().unwrap().ip(),
+            std::net::Ipv4Addr::LOCALHOST
+        );
     }
 }

@@ -96,7 +96,15 @@ def test_every_flag_of_election_run_is_set_from_values(helm, manifests):
     chart_env = set(env_of(container(manifests(helm).election, "election")))
     # The node id is left to default to the pod name (unique per replica).
     assert daemon_env - {"ELECTION_NODE_ID"} <= chart_env, daemon_env - chart_env
-    assert "RUST_LOG" in chart_env
+
+
+def test_log_level_is_the_daemons_quiet_default_unless_set(helm, manifests):
+    """No RUST_LOG by default: the daemon's own filter keeps zookeeper_client at warn."""
+    assert "RUST_LOG" not in env_of(container(manifests(helm).election, "election"))
+    telemetry = (ROOT / "src" / "main.rs").read_text() + (ROOT / "src" / "telemetry.rs").read_text()
+    assert "zookeeper_client=warn" in telemetry, "the daemon's default filter moved: update values.yaml"
+    env = env_values(container(manifests(helm, sets=("election.logLevel=debug",)).election, "election"))
+    assert env["RUST_LOG"] == "debug"
 
 
 def test_daemon_settings_follow_the_values(helm, manifests):
@@ -116,7 +124,8 @@ def test_defaults_are_production_ones(helm, manifests):
     env = env_values(container(manifests(helm).election, "election"))
     assert env["ELECTION_LOG_FORMAT"] == "json"
     assert env["ELECTION_FILE_DIR"] == "/var/lib/election"
-    assert env["ELECTION_HTTP_ADDR"] == "0.0.0.0:8080"
+    # Dual-stack: the daemon binds [::] with IPV6_V6ONLY off (IPv4 too).
+    assert env["ELECTION_HTTP_ADDR"] == "[::]:8080"
     assert env["ELECTION_ADMIN_ADDR"].startswith("127.0.0.1:")
     assert env["ELECTION_FAILOVER_GIVE_UP"] == "0s"
 
@@ -184,7 +193,7 @@ def test_probes_hit_healthz_and_readyz_on_the_http_port(helm, manifests, values)
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     (port,) = c["ports"]
     assert port["name"] == "http"
-    assert env_values(c)["ELECTION_HTTP_ADDR"] == f"0.0.0.0:{port['containerPort']}"
+    assert env_values(c)["ELECTION_HTTP_ADDR"] == f"[::]:{port['containerPort']}"
 
 
 def test_the_admin_listener_is_never_a_container_port(helm, manifests):
@@ -414,6 +423,39 @@ def test_zookeeper_image_is_the_pinned_official_one(helm, manifests):
         assert re.fullmatch(r"zookeeper:\d+\.\d+\.\d+", c["image"]), c["image"]
 
 
+@pytest.mark.parametrize("values", [pytest.param((), id="defaults"), pytest.param((BUNDLED,), id="bundled-values")])
+def test_zookeeper_sync_limit_is_shorter_than_the_session_timeout(helm, manifests, values):
+    """The lease logic assumes syncLimit x tickTime < the session timeout (README, assumptions)."""
+    m = manifests(helm, *values)
+    zk = env_values(container(m.zookeeper, "zookeeper"))
+    session_ms = duration_ms(env_values(container(m.election, "election"))["ELECTION_ZK_SESSION_TIMEOUT"])
+    tick = int(zk["ZOO_TICK_TIME"])
+    granted = min(max(session_ms, 2 * tick), 20 * tick)
+    assert int(zk["ZOO_SYNC_LIMIT"]) * tick < granted
+    assert int(zk["ZOO_INIT_LIMIT"]) >= int(zk["ZOO_SYNC_LIMIT"])
+
+
+@pytest.mark.parametrize(
+    ("sets", "ok"),
+    [
+        (("zookeeper.tickTime=2000",), False),  # 10s >= 6s
+        (("election.zkSessionTimeout=5000ms",), False),  # 5s >= 5s
+        (("election.zkSessionTimeout=5001ms",), True),
+        (("election.zkSessionTimeout=1m",), True),  # granted 20 ticks = 20s > 5s
+        (("zookeeper.syncLimit=20", "election.zkSessionTimeout=1m"), False),  # granted 20s, not above 20s
+        (("zookeeper.tickTime=2000", "election.zkSessionTimeout=11s"), True),
+        (("zookeeper.tickTime=2000", "election.zkSessionTimeout=1m30s"), True),
+        (("zookeeper.enabled=false", "zookeeper.servers={zk:2181}", "zookeeper.tickTime=2000"), True),
+    ],
+)
+def test_the_chart_refuses_a_sync_limit_not_below_the_session_timeout(helm, sets, ok):
+    if ok:
+        render(helm, sets=sets)
+    else:
+        with pytest.raises(RenderError, match=r"zookeeper.syncLimit x zookeeper.tickTime .* must be shorter"):
+            render(helm, sets=sets)
+
+
 def test_external_zookeeper_renders_no_ensemble(helm, manifests):
     m = manifests(helm, CUSTOM)
     assert not [d for d in m.docs if d["metadata"]["labels"].get("app.kubernetes.io/component") == "zookeeper"]
@@ -438,13 +480,21 @@ def test_service_monitor_scrapes_each_replica_once(helm, manifests):
     assert "http" in [p["name"] for p in selected[0]["spec"]["ports"]]
 
 
-def test_optional_objects_are_off_by_default(helm, manifests):
-    kinds = {d["kind"] for d in manifests(helm).docs}
-    assert "ServiceMonitor" not in kinds and "NetworkPolicy" not in kinds
+def test_monitoring_objects_are_off_by_default_and_network_policies_on(helm, manifests):
+    m = manifests(helm)
+    kinds = {d["kind"] for d in m.docs}
+    assert not kinds & {"ServiceMonitor", "PrometheusRule", "ConfigMap"}
+    assert {p["metadata"]["labels"]["app.kubernetes.io/component"] for p in m.all("NetworkPolicy")} == {
+        "election",
+        "zookeeper",
+    }
+    kinds = {d["kind"] for d in manifests(helm, sets=("networkPolicy.enabled=false",)).docs}
+    assert "NetworkPolicy" not in kinds
 
 
-def test_network_policy_lets_only_election_pods_reach_zookeeper(helm, manifests):
-    m = manifests(helm, BUNDLED)
+@pytest.mark.parametrize("values", [pytest.param((), id="defaults"), pytest.param((BUNDLED,), id="bundled-values")])
+def test_network_policy_lets_only_election_pods_reach_zookeeper(helm, manifests, values):
+    m = manifests(helm, *values)
     zk_labels = m.zookeeper["spec"]["selector"]["matchLabels"]
     election_labels = m.election["spec"]["selector"]["matchLabels"]
     policy = m.by_component("NetworkPolicy", "zookeeper")
@@ -476,6 +526,13 @@ def test_election_disruption_budget(helm, manifests):
     pdb = m.by_component("PodDisruptionBudget", "election")
     assert pdb["spec"]["maxUnavailable"] == 1
     assert pdb["spec"]["selector"]["matchLabels"] == m.election["spec"]["selector"]["matchLabels"]
+
+
+@pytest.mark.parametrize("component", ["election", "zookeeper"])
+def test_drains_may_always_evict_pods_that_are_not_ready(helm, manifests, component):
+    """Without ZooKeeper quorum no pod is ready; IfHealthyBudget would block every drain."""
+    pdb = manifests(helm).by_component("PodDisruptionBudget", component)
+    assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
 
 
 # --- helm test --------------------------------------------------------------------------

@@ -181,6 +181,13 @@ guarantees the form; units below a millisecond count as zero.
 {{- end }}
 
 {{/*
+PromQL label matchers of this release's election series (without braces).
+*/}}
+{{- define "election.metricsSelector" -}}
+{{- default (printf "namespace=%q,job=\"%s-headless\"" .Release.Namespace (include "election.fullname" .)) .Values.prometheusRule.selector }}
+{{- end }}
+
+{{/*
 storageClassName value of a claim: "" for "-" (no dynamic provisioning), the
 quoted class otherwise, nothing when empty (the cluster's default class).
 */}}
@@ -206,6 +213,19 @@ message that says what to change.
 {{- end }}
 {{- if and .Values.persistence.existingClaim (eq .Values.persistence.mode "perReplica") }}
 {{- fail "persistence.existingClaim only works with persistence.mode=shared" }}
+{{- end }}
+{{- if .Values.zookeeper.enabled }}
+{{- /* The lease logic assumes that a follower cut off from the ZooKeeper
+leader (which keeps answering pings for up to syncLimit x tickTime) cannot
+outlive the session timeout the servers actually grant: the requested one
+clamped to [2, 20] x tickTime. */}}
+{{- $tick := int .Values.zookeeper.tickTime }}
+{{- $syncMs := mul (int .Values.zookeeper.syncLimit) $tick }}
+{{- $sessionMs := include "election.durationMs" .Values.election.zkSessionTimeout | int }}
+{{- $grantedMs := min (max $sessionMs (mul 2 $tick)) (mul 20 $tick) }}
+{{- if ge $syncMs $grantedMs }}
+{{- fail (printf "zookeeper.syncLimit x zookeeper.tickTime (%d x %dms = %dms) must be shorter than the ZooKeeper session timeout (election.zkSessionTimeout %s, granted as %dms after clamping to [2, 20] x tickTime): a follower cut off from the ZooKeeper leader could vouch for an expired session. Lower zookeeper.syncLimit or zookeeper.tickTime, or raise election.zkSessionTimeout" (int .Values.zookeeper.syncLimit) $tick $syncMs .Values.election.zkSessionTimeout $grantedMs) }}
+{{- end }}
 {{- end }}
 {{- $releaseMs := include "election.durationMs" .Values.election.releaseTimeout | int }}
 {{- if lt (mul (int .Values.terminationGracePeriodSeconds) 1000) (add $releaseMs 5000) }}

@@ -1,0 +1,22 @@
+{{/*
+Warnings appended to NOTES.txt (one include at its end, so that NOTES.txt
+itself stays easy to merge): configurations that render but probably do not
+do what the user wants.
+*/}}
+{{- define "election.notes.warnings" -}}
+{{- $zkImage := .Values.zookeeper.image.repository }}
+{{- if and .Values.zookeeper.enabled (ne (last (splitList "/" $zkImage)) "zookeeper") }}
+
+NOTE: zookeeper.image.repository is {{ $zkImage }}, not the official zookeeper image.
+The chart configures the servers through the official entrypoint, which writes /conf/zoo.cfg
+from the ZOO_* variables (tickTime {{ .Values.zookeeper.tickTime }}, syncLimit {{ .Values.zookeeper.syncLimit }}, the server list). An image that
+ships its own zoo.cfg or entrypoint ignores them: check that its syncLimit x tickTime stays
+below election.zkSessionTimeout ({{ .Values.election.zkSessionTimeout }}), which the election's lease logic assumes.
+{{- end }}
+{{- if and .Values.prometheusRule.enabled (not .Values.serviceMonitor.enabled) (not .Values.prometheusRule.selector) }}
+
+NOTE: the PrometheusRule selects {{ include "election.metricsSelector" . }}, the labels the
+chart's ServiceMonitor produces, but serviceMonitor.enabled is false: set prometheusRule.selector
+to match however your Prometheus scrapes the pods, or ElectionNoLeader fires for lack of series.
+{{- end }}
+{{- end }}

@@ -1,0 +1,56 @@
+"""NOTES warnings and the documented OpenShift override (charts/election/README.md).
+
+Kept apart from test_chart.py so that both files can change independently.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import CHART, NAMESPACE, find_helms
+
+
+def notes_of(*sets: str) -> str:
+    helm = find_helms().get("helm4")
+    if not helm:
+        pytest.skip("helm 3 needs a cluster for `install --dry-run`")
+    cmd = [helm, "install", "election", str(CHART), "--namespace", NAMESPACE, "--dry-run=client"]
+    for s in sets:
+        cmd += ["--set", s]
+    out = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"KUBECONFIG": "/nonexistent", "PATH": "/usr/bin:/bin", "HOME": "/tmp"},
+    )
+    return out.stdout.split("NOTES:", 1)[1]
+
+
+def test_notes_warn_when_the_zookeeper_image_is_not_the_official_one():
+    assert "not the official zookeeper image" not in notes_of()
+    assert "not the official zookeeper image" not in notes_of("zookeeper.image.repository=mirror.example/library/zookeeper")
+    notes = notes_of("zookeeper.image.repository=registry.example.com/acme/zk")
+    assert "registry.example.com/acme/zk, not the official zookeeper image" in notes
+    assert "its own zoo.cfg" in notes and "syncLimit x tickTime" in notes
+
+
+def test_notes_warn_when_alerts_select_series_nobody_scrapes():
+    assert "serviceMonitor.enabled is false" in notes_of("prometheusRule.enabled=true")
+    assert "serviceMonitor.enabled is false" not in notes_of("prometheusRule.enabled=true", "serviceMonitor.enabled=true")
+    assert "serviceMonitor.enabled is false" not in notes_of("prometheusRule.enabled=true", 'prometheusRule.selector=job="x"')
+
+
+def test_openshift_override_leaves_uids_to_the_platform(helm, manifests):
+    """README, OpenShift: null removes every fixed UID/GID; the rest of the hardening stays."""
+    m = manifests(helm, Path(__file__).parent / "openshift-values.yaml")
+    for name, spec in m.pod_specs():
+        pod_sc = spec["securityContext"]
+        assert not {"runAsUser", "runAsGroup", "fsGroup"} & set(pod_sc), name
+        assert pod_sc["runAsNonRoot"] is True and pod_sc["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        for c in spec.get("initContainers", []) + spec["containers"]:
+            sc = c["securityContext"]
+            assert not {"runAsUser", "runAsGroup"} & set(sc), f"{name}/{c['name']}"
+            assert sc["readOnlyRootFilesystem"] is True and sc["capabilities"] == {"drop": ["ALL"]}
