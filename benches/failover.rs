@@ -48,6 +48,40 @@ fn takeover(g: &mut Group, sig: i32) -> f64 {
     (at - t0_ms) as f64
 }
 
+/// Stops ZooKeeper for two session timeouts and starts it again, wiped
+/// first if `wipe`. Returns ms from the server answering again (its `srvr`
+/// shows a mode; polled every 50 ms) to the first file written after that,
+/// and whether every file since the stop belongs to the old leadership.
+fn zk_restart(zk: &mut ZkCluster, g: &Group, wipe: bool) -> (f64, bool) {
+    g.wait_leader(Duration::from_secs(30));
+    let ok = wait_until(Duration::from_secs(10), Duration::from_millis(20), || {
+        g.newest_record().is_some()
+    });
+    assert!(ok, "no leader file before the restart\n{}", g.logs());
+    let token = g.newest_record().unwrap().token;
+    let before = g.records().len();
+    zk.stop(0);
+    std::thread::sleep(Duration::from_secs(4));
+    if wipe {
+        zk.wipe(0);
+    }
+    zk.start(0);
+    let answering = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let written =
+        |r: &election::files::LeaderRecord| election::verify::parse_time_ms(&r.written_at).unwrap();
+    let mut first = None;
+    let ok = wait_until(Duration::from_secs(30), Duration::from_millis(5), || {
+        first = g.records().into_iter().find(|r| written(r) >= answering);
+        first.is_some()
+    });
+    assert!(ok, "no write after the restart\n{}", g.logs());
+    let same = g.records()[before..].iter().all(|r| r.token == token);
+    ((written(&first.unwrap()) - answering) as f64, same)
+}
+
 fn zk_packets(zk: &ZkCluster) -> f64 {
     let m = zk.mntr(0);
     let get = |k: &str| m.get(k).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
@@ -60,7 +94,7 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(7);
-    let zk = ZkCluster::standalone();
+    let mut zk = ZkCluster::standalone();
     let mut g = Group::new(&zk.connect_string());
     g.env = vec![("RUST_LOG".into(), "warn".into())];
     // The default safety-net tick, so "at rest" means what it does in production.
@@ -145,4 +179,33 @@ fn main() {
         "ZooKeeper packets at rest (sent + received): {:.1} per second",
         (pk1 - pk0) / secs
     );
+
+    // ZooKeeper down for two session timeouts, then back with its data
+    // (sessions restored: the old leader goes on) or wiped (new election).
+    let restarts: usize = std::env::var("BENCH_RESTARTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    for wipe in [false, true] {
+        let mut times = Vec::new();
+        let mut same = 0;
+        for round in 0..restarts {
+            let (ms, kept) = zk_restart(&mut zk, &g, wipe);
+            eprintln!("restart round {round} (wiped: {wipe}): {ms:.0} ms, same leadership: {kept}");
+            times.push(ms);
+            same += usize::from(kept);
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        let what = if wipe {
+            "ZooKeeper restarted wiped after 2 sessions down (server answering -> new leader's first file)"
+        } else {
+            "ZooKeeper restarted with its data after 2 sessions down (server answering -> old leader's next file)"
+        };
+        println!(
+            "{what}: median {:.0} ms (min {:.0}, max {:.0}), same leadership in {same} of {restarts}",
+            median(times.clone()),
+            times.iter().cloned().fold(f64::MAX, f64::min),
+            times.iter().cloned().fold(0.0, f64::max)
+        );
+    }
 }

@@ -8,13 +8,22 @@
 //! ```
 //!
 //! A herd-free recipe keeps the packets per handover flat as N grows.
+//!
+//! Then, at the settings of the comparison in the README (session 2 s,
+//! leader-timeout 200 ms, attempter-timeout 1 s), it prints the ZooKeeper
+//! packets per second at rest with `SCALE_REST` replicas (default 20), and
+//! the memory of one replica with everything on as the chart runs it: the
+//! HTTP listener, the admin listener and the Pod labeller (against the
+//! test suite's fake API server), leader and idle candidate.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
 use std::time::{Duration, Instant, SystemTime};
 
+use common::free_port;
 use common::group::Group;
+use common::kube_api::{FakeApi, http_get};
 use common::procfs::{median, rss_mb};
 use common::wait_until;
 use common::zk::ZkCluster;
@@ -108,4 +117,79 @@ fn main() {
         );
         g.stop_all();
     }
+    rest_and_memory();
+}
+
+fn packets_total(zk: &ZkCluster) -> f64 {
+    let m = zk.mntr(0);
+    let get = |k: &str| m.get(k).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    get("zk_packets_received") + get("zk_packets_sent")
+}
+
+/// Rest traffic of N replicas, and RSS with every feature on.
+fn rest_and_memory() {
+    let n: usize = std::env::var("SCALE_REST")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let zk = ZkCluster::standalone();
+    let api = FakeApi::start();
+    let mut g = Group::new(&zk.connect_string());
+    g.env = vec![
+        ("RUST_LOG".into(), "warn".into()),
+        (
+            "KUBECONFIG".into(),
+            api.kubeconfig("bench").display().to_string(),
+        ),
+    ];
+    // Two replicas as the chart runs them (listeners and labeller on), the
+    // rest plain, all at the comparison's settings (the Group's defaults:
+    // session 2 s, leader-timeout 200 ms, attempter-timeout 1 s).
+    let mut full = Vec::new();
+    for i in 0..2 {
+        let http = format!("127.0.0.1:{}", free_port());
+        g.extra = [
+            "--http-addr".to_string(),
+            http.clone(),
+            "--admin-addr".into(),
+            format!("127.0.0.1:{}", free_port()),
+            "--pod-name".into(),
+            format!("election-{i}"),
+            "--pod-namespace".into(),
+            "bench".into(),
+        ]
+        .to_vec();
+        g.spawn(1);
+        full.push(http);
+        if i == 0 {
+            g.wait_leader(Duration::from_secs(60));
+        }
+    }
+    g.extra = Vec::new();
+    g.spawn(n.saturating_sub(2));
+    std::thread::sleep(Duration::from_secs(5));
+    let p0 = packets_total(&zk);
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(10));
+    let rate = (packets_total(&zk) - p0) / t0.elapsed().as_secs_f64();
+    println!(
+        "ZooKeeper packets per second at rest (sent + received), {n} replicas, session 2s, \
+         leader-timeout 200ms, attempter-timeout 1s: {rate:.1}"
+    );
+    for (i, http) in full.iter().enumerate() {
+        let answered = http_get(http.parse().unwrap(), "/healthz").is_some_and(|a| a.status == 200);
+        let role = if i == 0 { "leader" } else { "idle candidate" };
+        println!(
+            "RSS with HTTP + admin listeners + Pod labeller on, {role}: {:.1} MB (healthz answered: {answered})",
+            rss_mb(g.replica(i).pid())
+        );
+    }
+    let plain: Vec<f64> = (2..g.replicas.len())
+        .map(|i| rss_mb(g.replica(i).pid()))
+        .collect();
+    println!(
+        "RSS of a plain idle candidate (listeners off): median {:.1} MB",
+        median(plain)
+    );
+    g.stop_all();
 }

@@ -18,9 +18,9 @@ ensure_zookeeper
 bash scripts/install-tools.sh
 bash scripts/check-chart.sh
 
-# Tests that need root (strace fault injection, tmpfs mounts) are marked
-# #[ignore]: as root they run too; otherwise the runner reports them as
-# ignored (skipped), never as passed.
+# Tests that need root (strace fault injection, tmpfs mounts, network
+# namespaces) are marked #[ignore]: as root they run too; otherwise the
+# runner reports them as ignored (skipped), never as passed.
 if [[ $(id -u) -eq 0 ]] && command -v strace >/dev/null; then
   nextest_ignored=(--run-ignored all)
   cargo_ignored=(-- --include-ignored)

@@ -9,6 +9,11 @@
 //! The candidate with the lowest sequence leads; every other one watches only
 //! its predecessor, so a failover costs O(1) requests whatever the number
 //! of replicas.
+//!
+//! Each client lives on its own thread (see [`SessionThread`]): nothing the
+//! client does, even a reconnect loop that never yields, can stall the
+//! state machine, the HTTP listeners or signal handling on the daemon's
+//! current-thread runtime, and a client we drop cannot outlive its session.
 
 use std::time::Duration;
 
@@ -128,10 +133,86 @@ pub fn standing(ordered: &[Candidate], session: i64) -> (Standing, Vec<Candidate
     (standing, extra)
 }
 
+/// How long, in session timeouts, the client keeps reconnecting an
+/// established session before it reports `Expired` by itself. The server
+/// decides whether a session expired: one that restarts with its data
+/// restores its sessions with a fresh timeout, so the client must keep
+/// trying well past one session timeout (the library's default is 7/5) to
+/// find its session alive. A bound remains so that a client whose servers
+/// never come back ends by itself. See `docs/design.md`.
+pub const CLIENT_EXPIRY_FACTOR: u32 = 6;
+
+/// Longest wait for a close acknowledgement while disconnected.
+const DISCONNECTED_CLOSE_BOUND: Duration = Duration::from_millis(500);
+
 /// A ZooKeeper client with its session state.
 pub struct ZkSession {
     client: Client,
     states: StateWatcher,
+    thread: SessionThread,
+}
+
+/// The dedicated thread and runtime that run one client's session task.
+///
+/// zookeeper-client spawns its session task on the runtime that connects;
+/// here that is a current-thread runtime on a thread of its own, so the
+/// task can never take the daemon's runtime away from the state machine,
+/// the listeners and the signal handler. The client's requests and state
+/// changes travel over channels, so they are awaited from the daemon's
+/// runtime as before. Dropping this ends the thread and drops its runtime,
+/// which cancels the session task: an abandoned client stops reconnecting.
+struct SessionThread {
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl SessionThread {
+    /// Connects with `connector` on a new session thread.
+    async fn connect(
+        connector: zookeeper_client::Connector,
+        servers: &str,
+    ) -> Result<(Client, SessionThread), zookeeper_client::Error> {
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let (done, connected) = tokio::sync::oneshot::channel();
+        let servers = servers.to_owned();
+        let body = move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = done.send(Err(zookeeper_client::Error::UnexpectedError(format!(
+                        "cannot build the session runtime: {e}"
+                    ))));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                tokio::select! {
+                    r = connector.connect(&servers) => {
+                        let _ = done.send(r);
+                    }
+                    _ = &mut stopped => return,
+                }
+                // Serve the session task until the owner goes away.
+                let _ = stopped.await;
+            });
+        };
+        std::thread::Builder::new()
+            .name("zk-session".into())
+            .spawn(body)
+            .map_err(|e| {
+                zookeeper_client::Error::UnexpectedError(format!(
+                    "cannot start a session thread: {e}"
+                ))
+            })?;
+        let client = connected.await.unwrap_or_else(|_| {
+            Err(zookeeper_client::Error::UnexpectedError(
+                "the session thread ended".into(),
+            ))
+        })?;
+        Ok((client, SessionThread { _stop: stop }))
+    }
 }
 
 impl std::fmt::Debug for ZkSession {
@@ -154,11 +235,12 @@ impl ZkSession {
         // client's connection (idle) timeout stays at its default, 2/5 of the
         // session timeout: `connect_timeout` bounds establishing a session,
         // and as an idle timeout a low value would suspend a healthy leader.
-        let connect = Client::connector()
+        let connector = Client::connector()
             .with_session_timeout(session_timeout)
-            .with_fail_eagerly()
-            .connect(servers);
-        let client = tokio::time::timeout(connect_timeout, connect)
+            .with_session_expired_timeout(session_timeout * CLIENT_EXPIRY_FACTOR)
+            .with_fail_eagerly();
+        let connect = SessionThread::connect(connector, servers);
+        let (client, thread) = tokio::time::timeout(connect_timeout, connect)
             .await
             .map_err(|_| ZkError::ConnectTimeout {
                 servers: servers.into(),
@@ -169,7 +251,11 @@ impl ZkSession {
                 source,
             })?;
         let states = client.state_watcher();
-        Ok(ZkSession { client, states })
+        Ok(ZkSession {
+            client,
+            states,
+            thread,
+        })
     }
 
     /// The client.
@@ -235,12 +321,23 @@ impl ZkSession {
     /// Closes the session (its ephemeral nodes vanish at once on the server)
     /// and waits, at most `bound`, until the client reports it closed.
     /// Dropping a client and exiting at once would lose the close request.
+    /// The session thread ends when this returns, whatever the client did.
     pub async fn close(self, bound: Duration) -> bool {
-        let ZkSession { client, mut states } = self;
+        let ZkSession {
+            client,
+            mut states,
+            thread: _thread,
+        } = self;
         let already_over = matches!(
             client.state(),
             SessionState::Closed | SessionState::Expired | SessionState::AuthFailed
         );
+        // A disconnected client delivers the close only if it reconnects
+        // soon; do not hold a stopping daemon for long on that chance.
+        let bound = match client.state() {
+            SessionState::Disconnected => bound.min(DISCONNECTED_CLOSE_BOUND),
+            _ => bound,
+        };
         drop(client);
         if already_over {
             return true;

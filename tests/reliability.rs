@@ -323,7 +323,7 @@ fn a_read_only_file_dir_is_reported_never_loses_files_and_recovers() {
     // Then the failure is reported, the leader gives up leadership after
     // max-write-failures, nobody crashes, and no file is lost
     let ok = wait_until(Duration::from_secs(20), Duration::from_millis(100), || {
-        g.logs().contains("file write failed") && g.logs().contains("consecutive write failures")
+        g.logs().contains("write failed") && g.logs().contains("consecutive write failures")
     });
     assert!(ok, "{}", g.logs());
     std::thread::sleep(Duration::from_secs(2));
@@ -361,7 +361,7 @@ fn a_full_file_dir_never_costs_good_files_and_recovers() {
     let filler = dir.join("filler.bin");
     let _ = std::fs::write(&filler, vec![0u8; 2 << 20]);
     let ok = wait_until(Duration::from_secs(20), Duration::from_millis(100), || {
-        g.logs().contains("file write failed")
+        g.logs().contains("write failed")
     });
     assert!(ok, "{}", g.logs());
     std::thread::sleep(Duration::from_secs(1));

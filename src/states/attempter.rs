@@ -151,7 +151,7 @@ pub async fn run(ctx: &Context, mut session: ZkSession, recovery: Recovery) -> S
                     Health::Lost(why) => return Step::failover(Some(session), recovery, why),
                 },
                 _ = until_deadline(&live) => {
-                    return Step::failover(Some(session), recovery, "disconnected for longer than the session timeout");
+                    return Step::failover(Some(session), recovery, super::session::GIVE_UP_CAUSE);
                 }
                 // Only the heartbeat: /healthz sees a waiting candidate alive.
                 _ = tick.tick() => {}

@@ -176,12 +176,18 @@ impl Leader<'_> {
                 biased;
                 _ = self.ctx.cancel.cancelled() => return Exit::Stop,
                 state = self.session.state_changed() => {
+                    let was_connected = self.live.is_connected();
                     if let Some(exit) = self.on_session_change(state).await {
                         return exit;
                     }
+                    if !was_connected && self.live.is_connected() {
+                        // Back after a suspension: write at once (the tick
+                        // confirms leadership first, as always).
+                        tick.reset_immediately();
+                    }
                 }
                 _ = until_deadline(&self.live) => {
-                    return Exit::Failover("disconnected for longer than the session timeout".into());
+                    return Exit::Failover(super::session::GIVE_UP_CAUSE.into());
                 }
                 ev = &mut node_watch => {
                     if ev.event_type == EventType::NodeDeleted {

@@ -1,10 +1,17 @@
 //! Session health shared by Attempter and Leader.
 //!
-//! The client reports `Disconnected` when its server goes quiet, and
-//! `Expired` only once it can talk to a server again; while the network is
-//! unreachable it may never report it. So the daemon keeps its own clock:
-//! a session disconnected for longer than its timeout is treated as lost
-//! (the server has expired it, or will before we could use it).
+//! The client reports `Disconnected` when its server goes quiet, then keeps
+//! reconnecting with the same session. Whether the session is still alive
+//! is the server's call: it answers `Expired` when it dropped the session,
+//! and a server that restarted with its data restores its sessions with a
+//! fresh timeout. So a disconnected session is kept (suspended: a leader
+//! does not write until it confirms its node again) until the server says
+//! `Expired`, or the client gives up by itself after
+//! [`CLIENT_EXPIRY_FACTOR`] session timeouts.
+//!
+//! The daemon still keeps its own clock, as a safety net against a client
+//! that never reports anything: after [`GIVE_UP_FACTOR`] session timeouts
+//! of disconnection the session is treated as lost and rebuilt.
 
 use std::time::Duration;
 
@@ -13,7 +20,16 @@ use tracing::{info, warn};
 use zookeeper_client::SessionState;
 
 use crate::machine::Context;
-use crate::zk::is_terminal;
+use crate::zk::{CLIENT_EXPIRY_FACTOR, is_terminal};
+
+/// How long, in session timeouts, a session may stay disconnected before
+/// the daemon gives it up on its own clock. Longer than the client's own
+/// bound ([`CLIENT_EXPIRY_FACTOR`], counted from the last reply, which is
+/// earlier than the disconnection), so the client normally reports first.
+pub const GIVE_UP_FACTOR: u32 = CLIENT_EXPIRY_FACTOR + 2;
+
+/// The cause logged when the safety net gives a session up.
+pub const GIVE_UP_CAUSE: &str = "disconnected for 8 session timeouts (safety net)";
 
 /// What a session state change means for the daemon.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,7 +78,12 @@ impl Liveness {
 
     /// When the daemon gives the session up, if it is disconnected.
     pub fn deadline(&self) -> Option<Instant> {
-        self.lost_since.map(|t| t + self.timeout)
+        self.lost_since.map(|t| t + self.give_up_after())
+    }
+
+    /// How long a disconnection may last before the daemon gives up.
+    pub fn give_up_after(&self) -> Duration {
+        self.timeout * GIVE_UP_FACTOR
     }
 
     /// Whether it is connected now.
@@ -86,7 +107,7 @@ pub fn on_state(ctx: &Context, l: &mut Liveness, state: SessionState) -> Health 
     match &health {
         Health::Connected => info!(?state, "ZooKeeper session connected"),
         Health::Suspended => {
-            warn!(?state, give_up_in = ?l.timeout, "ZooKeeper session disconnected")
+            warn!(?state, give_up_in = ?l.give_up_after(), "ZooKeeper session disconnected; suspended until it reconnects or the server expires it")
         }
         Health::Lost(why) => warn!(?state, why, "ZooKeeper session lost"),
     }
@@ -98,7 +119,7 @@ mod tests {
     use super::*;
 
     #[tokio::test(start_paused = true)]
-    async fn a_disconnection_gets_a_deadline_of_one_session_timeout() {
+    async fn a_disconnection_gets_a_deadline_of_several_session_timeouts() {
         let mut l = Liveness::new(Duration::from_secs(2), SessionState::SyncConnected);
         assert_eq!(l.deadline(), None);
         let t0 = Instant::now();
@@ -106,18 +127,26 @@ mod tests {
         tokio::time::advance(Duration::from_millis(500)).await;
         // A second Disconnected does not push the deadline back.
         l.observe(SessionState::Disconnected);
-        assert_eq!(l.deadline(), Some(t0 + Duration::from_secs(2)));
+        assert_eq!(
+            l.deadline(),
+            Some(t0 + Duration::from_secs(2) * GIVE_UP_FACTOR)
+        );
         assert_eq!(l.observe(SessionState::SyncConnected), Health::Connected);
         assert_eq!(l.deadline(), None);
     }
 
     #[tokio::test(start_paused = true)]
-    async fn until_deadline_fires_after_the_timeout() {
+    async fn until_deadline_fires_after_the_give_up_time() {
         let mut l = Liveness::new(Duration::from_secs(2), SessionState::SyncConnected);
         l.observe(SessionState::Disconnected);
         let t0 = Instant::now();
         until_deadline(&l).await;
-        assert_eq!(t0.elapsed(), Duration::from_secs(2));
+        assert_eq!(t0.elapsed(), Duration::from_secs(2) * GIVE_UP_FACTOR);
+    }
+
+    #[test]
+    fn the_give_up_cause_names_the_factor() {
+        assert!(GIVE_UP_CAUSE.contains(&format!("{GIVE_UP_FACTOR} session timeouts")));
     }
 
     #[test]

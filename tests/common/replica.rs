@@ -157,6 +157,9 @@ impl Replica {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.exit_status() {
+                // The readers may not have drained the pipes yet: a caller
+                // that looks at the output right after the exit must see it.
+                self.wait_output_closed(Duration::from_secs(5));
                 return Some(status);
             }
             if Instant::now() >= deadline {
@@ -186,6 +189,24 @@ impl Replica {
 
     /// All lines captured so far (stdout and stderr interleaved as read),
     /// each ending with a newline. ANSI color codes are removed.
+    /// Waits (at most `timeout`) until stdout and stderr reached their end.
+    fn wait_output_closed(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.output.lock();
+        while state.open_streams > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            state = self
+                .output
+                .grew
+                .wait_timeout(state, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
     pub fn output(&self) -> String {
         let state = self.output.lock();
         let mut text = String::new();
