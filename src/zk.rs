@@ -231,13 +231,19 @@ impl ZkSession {
         connect_timeout: Duration,
     ) -> Result<ZkSession, ZkError> {
         // fail_eagerly: one pass over the servers, then an error, so that our own
-        // backoff (not the client's tight loop) paces the retries. The
-        // client's connection (idle) timeout stays at its default, 2/5 of the
-        // session timeout: `connect_timeout` bounds establishing a session,
-        // and as an idle timeout a low value would suspend a healthy leader.
+        // backoff (not the client's tight loop) paces the retries.
+        // `connect_timeout` bounds establishing a session only: as the
+        // client's idle timeout a low value would suspend a healthy leader.
+        // An idle session (a waiting candidate) pings after a third of the
+        // session timeout, as the Java client does, and counts its
+        // connection lost after two thirds without a byte: a candidate's
+        // whole traffic at rest is that ping. The leader is never idle (it
+        // confirms before every write), and its safety never depends on
+        // noticing a disconnection early (its lease does not).
         let connector = Client::connector()
             .with_session_timeout(session_timeout)
             .with_session_expired_timeout(session_timeout * CLIENT_EXPIRY_FACTOR)
+            .with_ping_interval(session_timeout / 3)
             .with_fail_eagerly();
         let connect = SessionThread::connect(connector, servers);
         let (client, thread) = tokio::time::timeout(connect_timeout, connect)

@@ -1549,6 +1549,7 @@ pub struct Connector {
     session_timeout: Duration,
     connection_timeout: Duration,
     session_expired_timeout: Duration,
+    ping_interval: Duration,
 }
 
 impl Connector {
@@ -1567,6 +1568,7 @@ impl Connector {
             session_timeout: Duration::ZERO,
             connection_timeout: Duration::ZERO,
             session_expired_timeout: Duration::ZERO,
+            ping_interval: Duration::ZERO,
         }
     }
 
@@ -1606,6 +1608,20 @@ impl Connector {
     /// answers [SessionState::Expired] when it is not.
     pub fn with_session_expired_timeout(mut self, timeout: Duration) -> Self {
         self.session_expired_timeout = timeout;
+        self
+    }
+
+    /// PATCHED: specifies how long an idle connection waits before it pings
+    /// the server (at most a third of the negotiated session timeout); the
+    /// connection is then declared lost after twice that without a byte
+    /// from the server.
+    ///
+    /// Defaults to `3/8` of the connection timeout (`3/20` of the session
+    /// timeout without one). The Java client pings after a third of the
+    /// session timeout: a client with many idle sessions (election
+    /// candidates) sends a third of the pings that way.
+    pub fn with_ping_interval(mut self, interval: Duration) -> Self {
+        self.ping_interval = interval;
         self
     }
 
@@ -1766,7 +1782,8 @@ impl Connector {
             .with_detached(self.detached)
             .with_session_timeout(self.session_timeout)
             .with_connection_timeout(self.connection_timeout)
-            .with_session_expired_timeout(self.session_expired_timeout);
+            .with_session_expired_timeout(self.session_expired_timeout)
+            .with_ping_interval(self.ping_interval);
         #[cfg(feature = "tls")]
         let builder = builder.with_tls(self.tls);
         #[cfg(any(feature = "sasl-digest-md5", feature = "sasl-gssapi"))]

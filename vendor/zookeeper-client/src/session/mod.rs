@@ -59,6 +59,7 @@ pub struct Builder {
     session_timeout: Duration,
     connection_timeout: Duration,
     session_expired_timeout: Duration,
+    ping_interval: Duration,
 }
 
 impl Builder {
@@ -101,6 +102,11 @@ impl Builder {
         Self { session_expired_timeout, ..self }
     }
 
+    /// PATCHED: see `Connector::with_ping_interval`; zero keeps the default.
+    pub fn with_ping_interval(self, ping_interval: Duration) -> Self {
+        Self { ping_interval, ..self }
+    }
+
     pub fn build(self, requester: Weak<mpsc::UnboundedSender<Request>>) -> Result<Session, Error> {
         let session = match self.session {
             Some(session) => {
@@ -136,6 +142,7 @@ impl Builder {
 
             configured_connection_timeout: self.connection_timeout,
             configured_session_expired_timeout: self.session_expired_timeout,
+            configured_ping_interval: self.ping_interval,
 
             last_zxid: session.last_zxid,
             last_recv: now,
@@ -174,6 +181,8 @@ pub struct Session {
 
     configured_connection_timeout: Duration,
     configured_session_expired_timeout: Duration,
+    /// PATCHED: see `Connector::with_ping_interval`.
+    configured_ping_interval: Duration,
 
     last_zxid: i64,
     last_recv: Instant,
@@ -445,6 +454,15 @@ impl Session {
         self.tick_timeout = tick;
         self.ping_timeout = Duration::from_secs(10).min(3 * tick);
         self.connector.set_timeout(8 * tick);
+        // PATCHED: a configured ping interval replaces the derived one (at
+        // most a third of the negotiated session timeout), and the
+        // connection is declared lost only after two of them without a byte
+        // from the server (the Java client's ratio).
+        if !self.configured_ping_interval.is_zero() {
+            let ping = self.configured_ping_interval.min(session_timeout / 3);
+            self.ping_timeout = ping;
+            self.connector.set_timeout((8 * tick).max(2 * ping));
+        }
         self.session_timeout = session_timeout.max(self.connector.timeout());
         self.session_expired_timeout = if self.configured_session_expired_timeout.is_zero() {
             self.session_timeout * 7 / 5
