@@ -27,6 +27,21 @@ ensure_zookeeper() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq zookeeper >/dev/null
 }
 
+# As root, installs what the fault-injection tests use when missing:
+# strace (syscall delays), nftables and iproute2 (firewall rules, network
+# namespaces). Not root: nothing to do, those tests are reported as ignored.
+ensure_fault_tools() {
+  [[ $(id -u) -eq 0 ]] || return 0
+  local missing=()
+  command -v strace >/dev/null || missing+=(strace)
+  command -v nft >/dev/null || missing+=(nftables)
+  command -v ip >/dev/null || missing+=(iproute2)
+  [[ ${#missing[@]} -eq 0 ]] && return
+  echo ">> installing ${missing[*]} for the fault-injection tests" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
 # Asks a four-letter word; prints the answer.
 zk_4lw() { # host port word
   timeout 2 bash -c "exec 3<>/dev/tcp/$1/$2; printf '%s' '$3' >&3; cat <&3" 2>/dev/null || true

