@@ -18,7 +18,12 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use zookeeper_client::{Acls, CheckWriteError, Client, CreateMode, SessionState, StateWatcher};
+use tracing::{info, warn};
+use zookeeper_client::{
+    Acl, Acls, CheckWriteError, Client, CreateMode, SessionState, StateWatcher,
+};
+
+use crate::zk_access::{ZkSecurity, is_open_to_world};
 
 /// Errors of ZooKeeper operations, one variant per failing step.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +34,9 @@ pub enum ZkError {
         servers: String,
         source: zookeeper_client::Error,
     },
+    /// The TLS files could not be read or parsed.
+    #[error("ZooKeeper TLS settings: {0}")]
+    Tls(String),
     /// Establishing a session took longer than allowed.
     #[error("no ZooKeeper session with {servers} within {timeout:?}")]
     ConnectTimeout { servers: String, timeout: Duration },
@@ -150,6 +158,10 @@ pub struct ZkSession {
     client: Client,
     states: StateWatcher,
     thread: SessionThread,
+    /// ACL of every node this session creates (see [`crate::zk_access`]).
+    acl: Vec<Acl>,
+    /// Whether the session authenticated (then open nodes get restricted).
+    authenticated: bool,
 }
 
 /// The dedicated thread and runtime that run one client's session task.
@@ -170,6 +182,7 @@ impl SessionThread {
     async fn connect(
         connector: zookeeper_client::Connector,
         servers: &str,
+        tls: bool,
     ) -> Result<(Client, SessionThread), zookeeper_client::Error> {
         let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
         let (done, connected) = tokio::sync::oneshot::channel();
@@ -188,8 +201,17 @@ impl SessionThread {
                 }
             };
             runtime.block_on(async move {
+                // With TLS every server is reached over TLS (the plain
+                // port is never tried).
+                let connecting = async {
+                    if tls {
+                        connector.secure_connect(&servers).await
+                    } else {
+                        connector.connect(&servers).await
+                    }
+                };
                 tokio::select! {
-                    r = connector.connect(&servers) => {
+                    r = connecting => {
                         let _ = done.send(r);
                     }
                     _ = &mut stopped => return,
@@ -224,11 +246,13 @@ impl std::fmt::Debug for ZkSession {
 }
 
 impl ZkSession {
-    /// Establishes a new session, bounded by `connect_timeout`.
+    /// Establishes a new session, bounded by `connect_timeout`, with the
+    /// credentials and TLS settings of `security`.
     pub async fn connect(
         servers: &str,
         session_timeout: Duration,
         connect_timeout: Duration,
+        security: &ZkSecurity,
     ) -> Result<ZkSession, ZkError> {
         // fail_eagerly: one pass over the servers, then an error, so that our own
         // backoff (not the client's tight loop) paces the retries. The
@@ -239,7 +263,8 @@ impl ZkSession {
             .with_session_timeout(session_timeout)
             .with_session_expired_timeout(session_timeout * CLIENT_EXPIRY_FACTOR)
             .with_fail_eagerly();
-        let connect = SessionThread::connect(connector, servers);
+        let connector = security.apply(connector).map_err(ZkError::Tls)?;
+        let connect = SessionThread::connect(connector, servers, security.tls.is_some());
         let (client, thread) = tokio::time::timeout(connect_timeout, connect)
             .await
             .map_err(|_| ZkError::ConnectTimeout {
@@ -255,6 +280,8 @@ impl ZkSession {
             client,
             states,
             thread,
+            acl: security.acl(),
+            authenticated: security.credentials.is_some(),
         })
     }
 
@@ -305,9 +332,16 @@ impl ZkSession {
             .unwrap_or(Err(zookeeper_client::Error::ConnectionLoss))
     }
 
-    /// Makes sure the persistent election path exists.
+    /// The ACL of every node this session creates.
+    pub fn acls(&self) -> Acls<'_> {
+        Acls::new(&self.acl)
+    }
+
+    /// Makes sure the persistent election path exists. With credentials,
+    /// the path and the fencing node, if an older version (or anyone)
+    /// created them open to the world, are restricted to our ACL.
     pub async fn ensure_path(&self, path: &str) -> Result<(), ZkError> {
-        let options = CreateMode::Persistent.with_acls(Acls::anyone_all());
+        let options = CreateMode::Persistent.with_acls(self.acls());
         self.client
             .mkdir(path, &options)
             .await
@@ -315,7 +349,48 @@ impl ZkSession {
                 op: "mkdir",
                 path: path.into(),
                 source,
-            })
+            })?;
+        if self.authenticated {
+            self.restrict_if_open(path).await?;
+            self.restrict_if_open(&child_path(path, FENCING_NODE))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the ACL of `path` by ours when it lets the world do more
+    /// than read. Only open nodes are touched: an ACL an operator chose
+    /// (another identity, no world access) is left as it is.
+    async fn restrict_if_open(&self, path: &str) -> Result<(), ZkError> {
+        let failed = |op, source| ZkError::Request {
+            op,
+            path: path.into(),
+            source,
+        };
+        let (acl, stat) = match self.client.get_acl(path).await {
+            Ok(found) => found,
+            Err(zookeeper_client::Error::NoNode) => return Ok(()),
+            Err(e) => return Err(failed("getAcl", e)),
+        };
+        if !is_open_to_world(&acl) {
+            return Ok(());
+        }
+        match self
+            .client
+            .set_acl(path, &self.acl, Some(stat.aversion))
+            .await
+        {
+            Ok(_) => {
+                info!(path, "node was open to everyone; restricted it to our ACL");
+                Ok(())
+            }
+            // Someone else changed it meanwhile: leave their choice.
+            Err(zookeeper_client::Error::BadVersion) => Ok(()),
+            Err(e) => {
+                warn!(path, error = %e, "cannot restrict the ACL of an open node");
+                Err(failed("setAcl", e))
+            }
+        }
     }
 
     /// Closes the session (its ephemeral nodes vanish at once on the server)
@@ -327,6 +402,7 @@ impl ZkSession {
             client,
             mut states,
             thread: _thread,
+            ..
         } = self;
         let already_over = matches!(
             client.state(),
@@ -354,6 +430,16 @@ impl ZkSession {
         })
         .await
         .is_ok()
+    }
+}
+
+/// A request error for logs and causes; `NoAuth` says what to check.
+pub fn describe(e: &zookeeper_client::Error) -> String {
+    match e {
+        zookeeper_client::Error::NoAuth => "not authorized: the ACL does not grant our ZooKeeper \
+             identity (check --zk-auth-file / ELECTION_ZK_AUTH against the ACL of the election path)"
+            .into(),
+        e => e.to_string(),
     }
 }
 
@@ -427,6 +513,7 @@ pub fn parse_token_floor(data: &[u8]) -> Result<u64, BadFloor> {
 /// changed it since we read `version`) and creates the writer node.
 pub async fn claim_leadership(
     client: &Client,
+    acls: Acls<'_>,
     root: &str,
     own: &str,
     token: u64,
@@ -443,7 +530,7 @@ pub async fn claim_leadership(
         None => writer.add_create(
             &path,
             data.as_bytes(),
-            &CreateMode::Persistent.with_acls(Acls::anyone_all()),
+            &CreateMode::Persistent.with_acls(acls),
         ),
     }
     .map_err(ClaimError::Request)?;
@@ -451,7 +538,7 @@ pub async fn claim_leadership(
         .add_create(
             &writer_path,
             data.as_bytes(),
-            &CreateMode::Ephemeral.with_acls(Acls::anyone_all()),
+            &CreateMode::Ephemeral.with_acls(acls),
         )
         .map_err(ClaimError::Request)?;
     match writer.commit().await {

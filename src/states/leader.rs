@@ -275,6 +275,7 @@ impl Leader<'_> {
             };
             let claim = zk::claim_leadership(
                 self.session.client(),
+                self.session.acls(),
                 root,
                 &self.leadership.path,
                 token,
@@ -297,7 +298,10 @@ impl Leader<'_> {
                     info!("token floor changed while claiming; trying again");
                 }
                 Err(ClaimError::Rejected(e)) => {
-                    return Err(Exit::Attempter(format!("claim rejected: {e}")));
+                    return Err(Exit::Attempter(format!(
+                        "claim rejected: {}",
+                        zk::describe(&e)
+                    )));
                 }
                 Err(ClaimError::Request(e)) => {
                     return Err(Exit::Failover(format!("cannot claim leadership: {e}")));
