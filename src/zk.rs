@@ -28,11 +28,12 @@ use crate::zk_access::{ZkSecurity, is_open_to_world};
 /// Errors of ZooKeeper operations, one variant per failing step.
 #[derive(Debug, thiserror::Error)]
 pub enum ZkError {
-    /// No session could be established.
-    #[error("cannot connect to ZooKeeper {servers}: {source}")]
+    /// No session could be established. (`cause`, not `source`: the
+    /// message already holds it, and `{:#}` would print it twice.)
+    #[error("cannot connect to ZooKeeper {servers}: {cause}")]
     Connect {
         servers: String,
-        source: zookeeper_client::Error,
+        cause: zookeeper_client::Error,
     },
     /// The TLS files could not be read or parsed.
     #[error("ZooKeeper TLS settings: {0}")]
@@ -40,6 +41,13 @@ pub enum ZkError {
     /// Establishing a session took longer than allowed.
     #[error("no ZooKeeper session with {servers} within {timeout:?}")]
     ConnectTimeout { servers: String, timeout: Duration },
+    /// ZooKeeper refused a request: the node's ACL does not grant our
+    /// identity (no credentials, or other ones than the ACL names).
+    #[error(
+        "ZooKeeper {op} {path}: not authorized (the ACL does not grant our identity: \
+         check --zk-auth-file / ELECTION_ZK_AUTH against the ACL of the election path)"
+    )]
+    NotAuthorized { op: &'static str, path: String },
     /// A request failed.
     #[error("ZooKeeper {op} {path} failed: {source}")]
     Request {
@@ -47,6 +55,23 @@ pub enum ZkError {
         path: String,
         source: zookeeper_client::Error,
     },
+}
+
+impl ZkError {
+    /// A failed request; `NoAuth` becomes [`ZkError::NotAuthorized`].
+    pub fn request(op: &'static str, path: &str, source: zookeeper_client::Error) -> ZkError {
+        match source {
+            zookeeper_client::Error::NoAuth => ZkError::NotAuthorized {
+                op,
+                path: path.into(),
+            },
+            source => ZkError::Request {
+                op,
+                path: path.into(),
+                source,
+            },
+        }
+    }
 }
 
 /// Data stored in a candidate znode: who this candidate is.
@@ -271,9 +296,9 @@ impl ZkSession {
                 servers: servers.into(),
                 timeout: connect_timeout,
             })?
-            .map_err(|source| ZkError::Connect {
+            .map_err(|cause| ZkError::Connect {
                 servers: servers.into(),
-                source,
+                cause,
             })?;
         let states = client.state_watcher();
         Ok(ZkSession {
@@ -341,15 +366,20 @@ impl ZkSession {
     /// the path and the fencing node, if an older version (or anyone)
     /// created them open to the world, are restricted to our ACL.
     pub async fn ensure_path(&self, path: &str) -> Result<(), ZkError> {
-        let options = CreateMode::Persistent.with_acls(self.acls());
-        self.client
-            .mkdir(path, &options)
+        // Look first: creating a node that exists needs CREATE on its
+        // parent, which a protected parent may not grant us.
+        let exists = self
+            .client
+            .check_stat(path)
             .await
-            .map_err(|source| ZkError::Request {
-                op: "mkdir",
-                path: path.into(),
-                source,
-            })?;
+            .map_err(|source| ZkError::request("exists", path, source))?;
+        if exists.is_none() {
+            let options = CreateMode::Persistent.with_acls(self.acls());
+            self.client
+                .mkdir(path, &options)
+                .await
+                .map_err(|source| ZkError::request("mkdir", path, source))?;
+        }
         if self.authenticated {
             self.restrict_if_open(path).await?;
             self.restrict_if_open(&child_path(path, FENCING_NODE))
@@ -362,11 +392,7 @@ impl ZkSession {
     /// than read. Only open nodes are touched: an ACL an operator chose
     /// (another identity, no world access) is left as it is.
     async fn restrict_if_open(&self, path: &str) -> Result<(), ZkError> {
-        let failed = |op, source| ZkError::Request {
-            op,
-            path: path.into(),
-            source,
-        };
+        let failed = |op, source| ZkError::request(op, path, source);
         let (acl, stat) = match self.client.get_acl(path).await {
             Ok(found) => found,
             Err(zookeeper_client::Error::NoNode) => return Ok(()),

@@ -187,6 +187,7 @@ async fn round(
             warn!(path = root, "election path missing; recreating it");
             session.ensure_path(root).await.map_err(|e| match e {
                 crate::zk::ZkError::Request { source, .. } => source,
+                crate::zk::ZkError::NotAuthorized { .. } => ZkErr::NoAuth,
                 other => ZkErr::UnexpectedError(other.to_string()),
             })?;
             return Ok(Round::Again);
