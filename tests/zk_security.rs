@@ -364,3 +364,17 @@ fn status_reads_a_protected_election_with_or_without_credentials() {
     g.stop_all();
     g.assert_invariants();
 }
+
+#[test]
+fn help_never_shows_credentials_from_the_environment() {
+    for sub in ["run", "status"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_election"))
+            .args([sub, "--help"])
+            .env("ELECTION_ZK_AUTH", "election:pw-in-env")
+            .output()
+            .unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(help.contains("[env: ELECTION_ZK_AUTH]"), "{help}");
+        assert!(!help.contains("pw-in-env"), "{help}");
+    }
+}
