@@ -170,8 +170,11 @@ impl ZkSecurity {
 /// created open by an older version, which the daemon restricts when it
 /// has credentials (and may: world ALL includes ADMIN).
 pub fn is_open_to_world(acl: &[Acl]) -> bool {
-    acl.iter()
-        .any(|a| a.scheme() == "world" && a.id() == "anyone" && a.permission() != Permission::READ)
+    acl.iter().any(|a| {
+        a.scheme() == "world"
+            && a.id() == "anyone"
+            && (a.permission() | Permission::READ) != Permission::READ
+    })
 }
 
 #[cfg(test)]
@@ -229,5 +232,9 @@ mod tests {
         assert_eq!(secured[0].id(), digest_id("u", "p"));
         assert_eq!(secured[0].permission(), Permission::ALL);
         assert_eq!(secured[1].permission(), Permission::READ);
+        let none = [Acl::new(Permission::NONE, AuthId::anyone())];
+        assert!(!is_open_to_world(&none));
+        let write = [Acl::new(Permission::WRITE, AuthId::anyone())];
+        assert!(is_open_to_world(&write));
     }
 }

@@ -14,7 +14,7 @@ use common::group::Group;
 use common::zk::{ZkCluster, ZkOptions};
 use common::{close_client, zk_client};
 use election::zk_access::digest_id;
-use zookeeper_client::{Acls, Client, CreateMode, Error as ZkErr, Permission};
+use zookeeper_client::{Acl, Acls, AuthId, Client, CreateMode, Error as ZkErr, Permission};
 
 const ROOT: &str = "/election/test";
 
@@ -377,4 +377,49 @@ fn help_never_shows_credentials_from_the_environment() {
         assert!(help.contains("[env: ELECTION_ZK_AUTH]"), "{help}");
         assert!(!help.contains("pw-in-env"), "{help}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fencing_node_of_other_credentials_stops_the_leader_without_spinning() {
+    // Given an election path that grants the replicas' identity, and a
+    // fencing node that names another one (a password changed without
+    // `setAcl` on it, say), prepared by the operator
+    let zk = zk_with_super();
+    let operator = client_as(&zk.connect_string(), "super:secret").await;
+    let acl = |user: &str, pw: &str| {
+        [
+            Acl::new(Permission::ALL, AuthId::new("digest", &digest_id(user, pw))),
+            Acl::new(Permission::READ, AuthId::anyone()),
+        ]
+    };
+    let ours = acl("election", "pw-new");
+    let old = acl("election", "pw-old");
+    operator
+        .mkdir(ROOT, &CreateMode::Persistent.with_acls(Acls::new(&ours)))
+        .await
+        .unwrap();
+    operator
+        .create(
+            &format!("{ROOT}/fencing"),
+            b"5",
+            &CreateMode::Persistent.with_acls(Acls::new(&old)),
+        )
+        .await
+        .unwrap();
+    close_client(operator).await;
+    // When a replica with the new password becomes first in the queue
+    let mut g = Group::new(&zk.connect_string());
+    g.env = vec![("ELECTION_ZK_AUTH".into(), "election:pw-new".into())];
+    g.spawn(1);
+    let cause = g
+        .replica(0)
+        .wait_for_line("claim rejected: not authorized", Duration::from_secs(20));
+    assert!(cause.is_some(), "{}", g.logs());
+    std::thread::sleep(Duration::from_secs(4));
+    // Then it never writes, and it retries with Failover's backoff
+    // (at most every failover-max-backoff = 500 ms), not in a tight loop
+    assert!(g.records().is_empty(), "{}", g.logs());
+    let claims = g.replica(0).output().matches("to=leader").count();
+    assert!(claims <= 15, "{claims} claims in ~4 s\n{}", g.logs());
+    g.stop_all();
 }

@@ -297,6 +297,15 @@ impl Leader<'_> {
                 Err(ClaimError::Rejected(zookeeper_client::Error::BadVersion)) => {
                     info!("token floor changed while claiming; trying again");
                 }
+                // Not allowed to move the floor (the fencing node's ACL names
+                // other credentials): retrying at once from Attempter would
+                // spin; Failover backs off and keeps saying why.
+                Err(ClaimError::Rejected(e @ zookeeper_client::Error::NoAuth)) => {
+                    return Err(Exit::Failover(format!(
+                        "claim rejected: {}",
+                        zk::describe(&e)
+                    )));
+                }
                 Err(ClaimError::Rejected(e)) => {
                     return Err(Exit::Attempter(format!(
                         "claim rejected: {}",
