@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::zk_access::{Credentials, TlsFiles, ZkSecurity};
+
 /// Leader election on Apache ZooKeeper: several replicas run, exactly one
 /// leads and writes files into a shared directory, another takes over as
 /// soon as it stops, pauses or loses ZooKeeper.
@@ -127,6 +129,56 @@ pub struct RunArgs {
     /// Namespace of this Pod (see --pod-name).
     #[arg(long, env = "ELECTION_POD_NAMESPACE", requires = "pod_name")]
     pub pod_namespace: Option<String>,
+
+    #[command(flatten)]
+    pub zk_security: ZkSecurityArgs,
+}
+
+/// ZooKeeper authentication and TLS, shared by `run` and `status`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ZkSecurityArgs {
+    /// File holding ZooKeeper digest credentials `user:password` (one
+    /// line; must not be readable by other users). With credentials, every
+    /// node the daemon creates is writable only by this user (and
+    /// ZooKeeper's super user) and readable by everyone. Read at start.
+    #[arg(long, env = "ELECTION_ZK_AUTH_FILE", value_parser = parse_auth_file, conflicts_with = "zk_auth", value_name = "PATH")]
+    pub zk_auth_file: Option<Credentials>,
+
+    /// ZooKeeper digest credentials `user:password`, for environments that
+    /// inject secrets as variables (prefer --zk-auth-file: a flag is
+    /// visible in `ps`). Never logged.
+    #[arg(long, env = "ELECTION_ZK_AUTH", hide_env_values = true, value_parser = CredentialsParser, value_name = "USER:PASSWORD")]
+    pub zk_auth: Option<Credentials>,
+
+    /// PEM file of the CA that signs the ZooKeeper servers' certificates;
+    /// turns TLS on for every server (the plain port is not used). Server
+    /// host names in --zk-servers must match their certificates.
+    #[arg(long, env = "ELECTION_ZK_TLS_CA_FILE", value_parser = parse_pem_file, value_name = "PATH")]
+    pub zk_tls_ca_file: Option<PathBuf>,
+
+    /// PEM client certificate, for servers that require one (`ssl.clientAuth=need`).
+    #[arg(long, env = "ELECTION_ZK_TLS_CERT_FILE", value_parser = parse_pem_file, requires_all = ["zk_tls_key_file", "zk_tls_ca_file"], value_name = "PATH")]
+    pub zk_tls_cert_file: Option<PathBuf>,
+
+    /// PEM private key of --zk-tls-cert-file.
+    #[arg(long, env = "ELECTION_ZK_TLS_KEY_FILE", value_parser = parse_pem_file, requires = "zk_tls_cert_file", value_name = "PATH")]
+    pub zk_tls_key_file: Option<PathBuf>,
+}
+
+impl ZkSecurityArgs {
+    /// The resolved settings.
+    pub fn security(&self) -> ZkSecurity {
+        ZkSecurity {
+            credentials: self.zk_auth_file.clone().or_else(|| self.zk_auth.clone()),
+            tls: self.zk_tls_ca_file.as_ref().map(|ca| TlsFiles {
+                ca: ca.clone(),
+                identity: self
+                    .zk_tls_cert_file
+                    .clone()
+                    .zip(self.zk_tls_key_file.clone()),
+            }),
+        }
+    }
 }
 
 /// Flags of `election release`.
@@ -159,6 +211,9 @@ pub struct StatusArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+
+    #[command(flatten)]
+    pub zk_security: ZkSecurityArgs,
 }
 
 /// A listener address, or `off`.
@@ -292,6 +347,50 @@ pub fn parse_file_dir(s: &str) -> Result<PathBuf, String> {
     }
 }
 
+/// Credentials read from a file (see [`Credentials::from_file`]).
+pub fn parse_auth_file(s: &str) -> Result<Credentials, String> {
+    Credentials::from_file(std::path::Path::new(s))
+}
+
+/// Parses inline credentials; unlike clap's usual message, its error
+/// never repeats the value (it may be a password).
+#[derive(Debug, Clone, Copy)]
+pub struct CredentialsParser;
+
+impl clap::builder::TypedValueParser for CredentialsParser {
+    type Value = Credentials;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Credentials, clap::Error> {
+        let name = arg.map(|a| a.to_string()).unwrap_or_default();
+        value
+            .to_str()
+            .ok_or_else(|| "credentials must be UTF-8".to_owned())
+            .and_then(Credentials::parse)
+            .map_err(|e| {
+                clap::Error::raw(
+                    clap::error::ErrorKind::ValueValidation,
+                    format!("invalid value for '{name}': {e}\n"),
+                )
+                .with_cmd(cmd)
+            })
+    }
+}
+
+/// A readable file holding at least one PEM block. The content is read
+/// again at every connect (rotation), this only catches a wrong path early.
+pub fn parse_pem_file(s: &str) -> Result<PathBuf, String> {
+    let text = std::fs::read_to_string(s).map_err(|e| format!("cannot read `{s}`: {e}"))?;
+    if !text.contains("-----BEGIN ") {
+        return Err(format!("`{s}` holds no PEM block (`-----BEGIN ...`)"));
+    }
+    Ok(PathBuf::from(s))
+}
+
 /// A socket address, or `off`.
 pub fn parse_optional_addr(s: &str) -> Result<OptionalAddr, String> {
     if s.eq_ignore_ascii_case("off") || s.is_empty() {
@@ -404,6 +503,51 @@ mod tests {
     fn pod_name_requires_namespace() {
         let err = run_args(&["--zk-servers", "zk:2181", "--pod-name", "p"]).unwrap_err();
         assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn zk_credentials_come_from_a_file_or_the_environment_never_both() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), "election:pw\n").unwrap();
+        std::fs::set_permissions(file.path(), std::fs::Permissions::from_mode(0o600)).unwrap();
+        let path = file.path().to_str().unwrap();
+        let a = run_args(&["--zk-servers", "zk:2181", "--zk-auth-file", path]).unwrap();
+        let creds = a.zk_security.security().credentials.unwrap();
+        assert_eq!(creds.user(), "election");
+        assert!(!format!("{a:?}").contains(":pw"), "{a:?}");
+        let err = run_args(&[
+            "--zk-servers",
+            "zk:2181",
+            "--zk-auth-file",
+            path,
+            "--zk-auth",
+            "a:b",
+        ])
+        .unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        let err = run_args(&["--zk-servers", "zk:2181", "--zk-auth", "secretword"]).unwrap_err();
+        assert!(err.to_string().contains("zk-auth"), "{err}");
+        assert!(!err.to_string().contains("secretword"), "{err}");
+    }
+
+    #[test]
+    fn a_tls_client_certificate_needs_its_key_and_a_ca() {
+        let pem = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(pem.path(), "-----BEGIN CERTIFICATE-----\n").unwrap();
+        let p = pem.path().to_str().unwrap();
+        let err = run_args(&["--zk-servers", "zk:2181", "--zk-tls-cert-file", p]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        let ok = run_args(&["--zk-servers", "zk:2181", "--zk-tls-ca-file", p]).unwrap();
+        assert!(ok.zk_security.security().tls.unwrap().identity.is_none());
+        let err = run_args(&[
+            "--zk-servers",
+            "zk:2181",
+            "--zk-tls-ca-file",
+            "/nonexistent",
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("zk-tls-ca-file"), "{err}");
     }
 
     #[test]

@@ -18,3 +18,4 @@ pub mod status_cmd;
 pub mod telemetry;
 pub mod verify;
 pub mod zk;
+pub mod zk_access;

@@ -250,8 +250,11 @@ pub async fn run(ctx: Context) -> Outcome {
     let mut state = State::Init {
         recovery: Recovery::default(),
     };
+    // The ZooKeeper user name, never the password.
+    let security = ctx.cfg.zk_security.security();
+    let zk_user = security.credentials.as_ref().map_or("-", |c| c.user());
     info!(node_id = %ctx.node_id, zk_servers = %ctx.cfg.zk_servers, zk_root = %ctx.cfg.zk_root,
-        file_dir = %ctx.cfg.file_dir.display(), "starting");
+        file_dir = %ctx.cfg.file_dir.display(), zk_user, zk_tls = security.tls.is_some(), "starting");
     loop {
         let from = state.name();
         let span = info_span!("state", state = %from);

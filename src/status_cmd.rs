@@ -24,6 +24,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         &args.zk_servers,
         Duration::from_secs(4),
         args.zk_connect_timeout,
+        &args.zk_security.security(),
     )
     .await?;
     let rows = read(&session, &args.zk_root).await;

@@ -18,20 +18,36 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use zookeeper_client::{Acls, CheckWriteError, Client, CreateMode, SessionState, StateWatcher};
+use tracing::{info, warn};
+use zookeeper_client::{
+    Acl, Acls, CheckWriteError, Client, CreateMode, SessionState, StateWatcher,
+};
+
+use crate::zk_access::{ZkSecurity, is_open_to_world};
 
 /// Errors of ZooKeeper operations, one variant per failing step.
 #[derive(Debug, thiserror::Error)]
 pub enum ZkError {
-    /// No session could be established.
-    #[error("cannot connect to ZooKeeper {servers}: {source}")]
+    /// No session could be established. (`cause`, not `source`: the
+    /// message already holds it, and `{:#}` would print it twice.)
+    #[error("cannot connect to ZooKeeper {servers}: {cause}")]
     Connect {
         servers: String,
-        source: zookeeper_client::Error,
+        cause: zookeeper_client::Error,
     },
+    /// The TLS files could not be read or parsed.
+    #[error("ZooKeeper TLS settings: {0}")]
+    Tls(String),
     /// Establishing a session took longer than allowed.
     #[error("no ZooKeeper session with {servers} within {timeout:?}")]
     ConnectTimeout { servers: String, timeout: Duration },
+    /// ZooKeeper refused a request: the node's ACL does not grant our
+    /// identity (no credentials, or other ones than the ACL names).
+    #[error(
+        "ZooKeeper {op} {path}: not authorized (the ACL does not grant our identity: \
+         check --zk-auth-file / ELECTION_ZK_AUTH against the ACL of the election path)"
+    )]
+    NotAuthorized { op: &'static str, path: String },
     /// A request failed.
     #[error("ZooKeeper {op} {path} failed: {source}")]
     Request {
@@ -39,6 +55,23 @@ pub enum ZkError {
         path: String,
         source: zookeeper_client::Error,
     },
+}
+
+impl ZkError {
+    /// A failed request; `NoAuth` becomes [`ZkError::NotAuthorized`].
+    pub fn request(op: &'static str, path: &str, source: zookeeper_client::Error) -> ZkError {
+        match source {
+            zookeeper_client::Error::NoAuth => ZkError::NotAuthorized {
+                op,
+                path: path.into(),
+            },
+            source => ZkError::Request {
+                op,
+                path: path.into(),
+                source,
+            },
+        }
+    }
 }
 
 /// Data stored in a candidate znode: who this candidate is.
@@ -150,6 +183,10 @@ pub struct ZkSession {
     client: Client,
     states: StateWatcher,
     thread: SessionThread,
+    /// ACL of every node this session creates (see [`crate::zk_access`]).
+    acl: Vec<Acl>,
+    /// Whether the session authenticated (then open nodes get restricted).
+    authenticated: bool,
 }
 
 /// The dedicated thread and runtime that run one client's session task.
@@ -170,6 +207,7 @@ impl SessionThread {
     async fn connect(
         connector: zookeeper_client::Connector,
         servers: &str,
+        tls: bool,
     ) -> Result<(Client, SessionThread), zookeeper_client::Error> {
         let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
         let (done, connected) = tokio::sync::oneshot::channel();
@@ -188,8 +226,17 @@ impl SessionThread {
                 }
             };
             runtime.block_on(async move {
+                // With TLS every server is reached over TLS (the plain
+                // port is never tried).
+                let connecting = async {
+                    if tls {
+                        connector.secure_connect(&servers).await
+                    } else {
+                        connector.connect(&servers).await
+                    }
+                };
                 tokio::select! {
-                    r = connector.connect(&servers) => {
+                    r = connecting => {
                         let _ = done.send(r);
                     }
                     _ = &mut stopped => return,
@@ -224,11 +271,13 @@ impl std::fmt::Debug for ZkSession {
 }
 
 impl ZkSession {
-    /// Establishes a new session, bounded by `connect_timeout`.
+    /// Establishes a new session, bounded by `connect_timeout`, with the
+    /// credentials and TLS settings of `security`.
     pub async fn connect(
         servers: &str,
         session_timeout: Duration,
         connect_timeout: Duration,
+        security: &ZkSecurity,
     ) -> Result<ZkSession, ZkError> {
         // fail_eagerly: one pass over the servers, then an error, so that our own
         // backoff (not the client's tight loop) paces the retries.
@@ -245,22 +294,25 @@ impl ZkSession {
             .with_session_expired_timeout(session_timeout * CLIENT_EXPIRY_FACTOR)
             .with_ping_interval(session_timeout / 3)
             .with_fail_eagerly();
-        let connect = SessionThread::connect(connector, servers);
+        let connector = security.apply(connector).map_err(ZkError::Tls)?;
+        let connect = SessionThread::connect(connector, servers, security.tls.is_some());
         let (client, thread) = tokio::time::timeout(connect_timeout, connect)
             .await
             .map_err(|_| ZkError::ConnectTimeout {
                 servers: servers.into(),
                 timeout: connect_timeout,
             })?
-            .map_err(|source| ZkError::Connect {
+            .map_err(|cause| ZkError::Connect {
                 servers: servers.into(),
-                source,
+                cause,
             })?;
         let states = client.state_watcher();
         Ok(ZkSession {
             client,
             states,
             thread,
+            acl: security.acl(),
+            authenticated: security.credentials.is_some(),
         })
     }
 
@@ -311,17 +363,66 @@ impl ZkSession {
             .unwrap_or(Err(zookeeper_client::Error::ConnectionLoss))
     }
 
-    /// Makes sure the persistent election path exists.
+    /// The ACL of every node this session creates.
+    pub fn acls(&self) -> Acls<'_> {
+        Acls::new(&self.acl)
+    }
+
+    /// Makes sure the persistent election path exists. With credentials,
+    /// the path and the fencing node, if an older version (or anyone)
+    /// created them open to the world, are restricted to our ACL.
     pub async fn ensure_path(&self, path: &str) -> Result<(), ZkError> {
-        let options = CreateMode::Persistent.with_acls(Acls::anyone_all());
-        self.client
-            .mkdir(path, &options)
+        // Look first: creating a node that exists needs CREATE on its
+        // parent, which a protected parent may not grant us.
+        let exists = self
+            .client
+            .check_stat(path)
             .await
-            .map_err(|source| ZkError::Request {
-                op: "mkdir",
-                path: path.into(),
-                source,
-            })
+            .map_err(|source| ZkError::request("exists", path, source))?;
+        if exists.is_none() {
+            let options = CreateMode::Persistent.with_acls(self.acls());
+            self.client
+                .mkdir(path, &options)
+                .await
+                .map_err(|source| ZkError::request("mkdir", path, source))?;
+        }
+        if self.authenticated {
+            self.restrict_if_open(path).await?;
+            self.restrict_if_open(&child_path(path, FENCING_NODE))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the ACL of `path` by ours when it lets the world do more
+    /// than read. Only open nodes are touched: an ACL an operator chose
+    /// (another identity, no world access) is left as it is.
+    async fn restrict_if_open(&self, path: &str) -> Result<(), ZkError> {
+        let failed = |op, source| ZkError::request(op, path, source);
+        let (acl, stat) = match self.client.get_acl(path).await {
+            Ok(found) => found,
+            Err(zookeeper_client::Error::NoNode) => return Ok(()),
+            Err(e) => return Err(failed("getAcl", e)),
+        };
+        if !is_open_to_world(&acl) {
+            return Ok(());
+        }
+        match self
+            .client
+            .set_acl(path, &self.acl, Some(stat.aversion))
+            .await
+        {
+            Ok(_) => {
+                info!(path, "node was open to everyone; restricted it to our ACL");
+                Ok(())
+            }
+            // Someone else changed it meanwhile: leave their choice.
+            Err(zookeeper_client::Error::BadVersion) => Ok(()),
+            Err(e) => {
+                warn!(path, error = %e, "cannot restrict the ACL of an open node");
+                Err(failed("setAcl", e))
+            }
+        }
     }
 
     /// Closes the session (its ephemeral nodes vanish at once on the server)
@@ -333,6 +434,7 @@ impl ZkSession {
             client,
             mut states,
             thread: _thread,
+            ..
         } = self;
         let already_over = matches!(
             client.state(),
@@ -360,6 +462,16 @@ impl ZkSession {
         })
         .await
         .is_ok()
+    }
+}
+
+/// A request error for logs and causes; `NoAuth` says what to check.
+pub fn describe(e: &zookeeper_client::Error) -> String {
+    match e {
+        zookeeper_client::Error::NoAuth => "not authorized: the ACL does not grant our ZooKeeper \
+             identity (check --zk-auth-file / ELECTION_ZK_AUTH against the ACL of the election path)"
+            .into(),
+        e => e.to_string(),
     }
 }
 
@@ -433,6 +545,7 @@ pub fn parse_token_floor(data: &[u8]) -> Result<u64, BadFloor> {
 /// changed it since we read `version`) and creates the writer node.
 pub async fn claim_leadership(
     client: &Client,
+    acls: Acls<'_>,
     root: &str,
     own: &str,
     token: u64,
@@ -449,7 +562,7 @@ pub async fn claim_leadership(
         None => writer.add_create(
             &path,
             data.as_bytes(),
-            &CreateMode::Persistent.with_acls(Acls::anyone_all()),
+            &CreateMode::Persistent.with_acls(acls),
         ),
     }
     .map_err(ClaimError::Request)?;
@@ -457,7 +570,7 @@ pub async fn claim_leadership(
         .add_create(
             &writer_path,
             data.as_bytes(),
-            &CreateMode::Ephemeral.with_acls(Acls::anyone_all()),
+            &CreateMode::Ephemeral.with_acls(acls),
         )
         .map_err(ClaimError::Request)?;
     match writer.commit().await {

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use tokio::time::MissedTickBehavior;
 use tracing::{debug, info, warn};
-use zookeeper_client::{Acls, CreateMode, Error as ZkErr, EventType};
+use zookeeper_client::{CreateMode, Error as ZkErr, EventType};
 
 use super::leader::Leadership;
 use super::session::{Health, Liveness, on_state, until_deadline};
@@ -108,7 +108,7 @@ pub async fn run(ctx: &Context, mut session: ZkSession, recovery: Recovery) -> S
                     return Step::failover(
                         Some(session),
                         recovery,
-                        format!("election round failed: {e}"),
+                        format!("election round failed: {}", crate::zk::describe(&e)),
                     );
                 }
                 warn!(error = %e, errors, "election round failed; retrying");
@@ -187,6 +187,7 @@ async fn round(
             warn!(path = root, "election path missing; recreating it");
             session.ensure_path(root).await.map_err(|e| match e {
                 crate::zk::ZkError::Request { source, .. } => source,
+                crate::zk::ZkError::NotAuthorized { .. } => ZkErr::NoAuth,
                 other => ZkErr::UnexpectedError(other.to_string()),
             })?;
             return Ok(Round::Again);
@@ -268,7 +269,7 @@ async fn round(
             };
             let body = serde_json::to_vec(&data).expect("candidate data serializes");
             let prefix = child_path(root, &candidate_prefix(sid));
-            let options = CreateMode::EphemeralSequential.with_acls(Acls::anyone_all());
+            let options = CreateMode::EphemeralSequential.with_acls(session.acls());
             match client.create(&prefix, &body, &options).await {
                 Ok((_, seq)) => {
                     info!(node = %format!("{prefix}{seq}"), "candidate node created");

@@ -52,10 +52,12 @@ pub async fn run(ctx: &Context, recovery: Recovery) -> Step {
         .zk_connect_attempts
         .fetch_add(1, Ordering::Relaxed);
     let cfg = &ctx.cfg;
+    let security = cfg.zk_security.security();
     let connect = ZkSession::connect(
         &cfg.zk_servers,
         cfg.zk_session_timeout,
         cfg.zk_connect_timeout,
+        &security,
     );
     let session = tokio::select! {
         r = connect => r,

@@ -275,6 +275,7 @@ impl Leader<'_> {
             };
             let claim = zk::claim_leadership(
                 self.session.client(),
+                self.session.acls(),
                 root,
                 &self.leadership.path,
                 token,
@@ -296,8 +297,20 @@ impl Leader<'_> {
                 Err(ClaimError::Rejected(zookeeper_client::Error::BadVersion)) => {
                     info!("token floor changed while claiming; trying again");
                 }
+                // Not allowed to move the floor (the fencing node's ACL names
+                // other credentials): retrying at once from Attempter would
+                // spin; Failover backs off and keeps saying why.
+                Err(ClaimError::Rejected(e @ zookeeper_client::Error::NoAuth)) => {
+                    return Err(Exit::Failover(format!(
+                        "claim rejected: {}",
+                        zk::describe(&e)
+                    )));
+                }
                 Err(ClaimError::Rejected(e)) => {
-                    return Err(Exit::Attempter(format!("claim rejected: {e}")));
+                    return Err(Exit::Attempter(format!(
+                        "claim rejected: {}",
+                        zk::describe(&e)
+                    )));
                 }
                 Err(ClaimError::Request(e)) => {
                     return Err(Exit::Failover(format!("cannot claim leadership: {e}")));

@@ -71,6 +71,9 @@ impl Liveness {
                 self.lost_since.get_or_insert_with(Instant::now);
                 Health::Suspended
             }
+            SessionState::AuthFailed => Health::Lost(
+                "session AuthFailed: ZooKeeper rejected the session's credentials".into(),
+            ),
             s if is_terminal(s) => Health::Lost(format!("session {s:?}")),
             s => Health::Lost(format!("session {s:?}")),
         }

@@ -3,6 +3,11 @@
 //! directory. Servers can be stopped, killed, wiped and restarted on the
 //! same ports; every server is killed when the [`ZkCluster`] is dropped.
 //!
+//! [`ZkOptions`] adds server-side security: a super identity (JVM flag
+//! `zookeeper.DigestAuthenticationProvider.superDigest`) and TLS on a
+//! `secureClientPort` (Netty, PKCS12 stores) with certificates generated
+//! by `openssl` and `keytool` in the cluster's temporary directory.
+//!
 //! ZooKeeper is found through `ZOOKEEPER_HOME` (a release tarball) or the
 //! Debian package (`apt-get install -y zookeeper`); without either the
 //! harness panics and says how to install it.
@@ -31,6 +36,8 @@ const PORT_ATTEMPTS: usize = 3;
 pub struct ZkCluster {
     servers: Vec<Server>,
     ensemble: bool,
+    options: ZkOptions,
+    tls: Option<TlsMaterial>,
     // Last so that the servers are killed before their files are removed.
     dir: tempfile::TempDir,
 }
@@ -39,6 +46,8 @@ pub struct ZkCluster {
 struct Server {
     myid: usize,
     client_port: u16,
+    /// TLS client port (0 without TLS).
+    secure_port: u16,
     peer_port: u16,
     election_port: u16,
     dir: PathBuf,
@@ -71,10 +80,59 @@ impl Server {
     }
 }
 
+/// Server-side security of a test cluster (all off by default).
+#[derive(Debug, Clone, Default)]
+pub struct ZkOptions {
+    /// `super:<base64(sha1(super:password))>`: a digest identity that
+    /// bypasses every ACL, as an operator configures it.
+    pub super_digest: Option<String>,
+    /// Serve TLS on a `secureClientPort` as well (the plain port stays for
+    /// the harness's four-letter words; tests give clients only the
+    /// secure one).
+    pub tls: bool,
+    /// With `tls`: `ssl.clientAuth=need` (clients must show a certificate
+    /// signed by the test CA).
+    pub tls_client_auth: bool,
+}
+
+/// PEM files generated for a TLS cluster.
+#[derive(Debug, Clone)]
+pub struct TlsMaterial {
+    /// The CA that signed the servers' and the client's certificates.
+    pub ca: PathBuf,
+    /// A client certificate (SAN 127.0.0.1) and its key.
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    /// Another CA, which signed nothing the servers use.
+    pub wrong_ca: PathBuf,
+}
+
 impl ZkCluster {
     /// Starts one standalone server and waits until it serves.
     pub fn standalone() -> ZkCluster {
-        ZkCluster::start_new(1)
+        ZkCluster::start_new(1, ZkOptions::default())
+    }
+
+    /// Starts one standalone server with `options` and waits until it serves.
+    pub fn standalone_with(options: ZkOptions) -> ZkCluster {
+        ZkCluster::start_new(1, options)
+    }
+
+    /// The connect string of the servers' TLS ports (panics without TLS).
+    pub fn secure_connect_string(&self) -> String {
+        assert!(self.options.tls, "the cluster was started without TLS");
+        self.servers
+            .iter()
+            .map(|s| format!("127.0.0.1:{}", s.secure_port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The generated certificates (panics without TLS).
+    pub fn tls_material(&self) -> &TlsMaterial {
+        self.tls
+            .as_ref()
+            .expect("the cluster was started without TLS")
     }
 
     /// Starts an ensemble of `n` servers (n >= 2, usually 3) and waits
@@ -84,10 +142,10 @@ impl ZkCluster {
             n >= 2,
             "an ensemble needs at least 2 servers; use standalone()"
         );
-        ZkCluster::start_new(n)
+        ZkCluster::start_new(n, ZkOptions::default())
     }
 
-    fn start_new(n: usize) -> ZkCluster {
+    fn start_new(n: usize, options: ZkOptions) -> ZkCluster {
         let dir = tempfile::Builder::new()
             .prefix("election-zk-")
             .tempdir()
@@ -96,15 +154,19 @@ impl ZkCluster {
             .map(|i| Server {
                 myid: i + 1,
                 client_port: 0,
+                secure_port: 0,
                 peer_port: 0,
                 election_port: 0,
                 dir: dir.path().join(format!("zk{}", i + 1)),
                 child: None,
             })
             .collect();
+        let tls = options.tls.then(|| generate_tls(dir.path()));
         let mut cluster = ZkCluster {
             servers,
             ensemble: n > 1,
+            options,
+            tls,
             dir,
         };
         for attempt in 1..=PORT_ATTEMPTS {
@@ -132,8 +194,12 @@ impl ZkCluster {
 
     fn assign_ports(&mut self) {
         let ensemble = self.ensemble;
+        let tls = self.options.tls;
         for s in &mut self.servers {
             s.client_port = free_port();
+            if tls {
+                s.secure_port = free_port();
+            }
             if ensemble {
                 s.peer_port = free_port();
                 s.election_port = free_port();
@@ -167,6 +233,29 @@ impl ZkCluster {
             data = s.data_dir().display(),
             port = s.client_port,
         );
+        if self.options.tls {
+            let stores = self.dir.path().join("tls");
+            cfg.push_str(&format!(
+                "secureClientPort={port}\n\
+                 secureClientPortAddress=127.0.0.1\n\
+                 serverCnxnFactory=org.apache.zookeeper.server.NettyServerCnxnFactory\n\
+                 ssl.keyStore.location={keystore}\n\
+                 ssl.keyStore.password=secret\n\
+                 ssl.keyStore.type=PKCS12\n\
+                 ssl.trustStore.location={truststore}\n\
+                 ssl.trustStore.password=secret\n\
+                 ssl.trustStore.type=PKCS12\n\
+                 ssl.clientAuth={auth}\n",
+                port = s.secure_port,
+                keystore = stores.join("server.p12").display(),
+                truststore = stores.join("trust.p12").display(),
+                auth = if self.options.tls_client_auth {
+                    "need"
+                } else {
+                    "none"
+                },
+            ));
+        }
         if self.ensemble {
             for peer in &self.servers {
                 cfg.push_str(&format!(
@@ -181,6 +270,7 @@ impl ZkCluster {
 
     /// Starts the JVM of server `i` (its log is appended to).
     fn spawn(&mut self, i: usize) {
+        let options = self.options.clone();
         let s = &mut self.servers[i];
         let mut log = OpenOptions::new()
             .create(true)
@@ -206,9 +296,30 @@ impl ZkCluster {
             "-Dorg.slf4j.simpleLogger.showDateTime=true",
             "-Dorg.slf4j.simpleLogger.dateTimeFormat=HH:mm:ss.SSS",
         ]);
+        if let Some(digest) = &options.super_digest {
+            cmd.arg(format!(
+                "-Dzookeeper.DigestAuthenticationProvider.superDigest={digest}"
+            ));
+        }
+        let mut classpath = install.classpath.clone();
+        if options.tls {
+            // Debian's zookeeper.jar names netty-handler and -transport in
+            // its manifest but not what they need for the Netty server.
+            for jar in [
+                "netty-codec",
+                "netty-resolver",
+                "netty-transport-native-unix-common",
+            ] {
+                let path = format!("/usr/share/java/{jar}.jar");
+                if Path::new(&path).is_file() {
+                    classpath.push(':');
+                    classpath.push_str(&path);
+                }
+            }
+        }
         cmd.args(&install.jvm_args)
             .arg("-cp")
-            .arg(&install.classpath)
+            .arg(&classpath)
             .arg("org.apache.zookeeper.server.quorum.QuorumPeerMain")
             .arg(s.config_path())
             .current_dir(&s.dir)
@@ -575,6 +686,127 @@ fn zookeeper_classpath() -> Option<(String, Vec<String>)> {
         return Some((cp, Vec::new()));
     }
     None
+}
+
+/// Generates a CA, a server certificate for 127.0.0.1/localhost and a
+/// client certificate signed by it, a second unrelated CA, and the
+/// server's PKCS12 key and trust stores (password `secret`) in `dir/tls`.
+fn generate_tls(dir: &Path) -> TlsMaterial {
+    let tls = dir.join("tls");
+    fs::create_dir_all(&tls).expect("create the tls dir");
+    let run = |program: &str, args: &[&str]| {
+        let out = Command::new(program)
+            .args(args)
+            .current_dir(&tls)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {program} (needed for TLS tests): {e}"));
+        assert!(
+            out.status.success(),
+            "{program} {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    for ca in ["ca", "wrong-ca"] {
+        let mut args = vec!["req", "-x509", "-days", "2", "-subj"];
+        let subject = format!("/CN=election test {ca}");
+        args.push(&subject);
+        args.extend(ec);
+        let (key, pem) = (format!("{ca}.key"), format!("{ca}.pem"));
+        args.extend(["-keyout", &key, "-out", &pem]);
+        run("openssl", &args);
+    }
+    fs::write(
+        tls.join("leaf.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n\
+         extendedKeyUsage=serverAuth,clientAuth\n\
+         basicConstraints=CA:FALSE\n",
+    )
+    .expect("write leaf.ext");
+    for leaf in ["server", "client"] {
+        let (key, csr, pem) = (
+            format!("{leaf}.key"),
+            format!("{leaf}.csr"),
+            format!("{leaf}.pem"),
+        );
+        let mut args = vec![
+            "req",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+        ];
+        args.extend(ec);
+        run("openssl", &args);
+        run(
+            "openssl",
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                "leaf.ext",
+                "-out",
+                &pem,
+            ],
+        );
+    }
+    run(
+        "openssl",
+        &[
+            "pkcs12",
+            "-export",
+            "-in",
+            "server.pem",
+            "-inkey",
+            "server.key",
+            "-name",
+            "server",
+            "-out",
+            "server.p12",
+            "-passout",
+            "pass:secret",
+        ],
+    );
+    run(
+        "keytool",
+        &[
+            "-importcert",
+            "-noprompt",
+            "-alias",
+            "ca",
+            "-file",
+            "ca.pem",
+            "-keystore",
+            "trust.p12",
+            "-storetype",
+            "PKCS12",
+            "-storepass",
+            "secret",
+        ],
+    );
+    TlsMaterial {
+        ca: tls.join("ca.pem"),
+        client_cert: tls.join("client.pem"),
+        client_key: tls.join("client.key"),
+        wrong_ca: tls.join("wrong-ca.pem"),
+    }
 }
 
 /// Sends a four-letter word to `addr` and reads the answer until the server

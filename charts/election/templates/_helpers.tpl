@@ -211,6 +211,12 @@ message that says what to change.
 {{- if and (not .Values.zookeeper.enabled) (empty .Values.zookeeper.servers) }}
 {{- fail "zookeeper.enabled is false: list the external ZooKeeper servers in zookeeper.servers (host:port)" }}
 {{- end }}
+{{- if and .Values.zookeeper.tls.enabled .Values.zookeeper.enabled }}
+{{- fail "zookeeper.tls.enabled applies to an external ensemble: the bundled ZooKeeper serves plain TCP. Set zookeeper.enabled=false and list the servers' TLS ports in zookeeper.servers" }}
+{{- end }}
+{{- if and .Values.zookeeper.auth.superDigestSecret (not .Values.zookeeper.enabled) }}
+{{- fail "zookeeper.auth.superDigestSecret configures the bundled ZooKeeper; an external ensemble's super identity is set on its servers" }}
+{{- end }}
 {{- if and .Values.persistence.existingClaim (eq .Values.persistence.mode "perReplica") }}
 {{- fail "persistence.existingClaim only works with persistence.mode=shared" }}
 {{- end }}
@@ -231,6 +237,13 @@ clamped to [2, 20] x tickTime. */}}
 {{- if lt (mul (int .Values.terminationGracePeriodSeconds) 1000) (add $releaseMs 5000) }}
 {{- fail (printf "terminationGracePeriodSeconds (%d) must exceed election.releaseTimeout (%s) by at least 5 seconds, or the kubelet kills the daemon during its release" (int .Values.terminationGracePeriodSeconds) .Values.election.releaseTimeout) }}
 {{- end }}
+{{- end }}
+
+{{/*
+The Secret holding the replicas' ZooKeeper credentials (`user:password`).
+*/}}
+{{- define "election.zkAuthSecret" -}}
+{{- default (printf "%s-zk-auth" (include "election.fullname" .)) .Values.zookeeper.auth.existingSecret }}
 {{- end }}
 
 {{/*

@@ -148,6 +148,7 @@ impl Builder {
             last_recv: now,
             refused_since: None,
             unanswered: false,
+            last_connect_error: None,
             last_send: now,
             last_ping: None,
             tick_timeout: Duration::ZERO,
@@ -192,6 +193,10 @@ pub struct Session {
     /// PATCHED: whether a server took our connection but did not answer
     /// the connect request in time, in the current reconnection.
     unanswered: bool,
+    /// PATCHED: why the last connection attempt failed (a refused port, a
+    /// TLS handshake that rejected the server's certificate), reported
+    /// with `NoHosts` instead of nothing.
+    last_connect_error: Option<String>,
     last_send: Instant,
     last_ping: Option<Instant>,
     tick_timeout: Duration,
@@ -725,6 +730,8 @@ impl Session {
         let mut conn = match self.connector.connect(endpoint, deadline).await {
             Err(err) => {
                 debug!("fails in connecting to {} due to {:?}", endpoint, err);
+                // PATCHED: keep the cause for the caller (see `start`).
+                self.last_connect_error = Some(format!("{endpoint}: {err}"));
                 return Err(Error::ConnectionLoss);
             },
             Ok(conn) => {
@@ -779,6 +786,7 @@ impl Session {
         let mut deadline = Deadline::until(self.last_recv + session_timeout);
         self.refused_since = None;
         self.unanswered = false;
+        self.last_connect_error = None;
         let mut last_error = match self.start_once(endpoints, &mut deadline, buf, depot).await {
             Err(err) => err,
             Ok(conn) => return Ok(conn),
@@ -805,6 +813,13 @@ impl Session {
                 Ok(conn) => return Ok(conn),
             };
         }
-        Err(last_error)
+        // PATCHED: "no available hosts" alone does not say that, e.g., every
+        // server's certificate was rejected: add the last connect error.
+        match (&last_error, self.last_connect_error.take()) {
+            (Error::NoHosts, Some(cause)) => {
+                Err(Error::with_message(format!("no available hosts; last connection error: {cause}")))
+            },
+            _ => Err(last_error),
+        }
     }
 }

@@ -1,0 +1,240 @@
+//! Who may touch the election in ZooKeeper, and how the connection is
+//! protected: digest credentials, the ACL of every node the daemon
+//! creates, and TLS to the servers.
+//!
+//! Without credentials the daemon creates its nodes open to everyone
+//! (`world:anyone` ALL), as before. With credentials (`--zk-auth-file` or
+//! `ELECTION_ZK_AUTH`, `user:password`) the session authenticates with the
+//! `digest` scheme and every node it creates (the election path and any
+//! parent it creates, candidates, `fencing`, `writer`) carries
+//!
+//! ```text
+//! digest:<user>:<base64(sha1(user:password))>  ALL
+//! world:anyone                                 READ
+//! ```
+//!
+//! An explicit digest id rather than the `auth` scheme (`creator_all`):
+//! `auth` grants ALL to *every* identity of the creating session, which
+//! with TLS client certificates would include the certificate's identity
+//! too. World READ keeps `election status`, `zkCli get` and monitoring
+//! working without credentials; the data readable that way is what the
+//! README documents (replica names, host, pid, the token floor). An
+//! operator's super identity (`superDigest` on the servers) bypasses ACLs.
+
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use zookeeper_client::{Acl, AuthId, Connector, Permission, TlsOptions};
+
+/// Digest credentials `user:password`. `Debug` never shows the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    user: String,
+    password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credentials({}:<redacted>)", self.user)
+    }
+}
+
+impl Credentials {
+    /// Parses `user:password` (one trailing newline allowed, as files have).
+    /// The error never repeats the input.
+    pub fn parse(s: &str) -> Result<Credentials, String> {
+        let s = s.strip_suffix('\n').unwrap_or(s);
+        let s = s.strip_suffix('\r').unwrap_or(s);
+        let (user, password) = s
+            .split_once(':')
+            .ok_or("credentials must have the form `user:password` (no `:` found)")?;
+        if user.is_empty() || password.is_empty() {
+            return Err(
+                "credentials must have the form `user:password` (empty user or password)".into(),
+            );
+        }
+        if s.chars().any(|c| c.is_control()) {
+            return Err("credentials must be one line without control characters".into());
+        }
+        Ok(Credentials {
+            user: user.to_owned(),
+            password: password.to_owned(),
+        })
+    }
+
+    /// Reads credentials from a file that others cannot read (like ssh's
+    /// keys: mode `0600` or `0640`/`0440` for a group, never world-readable).
+    pub fn from_file(path: &Path) -> Result<Credentials, String> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let shown = path.display();
+        let meta = std::fs::metadata(path).map_err(|e| format!("cannot read `{shown}`: {e}"))?;
+        if meta.permissions().mode() & 0o007 != 0 {
+            return Err(format!(
+                "`{shown}` is accessible to other users (mode {:o}); `chmod o-rwx` it",
+                meta.permissions().mode() & 0o777
+            ));
+        }
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("cannot read `{shown}`: {e}"))?;
+        Credentials::parse(&text).map_err(|e| format!("`{shown}`: {e}"))
+    }
+
+    /// The user name (safe to log).
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    /// The digest ACL id: `user:base64(sha1(user:password))`, what
+    /// ZooKeeper's `DigestAuthenticationProvider.generateDigest` computes.
+    pub fn digest_id(&self) -> String {
+        digest_id(&self.user, &self.password)
+    }
+}
+
+/// `user:base64(sha1(user:password))`.
+pub fn digest_id(user: &str, password: &str) -> String {
+    let sha = ring::digest::digest(
+        &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
+        format!("{user}:{password}").as_bytes(),
+    );
+    format!(
+        "{user}:{}",
+        base64::engine::general_purpose::STANDARD.encode(sha.as_ref())
+    )
+}
+
+/// PEM files for TLS to ZooKeeper.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// CA certificate(s) that sign the servers' certificates.
+    pub ca: PathBuf,
+    /// Client certificate and key, for servers with `ssl.clientAuth=need`.
+    pub identity: Option<(PathBuf, PathBuf)>,
+}
+
+impl TlsFiles {
+    /// Reads the files into client options. Read at every connect, so a
+    /// rotated certificate (a Secret updated in place) is used by the next
+    /// session without a restart.
+    pub fn options(&self) -> Result<TlsOptions, String> {
+        let read = |p: &Path| {
+            std::fs::read_to_string(p).map_err(|e| format!("cannot read `{}`: {e}", p.display()))
+        };
+        let mut options = TlsOptions::new()
+            .with_pem_ca(&read(&self.ca)?)
+            .map_err(|e| format!("`{}`: {e}", self.ca.display()))?;
+        if let Some((cert, key)) = &self.identity {
+            options = options
+                .with_pem_identity(&read(cert)?, &read(key)?)
+                .map_err(|e| format!("`{}`/`{}`: {e}", cert.display(), key.display()))?;
+        }
+        Ok(options)
+    }
+}
+
+/// How the daemon authenticates to ZooKeeper and protects what it creates.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ZkSecurity {
+    /// Digest credentials; `None`: unauthenticated, nodes open to all.
+    pub credentials: Option<Credentials>,
+    /// TLS to every server; `None`: plain TCP.
+    pub tls: Option<TlsFiles>,
+}
+
+impl ZkSecurity {
+    /// The ACL of every node the daemon creates.
+    pub fn acl(&self) -> Vec<Acl> {
+        match &self.credentials {
+            None => vec![Acl::new(Permission::ALL, AuthId::anyone())],
+            Some(c) => vec![
+                Acl::new(Permission::ALL, AuthId::new("digest", &c.digest_id())),
+                Acl::new(Permission::READ, AuthId::anyone()),
+            ],
+        }
+    }
+
+    /// Adds credentials and TLS to a connector.
+    pub fn apply(&self, mut connector: Connector) -> Result<Connector, String> {
+        if let Some(c) = &self.credentials {
+            connector =
+                connector.with_auth("digest", format!("{}:{}", c.user, c.password).as_bytes());
+        }
+        if let Some(tls) = &self.tls {
+            connector = connector.with_tls(tls.options()?);
+        }
+        Ok(connector)
+    }
+}
+
+/// Whether an ACL lets unauthenticated clients do more than read: a node
+/// created open by an older version, which the daemon restricts when it
+/// has credentials (and may: world ALL includes ADMIN).
+pub fn is_open_to_world(acl: &[Acl]) -> bool {
+    acl.iter().any(|a| {
+        a.scheme() == "world"
+            && a.id() == "anyone"
+            && (a.permission() | Permission::READ) != Permission::READ
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_ids_match_zookeeper() {
+        // What ZooKeeper 3.8's own tool prints: `java -cp zookeeper.jar
+        // org.apache.zookeeper.server.auth.DigestAuthenticationProvider super:secret`.
+        assert_eq!(
+            digest_id("super", "secret"),
+            "super:lK75jTNcA+U9vtVEw5vB51mj/w4="
+        );
+    }
+
+    #[test]
+    fn credentials_are_parsed_and_never_shown() {
+        let c = Credentials::parse("election:s3cr:et\n").unwrap();
+        assert_eq!(c.user(), "election");
+        assert_eq!(c.password, "s3cr:et");
+        assert!(!format!("{c:?}").contains("s3cr"));
+        for bad in ["", "nopassword", ":pw", "user:", "a:b\nc"] {
+            let err = Credentials::parse(bad).unwrap_err();
+            assert!(
+                err.contains("user:password") || err.contains("one line"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_world_readable_credentials_file_is_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), "u:p\n").unwrap();
+        std::fs::set_permissions(file.path(), std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = Credentials::from_file(file.path()).unwrap_err();
+        assert!(err.contains("other users"), "{err}");
+        std::fs::set_permissions(file.path(), std::fs::Permissions::from_mode(0o440)).unwrap();
+        assert_eq!(Credentials::from_file(file.path()).unwrap().user(), "u");
+    }
+
+    #[test]
+    fn with_credentials_nodes_are_ours_and_world_readable() {
+        let open = ZkSecurity::default().acl();
+        assert!(is_open_to_world(&open));
+        let secured = ZkSecurity {
+            credentials: Some(Credentials::parse("u:p").unwrap()),
+            tls: None,
+        }
+        .acl();
+        assert!(!is_open_to_world(&secured));
+        assert_eq!(secured[0].scheme(), "digest");
+        assert_eq!(secured[0].id(), digest_id("u", "p"));
+        assert_eq!(secured[0].permission(), Permission::ALL);
+        assert_eq!(secured[1].permission(), Permission::READ);
+        let none = [Acl::new(Permission::NONE, AuthId::anyone())];
+        assert!(!is_open_to_world(&none));
+        let write = [Acl::new(Permission::WRITE, AuthId::anyone())];
+        assert!(is_open_to_world(&write));
+    }
+}
