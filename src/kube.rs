@@ -5,7 +5,8 @@
 //! latest state (intermediate ones are skipped when the API server is slow),
 //! retries with backoff, bounds every call, and never feeds anything back
 //! into the election: an API outage is logged and counted, nothing more.
-//! Needs `get` and `patch` on its own Pod only.
+//! Needs `patch` on its own Pod only. Events, the stale-label correction
+//! and the Lease mirror live in [`crate::kube_ops`].
 //!
 //! Label `election-state`: init | attempter | leader | failover | stopping.
 //! Annotations (prefix `election/`): `state-since` (RFC 3339), `node-id`,
@@ -154,6 +155,27 @@ async fn run(
     }
 }
 
+/// A Kubernetes client from the environment (in-cluster or KUBECONFIG),
+/// bounded like every call. Each helper task builds its own, lazily.
+pub async fn client() -> Result<::kube::Client, String> {
+    tokio::time::timeout(CALL_TIMEOUT, ::kube::Client::try_default())
+        .await
+        .map_err(|_| "timed out building the Kubernetes client".to_owned())?
+        .map_err(|e| format!("no Kubernetes client: {e}"))
+}
+
+/// Runs one API call with the labeller's bound.
+pub async fn bounded<T, E: std::fmt::Display>(
+    what: &str,
+    call: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(CALL_TIMEOUT, call).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("{what} timed out after {CALL_TIMEOUT:?}")),
+    }
+}
+
 async fn apply(
     api: &mut Option<Api<Pod>>,
     namespace: &str,
@@ -161,11 +183,7 @@ async fn apply(
     patch: &Value,
 ) -> Result<(), String> {
     if api.is_none() {
-        let client = tokio::time::timeout(CALL_TIMEOUT, kube::Client::try_default())
-            .await
-            .map_err(|_| "timed out building the Kubernetes client".to_owned())?
-            .map_err(|e| format!("no Kubernetes client: {e}"))?;
-        *api = Some(Api::namespaced(client, namespace));
+        *api = Some(Api::namespaced(client().await?, namespace));
     }
     let params = PatchParams::default();
     let patch = Patch::Merge(patch);
