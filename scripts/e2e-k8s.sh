@@ -467,16 +467,59 @@ grep -E '^(TEST SUITE|Phase)' "$WORK/helm-test.out" | paste - - | sed 's/^/   | 
 grep -q 'Phase:.*Succeeded' "$WORK/helm-test.out" || die "helm test did not report Succeeded"
 log "helm test passed: its checks ran against the real API server as the test's ServiceAccount"
 
-step "3. SIGKILL of the leader's process ($leader)"
+step "3. SIGKILL of the leader's process ($leader), NOT restarted: the stale label"
 session=$(python3 -c 'import json,sys; p=json.load(open(sys.argv[1])); print(next(e["value"] for e in p["spec"]["containers"][0]["env"] if e["name"]=="ELECTION_ZK_SESSION_TIMEOUT"))' "$WORK/pods/$leader/pod.json")
 session_s=${session%s}
 [[ "$session_s" =~ ^[0-9]+$ ]] || die "session timeout $session is not whole seconds"
+lease0=$(k get lease "$RELEASE" -o jsonpath='{.spec.holderIdentity} {.spec.leaseTransitions}' 2>/dev/null || true)
 kill -KILL "$(cat "$PIDS/$leader.pid")"
 rm -f "$PIDS/$leader.pid"
+t0=$(now_ms)
 ms=$(time_new_leader "$leader" $((session_s + 10)))
 note "SIGKILL of the leader -> another pod labelled leader: $ms ms (session timeout ${session})"
 ((ms <= (session_s + 4) * 1000)) || die "label flip took $ms ms, bound $(((session_s + 4) * 1000)) ms"
-log "harness: restarting the process of $leader, as the kubelet restarts a container"
+# The dead leader made no last patch: until the new leader corrects it, two
+# pods say leader. Time until exactly one does (the harness does not
+# restart the killed process: a lost node, a CrashLoopBackOff).
+deadline=$((SECONDS + session_s + 20))
+while l=$(leaders 2>/dev/null || true); [[ -z "$l" || "$l" == *" "* || "$l" == "$leader" ]]; do
+  ((SECONDS < deadline)) || die "still not exactly one pod labelled leader: $(states)"
+  sleep 0.05
+done
+ms=$(($(now_ms) - t0))
+new_leader=$l
+note "SIGKILL of the leader, process not restarted -> exactly one pod labelled leader ($new_leader): $ms ms after the kill"
+((ms <= (session_s + 6) * 1000)) || die "stale label corrected after $ms ms, bound $(((session_s + 6) * 1000)) ms"
+old_state=$(k get pod "$leader" -o jsonpath='{.metadata.labels.election-state}')
+[[ "$old_state" == stale ]] || die "the dead leader $leader is labelled '$old_state', not stale"
+k get pods -L election-state
+log "events of $new_leader and $leader (kubectl get events --field-selector involvedObject.name=...)"
+for p in "$new_leader" "$leader"; do
+  k get events --field-selector "involvedObject.name=$p" --sort-by=.eventTime \
+    -o custom-columns=OBJECT:.involvedObject.name,TYPE:.type,REASON:.reason,FROM:.reportingComponent,MESSAGE:.message | sed 's/^/   /'
+done
+reasons=$(k get events --field-selector "involvedObject.name=$new_leader" -o jsonpath='{.items[*].reason}')
+[[ " $reasons " == *" Candidate "* && " $reasons " == *" BecameLeader "* ]] || die "$new_leader: events $reasons, want Candidate and BecameLeader"
+reasons=$(k get events --field-selector "involvedObject.name=$leader" -o jsonpath='{.items[*].reason}')
+[[ " $reasons " == *" BecameLeader "* && " $reasons " == *" StaleLabelCorrected "* ]] || die "$leader: events $reasons, want BecameLeader and StaleLabelCorrected"
+uid=$(k get pod "$new_leader" -o jsonpath='{.metadata.uid}')
+k describe pod "$new_leader" | grep -q BecameLeader || die "kubectl describe pod $new_leader does not show BecameLeader"
+log "kubectl describe pod $new_leader shows its Events (involvedObject.uid $uid)"
+# The Lease mirror: holder and transitions follow the election.
+deadline=$((SECONDS + 15))
+until [[ "$(k get lease "$RELEASE" -o jsonpath='{.spec.holderIdentity}' 2>/dev/null)" == "$new_leader" ]]; do
+  ((SECONDS < deadline)) || die "lease $RELEASE: holder $(k get lease "$RELEASE" -o jsonpath='{.spec.holderIdentity}'), not $new_leader"
+  sleep 0.2
+done
+k get lease "$RELEASE" -o custom-columns=NAME:.metadata.name,HOLDER:.spec.holderIdentity,TRANSITIONS:.spec.leaseTransitions,RENEW:.spec.renewTime,DURATION:.spec.leaseDurationSeconds | sed 's/^/   /'
+lease1=$(k get lease "$RELEASE" -o jsonpath='{.spec.holderIdentity} {.spec.leaseTransitions}')
+[[ "${lease0%% *}" == "$leader" && "${lease1#* }" -eq $((${lease0#* } + 1)) ]] || die "lease before $lease0, after $lease1: want holder $leader then one more transition"
+r1=$(k get lease "$RELEASE" -o jsonpath='{.spec.renewTime}')
+sleep 6
+r2=$(k get lease "$RELEASE" -o jsonpath='{.spec.renewTime}')
+[[ "$r1" != "$r2" ]] || die "lease renewTime did not move in 6 s ($r1)"
+log "lease $RELEASE: holder $leader -> $new_leader, leaseTransitions ${lease0#* } -> ${lease1#* }, renewTime $r1 -> $r2"
+log "harness: restarting the process of $leader (late: a CrashLoopBackOff ends)"
 start_election "$leader"
 leader=$(wait_one_leader 3 30)
 k get pods -L election-state
@@ -543,21 +586,51 @@ SA_KCFG=$WORK/pods/election-0/kubeconfig
 sa() { "$KUBECTL" --kubeconfig "$SA_KCFG" "$@"; }
 kc run outsider --namespace default --image=registry.example/none:1 --restart=Never >/dev/null
 SA_TOKEN=$(sed -n 's/.*token: "\(.*\)".*/\1/p' "$SA_KCFG")
-# The daemon's own kind of request (a merge patch of a pod), by hand:
-# allowed on the release's pods, 403 on any other.
-patch_status() { # namespace pod body
+# Patches by hand with the token of election-0's process (bound to that
+# pod): RBAC lets the account patch any pod of the namespace, and the
+# ValidatingAdmissionPolicy decides what may change.
+patch_status() { # namespace pod body [content-type]
   curl -sS -o "$WORK/patch.out" -w '%{http_code}' --cacert "$CA" -X PATCH \
-    -H "Authorization: Bearer $SA_TOKEN" -H 'Content-Type: application/merge-patch+json' \
+    -H "Authorization: Bearer $SA_TOKEN" -H "Content-Type: ${4:-application/merge-patch+json}" \
     --data "$3" "$SERVER/api/v1/namespaces/$1/pods/$2"
 }
-forged='{"metadata":{"labels":{"election-state":"leader"}}}'
-for target in "$NS/election-zookeeper-0" "default/outsider" "$NS/election-0"; do
-  body=$forged want=403
-  [[ $target == "$NS/election-0" ]] && body='{"metadata":{"annotations":{"e2e/probe":"1"}}}' want=200
-  code=$(patch_status "${target%/*}" "${target#*/}" "$body")
-  [[ $code == "$want" ]] || die "PATCH pod $target as the ServiceAccount: HTTP $code, expected $want: $(cat "$WORK/patch.out")"
-  echo "   PATCH pod $target $body as system:serviceaccount:$NS:election -> HTTP $code"
-done
+expect_patch() { # code namespace/pod body [content-type]
+  local code
+  code=$(patch_status "${2%/*}" "${2#*/}" "$3" "${4:-}")
+  [[ $code == "$1" ]] || die "PATCH pod $2 $3 as the ServiceAccount (token of election-0): HTTP $code, expected $1: $(cat "$WORK/patch.out")"
+  printf '   PATCH pod %-26s %-78s -> HTTP %s %s\n' "$2" "$3" "$code" \
+    "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("message","")[:110])' "$WORK/patch.out" 2>/dev/null || true)"
+}
+[[ -n "$(kc get validatingadmissionpolicy "$NS-$RELEASE-pods" -o name 2>/dev/null)" ]] \
+  || die "no ValidatingAdmissionPolicy $NS-$RELEASE-pods: the chart should render it on this API server"
+other=$(states | tr ' ' '\n' | grep -v '^election-0=' | grep -v '=leader$' | head -1)
+other=${other%%=*}
+[[ -n "$other" ]] || die "no non-leader sibling of election-0: $(states)"
+own_state=$(k get pod election-0 -o jsonpath='{.metadata.labels.election-state}')
+image='{"spec":{"containers":[{"name":"election","image":"registry.example/evil:1"}]}}'
+smp=application/strategic-merge-patch+json
+log "the ValidatingAdmissionPolicy, on the real API server (sibling: $other)"
+expect_patch 403 "$NS/$other" "$image" "$smp"
+expect_patch 403 "$NS/election-0" "$image" "$smp"
+expect_patch 403 "$NS/$other" '{"metadata":{"labels":{"app.kubernetes.io/component":"x"}}}'
+expect_patch 403 "$NS/election-0" '{"metadata":{"labels":{"app.kubernetes.io/component":"x"}}}'
+expect_patch 403 "$NS/election-0" '{"metadata":{"labels":{"e2e-probe":"1"}}}'
+expect_patch 403 "$NS/election-0" '{"metadata":{"annotations":{"e2e/probe":"1"}}}'
+expect_patch 403 "$NS/$other" '{"metadata":{"annotations":{"election/leader":"forged"}}}'
+expect_patch 403 "$NS/$other" '{"metadata":{"labels":{"election-state":"stale"}}}'
+expect_patch 403 "$NS/$other" '{"metadata":{"labels":{"election-state":"leader"}}}'
+expect_patch 403 "$NS/election-zookeeper-0" '{"metadata":{"labels":{"election-state":"leader"}}}'
+expect_patch 403 "$NS/election-0" '{"metadata":{"finalizers":["e2e/block"]}}'
+expect_patch 403 default/outsider '{"metadata":{"labels":{"election-state":"leader"}}}'
+expect_patch 200 "$NS/election-0" '{"metadata":{"annotations":{"election/e2e-probe":"1"}}}'
+expect_patch 200 "$NS/election-0" '{"metadata":{"labels":{"election-state":"e2e-probe"}}}'
+expect_patch 200 "$NS/election-0" "{\"metadata\":{\"labels\":{\"election-state\":\"$own_state\"}}}"
+# A stale sibling's label: only leader -> stale. Fake one on $other (as the
+# admin), let election-0's token correct it, then restore it.
+kc label pod -n "$NS" "$other" election-state=leader --overwrite >/dev/null
+expect_patch 403 "$NS/$other" '{"metadata":{"labels":{"election-state":"attempter"}}}'
+expect_patch 200 "$NS/$other" '{"metadata":{"labels":{"election-state":"stale"}}}'
+kc label pod -n "$NS" "$other" election-state=attempter --overwrite >/dev/null
 expect_can() { # yes|no verb resource [namespace]
   local got
   got=$(sa auth can-i "$2" "$3" --namespace "${4:-$NS}" 2>/dev/null || true)
@@ -576,36 +649,37 @@ print("\n".join(sorted(rules(sys.argv[1]) - rules(sys.argv[2]))))
 PY
 )
 while read -r line; do echo "   beyond any account's rights: $line"; done <<<"$extra"
-want=$(printf 'pods [] [election-%d] [get patch]\n' 0 1 2)
-[[ "$extra" == "$want" ]] || die "the ServiceAccount's rights differ from the README's rule: $extra"
-expect_can yes get pods/election-0
+want=$(printf '%s\n' 'events.events.k8s.io [] [] [create]' 'leases.coordination.k8s.io [] [] [create]' \
+  "leases.coordination.k8s.io [] [$RELEASE] [get update]" 'pods [] [] [list]' 'pods [] [] [patch]')
+[[ "$extra" == "$want" ]] || die "the ServiceAccount's rights differ from the README's rules: $extra"
 expect_can yes patch pods/election-2
-expect_can no patch pods/election-zookeeper-0
+expect_can yes list pods
+expect_can yes create events.events.k8s.io
+expect_can yes update leases.coordination.k8s.io/$RELEASE
+expect_can no update leases.coordination.k8s.io/other
+expect_can no get pods/election-0
 expect_can no patch pods/election-0 default
 expect_can no update pods/election-0
 expect_can no delete pods/election-0
-expect_can no list pods
 expect_can no watch pods
 expect_can no create pods
 expect_can no patch pods/status
+expect_can no create events
 expect_can no get secrets
 expect_can no list configmaps
 expect_can no create pods/exec
 expect_can no get nodes
 expect_can no patch statefulsets/election
 
-step "6. helm upgrade replicas 3 -> 4, then helm uninstall"
-"$HELM" upgrade "$RELEASE" "$CHART" --kubeconfig "$KCFG" --namespace "$NS" --reuse-values \
-  --set replicaCount=4 --wait --timeout 2m >"$WORK/helm-upgrade.out" || die "helm upgrade failed: $(cat "$WORK/helm-upgrade.out")"
-sed -n '/^STATUS:/p; /^REVISION:/p' "$WORK/helm-upgrade.out" | sed 's/^/   | /'
-names=$(k get role "$RELEASE" -o jsonpath='{.rules[0].resourceNames}')
-[[ "$names" == *'"election-3"'* ]] || die "the Role does not name election-3: $names"
-expect_can yes patch pods/election-3
-expect_can no patch pods/election-4
+step "6. kubectl scale statefulset to 4 (no Role change), then helm uninstall"
+role0=$(k get role "$RELEASE" -o jsonpath='{.metadata.resourceVersion} {.rules}')
+k scale statefulset "$RELEASE" --replicas 4 >/dev/null
 wait_pods_running "$SEL" 4 60
 start_election election-3
 leader=$(wait_one_leader 4 30)
-note "after helm upgrade to 4 replicas: one leader ($leader), 3 attempters"
+[[ "$(k get role "$RELEASE" -o jsonpath='{.metadata.resourceVersion} {.rules}')" == "$role0" ]] || die "the Role changed"
+[[ "$(k get pod election-3 -o jsonpath='{.metadata.annotations.election/node-id}')" == election-3 ]] || die "election-3 did not annotate itself"
+note "after kubectl scale to 4 replicas (Role unchanged): one leader ($leader), 3 attempters; election-3 labelled itself"
 k get pods -L election-state
 "$HELM" uninstall "$RELEASE" --kubeconfig "$KCFG" --namespace "$NS" --wait --timeout 2m || die "helm uninstall failed"
 # The pods are going: their processes stop as the kubelet would stop them.
@@ -620,6 +694,8 @@ unexpected=$(grep -v '^persistentvolumeclaim/data-election-zookeeper-[0-9]*$' <<
 [[ -z "$unexpected" ]] || die "left after helm uninstall: $unexpected"
 log "left after helm uninstall: $(tr '\n' ' ' <<<"$left")(the ZooKeeper StatefulSet's claims, kept by its default retention policy)"
 kc get role,rolebinding -n "$NS" -o name | grep -q . && die "RBAC left in $NS: $(kc get role,rolebinding -n "$NS" -o name)"
+kc get validatingadmissionpolicy,validatingadmissionpolicybinding -o name | grep -q . \
+  && die "admission policy left: $(kc get validatingadmissionpolicy,validatingadmissionpolicybinding -o name)"
 got=$(kc auth can-i patch pods/election-0 --namespace "$NS" --as "system:serviceaccount:$NS:election" 2>/dev/null || true)
 [[ "$got" == no ]] || die "the ServiceAccount may still patch pods after uninstall: $got"
 log "no Role, RoleBinding, ServiceAccount or pod left; the account may no longer patch pods"
