@@ -571,7 +571,7 @@ log "the StatefulSet controller recreated $leader (uid $old_uid -> $(k get pod "
 # The API server caches successful token reviews for 10 s
 # (--authentication-token-success-cache-ttl): allow for that.
 deadline=$((SECONDS + 20))
-while out=$("$KUBECTL" --kubeconfig "$old_kcfg" get pod "$leader" 2>&1); do
+while out=$("$KUBECTL" --kubeconfig "$old_kcfg" get pods -l "$SEL" 2>&1); do
   ((SECONDS < deadline)) || die "the token bound to the deleted pod still works after 20 s"
   sleep 0.5
 done

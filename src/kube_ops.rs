@@ -291,10 +291,15 @@ async fn correct(
                     namespace: pod.namespace.clone(),
                     uid: meta.uid.clone(),
                 };
+                let ours = time::OffsetDateTime::from_unix_timestamp_nanos(
+                    i128::from(our_since_ms) * 1_000_000,
+                )
+                .ok()
+                .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+                .unwrap_or_default();
                 let note = format!(
-                    "{} leads since {}; {name} was still labelled leader (since {}): relabelled {STALE}",
+                    "{} leads since {ours}; {name} was still labelled leader (since {}): relabelled {STALE}",
                     pod.name,
-                    our_since_ms,
                     claim.map(String::as_str).unwrap_or("?")
                 );
                 let ev = event_for(pod, &regarding, "StaleLabelCorrected", "Normal", &note);
