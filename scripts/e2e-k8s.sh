@@ -16,19 +16,27 @@
 #      annotations present (the daemon's own patches, authorized by RBAC);
 #      `helm test` passes, its pod's kubectl commands run by the harness as
 #      the test's ServiceAccount (kwok never completes a non-Job pod)
-#   3. SIGKILL of the leader's process: time until another pod is labelled
-#      leader (bound: session timeout + 4 s); the harness restarts the
-#      process, as the kubelet restarts a container
+#   3. SIGKILL of the leader's process, NOT restarted: another pod labelled
+#      leader (bound: session timeout + 4 s) and exactly one pod labelled
+#      leader, the dead one `stale` (bound: session timeout + 6 s); the
+#      Events (Candidate, BecameLeader, StaleLabelCorrected) and the Lease
+#      mirror (holder, leaseTransitions + 1, renewTime moving); then the
+#      harness restarts the process, as a CrashLoopBackOff ends
 #   4. preStop path (the pod's own preStop command, `election release`, then
 #      SIGTERM): the old leader's pod says `stopping`, another pod leads
 #      within 3 s; then `kubectl delete pod` of the leader: the same
 #      handover, the StatefulSet recreates the pod, whose new process labels
 #      itself, and the token bound to the deleted pod is refused (401)
-#   5. the ServiceAccount's token: 403 patching a pod outside the release or
-#      in another namespace; no list/watch/delete/create/update, no secrets
-#   6. helm upgrade replicas 3 -> 4: the Role names election-3, which labels
-#      itself; still one leader. helm uninstall: no RBAC nor object left
-#      (except the ZooKeeper volumes that StatefulSets keep by design)
+#   5. the ValidatingAdmissionPolicy with election-0's pod-bound token: 403
+#      for a sibling's or its own image, other labels/annotations, a
+#      sibling's annotations or label (but leader -> stale), finalizers, a
+#      pod in another namespace; 200 for its own label and election/*
+#      annotations; the Role's rules exactly (can-i --list), no get/watch/
+#      delete/create/update on pods, no secrets
+#   6. kubectl scale statefulset to 4: the Role is unchanged, election-3
+#      labels itself; still one leader. helm uninstall: no RBAC, admission
+#      policy nor object left (except the ZooKeeper volumes that
+#      StatefulSets keep by design)
 #   7. kubectl apply --server-side -k manifests/ (restricted Pod Security
 #      namespace): accepted, pods created and scheduled
 #
