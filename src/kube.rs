@@ -155,13 +155,22 @@ async fn run(
     }
 }
 
-/// A Kubernetes client from the environment (in-cluster or KUBECONFIG),
-/// bounded like every call. Each helper task builds its own, lazily.
+/// The Kubernetes client from the environment (in-cluster or KUBECONFIG),
+/// built once, lazily, by whichever task needs it first, and bounded like
+/// every call (a failure is retried by the next caller). The labeller and
+/// the helper tasks of [`crate::kube_ops`] share it: one connection pool,
+/// one TLS configuration per process.
 pub async fn client() -> Result<::kube::Client, String> {
-    tokio::time::timeout(CALL_TIMEOUT, ::kube::Client::try_default())
+    static CLIENT: tokio::sync::OnceCell<::kube::Client> = tokio::sync::OnceCell::const_new();
+    CLIENT
+        .get_or_try_init(|| async {
+            tokio::time::timeout(CALL_TIMEOUT, ::kube::Client::try_default())
+                .await
+                .map_err(|_| "timed out building the Kubernetes client".to_owned())?
+                .map_err(|e| format!("no Kubernetes client: {e}"))
+        })
         .await
-        .map_err(|_| "timed out building the Kubernetes client".to_owned())?
-        .map_err(|e| format!("no Kubernetes client: {e}"))
+        .cloned()
 }
 
 /// Runs one API call with the labeller's bound.

@@ -224,7 +224,7 @@ pub fn claim_is_stale(sibling_since: Option<&str>, our_since_ms: u64) -> bool {
 
 async fn stale(ctx: Context, pod: PodRef, selector: String) {
     let mut rx = ctx.board.subscribe();
-    let mut api: Option<(Api<Pod>, Api<Event>)> = None;
+    let mut api: Option<Api<Pod>> = None;
     let mut events_api = None;
     let selector = format!("{selector},{STATE_LABEL}=leader");
     loop {
@@ -246,17 +246,13 @@ async fn correct(
     pod: &PodRef,
     selector: &str,
     our_since_ms: u64,
-    api: &mut Option<(Api<Pod>, Api<Event>)>,
+    api: &mut Option<Api<Pod>>,
     events_api: &mut Option<Api<Event>>,
 ) -> Result<(), String> {
     if api.is_none() {
-        let c = client().await?;
-        *api = Some((
-            Api::namespaced(c.clone(), &pod.namespace),
-            Api::namespaced(c, &pod.namespace),
-        ));
+        *api = Some(Api::namespaced(client().await?, &pod.namespace));
     }
-    let (pods, _) = api.as_ref().expect("set above");
+    let pods = api.as_ref().expect("set above");
     let list = bounded("list", pods.list(&ListParams::default().labels(selector))).await?;
     for sibling in list.items {
         let meta = &sibling.metadata;
@@ -295,7 +291,10 @@ async fn correct(
                     i128::from(our_since_ms) * 1_000_000,
                 )
                 .ok()
-                .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+                .and_then(|t| {
+                    t.format(&time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
                 .unwrap_or_default();
                 let note = format!(
                     "{} leads since {ours}; {name} was still labelled leader (since {}): relabelled {STALE}",

@@ -270,10 +270,16 @@ fn without_a_pod_name_nothing_reaches_the_api_server() {
     stop(&mut g, 0);
     wait_label(&api, "election-1", "leader", &g);
     g.stop_all();
-    // Then every request came from r1, about its own Pod
+    // Then every request came from r1, about its own Pod (its patches, and
+    // the Events it posts about it)
     let requests = api.requests();
     assert!(!requests.is_empty());
     for r in &requests {
+        if r.path.starts_with("/apis/events.k8s.io/") {
+            assert_eq!(r.body["reportingInstance"], "election-1", "{}", r.body);
+            assert_eq!(r.body["regarding"]["name"], "election-1", "{}", r.body);
+            continue;
+        }
         assert!(r.is_for(NS, "election-1"), "{} {}", r.method, r.path);
         assert_eq!(r.annotation("node-id"), Some("r1"), "{}", r.body);
     }
