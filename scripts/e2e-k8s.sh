@@ -658,7 +658,7 @@ PY
 )
 while read -r line; do echo "   beyond any account's rights: $line"; done <<<"$extra"
 want=$(printf '%s\n' 'events.events.k8s.io [] [] [create]' 'leases.coordination.k8s.io [] [] [create]' \
-  "leases.coordination.k8s.io [] [$RELEASE] [get update]" 'pods [] [] [list]' 'pods [] [] [patch]')
+  "leases.coordination.k8s.io [] [$RELEASE] [get update]" 'pods [] [] [patch list]')
 [[ "$extra" == "$want" ]] || die "the ServiceAccount's rights differ from the README's rules: $extra"
 expect_can yes patch pods/election-2
 expect_can yes list pods
@@ -671,7 +671,10 @@ expect_can no update pods/election-0
 expect_can no delete pods/election-0
 expect_can no watch pods
 expect_can no create pods
-expect_can no patch pods/status
+# (pods/status would read as the pod named "status": ask for the subresource)
+got=$(sa auth can-i patch pods --subresource=status --namespace "$NS" 2>/dev/null || true)
+[[ "$got" == no ]] || die "can-i patch pods --subresource=status: $got, expected no"
+printf '   can-i %-7s %-28s %-9s %s\n' patch "pods (subresource status)" "$NS" "$got"
 expect_can no create events
 expect_can no get secrets
 expect_can no list configmaps
