@@ -527,6 +527,13 @@ sleep 6
 r2=$(k get lease "$RELEASE" -o jsonpath='{.spec.renewTime}')
 [[ "$r1" != "$r2" ]] || die "lease renewTime did not move in 6 s ($r1)"
 log "lease $RELEASE: holder $leader -> $new_leader, leaseTransitions ${lease0#* } -> ${lease1#* }, renewTime $r1 -> $r2"
+# Memory of the running replicas (debug build; labeller, Events, stale-label
+# search and Lease mirror on, talking to this API server).
+for p in $(k get pods -l "$SEL" -o jsonpath='{.items[*].metadata.name}'); do
+  [[ -f "$PIDS/$p.pid" ]] || continue
+  role=$(k get pod "$p" -o jsonpath='{.metadata.labels.election-state}')
+  note "RSS of $p ($role, debug build, every Kubernetes helper on): $(awk '/^VmRSS/{printf "%.1f MB", $2/1024}' "/proc/$(cat "$PIDS/$p.pid")/status")"
+done
 log "harness: restarting the process of $leader (late: a CrashLoopBackOff ends)"
 start_election "$leader"
 leader=$(wait_one_leader 3 30)

@@ -19,8 +19,8 @@ use crate::{http, kube, kube_ops};
 const RELEASE_LINGER: Duration = Duration::from_secs(30);
 /// Bound on publishing the final `stopping` label.
 const LABEL_FLUSH: Duration = Duration::from_secs(2);
-/// Time left to the last Events (`SteppedDown`, `Stopping`) after the label.
-const EVENTS_FLUSH: Duration = Duration::from_millis(300);
+/// Bound on posting the last Event (`SteppedDown` or `Stopping`) after the label.
+const EVENTS_FLUSH: Duration = Duration::from_millis(1000);
 
 /// Runs the daemon until it is stopped.
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {

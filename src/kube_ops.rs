@@ -34,6 +34,7 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
@@ -66,24 +67,31 @@ pub struct PodRef {
 /// The helper tasks that were started.
 pub struct Helpers {
     tasks: Vec<JoinHandle<()>>,
+    /// The state entered by the last transition the Events task handled.
+    handled: watch::Receiver<Option<StateName>>,
 }
 
 impl Helpers {
     /// Starts the tasks the configuration asks for.
     pub fn spawn(ctx: &Context, pod: PodRef) -> Helpers {
-        let mut tasks = vec![tokio::spawn(events(ctx.clone(), pod.clone()))];
+        let (tx, handled) = watch::channel(None);
+        let mut tasks = vec![tokio::spawn(events(ctx.clone(), pod.clone(), tx))];
         if let Some(selector) = ctx.cfg.pod_selector.clone() {
             tasks.push(tokio::spawn(stale(ctx.clone(), pod.clone(), selector)));
         }
         if let Some(lease) = ctx.cfg.lease_name.clone() {
             tasks.push(tokio::spawn(mirror(ctx.clone(), pod, lease)));
         }
-        Helpers { tasks }
+        Helpers { tasks, handled }
     }
 
-    /// Gives pending Events up to `bound`, then stops every task.
-    pub async fn finish(self, bound: Duration) {
-        tokio::time::sleep(bound).await;
+    /// Waits (at most `bound`) for the Event of the move to Stopping to be
+    /// posted or given up, then stops every task.
+    pub async fn finish(mut self, bound: Duration) {
+        let done = self.handled.wait_for(|s| *s == Some(StateName::Stopping));
+        if tokio::time::timeout(bound, done).await.is_err() {
+            debug!(bound = ?bound, "last Events not posted in time");
+        }
         for t in self.tasks {
             t.abort();
         }
@@ -146,7 +154,7 @@ async fn post(api: &mut Option<Api<Event>>, ns: &str, ev: &Event) -> Result<(), 
         .map(|_| ())
 }
 
-async fn events(ctx: Context, pod: PodRef) {
+async fn events(ctx: Context, pod: PodRef, handled: watch::Sender<Option<StateName>>) {
     let mut rx = ctx.board.transitions();
     let mut api = None;
     loop {
@@ -181,17 +189,18 @@ async fn events(ctx: Context, pod: PodRef) {
                 warn!(reason, error = %e, "cannot post event");
             }
         }
+        handled.send_replace(Some(t.to));
     }
 }
 
 /// Waits until this replica leads; returns false when the board is gone.
-async fn until_leading(rx: &mut tokio::sync::watch::Receiver<crate::status::Status>) -> bool {
+async fn until_leading(rx: &mut watch::Receiver<crate::status::Status>) -> bool {
     rx.wait_for(|s| s.state == StateName::Leader).await.is_ok()
 }
 
 /// Sleeps `period` unless the state changes first; false once the board is gone.
 async fn pause_while_leading(
-    rx: &mut tokio::sync::watch::Receiver<crate::status::Status>,
+    rx: &mut watch::Receiver<crate::status::Status>,
     period: Duration,
 ) -> bool {
     let until = tokio::time::Instant::now() + period;
