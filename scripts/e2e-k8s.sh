@@ -616,7 +616,7 @@ expect_patch() { # code namespace/pod body [content-type]
   printf '   PATCH pod %-26s %-78s -> HTTP %s %s\n' "$2" "$3" "$code" \
     "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("message","")[:110])' "$WORK/patch.out" 2>/dev/null || true)"
 }
-[[ -n "$(kc get validatingadmissionpolicy "$NS-$RELEASE-pods" -o name 2>/dev/null)" ]] \
+[[ -n "$(kc get validatingadmissionpolicy "$NS-$RELEASE-pods" "$NS-$RELEASE-lease" -o name 2>/dev/null)" ]] \
   || die "no ValidatingAdmissionPolicy $NS-$RELEASE-pods: the chart should render it on this API server"
 other=$(states | tr ' ' '\n' | grep -v '^election-0=' | grep -v '=leader$' | head -1)
 other=${other%%=*}
@@ -646,6 +646,14 @@ kc label pod -n "$NS" "$other" election-state=leader --overwrite >/dev/null
 expect_patch 403 "$NS/$other" '{"metadata":{"labels":{"election-state":"attempter"}}}'
 expect_patch 200 "$NS/$other" '{"metadata":{"labels":{"election-state":"stale"}}}'
 kc label pod -n "$NS" "$other" election-state=attempter --overwrite >/dev/null
+# Leases: RBAC allows create (it cannot name the Lease); the policy allows
+# only the mirror's name.
+code=$(curl -sS -o "$WORK/lease.out" -w '%{http_code}' --cacert "$CA" -X POST \
+  -H "Authorization: Bearer $SA_TOKEN" -H 'Content-Type: application/json' \
+  --data '{"apiVersion":"coordination.k8s.io/v1","kind":"Lease","metadata":{"name":"someone-elses-leader"},"spec":{"holderIdentity":"x"}}' \
+  "$SERVER/apis/coordination.k8s.io/v1/namespaces/$NS/leases")
+[[ $code == 403 ]] || die "creating Lease someone-elses-leader as the ServiceAccount: HTTP $code, expected 403: $(cat "$WORK/lease.out")"
+echo "   POST lease someone-elses-leader as the ServiceAccount -> HTTP $code (only the Lease $RELEASE may be created)"
 expect_can() { # yes|no verb resource [namespace]
   local got
   got=$(sa auth can-i "$2" "$3" --namespace "${4:-$NS}" 2>/dev/null || true)

@@ -260,9 +260,9 @@ def test_with_the_admission_policy_the_role_is_the_same_for_any_replica_count(he
 
 def test_the_admission_policy_binds_to_the_service_account_and_the_namespace(helm, manifests):
     m = manifests(helm, api_versions=(VAP_API,))
-    (policy,) = m.all("ValidatingAdmissionPolicy")
-    (binding,) = m.all("ValidatingAdmissionPolicyBinding")
-    assert binding["spec"]["policyName"] == policy["metadata"]["name"] == f"{NAMESPACE}-election-pods"
+    policy = m.one("ValidatingAdmissionPolicy", f"{NAMESPACE}-election-pods")
+    binding = m.one("ValidatingAdmissionPolicyBinding", f"{NAMESPACE}-election-pods")
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
     assert binding["spec"]["validationActions"] == ["Deny"]
     assert binding["spec"]["matchResources"]["namespaceSelector"]["matchLabels"] == {
         "kubernetes.io/metadata.name": NAMESPACE
@@ -276,6 +276,19 @@ def test_the_admission_policy_binds_to_the_service_account_and_the_namespace(hel
     exprs = " ".join(v["expression"] for v in spec["validations"])
     assert "object.spec == oldObject.spec" in exprs
     assert "authentication.kubernetes.io/pod-name" in " ".join(v["expression"] for v in spec["variables"])
+
+
+def test_the_service_account_may_create_only_the_lease_mirror(helm, manifests):
+    m = manifests(helm, api_versions=(VAP_API,))
+    policy = m.one("ValidatingAdmissionPolicy", f"{NAMESPACE}-election-lease")
+    binding = m.one("ValidatingAdmissionPolicyBinding", f"{NAMESPACE}-election-lease")
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    assert policy["spec"]["matchConstraints"]["resourceRules"][0]["resources"] == ["leases"]
+    assert policy["spec"]["matchConstraints"]["resourceRules"][0]["operations"] == ["CREATE"]
+    (rule,) = policy["spec"]["validations"]
+    assert rule["expression"] == "object.metadata.name == 'election'"
+    without = manifests(helm, sets=("kubernetes.leaseMirror=false",), api_versions=(VAP_API,))
+    assert [p["metadata"]["name"] for p in without.all("ValidatingAdmissionPolicy")] == [f"{NAMESPACE}-election-pods"]
 
 
 def test_the_admission_policy_can_be_turned_off(helm, manifests):
