@@ -16,19 +16,27 @@
 #      annotations present (the daemon's own patches, authorized by RBAC);
 #      `helm test` passes, its pod's kubectl commands run by the harness as
 #      the test's ServiceAccount (kwok never completes a non-Job pod)
-#   3. SIGKILL of the leader's process: time until another pod is labelled
-#      leader (bound: session timeout + 4 s); the harness restarts the
-#      process, as the kubelet restarts a container
+#   3. SIGKILL of the leader's process, NOT restarted: another pod labelled
+#      leader (bound: session timeout + 4 s) and exactly one pod labelled
+#      leader, the dead one `stale` (bound: session timeout + 6 s); the
+#      Events (Candidate, BecameLeader, StaleLabelCorrected) and the Lease
+#      mirror (holder, leaseTransitions + 1, renewTime moving); then the
+#      harness restarts the process, as a CrashLoopBackOff ends
 #   4. preStop path (the pod's own preStop command, `election release`, then
 #      SIGTERM): the old leader's pod says `stopping`, another pod leads
 #      within 3 s; then `kubectl delete pod` of the leader: the same
 #      handover, the StatefulSet recreates the pod, whose new process labels
 #      itself, and the token bound to the deleted pod is refused (401)
-#   5. the ServiceAccount's token: 403 patching a pod outside the release or
-#      in another namespace; no list/watch/delete/create/update, no secrets
-#   6. helm upgrade replicas 3 -> 4: the Role names election-3, which labels
-#      itself; still one leader. helm uninstall: no RBAC nor object left
-#      (except the ZooKeeper volumes that StatefulSets keep by design)
+#   5. the ValidatingAdmissionPolicy with election-0's pod-bound token: 403
+#      for a sibling's or its own image, other labels/annotations, a
+#      sibling's annotations or label (but leader -> stale), finalizers, a
+#      pod in another namespace; 200 for its own label and election/*
+#      annotations; the Role's rules exactly (can-i --list), no get/watch/
+#      delete/create/update on pods, no secrets
+#   6. kubectl scale statefulset to 4: the Role is unchanged, election-3
+#      labels itself; still one leader. helm uninstall: no RBAC, admission
+#      policy nor object left (except the ZooKeeper volumes that
+#      StatefulSets keep by design)
 #   7. kubectl apply --server-side -k manifests/ (restricted Pod Security
 #      namespace): accepted, pods created and scheduled
 #
@@ -467,16 +475,66 @@ grep -E '^(TEST SUITE|Phase)' "$WORK/helm-test.out" | paste - - | sed 's/^/   | 
 grep -q 'Phase:.*Succeeded' "$WORK/helm-test.out" || die "helm test did not report Succeeded"
 log "helm test passed: its checks ran against the real API server as the test's ServiceAccount"
 
-step "3. SIGKILL of the leader's process ($leader)"
+step "3. SIGKILL of the leader's process ($leader), NOT restarted: the stale label"
 session=$(python3 -c 'import json,sys; p=json.load(open(sys.argv[1])); print(next(e["value"] for e in p["spec"]["containers"][0]["env"] if e["name"]=="ELECTION_ZK_SESSION_TIMEOUT"))' "$WORK/pods/$leader/pod.json")
 session_s=${session%s}
 [[ "$session_s" =~ ^[0-9]+$ ]] || die "session timeout $session is not whole seconds"
+lease0=$(k get lease "$RELEASE" -o jsonpath='{.spec.holderIdentity} {.spec.leaseTransitions}' 2>/dev/null || true)
 kill -KILL "$(cat "$PIDS/$leader.pid")"
 rm -f "$PIDS/$leader.pid"
+t0=$(now_ms)
 ms=$(time_new_leader "$leader" $((session_s + 10)))
 note "SIGKILL of the leader -> another pod labelled leader: $ms ms (session timeout ${session})"
 ((ms <= (session_s + 4) * 1000)) || die "label flip took $ms ms, bound $(((session_s + 4) * 1000)) ms"
-log "harness: restarting the process of $leader, as the kubelet restarts a container"
+# The dead leader made no last patch: until the new leader corrects it, two
+# pods say leader. Time until exactly one does (the harness does not
+# restart the killed process: a lost node, a CrashLoopBackOff).
+deadline=$((SECONDS + session_s + 20))
+while l=$(leaders 2>/dev/null || true); [[ -z "$l" || "$l" == *" "* || "$l" == "$leader" ]]; do
+  ((SECONDS < deadline)) || die "still not exactly one pod labelled leader: $(states)"
+  sleep 0.05
+done
+ms=$(($(now_ms) - t0))
+new_leader=$l
+note "SIGKILL of the leader, process not restarted -> exactly one pod labelled leader ($new_leader): $ms ms after the kill"
+((ms <= (session_s + 6) * 1000)) || die "stale label corrected after $ms ms, bound $(((session_s + 6) * 1000)) ms"
+old_state=$(k get pod "$leader" -o jsonpath='{.metadata.labels.election-state}')
+[[ "$old_state" == stale ]] || die "the dead leader $leader is labelled '$old_state', not stale"
+k get pods -L election-state
+log "events of $new_leader and $leader (kubectl get events --field-selector involvedObject.name=...)"
+for p in "$new_leader" "$leader"; do
+  k get events --field-selector "involvedObject.name=$p" --sort-by=.eventTime \
+    -o custom-columns=OBJECT:.involvedObject.name,TYPE:.type,REASON:.reason,FROM:.reportingComponent,MESSAGE:.message | sed 's/^/   /'
+done
+reasons=$(k get events --field-selector "involvedObject.name=$new_leader" -o jsonpath='{.items[*].reason}')
+[[ " $reasons " == *" Candidate "* && " $reasons " == *" BecameLeader "* ]] || die "$new_leader: events $reasons, want Candidate and BecameLeader"
+reasons=$(k get events --field-selector "involvedObject.name=$leader" -o jsonpath='{.items[*].reason}')
+[[ " $reasons " == *" BecameLeader "* && " $reasons " == *" StaleLabelCorrected "* ]] || die "$leader: events $reasons, want BecameLeader and StaleLabelCorrected"
+uid=$(k get pod "$new_leader" -o jsonpath='{.metadata.uid}')
+k describe pod "$new_leader" | grep -q BecameLeader || die "kubectl describe pod $new_leader does not show BecameLeader"
+log "kubectl describe pod $new_leader shows its Events (involvedObject.uid $uid)"
+# The Lease mirror: holder and transitions follow the election.
+deadline=$((SECONDS + 15))
+until [[ "$(k get lease "$RELEASE" -o jsonpath='{.spec.holderIdentity}' 2>/dev/null)" == "$new_leader" ]]; do
+  ((SECONDS < deadline)) || die "lease $RELEASE: holder $(k get lease "$RELEASE" -o jsonpath='{.spec.holderIdentity}'), not $new_leader"
+  sleep 0.2
+done
+k get lease "$RELEASE" -o custom-columns=NAME:.metadata.name,HOLDER:.spec.holderIdentity,TRANSITIONS:.spec.leaseTransitions,RENEW:.spec.renewTime,DURATION:.spec.leaseDurationSeconds | sed 's/^/   /'
+lease1=$(k get lease "$RELEASE" -o jsonpath='{.spec.holderIdentity} {.spec.leaseTransitions}')
+[[ "${lease0%% *}" == "$leader" && "${lease1#* }" -eq $((${lease0#* } + 1)) ]] || die "lease before $lease0, after $lease1: want holder $leader then one more transition"
+r1=$(k get lease "$RELEASE" -o jsonpath='{.spec.renewTime}')
+sleep 6
+r2=$(k get lease "$RELEASE" -o jsonpath='{.spec.renewTime}')
+[[ "$r1" != "$r2" ]] || die "lease renewTime did not move in 6 s ($r1)"
+log "lease $RELEASE: holder $leader -> $new_leader, leaseTransitions ${lease0#* } -> ${lease1#* }, renewTime $r1 -> $r2"
+# Memory of the running replicas (debug build; labeller, Events, stale-label
+# search and Lease mirror on, talking to this API server).
+for p in $(k get pods -l "$SEL" -o jsonpath='{.items[*].metadata.name}'); do
+  [[ -f "$PIDS/$p.pid" ]] || continue
+  role=$(k get pod "$p" -o jsonpath='{.metadata.labels.election-state}')
+  note "RSS of $p ($role, debug build, every Kubernetes helper on): $(awk '/^VmRSS/{printf "%.1f MB", $2/1024}' "/proc/$(cat "$PIDS/$p.pid")/status")"
+done
+log "harness: restarting the process of $leader (late: a CrashLoopBackOff ends)"
 start_election "$leader"
 leader=$(wait_one_leader 3 30)
 k get pods -L election-state
@@ -528,7 +586,7 @@ log "the StatefulSet controller recreated $leader (uid $old_uid -> $(k get pod "
 # The API server caches successful token reviews for 10 s
 # (--authentication-token-success-cache-ttl): allow for that.
 deadline=$((SECONDS + 20))
-while out=$("$KUBECTL" --kubeconfig "$old_kcfg" get pod "$leader" 2>&1); do
+while out=$("$KUBECTL" --kubeconfig "$old_kcfg" get pods -l "$SEL" 2>&1); do
   ((SECONDS < deadline)) || die "the token bound to the deleted pod still works after 20 s"
   sleep 0.5
 done
@@ -543,21 +601,59 @@ SA_KCFG=$WORK/pods/election-0/kubeconfig
 sa() { "$KUBECTL" --kubeconfig "$SA_KCFG" "$@"; }
 kc run outsider --namespace default --image=registry.example/none:1 --restart=Never >/dev/null
 SA_TOKEN=$(sed -n 's/.*token: "\(.*\)".*/\1/p' "$SA_KCFG")
-# The daemon's own kind of request (a merge patch of a pod), by hand:
-# allowed on the release's pods, 403 on any other.
-patch_status() { # namespace pod body
+# Patches by hand with the token of election-0's process (bound to that
+# pod): RBAC lets the account patch any pod of the namespace, and the
+# ValidatingAdmissionPolicy decides what may change.
+patch_status() { # namespace pod body [content-type]
   curl -sS -o "$WORK/patch.out" -w '%{http_code}' --cacert "$CA" -X PATCH \
-    -H "Authorization: Bearer $SA_TOKEN" -H 'Content-Type: application/merge-patch+json' \
+    -H "Authorization: Bearer $SA_TOKEN" -H "Content-Type: ${4:-application/merge-patch+json}" \
     --data "$3" "$SERVER/api/v1/namespaces/$1/pods/$2"
 }
-forged='{"metadata":{"labels":{"election-state":"leader"}}}'
-for target in "$NS/election-zookeeper-0" "default/outsider" "$NS/election-0"; do
-  body=$forged want=403
-  [[ $target == "$NS/election-0" ]] && body='{"metadata":{"annotations":{"e2e/probe":"1"}}}' want=200
-  code=$(patch_status "${target%/*}" "${target#*/}" "$body")
-  [[ $code == "$want" ]] || die "PATCH pod $target as the ServiceAccount: HTTP $code, expected $want: $(cat "$WORK/patch.out")"
-  echo "   PATCH pod $target $body as system:serviceaccount:$NS:election -> HTTP $code"
-done
+expect_patch() { # code namespace/pod body [content-type]
+  local code
+  code=$(patch_status "${2%/*}" "${2#*/}" "$3" "${4:-}")
+  [[ $code == "$1" ]] || die "PATCH pod $2 $3 as the ServiceAccount (token of election-0): HTTP $code, expected $1: $(cat "$WORK/patch.out")"
+  printf '   PATCH pod %-26s %-78s -> HTTP %s %s\n' "$2" "$3" "$code" \
+    "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("message","")[:110])' "$WORK/patch.out" 2>/dev/null || true)"
+}
+[[ "$(kc get validatingadmissionpolicy "$NS-$RELEASE-pods" "$NS-$RELEASE-lease" -o name 2>/dev/null | wc -l)" -eq 2 ]] \
+  || die "no ValidatingAdmissionPolicy $NS-$RELEASE-pods and $NS-$RELEASE-lease: the chart should render them on this API server"
+other=$(states | tr ' ' '\n' | grep -v '^election-0=' | grep -v '=leader$' | head -1)
+other=${other%%=*}
+[[ -n "$other" ]] || die "no non-leader sibling of election-0: $(states)"
+own_state=$(k get pod election-0 -o jsonpath='{.metadata.labels.election-state}')
+image='{"spec":{"containers":[{"name":"election","image":"registry.example/evil:1"}]}}'
+smp=application/strategic-merge-patch+json
+log "the ValidatingAdmissionPolicy, on the real API server (sibling: $other)"
+expect_patch 403 "$NS/$other" "$image" "$smp"
+expect_patch 403 "$NS/election-0" "$image" "$smp"
+expect_patch 403 "$NS/$other" '{"metadata":{"labels":{"app.kubernetes.io/component":"x"}}}'
+expect_patch 403 "$NS/election-0" '{"metadata":{"labels":{"app.kubernetes.io/component":"x"}}}'
+expect_patch 403 "$NS/election-0" '{"metadata":{"labels":{"e2e-probe":"1"}}}'
+expect_patch 403 "$NS/election-0" '{"metadata":{"annotations":{"e2e/probe":"1"}}}'
+expect_patch 403 "$NS/$other" '{"metadata":{"annotations":{"election/leader":"forged"}}}'
+expect_patch 403 "$NS/$other" '{"metadata":{"labels":{"election-state":"stale"}}}'
+expect_patch 403 "$NS/$other" '{"metadata":{"labels":{"election-state":"leader"}}}'
+expect_patch 403 "$NS/election-zookeeper-0" '{"metadata":{"labels":{"election-state":"leader"}}}'
+expect_patch 403 "$NS/election-0" '{"metadata":{"finalizers":["e2e/block"]}}'
+expect_patch 403 default/outsider '{"metadata":{"labels":{"election-state":"leader"}}}'
+expect_patch 200 "$NS/election-0" '{"metadata":{"annotations":{"election/e2e-probe":"1"}}}'
+expect_patch 200 "$NS/election-0" '{"metadata":{"labels":{"election-state":"e2e-probe"}}}'
+expect_patch 200 "$NS/election-0" "{\"metadata\":{\"labels\":{\"election-state\":\"$own_state\"}}}"
+# A stale sibling's label: only leader -> stale. Fake one on $other (as the
+# admin), let election-0's token correct it, then restore it.
+kc label pod -n "$NS" "$other" election-state=leader --overwrite >/dev/null
+expect_patch 403 "$NS/$other" '{"metadata":{"labels":{"election-state":"attempter"}}}'
+expect_patch 200 "$NS/$other" '{"metadata":{"labels":{"election-state":"stale"}}}'
+kc label pod -n "$NS" "$other" election-state=attempter --overwrite >/dev/null
+# Leases: RBAC allows create (it cannot name the Lease); the policy allows
+# only the mirror's name.
+code=$(curl -sS -o "$WORK/lease.out" -w '%{http_code}' --cacert "$CA" -X POST \
+  -H "Authorization: Bearer $SA_TOKEN" -H 'Content-Type: application/json' \
+  --data '{"apiVersion":"coordination.k8s.io/v1","kind":"Lease","metadata":{"name":"someone-elses-leader"},"spec":{"holderIdentity":"x"}}' \
+  "$SERVER/apis/coordination.k8s.io/v1/namespaces/$NS/leases")
+[[ $code == 403 ]] || die "creating Lease someone-elses-leader as the ServiceAccount: HTTP $code, expected 403: $(cat "$WORK/lease.out")"
+echo "   POST lease someone-elses-leader as the ServiceAccount -> HTTP $code (only the Lease $RELEASE may be created)"
 expect_can() { # yes|no verb resource [namespace]
   local got
   got=$(sa auth can-i "$2" "$3" --namespace "${4:-$NS}" 2>/dev/null || true)
@@ -576,36 +672,40 @@ print("\n".join(sorted(rules(sys.argv[1]) - rules(sys.argv[2]))))
 PY
 )
 while read -r line; do echo "   beyond any account's rights: $line"; done <<<"$extra"
-want=$(printf 'pods [] [election-%d] [get patch]\n' 0 1 2)
-[[ "$extra" == "$want" ]] || die "the ServiceAccount's rights differ from the README's rule: $extra"
-expect_can yes get pods/election-0
+want=$(printf '%s\n' 'events.events.k8s.io [] [] [create]' 'leases.coordination.k8s.io [] [] [create]' \
+  "leases.coordination.k8s.io [] [$RELEASE] [get update]" 'pods [] [] [patch list]')
+[[ "$extra" == "$want" ]] || die "the ServiceAccount's rights differ from the README's rules: $extra"
 expect_can yes patch pods/election-2
-expect_can no patch pods/election-zookeeper-0
+expect_can yes list pods
+expect_can yes create events.events.k8s.io
+expect_can yes update leases.coordination.k8s.io/$RELEASE
+expect_can no update leases.coordination.k8s.io/other
+expect_can no get pods/election-0
 expect_can no patch pods/election-0 default
 expect_can no update pods/election-0
 expect_can no delete pods/election-0
-expect_can no list pods
 expect_can no watch pods
 expect_can no create pods
-expect_can no patch pods/status
+# (pods/status would read as the pod named "status": ask for the subresource)
+got=$(sa auth can-i patch pods --subresource=status --namespace "$NS" 2>/dev/null || true)
+[[ "$got" == no ]] || die "can-i patch pods --subresource=status: $got, expected no"
+printf '   can-i %-7s %-28s %-9s %s\n' patch "pods (subresource status)" "$NS" "$got"
+expect_can no create events
 expect_can no get secrets
 expect_can no list configmaps
 expect_can no create pods/exec
 expect_can no get nodes
 expect_can no patch statefulsets/election
 
-step "6. helm upgrade replicas 3 -> 4, then helm uninstall"
-"$HELM" upgrade "$RELEASE" "$CHART" --kubeconfig "$KCFG" --namespace "$NS" --reuse-values \
-  --set replicaCount=4 --wait --timeout 2m >"$WORK/helm-upgrade.out" || die "helm upgrade failed: $(cat "$WORK/helm-upgrade.out")"
-sed -n '/^STATUS:/p; /^REVISION:/p' "$WORK/helm-upgrade.out" | sed 's/^/   | /'
-names=$(k get role "$RELEASE" -o jsonpath='{.rules[0].resourceNames}')
-[[ "$names" == *'"election-3"'* ]] || die "the Role does not name election-3: $names"
-expect_can yes patch pods/election-3
-expect_can no patch pods/election-4
+step "6. kubectl scale statefulset to 4 (no Role change), then helm uninstall"
+role0=$(k get role "$RELEASE" -o jsonpath='{.metadata.resourceVersion} {.rules}')
+k scale statefulset "$RELEASE" --replicas 4 >/dev/null
 wait_pods_running "$SEL" 4 60
 start_election election-3
 leader=$(wait_one_leader 4 30)
-note "after helm upgrade to 4 replicas: one leader ($leader), 3 attempters"
+[[ "$(k get role "$RELEASE" -o jsonpath='{.metadata.resourceVersion} {.rules}')" == "$role0" ]] || die "the Role changed"
+[[ "$(k get pod election-3 -o jsonpath='{.metadata.annotations.election/node-id}')" == election-3 ]] || die "election-3 did not annotate itself"
+note "after kubectl scale to 4 replicas (Role unchanged): one leader ($leader), 3 attempters; election-3 labelled itself"
 k get pods -L election-state
 "$HELM" uninstall "$RELEASE" --kubeconfig "$KCFG" --namespace "$NS" --wait --timeout 2m || die "helm uninstall failed"
 # The pods are going: their processes stop as the kubelet would stop them.
@@ -620,6 +720,8 @@ unexpected=$(grep -v '^persistentvolumeclaim/data-election-zookeeper-[0-9]*$' <<
 [[ -z "$unexpected" ]] || die "left after helm uninstall: $unexpected"
 log "left after helm uninstall: $(tr '\n' ' ' <<<"$left")(the ZooKeeper StatefulSet's claims, kept by its default retention policy)"
 kc get role,rolebinding -n "$NS" -o name | grep -q . && die "RBAC left in $NS: $(kc get role,rolebinding -n "$NS" -o name)"
+kc get validatingadmissionpolicy,validatingadmissionpolicybinding -o name | grep -q . \
+  && die "admission policy left: $(kc get validatingadmissionpolicy,validatingadmissionpolicybinding -o name)"
 got=$(kc auth can-i patch pods/election-0 --namespace "$NS" --as "system:serviceaccount:$NS:election" 2>/dev/null || true)
 [[ "$got" == no ]] || die "the ServiceAccount may still patch pods after uninstall: $got"
 log "no Role, RoleBinding, ServiceAccount or pod left; the account may no longer patch pods"

@@ -12,13 +12,15 @@ use tracing::{info, warn};
 
 use crate::config::RunArgs;
 use crate::machine::{self, Context, Outcome};
-use crate::{http, kube};
+use crate::{http, kube, kube_ops};
 
 /// How long a daemon released through `election release` waits for the
 /// SIGTERM that normally follows a preStop hook before exiting on its own.
 const RELEASE_LINGER: Duration = Duration::from_secs(30);
 /// Bound on publishing the final `stopping` label.
 const LABEL_FLUSH: Duration = Duration::from_secs(2);
+/// Bound on posting the last Event (`SteppedDown` or `Stopping`) after the label.
+const EVENTS_FLUSH: Duration = Duration::from_millis(1000);
 
 /// Runs the daemon until it is stopped.
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -37,10 +39,26 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         _ => None,
     };
 
+    // Events, stale-label correction, Lease mirror.
+    let helpers = match (&ctx.cfg.pod_name, &ctx.cfg.pod_namespace) {
+        (Some(name), Some(namespace)) => Some(kube_ops::Helpers::spawn(
+            &ctx,
+            kube_ops::PodRef {
+                name: name.clone(),
+                namespace: namespace.clone(),
+                uid: ctx.cfg.pod_uid.clone(),
+            },
+        )),
+        _ => None,
+    };
+
     let outcome = machine::run(ctx.clone()).await;
 
     if let Some(labeller) = labeller {
         labeller.finish(LABEL_FLUSH).await;
+    }
+    if let Some(helpers) = helpers {
+        helpers.finish(EVENTS_FLUSH).await;
     }
     if ctx
         .released_by_request

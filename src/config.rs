@@ -130,6 +130,23 @@ pub struct RunArgs {
     #[arg(long, env = "ELECTION_POD_NAMESPACE", requires = "pod_name")]
     pub pod_namespace: Option<String>,
 
+    // Events, stale-label correction and the Lease mirror:
+    /// UID of this Pod (downward API `metadata.uid`): with --pod-name, each
+    /// transition is posted as a Kubernetes Event on the Pod.
+    #[arg(long, env = "ELECTION_POD_UID", requires = "pod_name")]
+    pub pod_uid: Option<String>,
+
+    /// Label selector of the election's Pods: while leading, the daemon
+    /// relabels a sibling still labelled leader from before its own
+    /// leadership to `election-state=stale` (needs `list` on pods).
+    #[arg(long, env = "ELECTION_POD_SELECTOR", requires = "pod_name")]
+    pub pod_selector: Option<String>,
+
+    /// Name of a coordination.k8s.io/v1 Lease the leader keeps as a
+    /// read-only mirror of the election (the election never reads it).
+    #[arg(long, env = "ELECTION_LEASE_NAME", requires = "pod_name")]
+    pub lease_name: Option<String>,
+
     #[command(flatten)]
     pub zk_security: ZkSecurityArgs,
 }

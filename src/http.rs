@@ -298,6 +298,31 @@ pub fn render_metrics(ctx: &Context) -> String {
         "election_kube_patch_errors_total",
         "Failed patches of this Pod.",
         &m.kube_patch_errors,
+    )
+    .counter(
+        "election_kube_events_total",
+        "Kubernetes Events posted.",
+        &m.kube_events,
+    )
+    .counter(
+        "election_kube_event_errors_total",
+        "Kubernetes Events that could not be posted.",
+        &m.kube_event_errors,
+    )
+    .counter(
+        "election_kube_stale_labels_corrected_total",
+        "Stale sibling leader labels relabelled stale.",
+        &m.kube_stale_corrected,
+    )
+    .counter(
+        "election_kube_lease_writes_total",
+        "Writes of the Lease mirror.",
+        &m.kube_lease_writes,
+    )
+    .counter(
+        "election_kube_lease_errors_total",
+        "Failed writes of the Lease mirror.",
+        &m.kube_lease_errors,
     );
     e.family(
         "election_zk_session_events_total",

@@ -5,7 +5,8 @@
 //! latest state (intermediate ones are skipped when the API server is slow),
 //! retries with backoff, bounds every call, and never feeds anything back
 //! into the election: an API outage is logged and counted, nothing more.
-//! Needs `get` and `patch` on its own Pod only.
+//! Needs `patch` on its own Pod only. Events, the stale-label correction
+//! and the Lease mirror live in [`crate::kube_ops`].
 //!
 //! Label `election-state`: init | attempter | leader | failover | stopping.
 //! Annotations (prefix `election/`): `state-since` (RFC 3339), `node-id`,
@@ -154,6 +155,36 @@ async fn run(
     }
 }
 
+/// The Kubernetes client from the environment (in-cluster or KUBECONFIG),
+/// built once, lazily, by whichever task needs it first, and bounded like
+/// every call (a failure is retried by the next caller). The labeller and
+/// the helper tasks of [`crate::kube_ops`] share it: one connection pool,
+/// one TLS configuration per process.
+pub async fn client() -> Result<::kube::Client, String> {
+    static CLIENT: tokio::sync::OnceCell<::kube::Client> = tokio::sync::OnceCell::const_new();
+    CLIENT
+        .get_or_try_init(|| async {
+            tokio::time::timeout(CALL_TIMEOUT, ::kube::Client::try_default())
+                .await
+                .map_err(|_| "timed out building the Kubernetes client".to_owned())?
+                .map_err(|e| format!("no Kubernetes client: {e}"))
+        })
+        .await
+        .cloned()
+}
+
+/// Runs one API call with the labeller's bound.
+pub async fn bounded<T, E: std::fmt::Display>(
+    what: &str,
+    call: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(CALL_TIMEOUT, call).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("{what} timed out after {CALL_TIMEOUT:?}")),
+    }
+}
+
 async fn apply(
     api: &mut Option<Api<Pod>>,
     namespace: &str,
@@ -161,11 +192,7 @@ async fn apply(
     patch: &Value,
 ) -> Result<(), String> {
     if api.is_none() {
-        let client = tokio::time::timeout(CALL_TIMEOUT, kube::Client::try_default())
-            .await
-            .map_err(|_| "timed out building the Kubernetes client".to_owned())?
-            .map_err(|e| format!("no Kubernetes client: {e}"))?;
-        *api = Some(Api::namespaced(client, namespace));
+        *api = Some(Api::namespaced(client().await?, namespace));
     }
     let params = PatchParams::default();
     let patch = Patch::Merge(patch);

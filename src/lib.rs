@@ -9,6 +9,7 @@ pub mod config;
 pub mod files;
 pub mod http;
 pub mod kube;
+pub mod kube_ops;
 pub mod lease;
 pub mod machine;
 pub mod release;

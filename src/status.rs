@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 /// Name of a state, as used in logs, labels and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -138,12 +138,35 @@ pub struct Metrics {
     pub kube_patches: AtomicU64,
     /// Connection attempts made in Init.
     pub zk_connect_attempts: AtomicU64,
+    /// Kubernetes Events posted.
+    pub kube_events: AtomicU64,
+    /// Kubernetes Events that could not be posted.
+    pub kube_event_errors: AtomicU64,
+    /// Stale sibling leader labels corrected.
+    pub kube_stale_corrected: AtomicU64,
+    /// Lease mirror writes.
+    pub kube_lease_writes: AtomicU64,
+    /// Failed Lease mirror writes.
+    pub kube_lease_errors: AtomicU64,
+}
+
+/// One step of the state machine, as posted in a Kubernetes Event (the
+/// status channel only keeps the latest state; this keeps every step).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transition {
+    /// State left.
+    pub from: StateName,
+    /// State entered.
+    pub to: StateName,
+    /// Why.
+    pub cause: String,
 }
 
 /// The status channel, the metrics and the liveness heartbeat.
 #[derive(Debug)]
 pub struct Board {
     status: watch::Sender<Status>,
+    transitions: broadcast::Sender<Transition>,
     /// Counters.
     pub metrics: Metrics,
     started: Instant,
@@ -156,6 +179,8 @@ impl Board {
     pub fn new(node_id: &str) -> Board {
         Board {
             status: watch::channel(Status::new(node_id)).0,
+            // Bounded: a follower that falls behind skips steps (Lagged).
+            transitions: broadcast::channel(32).0,
             metrics: Metrics::default(),
             started: Instant::now(),
             heartbeat_ms: AtomicU64::new(0),
@@ -173,8 +198,19 @@ impl Board {
         self.status.subscribe()
     }
 
+    /// Follow every transition (for Kubernetes Events).
+    pub fn transitions(&self) -> broadcast::Receiver<Transition> {
+        self.transitions.subscribe()
+    }
+
     /// Records a transition and publishes the new state.
     pub fn transition(&self, from: StateName, to: StateName, cause: &str) {
+        // No receiver (no Events task) is fine.
+        let _ = self.transitions.send(Transition {
+            from,
+            to,
+            cause: cause.to_owned(),
+        });
         *self
             .metrics
             .transitions

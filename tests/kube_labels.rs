@@ -6,7 +6,10 @@
 //! (answer 500 or 409, hang, drop connections, be absent, and prove that
 //! no request arrives). The labels on a real control plane (one leader,
 //! the others attempter, annotations, `stopping` after a stop, the
-//! ServiceAccount's RBAC) are checked by `scripts/e2e-k8s.sh`.
+//! ServiceAccount's RBAC, the admission policy, Events, the stale-label
+//! correction and the Lease mirror) are checked by `scripts/e2e-k8s.sh`;
+//! here only that those helpers never hold the election up when the API
+//! server hangs.
 
 mod common;
 
@@ -270,10 +273,16 @@ fn without_a_pod_name_nothing_reaches_the_api_server() {
     stop(&mut g, 0);
     wait_label(&api, "election-1", "leader", &g);
     g.stop_all();
-    // Then every request came from r1, about its own Pod
+    // Then every request came from r1, about its own Pod (its patches, and
+    // the Events it posts about it)
     let requests = api.requests();
     assert!(!requests.is_empty());
     for r in &requests {
+        if r.path.starts_with("/apis/events.k8s.io/") {
+            assert_eq!(r.body["reportingInstance"], "election-1", "{}", r.body);
+            assert_eq!(r.body["regarding"]["name"], "election-1", "{}", r.body);
+            continue;
+        }
         assert!(r.is_for(NS, "election-1"), "{} {}", r.method, r.path);
         assert_eq!(r.annotation("node-id"), Some("r1"), "{}", r.body);
     }
@@ -323,4 +332,50 @@ fn the_pod_is_labelled_while_zookeeper_is_unreachable() {
         api.last_label(NS, "election-0").as_deref(),
         Some("stopping")
     );
+}
+
+#[test]
+fn events_the_lease_mirror_and_the_stale_label_search_never_hold_up_the_election() {
+    // Given an API server that hangs on every call, and a replica with every
+    // Kubernetes helper on (Events, stale-label search, Lease mirror)
+    let zk = ZkCluster::standalone();
+    let api = FakeApi::start();
+    api.set_mode(ApiMode::Hang);
+    let mut g = Group::new(&zk.connect_string());
+    let http = loopback();
+    label_as(&mut g, &api, "election-0", http);
+    g.extra.extend(
+        [
+            "--pod-uid",
+            "uid-0",
+            "--pod-selector",
+            "app=election",
+            "--lease-name",
+            "election",
+        ]
+        .map(String::from),
+    );
+    g.spawn(1);
+    // When it leads for a while
+    assert_eq!(g.wait_leader(ELECTION), 0);
+    let ok = wait_until(ELECTION, POLL, || g.records().len() >= 10);
+    assert!(ok, "{}", g.logs());
+    // Then the helpers did try (their calls hang), and the election went on
+    // without a Failover
+    let ok = wait_until(ELECTION, POLL, || {
+        let paths: Vec<String> = api.requests().into_iter().map(|r| r.path).collect();
+        paths.iter().any(|p| p.contains("/leases/"))
+            && paths.iter().any(|p| p.ends_with("/pods"))
+            && paths.iter().any(|p| p.contains("events.k8s.io"))
+    });
+    assert!(
+        ok,
+        "{:?}",
+        api.requests().iter().map(|r| &r.path).collect::<Vec<_>>()
+    );
+    let exposition = http_get(http, "/metrics").unwrap().body;
+    assert!(!exposition.contains("to=\"failover\""), "{exposition}");
+    // And a stop is held up by the short label bound only
+    stop(&mut g, 0);
+    g.assert_invariants();
 }

@@ -67,13 +67,22 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("helm", params)
 
 
+# What a Kubernetes >= 1.30 API server offers: the chart then ships its
+# ValidatingAdmissionPolicy (helm template alone does not announce it).
+VAP_API = "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy"
+
+
 class RenderError(Exception):
     """helm template failed; the message is helm's output."""
 
 
 @functools.cache
-def _render(helm: str, values: tuple[str, ...], sets: tuple[str, ...], skip_tests: bool) -> str:
+def _render(
+    helm: str, values: tuple[str, ...], sets: tuple[str, ...], skip_tests: bool, api_versions: tuple[str, ...] = ()
+) -> str:
     cmd = [find_helms()[helm], "template", RELEASE, str(CHART), "--namespace", NAMESPACE]
+    for a in api_versions:
+        cmd += ["--api-versions", a]
     for v in values:
         cmd += ["--values", v]
     for s in sets:
@@ -86,13 +95,25 @@ def _render(helm: str, values: tuple[str, ...], sets: tuple[str, ...], skip_test
     return out.stdout
 
 
-def render_text(helm: str, *values: str | Path, sets: tuple[str, ...] = (), skip_tests: bool = False) -> str:
-    return _render(helm, tuple(str(v) for v in values), tuple(sets), skip_tests)
+def render_text(
+    helm: str,
+    *values: str | Path,
+    sets: tuple[str, ...] = (),
+    skip_tests: bool = False,
+    api_versions: tuple[str, ...] = (),
+) -> str:
+    return _render(helm, tuple(str(v) for v in values), tuple(sets), skip_tests, tuple(api_versions))
 
 
-def render(helm: str, *values: str | Path, sets: tuple[str, ...] = (), skip_tests: bool = False) -> list[dict]:
+def render(
+    helm: str,
+    *values: str | Path,
+    sets: tuple[str, ...] = (),
+    skip_tests: bool = False,
+    api_versions: tuple[str, ...] = (),
+) -> list[dict]:
     """The rendered documents (empty ones dropped)."""
-    text = render_text(helm, *values, sets=sets, skip_tests=skip_tests)
+    text = render_text(helm, *values, sets=sets, skip_tests=skip_tests, api_versions=api_versions)
     return [d for d in yaml.safe_load_all(text) if d]
 
 
@@ -180,7 +201,7 @@ def duration_ms(text: str) -> int:
 def manifests():
     """manifests(helm, *values, sets=...) -> Manifests."""
 
-    def make(helm: str, *values: str | Path, sets: tuple[str, ...] = ()) -> Manifests:
-        return Manifests(render(helm, *values, sets=sets))
+    def make(helm: str, *values: str | Path, sets: tuple[str, ...] = (), api_versions: tuple[str, ...] = ()) -> Manifests:
+        return Manifests(render(helm, *values, sets=sets, api_versions=api_versions))
 
     return make

@@ -18,6 +18,7 @@ from conftest import (
     CI_VALUES,
     NAMESPACE,
     ROOT,
+    VAP_API,
     RenderError,
     container,
     duration_ms,
@@ -222,16 +223,90 @@ def test_image_digest_replaces_the_tag(helm, manifests):
 # --- RBAC ----------------------------------------------------------------------
 
 
+def rules_by(role: dict) -> dict:
+    """{(apiGroup, resource, verb): resourceNames or None} of a Role."""
+    out = {}
+    for rule in role["rules"]:
+        for g in rule["apiGroups"]:
+            for r in rule["resources"]:
+                for v in rule["verbs"]:
+                    assert (g, r, v) not in out, f"{g}/{r} {v} granted twice"
+                    out[(g, r, v)] = rule.get("resourceNames")
+    return out
+
+
 @pytest.mark.parametrize("replicas", [1, 3, 7])
-def test_role_allows_only_get_and_patch_on_the_release_pods(helm, manifests, replicas):
+def test_without_the_admission_policy_the_role_names_the_release_pods(helm, manifests, replicas):
     m = manifests(helm, sets=(f"replicaCount={replicas}",))
-    role = m.one("Role", "election")
-    (rule,) = role["rules"]
-    assert rule["apiGroups"] == [""]
-    assert rule["resources"] == ["pods"]
-    assert sorted(rule["verbs"]) == ["get", "patch"]
-    assert rule["resourceNames"] == [f"election-{i}" for i in range(replicas)]
+    assert not m.all("ValidatingAdmissionPolicy")
+    rules = rules_by(m.one("Role", "election"))
+    assert rules[("", "pods", "patch")] == [f"election-{i}" for i in range(replicas)]
+    assert ("", "pods", "get") not in rules, "the daemon never reads a pod by name"
     assert m.election["spec"]["replicas"] == replicas
+
+
+@pytest.mark.parametrize("replicas", [1, 3, 7])
+def test_with_the_admission_policy_the_role_is_the_same_for_any_replica_count(helm, manifests, replicas):
+    m = manifests(helm, sets=(f"replicaCount={replicas}",), api_versions=(VAP_API,))
+    assert rules_by(m.one("Role", "election")) == {
+        ("", "pods", "patch"): None,
+        ("", "pods", "list"): None,
+        ("events.k8s.io", "events", "create"): None,
+        ("coordination.k8s.io", "leases", "get"): ["election"],
+        ("coordination.k8s.io", "leases", "update"): ["election"],
+        ("coordination.k8s.io", "leases", "create"): None,
+    }
+
+
+def test_the_admission_policy_binds_to_the_service_account_and_the_namespace(helm, manifests):
+    m = manifests(helm, api_versions=(VAP_API,))
+    policy = m.one("ValidatingAdmissionPolicy", f"{NAMESPACE}-election-pods")
+    binding = m.one("ValidatingAdmissionPolicyBinding", f"{NAMESPACE}-election-pods")
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    assert binding["spec"]["validationActions"] == ["Deny"]
+    assert binding["spec"]["matchResources"]["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": NAMESPACE
+    }
+    spec = policy["spec"]
+    assert spec["failurePolicy"] == "Fail"
+    assert spec["matchConstraints"]["resourceRules"][0]["operations"] == ["UPDATE"]
+    sa = m.election["spec"]["template"]["spec"]["serviceAccountName"]
+    (cond,) = spec["matchConditions"]
+    assert f"'system:serviceaccount:{NAMESPACE}:{sa}'" in cond["expression"]
+    exprs = " ".join(v["expression"] for v in spec["validations"])
+    assert "object.spec == oldObject.spec" in exprs
+    assert "authentication.kubernetes.io/pod-name" in " ".join(v["expression"] for v in spec["variables"])
+
+
+def test_the_service_account_may_create_only_the_lease_mirror(helm, manifests):
+    m = manifests(helm, api_versions=(VAP_API,))
+    policy = m.one("ValidatingAdmissionPolicy", f"{NAMESPACE}-election-lease")
+    binding = m.one("ValidatingAdmissionPolicyBinding", f"{NAMESPACE}-election-lease")
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    assert policy["spec"]["matchConstraints"]["resourceRules"][0]["resources"] == ["leases"]
+    assert policy["spec"]["matchConstraints"]["resourceRules"][0]["operations"] == ["CREATE"]
+    (rule,) = policy["spec"]["validations"]
+    assert rule["expression"] == "object.metadata.name == 'election'"
+    without = manifests(helm, sets=("kubernetes.leaseMirror=false",), api_versions=(VAP_API,))
+    assert [p["metadata"]["name"] for p in without.all("ValidatingAdmissionPolicy")] == [f"{NAMESPACE}-election-pods"]
+
+
+def test_the_admission_policy_can_be_turned_off(helm, manifests):
+    m = manifests(helm, sets=("kubernetes.admissionPolicy.enabled=false",), api_versions=(VAP_API,))
+    assert not m.all("ValidatingAdmissionPolicy")
+    assert rules_by(m.one("Role", "election"))[("", "pods", "patch")] == ["election-0", "election-1", "election-2"]
+
+
+def test_events_lease_and_stale_labels_get_their_env_and_can_be_turned_off(helm, manifests):
+    env = env_of(container(manifests(helm).election, "election"))
+    assert env["ELECTION_POD_UID"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.uid"}}
+    assert env["ELECTION_LEASE_NAME"]["value"] == "election"
+    selector = dict(kv.split("=") for kv in env["ELECTION_POD_SELECTOR"]["value"].split(","))
+    assert selector == manifests(helm).election["spec"]["selector"]["matchLabels"]
+    m = manifests(helm, sets=("kubernetes.leaseMirror=false", "kubernetes.correctStaleLabels=false"))
+    env = env_of(container(m.election, "election"))
+    assert "ELECTION_LEASE_NAME" not in env and "ELECTION_POD_SELECTOR" not in env
+    assert set(rules_by(m.one("Role", "election"))) == {("", "pods", "patch")}
 
 
 def test_role_binding_grants_the_role_to_the_pods_service_account(helm, manifests):
@@ -254,6 +329,7 @@ def test_labelling_off_removes_pod_identity_rbac_and_token(helm, manifests):
     assert spec["automountServiceAccountToken"] is False
     assert not [d for d in m.non_hooks() if d["kind"] in ("Role", "RoleBinding", "ClusterRole")]
     assert not [d for d in m.all("Service") if d["metadata"]["name"].endswith("-leader")]
+    assert not manifests(helm, CUSTOM, api_versions=(VAP_API,)).all("ValidatingAdmissionPolicy")
 
 
 def test_no_cluster_wide_rbac_is_ever_created(helm, manifests):

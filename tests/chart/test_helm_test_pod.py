@@ -30,12 +30,13 @@ ELECTION_LABELS = {
 }
 
 
-def pod(name: str, state: str) -> dict:
+def pod(name: str, state: str, ready: bool = True) -> dict:
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": name, "namespace": NAMESPACE, "labels": {**ELECTION_LABELS, "election-state": state}},
         "spec": {"containers": [{"name": "election", "image": "election:0.1.0"}]},
+        "status": {"conditions": [{"type": "Ready", "status": "True" if ready else "False"}]},
     }
 
 
@@ -140,7 +141,7 @@ def test_leader_check_passes_with_exactly_one_leader(api):
     out = run_check(api, [pod("election-0", "attempter"), pod("election-1", "leader"), pod("election-2", "attempter")])
     assert out.returncode == 0, out.stderr
     assert "leader: election-1" in out.stdout
-    assert re.search(r"^PASS: exactly one pod", out.stdout, re.M)
+    assert re.search(r"^PASS: exactly one Ready pod", out.stdout, re.M)
     assert any("election-state%3Dleader" in r or "election-state=leader" in r for r in FakeApi.requests)
 
 
@@ -155,6 +156,21 @@ def test_leader_check_fails_with_two_leaders(api):
     assert out.returncode != 0
     assert "found 2" in out.stdout + out.stderr
     assert not re.search(r"^PASS", out.stdout, re.M)
+
+
+def test_a_stale_leader_label_on_a_pod_that_is_not_ready_does_not_fail_the_check(api):
+    # A leader killed without a last patch keeps its label until the new
+    # leader corrects it; its pod is no longer Ready.
+    out = run_check(api, [pod("election-0", "leader", ready=False), pod("election-1", "leader")])
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "ignored (labelled leader, not Ready): election-0" in out.stdout
+    assert "leader: election-1" in out.stdout
+
+
+def test_two_ready_pods_labelled_leader_fail_the_check(api):
+    out = run_check(api, [pod("election-0", "leader"), pod("election-1", "leader")])
+    assert out.returncode != 0
+    assert "found 2" in out.stdout + out.stderr
 
 
 def test_leader_check_only_counts_this_release(api):

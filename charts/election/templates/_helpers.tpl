@@ -266,3 +266,25 @@ volumeMounts:
   - name: tmp
     mountPath: /tmp
 {{- end }}
+
+{{/*
+Whether the ValidatingAdmissionPolicy is rendered: wanted, pod
+labelling on, and the API server serves admissionregistration.k8s.io/v1
+ValidatingAdmissionPolicy (Kubernetes >= 1.30). Prints "true" or nothing.
+*/}}
+{{- define "election.admissionPolicy" -}}
+{{- if and .Values.kubernetes.labelPod .Values.kubernetes.admissionPolicy.enabled (.Capabilities.APIVersions.Has "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy") -}}
+true
+{{- end -}}
+{{- end }}
+
+{{/*
+The election pods' selector as a label-selector string (k=v,k=v).
+*/}}
+{{- define "election.selectorString" -}}
+{{- $sel := list }}
+{{- range $k, $v := (include "election.selectorLabels" . | fromYaml) }}
+{{- $sel = append $sel (printf "%s=%s" $k $v) }}
+{{- end }}
+{{- join "," $sel }}
+{{- end }}
