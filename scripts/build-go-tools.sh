@@ -7,8 +7,8 @@
 #   kwok        kwok (simulated nodes)
 #   helm3       helm 3
 #   helm4       helm 4
-#   promtool    promtool (scripts/check-alerts.sh; also built alone by
-#               scripts/build-promtool.sh, same key and folder)
+#   promtool    promtool (scripts/check-alerts.sh builds it alone:
+#               `scripts/build-go-tools.sh promtool`)
 #
 # Each group is its own module so that each tool builds with the k8s.io/*
 # versions its release was tested with (one module would unify them by MVS).

@@ -12,7 +12,7 @@
 #      first) against the default rendering (copied next to them as
 #      rules.yaml) and the dashboard rules (dashboard-rules.yaml).
 #
-# promtool is built from its Go module by scripts/build-promtool.sh (a no-op
+# promtool is built from its Go module by scripts/build-go-tools.sh (a no-op
 # when .tools/go/promtool is current).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +22,7 @@ source scripts/lib-chart.sh
 PYTHON=.tools/venv/bin/python
 [[ -x "$PYTHON" ]] || PYTHON=python3
 helm=$(any_helm)
-bash scripts/build-promtool.sh
+bash scripts/build-go-tools.sh promtool
 PROMTOOL=.tools/go/promtool/promtool
 
 WORK=$(mktemp -d)

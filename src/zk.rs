@@ -592,28 +592,11 @@ pub async fn claim_leadership(
     }
 }
 
-/// Deletes the writer node if `session` owns it (the leader stepping down
-/// while keeping its session). `Ok` also when there is none.
-pub async fn release_writer(
-    client: &Client,
-    root: &str,
-    session: i64,
-) -> Result<(), zookeeper_client::Error> {
-    let path = child_path(root, WRITER_NODE);
-    match client.check_stat(&path).await? {
-        Some(stat) if stat.ephemeral_owner == session => {
-            match client.delete(&path, Some(stat.version)).await {
-                Ok(()) | Err(zookeeper_client::Error::NoNode) => Ok(()),
-                Err(e) => Err(e),
-            }
-        }
-        _ => Ok(()),
-    }
-}
-
-/// Deletes a writer node left by another session whose leadership is over
-/// (the caller waited out its lease), if it is still the node it saw.
-pub async fn clear_stale_writer(
+/// Deletes the writer node if session `owner` holds it: our own when a
+/// leader steps down but keeps its session, or another session's whose
+/// leadership is over (the caller waited out its lease). `Ok` also when
+/// there is none, or when it changed hands meanwhile.
+pub async fn delete_writer_of(
     client: &Client,
     root: &str,
     owner: i64,

@@ -128,21 +128,19 @@ fn a_leader_whose_writes_are_always_fenced_steps_down() {
     g.assert_invariants();
 }
 
-#[test]
-#[ignore = "needs root and strace: run by scripts/test.sh as root"]
-fn deleting_the_leader_node_during_a_slow_write_never_lets_the_old_write_land_late() {
+/// Two replicas; the leader's `syscall` is slowed by `delay`; `moment`
+/// waits for the instant at which an operator deletes the leader's node.
+/// Then the other replica must take over, and no file of the old
+/// leadership may arrive after the successor's first file.
+fn delete_the_leader_node_mid_write(syscall: &str, delay: Duration, moment: impl FnOnce(&Group)) {
     assert!(is_root(), "run as root");
-    // Given two replicas with a leader whose fsyncs are slow (each write
-    // takes about 0.8 s, within its 1 s lease)
     let zk = ZkCluster::standalone();
     let mut g = Group::new(&zk.connect_string());
     g.spawn(2);
     let leader = g.wait_leader(Duration::from_secs(20));
     let old_token = newest_token(&g);
     let arrivals = Arrivals::watch(g.files_dir());
-    let strace = Strace::delay(g.replica(leader).pid(), "fsync", Duration::from_millis(400));
-    // When an operator deletes the leader's node in the middle of a write:
-    // right after its temp file appears, while the temp file's fsync runs
+    let strace = Strace::delay(g.replica(leader).pid(), syscall, delay);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let client = rt.block_on(common::zk_client(&zk.connect_string()));
     let children = rt.block_on(client.list_children(ROOT)).unwrap();
@@ -150,22 +148,18 @@ fn deleting_the_leader_node_during_a_slow_write_never_lets_the_old_write_land_la
         "{ROOT}/{}",
         election::zk::order_candidates(&children)[0].name
     );
-    let files = g.files_dir();
-    let in_write = wait_until(Duration::from_secs(10), Duration::from_millis(1), || {
-        std::fs::read_dir(&files).is_ok_and(|d| {
-            d.filter_map(|e| e.ok())
-                .any(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
-        })
-    });
-    assert!(in_write, "no write in flight seen");
-    rt.block_on(client.delete(&leader_node, None)).unwrap();
+    moment(&g);
+    let deleted = rt.block_on(client.delete(&leader_node, None));
+    assert!(
+        deleted.is_ok(),
+        "{deleted:?}: the leader left by itself\n{}",
+        g.logs()
+    );
     rt.block_on(common::close_client(client));
-    // Then the other replica takes over
     let ok = wait_until(Duration::from_secs(20), Duration::from_millis(20), || {
         g.newest_record().is_some_and(|r| r.token > old_token)
     });
     assert!(ok, "nobody took over\n{}", g.logs());
-    // And no file of the old leadership lands after the successor's first
     std::thread::sleep(Duration::from_secs(2));
     drop(strace);
     std::thread::sleep(Duration::from_millis(500));
@@ -180,65 +174,41 @@ fn deleting_the_leader_node_during_a_slow_write_never_lets_the_old_write_land_la
 
 #[test]
 #[ignore = "needs root and strace: run by scripts/test.sh as root"]
+fn deleting_the_leader_node_during_a_slow_write_never_lets_the_old_write_land_late() {
+    // Given a leader whose fsyncs take 400 ms (a write takes about 0.8 s,
+    // within its 1 s lease), when its node is deleted right after a write's
+    // temp file appears (while that file's fsync runs), then no file of its
+    // leadership lands after the successor's first
+    delete_the_leader_node_mid_write("fsync", Duration::from_millis(400), |g| {
+        let files = g.files_dir();
+        let in_write = wait_until(Duration::from_secs(10), Duration::from_millis(1), || {
+            std::fs::read_dir(&files).is_ok_and(|d| {
+                d.filter_map(|e| e.ok())
+                    .any(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            })
+        });
+        assert!(in_write, "no write in flight seen");
+    });
+}
+
+#[test]
+#[ignore = "needs root and strace: run by scripts/test.sh as root"]
 fn deleting_the_leader_node_after_its_confirmation_never_lets_that_write_land_late() {
-    assert!(is_root(), "run as root");
-    // Given two replicas with a leader whose file opens are slow, so that
-    // a write's temp file is created well after its confirmation (and so
-    // after a successor's clean-up of stale temp files); 150 ms per open keeps
-    // its writes within the lease
-    let zk = ZkCluster::standalone();
-    let mut g = Group::new(&zk.connect_string());
-    g.spawn(2);
-    let leader = g.wait_leader(Duration::from_secs(20));
-    let old_token = newest_token(&g);
-    let arrivals = Arrivals::watch(g.files_dir());
-    let strace = Strace::delay(
-        g.replica(leader).pid(),
-        "openat",
-        Duration::from_millis(250),
-    );
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let client = rt.block_on(common::zk_client(&zk.connect_string()));
-    let children = rt.block_on(client.list_children(ROOT)).unwrap();
-    let leader_node = format!(
-        "{ROOT}/{}",
-        election::zk::order_candidates(&children)[0].name
-    );
-    // When an operator deletes the leader's node between a confirmation
-    // and the commit of that write: 380 ms after a file lands, the
-    // directory having been opened for its fsync and for retention
-    // (150 ms each), the next write is confirmed and its temp file is
-    // being opened or committed
-    let count = || election::files::list(&g.files_dir()).map_or(0, |l| l.len());
-    let before = count();
-    let landed = wait_until(Duration::from_secs(10), Duration::from_millis(1), || {
-        count() > before
+    // Given a leader whose file opens take 250 ms (a write's temp file is
+    // created well after its confirmation, and after a successor's
+    // clean-up of stale temp files; its writes stay within the lease),
+    // when its node is deleted 380 ms after a file lands (the next write
+    // is then confirmed and being opened or committed), then no file of
+    // its leadership lands after the successor's first
+    delete_the_leader_node_mid_write("openat", Duration::from_millis(250), |g| {
+        let count = || election::files::list(&g.files_dir()).map_or(0, |l| l.len());
+        let before = count();
+        let landed = wait_until(Duration::from_secs(10), Duration::from_millis(1), || {
+            count() > before
+        });
+        assert!(landed, "the slowed leader wrote nothing\n{}", g.logs());
+        std::thread::sleep(Duration::from_millis(380));
     });
-    assert!(landed, "the slowed leader wrote nothing\n{}", g.logs());
-    std::thread::sleep(Duration::from_millis(380));
-    let deleted = rt.block_on(client.delete(&leader_node, None));
-    assert!(
-        deleted.is_ok(),
-        "{deleted:?}: the leader left by itself\n{}",
-        g.logs()
-    );
-    rt.block_on(common::close_client(client));
-    // Then the other replica takes over
-    let ok = wait_until(Duration::from_secs(20), Duration::from_millis(20), || {
-        g.newest_record().is_some_and(|r| r.token > old_token)
-    });
-    assert!(ok, "nobody took over\n{}", g.logs());
-    // And no file of the old leadership lands after the successor's first
-    std::thread::sleep(Duration::from_secs(2));
-    drop(strace);
-    std::thread::sleep(Duration::from_millis(500));
-    let order = arrivals.finish();
-    if std::env::var_os("SAFETY_DEBUG").is_some() {
-        eprintln!("{}", g.logs());
-    }
-    assert_no_old_file_after_successor(&order, old_token);
-    g.stop_all();
-    g.assert_invariants();
 }
 
 #[test]

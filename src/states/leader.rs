@@ -234,7 +234,7 @@ impl Leader<'_> {
             Exit::Stop => Step::stop(Some(session)),
             Exit::Failover(why) => Step::failover(Some(session), recovery, why),
             Exit::Attempter(why) => {
-                let released = session.bounded(zk::release_writer(
+                let released = session.bounded(zk::delete_writer_of(
                     session.client(),
                     &ctx.cfg.zk_root,
                     session.id(),
@@ -342,7 +342,7 @@ impl Leader<'_> {
     }
 
     async fn release_own_writer(&self) -> Result<(), Exit> {
-        let release = zk::release_writer(
+        let release = zk::delete_writer_of(
             self.session.client(),
             &self.ctx.cfg.zk_root,
             self.session.id(),
@@ -381,7 +381,7 @@ impl Leader<'_> {
         }
         warn!(waited = ?started.elapsed(), "the previous leader's lease is over; clearing its writer node");
         self.session
-            .bounded(zk::clear_stale_writer(self.session.client(), root, owner))
+            .bounded(zk::delete_writer_of(self.session.client(), root, owner))
             .await
             .map_err(|e| Exit::Failover(format!("cannot clear the stale writer node: {e}")))
     }
