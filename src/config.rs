@@ -108,6 +108,8 @@ pub struct RunArgs {
 
     /// Consecutive failed file writes after which a leader gives up
     /// leadership (Failover) so that a replica with a working disk can lead.
+    /// Errors, writes that overrun their lease, writes refused at the commit
+    /// point and ticks without a confirmation while connected all count.
     #[arg(long, env = "ELECTION_MAX_WRITE_FAILURES", default_value = "3", value_parser = parse_capacity, allow_negative_numbers = true)]
     pub max_write_failures: usize,
 
