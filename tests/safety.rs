@@ -41,6 +41,28 @@ fn assert_no_old_file_after_successor(order: &[FileKey], old_token: u64) {
     );
 }
 
+/// Creates `path` (its parents open to all) with `data`, `mode` and `acls`
+/// through a client of `zk` that is closed afterwards.
+fn plant(zk: &ZkCluster, path: &str, data: &[u8], mode: CreateMode, acls: Acls<'static>) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client = common::zk_client(&zk.connect_string()).await;
+        let parent = &path[..path.rfind('/').unwrap()];
+        client
+            .mkdir(
+                parent,
+                &CreateMode::Persistent.with_acls(Acls::anyone_all()),
+            )
+            .await
+            .unwrap();
+        client
+            .create(path, data, &mode.with_acls(acls))
+            .await
+            .unwrap();
+        common::close_client(client).await;
+    });
+}
+
 fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
@@ -254,26 +276,7 @@ fn a_writer_node_held_by_a_live_session_delays_the_first_write_then_is_cleared()
 fn failures_right_after_init_back_off_and_reach_failover_give_up() {
     // Given an election path on which the replicas may read but not create
     let zk = ZkCluster::standalone();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let client = common::zk_client(&zk.connect_string()).await;
-        client
-            .mkdir(
-                "/election",
-                &CreateMode::Persistent.with_acls(Acls::anyone_all()),
-            )
-            .await
-            .unwrap();
-        client
-            .create(
-                ROOT,
-                b"",
-                &CreateMode::Persistent.with_acls(Acls::anyone_read()),
-            )
-            .await
-            .unwrap();
-        common::close_client(client).await;
-    });
+    plant(&zk, ROOT, b"", CreateMode::Persistent, Acls::anyone_read());
     // When a replica with failover-give-up 3s starts
     let mut g = Group::new(&zk.connect_string());
     g.extra = vec!["--failover-give-up".into(), "3s".into()];
@@ -294,18 +297,14 @@ fn failures_right_after_init_back_off_and_reach_failover_give_up() {
 fn a_persistent_node_named_like_session_zero_does_not_block_the_election() {
     // Given a persistent node that looks like a candidate of "session 0"
     let zk = ZkCluster::standalone();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let client = common::zk_client(&zk.connect_string()).await;
-        client
-            .mkdir(
-                &format!("{ROOT}/c_0000000000000000_0000000000"),
-                &CreateMode::Persistent.with_acls(Acls::anyone_all()),
-            )
-            .await
-            .unwrap();
-        common::close_client(client).await;
-    });
+    let impostor = format!("{ROOT}/c_0000000000000000_0000000000");
+    plant(
+        &zk,
+        &impostor,
+        b"",
+        CreateMode::Persistent,
+        Acls::anyone_all(),
+    );
     // When replicas start
     let mut g = Group::new(&zk.connect_string());
     g.spawn(2);
@@ -406,23 +405,14 @@ fn an_impostor_named_after_our_session_never_makes_us_delete_our_node() {
 fn a_fencing_node_holding_garbage_stops_the_leader_from_writing() {
     // Given a fencing node whose content is not a token
     let zk = ZkCluster::standalone();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let client = common::zk_client(&zk.connect_string()).await;
-        client
-            .mkdir(ROOT, &CreateMode::Persistent.with_acls(Acls::anyone_all()))
-            .await
-            .unwrap();
-        client
-            .create(
-                &format!("{ROOT}/fencing"),
-                b"not-a-number",
-                &CreateMode::Persistent.with_acls(Acls::anyone_all()),
-            )
-            .await
-            .unwrap();
-        common::close_client(client).await;
-    });
+    let fencing = format!("{ROOT}/fencing");
+    plant(
+        &zk,
+        &fencing,
+        b"not-a-number",
+        CreateMode::Persistent,
+        Acls::anyone_all(),
+    );
     // When a replica starts
     let mut g = Group::new(&zk.connect_string());
     g.spawn(1);

@@ -205,3 +205,21 @@ def manifests():
         return Manifests(render(helm, *values, sets=sets, api_versions=api_versions))
 
     return make
+
+
+def render_notes(*sets: str) -> str:
+    """NOTES.txt as `helm install --dry-run=client` prints it, with `--set` values."""
+    helm = find_helms().get("helm4")
+    if not helm:
+        pytest.skip("helm 3 needs a cluster for `install --dry-run`")
+    cmd = [helm, "install", "election", str(CHART), "--namespace", NAMESPACE, "--dry-run=client"]
+    for s in sets:
+        cmd += ["--set", s]
+    out = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"KUBECONFIG": "/nonexistent", "PATH": "/usr/bin:/bin", "HOME": "/tmp"},
+    )
+    return out.stdout.split("NOTES:", 1)[1]

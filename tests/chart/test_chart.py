@@ -26,6 +26,7 @@ from conftest import (
     env_values,
     find_helms,
     render,
+    render_notes,
     render_text,
 )
 
@@ -784,21 +785,7 @@ def test_notes_tell_how_to_see_the_leader_and_the_files():
     assert "helm test election" in notes
 
 
-def notes(*sets: str) -> str:
-    helm = find_helms().get("helm4")
-    if not helm:
-        pytest.skip("helm 3 needs a cluster for `install --dry-run`")
-    cmd = [helm, "install", "election", str(CHART), "--namespace", NAMESPACE, "--dry-run=client"]
-    for s in sets:
-        cmd += ["--set", s]
-    out = subprocess.run(
-        cmd,
-        capture_output=True,
-        text=True,
-        check=True,
-        env={"KUBECONFIG": "/nonexistent", "PATH": "/usr/bin:/bin", "HOME": "/tmp"},
-    )
-    return out.stdout.split("NOTES:", 1)[1]
+notes = render_notes
 
 
 def test_notes_say_an_image_without_a_registry_needs_kind_up_or_a_push():

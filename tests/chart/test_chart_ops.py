@@ -5,28 +5,9 @@ Kept apart from test_chart.py so that both files can change independently.
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
-import pytest
-from conftest import CHART, NAMESPACE, find_helms
-
-
-def notes_of(*sets: str) -> str:
-    helm = find_helms().get("helm4")
-    if not helm:
-        pytest.skip("helm 3 needs a cluster for `install --dry-run`")
-    cmd = [helm, "install", "election", str(CHART), "--namespace", NAMESPACE, "--dry-run=client"]
-    for s in sets:
-        cmd += ["--set", s]
-    out = subprocess.run(
-        cmd,
-        capture_output=True,
-        text=True,
-        check=True,
-        env={"KUBECONFIG": "/nonexistent", "PATH": "/usr/bin:/bin", "HOME": "/tmp"},
-    )
-    return out.stdout.split("NOTES:", 1)[1]
+from conftest import render_notes as notes_of
 
 
 def test_notes_warn_when_the_zookeeper_image_is_not_the_official_one():
