@@ -82,12 +82,6 @@ fn zk_restart(zk: &mut ZkCluster, g: &Group, wipe: bool) -> (f64, bool) {
     ((written(&first.unwrap()) - answering) as f64, same)
 }
 
-fn zk_packets(zk: &ZkCluster) -> f64 {
-    let m = zk.mntr(0);
-    let get = |k: &str| m.get(k).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    get("zk_packets_received") + get("zk_packets_sent")
-}
-
 fn main() {
     // `cargo bench` passes `--bench`; nothing else to parse.
     let rounds: usize = std::env::var("BENCH_ROUNDS")
@@ -137,11 +131,11 @@ fn main() {
         .filter_map(|(i, r)| Some((i, r.as_ref()?.pid())))
         .collect();
     let cpu0: Vec<f64> = pids.iter().map(|(_, p)| cpu_seconds(*p)).collect();
-    let pk0 = zk_packets(&zk);
+    let pk0 = zk.packets(0);
     let t0 = Instant::now();
     std::thread::sleep(Duration::from_secs(10));
     let secs = t0.elapsed().as_secs_f64();
-    let pk1 = zk_packets(&zk);
+    let pk1 = zk.packets(0);
     println!("election benchmark: 3 replicas, session 2s, leader-timeout 200ms, {rounds} rounds");
     println!(
         "handover on SIGTERM (signal -> successor's first file): median {:.0} ms (min {:.0}, max {:.0})",

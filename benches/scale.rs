@@ -120,12 +120,6 @@ fn main() {
     rest_and_memory();
 }
 
-fn packets_total(zk: &ZkCluster) -> f64 {
-    let m = zk.mntr(0);
-    let get = |k: &str| m.get(k).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    get("zk_packets_received") + get("zk_packets_sent")
-}
-
 /// Rest traffic of N replicas, and RSS with every feature on.
 fn rest_and_memory() {
     let n: usize = std::env::var("SCALE_REST")
@@ -168,10 +162,10 @@ fn rest_and_memory() {
     g.extra = Vec::new();
     g.spawn(n.saturating_sub(2));
     std::thread::sleep(Duration::from_secs(5));
-    let p0 = packets_total(&zk);
+    let p0 = zk.packets(0);
     let t0 = Instant::now();
     std::thread::sleep(Duration::from_secs(10));
-    let rate = (packets_total(&zk) - p0) / t0.elapsed().as_secs_f64();
+    let rate = (zk.packets(0) - p0) / t0.elapsed().as_secs_f64();
     println!(
         "ZooKeeper packets per second at rest (sent + received), {n} replicas, session 2s, \
          leader-timeout 200ms, attempter-timeout 1s: {rate:.1}"

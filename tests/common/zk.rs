@@ -555,6 +555,13 @@ impl ZkCluster {
     /// `zk_ephemerals_count`, `zk_num_alive_connections`,
     /// `zk_server_state`. Empty if the server does not answer. Note that
     /// each four-letter word counts as received packets too.
+    /// ZooKeeper packets server `i` has sent and received so far (`mntr`).
+    pub fn packets(&self, i: usize) -> f64 {
+        let m = self.mntr(i);
+        let get = |k: &str| m.get(k).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        get("zk_packets_received") + get("zk_packets_sent")
+    }
+
     pub fn mntr(&self, i: usize) -> HashMap<String, String> {
         self.four_letter(i, "mntr")
             .lines()
