@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::zk_access::{Credentials, TlsFiles, ZkSecurity};
+use crate::zk::access::{Credentials, TlsFiles, ZkSecurity};
 
 /// Leader election on Apache ZooKeeper: several replicas run, exactly one
 /// leads and writes files into a shared directory, another takes over as
@@ -37,7 +37,7 @@ pub enum Command {
     Status(StatusArgs),
     /// Check the leader files of a file-dir: partial or unreadable files,
     /// fencing tokens going backwards, overlapping leaderships, long gaps.
-    Verify(crate::verify::VerifyArgs),
+    Verify(crate::cmd::verify::VerifyArgs),
 }
 
 /// Log output format.

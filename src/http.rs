@@ -29,8 +29,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::board::StateName;
 use crate::machine::Context;
-use crate::status::StateName;
 
 /// Running listeners.
 pub struct Servers {

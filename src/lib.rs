@@ -1,22 +1,19 @@
 //! election: a leader-election daemon on Apache ZooKeeper.
 //!
-//! The binary parses flags ([`config`]) and calls [`app`]; the state machine
-//! lives in [`machine`] with one module per state in [`states`]. Leader
-//! files follow the contract in [`files`]; [`verify`] checks a file-dir.
+//! The binary parses flags ([`config`]) and runs a subcommand from [`cmd`];
+//! the state machine lives in [`machine`] with one module per state in
+//! [`states`]. [`board`] holds what the daemon publishes (the status
+//! snapshot, metrics, heartbeat); [`http`] and [`k8s`] serve it. Leader files
+//! follow the contract in [`files`]; [`zk`] holds the ZooKeeper recipe.
 
-pub mod app;
+pub mod board;
+pub mod cmd;
 pub mod config;
 pub mod files;
 pub mod http;
-pub mod kube;
-pub mod kube_ops;
+pub mod k8s;
 pub mod lease;
 pub mod machine;
-pub mod release;
 pub mod states;
-pub mod status;
-pub mod status_cmd;
 pub mod telemetry;
-pub mod verify;
 pub mod zk;
-pub mod zk_access;

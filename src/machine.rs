@@ -22,9 +22,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span};
 
+use crate::board::{Board, StateName};
 use crate::config::RunArgs;
 use crate::states::{attempter, failover, init, leader, stopping};
-use crate::status::{Board, StateName};
 use crate::zk::ZkSession;
 
 /// Everything the states share.

@@ -4,8 +4,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use election::cmd::{release, run, status, verify};
 use election::config::{Cli, Command, LogFormat};
-use election::{app, release, status_cmd, telemetry, verify};
+use election::telemetry;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -34,9 +35,9 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Run(args) => app::run(*args).await,
+            Command::Run(args) => run::run(*args).await,
             Command::Release(args) => release::run(args).await,
-            Command::Status(args) => status_cmd::run(args).await,
+            Command::Status(args) => status::run(args).await,
             Command::Verify(args) => verify_cmd(args),
         }
     });

@@ -25,8 +25,8 @@ use tracing::{debug, info, warn};
 use zookeeper_client::{CreateMode, Error as ZkErr, EventType};
 
 use super::leader::Leadership;
-use super::session::{Health, Liveness, on_state, until_deadline};
 use crate::machine::{Context, Recovery, State, Step};
+use crate::zk::session::{Health, Liveness, on_state, until_deadline};
 use crate::zk::{
     CandidateData, Standing, ZkSession, candidate_prefix, child_path, is_live_candidate,
     order_candidates, standing,
@@ -151,7 +151,7 @@ pub async fn run(ctx: &Context, mut session: ZkSession, recovery: Recovery) -> S
                     Health::Lost(why) => return Step::failover(Some(session), recovery, why),
                 },
                 _ = until_deadline(&live) => {
-                    return Step::failover(Some(session), recovery, super::session::GIVE_UP_CAUSE);
+                    return Step::failover(Some(session), recovery, crate::zk::session::GIVE_UP_CAUSE);
                 }
                 // Only the heartbeat: /healthz sees a waiting candidate alive.
                 _ = tick.tick() => {}

@@ -39,10 +39,10 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{error, info, warn};
 use zookeeper_client::{EventType, SessionState, WatchedEvent};
 
-use super::session::{Health, Liveness, on_state, until_deadline};
 use crate::files::{self, CommitGate, FileError, FileKey, LeaderRecord};
 use crate::lease::{Lease, Stamp};
 use crate::machine::{Context, Recovery, State, Step};
+use crate::zk::session::{Health, Liveness, on_state, until_deadline};
 use crate::zk::{self, ClaimError, ZkSession, is_live_candidate};
 
 /// The leadership won in Attempter.
@@ -187,7 +187,7 @@ impl Leader<'_> {
                     }
                 }
                 _ = until_deadline(&self.live) => {
-                    return Exit::Failover(super::session::GIVE_UP_CAUSE.into());
+                    return Exit::Failover(crate::zk::session::GIVE_UP_CAUSE.into());
                 }
                 ev = &mut node_watch => {
                     if ev.event_type == EventType::NodeDeleted {

@@ -4,5 +4,4 @@ pub mod attempter;
 pub mod failover;
 pub mod init;
 pub mod leader;
-pub mod session;
 pub mod stopping;

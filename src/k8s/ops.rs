@@ -38,9 +38,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::kube::{ANNOTATION_PREFIX, STATE_LABEL, bounded, client};
+use crate::board::{StateName, Transition};
+use crate::k8s::labeller::{ANNOTATION_PREFIX, STATE_LABEL, bounded, client};
 use crate::machine::Context;
-use crate::status::{StateName, Transition};
 
 /// Value a stale sibling's `election-state` label is corrected to.
 pub const STALE: &str = "stale";
@@ -194,13 +194,13 @@ async fn events(ctx: Context, pod: PodRef, handled: watch::Sender<Option<StateNa
 }
 
 /// Waits until this replica leads; returns false when the board is gone.
-async fn until_leading(rx: &mut watch::Receiver<crate::status::Status>) -> bool {
+async fn until_leading(rx: &mut watch::Receiver<crate::board::Status>) -> bool {
     rx.wait_for(|s| s.state == StateName::Leader).await.is_ok()
 }
 
 /// Sleeps `period` unless the state changes first; false once the board is gone.
 async fn pause_while_leading(
-    rx: &mut watch::Receiver<crate::status::Status>,
+    rx: &mut watch::Receiver<crate::board::Status>,
     period: Duration,
 ) -> bool {
     let until = tokio::time::Instant::now() + period;

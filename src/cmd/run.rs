@@ -11,8 +11,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::RunArgs;
+use crate::http;
+use crate::k8s::{labeller, ops};
 use crate::machine::{self, Context, Outcome};
-use crate::{http, kube, kube_ops};
 
 /// How long a daemon released through `election release` waits for the
 /// SIGTERM that normally follows a preStop hook before exiting on its own.
@@ -33,17 +34,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .await
         .context("cannot start HTTP listeners")?;
     let labeller = match (&ctx.cfg.pod_name, &ctx.cfg.pod_namespace) {
-        (Some(name), Some(namespace)) => {
-            Some(kube::Labeller::spawn(&ctx, name.clone(), namespace.clone()))
-        }
+        (Some(name), Some(namespace)) => Some(labeller::Labeller::spawn(
+            &ctx,
+            name.clone(),
+            namespace.clone(),
+        )),
         _ => None,
     };
 
     // Events, stale-label correction, Lease mirror.
     let helpers = match (&ctx.cfg.pod_name, &ctx.cfg.pod_namespace) {
-        (Some(name), Some(namespace)) => Some(kube_ops::Helpers::spawn(
+        (Some(name), Some(namespace)) => Some(ops::Helpers::spawn(
             &ctx,
-            kube_ops::PodRef {
+            ops::PodRef {
                 name: name.clone(),
                 namespace: namespace.clone(),
                 uid: ctx.cfg.pod_uid.clone(),

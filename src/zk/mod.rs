@@ -15,6 +15,9 @@
 //! state machine, the HTTP listeners or signal handling on the daemon's
 //! current-thread runtime, and a client we drop cannot outlive its session.
 
+pub mod access;
+pub mod session;
+
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -23,7 +26,7 @@ use zookeeper_client::{
     Acl, Acls, CheckWriteError, Client, CreateMode, SessionState, StateWatcher,
 };
 
-use crate::zk_access::{ZkSecurity, is_open_to_world};
+use crate::zk::access::{ZkSecurity, is_open_to_world};
 
 /// Errors of ZooKeeper operations, one variant per failing step.
 #[derive(Debug, thiserror::Error)]
@@ -183,7 +186,7 @@ pub struct ZkSession {
     client: Client,
     states: StateWatcher,
     thread: SessionThread,
-    /// ACL of every node this session creates (see [`crate::zk_access`]).
+    /// ACL of every node this session creates (see [`crate::zk::access`]).
     acl: Vec<Acl>,
     /// Whether the session authenticated (then open nodes get restricted).
     authenticated: bool,

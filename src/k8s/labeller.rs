@@ -6,7 +6,7 @@
 //! retries with backoff, bounds every call, and never feeds anything back
 //! into the election: an API outage is logged and counted, nothing more.
 //! Needs `patch` on its own Pod only. Events, the stale-label correction
-//! and the Lease mirror live in [`crate::kube_ops`].
+//! and the Lease mirror live in [`crate::k8s::ops`].
 //!
 //! Label `election-state`: init | attempter | leader | failover | stopping.
 //! Annotations (prefix `election/`): `state-since` (RFC 3339), `node-id`,
@@ -23,8 +23,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
+use crate::board::{StateName, Status};
 use crate::machine::Context;
-use crate::status::{StateName, Status};
 
 /// Label key carrying the state.
 pub const STATE_LABEL: &str = "election-state";
@@ -158,7 +158,7 @@ async fn run(
 /// The Kubernetes client from the environment (in-cluster or KUBECONFIG),
 /// built once, lazily, by whichever task needs it first, and bounded like
 /// every call (a failure is retried by the next caller). The labeller and
-/// the helper tasks of [`crate::kube_ops`] share it: one connection pool,
+/// the helper tasks of [`crate::k8s::ops`] share it: one connection pool,
 /// one TLS configuration per process.
 pub async fn client() -> Result<::kube::Client, String> {
     static CLIENT: tokio::sync::OnceCell<::kube::Client> = tokio::sync::OnceCell::const_new();

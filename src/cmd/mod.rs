@@ -1,0 +1,8 @@
+//! The subcommands: `run` (the daemon), `status` (the election queue as
+//! ZooKeeper sees it), `verify` (check a file-dir), `release` (ask a running
+//! daemon to step down, the preStop hook).
+
+pub mod release;
+pub mod run;
+pub mod status;
+pub mod verify;
