@@ -8,6 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
+
+use crate::machine::{Cause, Reason, State};
+use crate::zk::ZkSession;
 use tokio::sync::{broadcast, watch};
 
 /// Name of a state, as used in logs, labels and metrics.
@@ -71,8 +74,10 @@ pub struct Status {
     pub session_id: Option<String>,
     /// Our candidate znode.
     pub znode: Option<String>,
-    /// Why the last transition happened.
-    pub cause: String,
+    /// Why the last transition happened (a bounded set of values).
+    pub cause: Cause,
+    /// What happened, in words.
+    pub cause_detail: String,
     /// Last successful file write, unix milliseconds.
     pub last_write_ms: Option<u64>,
     /// Set once Stopping has released the ZooKeeper node (the session
@@ -93,7 +98,8 @@ impl Status {
             token: None,
             session_id: None,
             znode: None,
-            cause: "start".into(),
+            cause: Cause::Start,
+            cause_detail: "the daemon started".into(),
             last_write_ms: None,
             released: false,
             release_done: false,
@@ -159,7 +165,7 @@ pub struct Transition {
     /// State entered.
     pub to: StateName,
     /// Why.
-    pub cause: String,
+    pub why: Reason,
 }
 
 /// The status channel, the metrics and the liveness heartbeat.
@@ -203,14 +209,13 @@ impl Board {
         self.transitions.subscribe()
     }
 
-    /// Records a transition and publishes the new state.
-    pub fn transition(&self, from: StateName, to: StateName, cause: &str) {
-        // No receiver (no Events task) is fine.
-        let _ = self.transitions.send(Transition {
-            from,
-            to,
-            cause: cause.to_owned(),
-        });
+    /// Records a transition to `next` and publishes the new snapshot. The
+    /// snapshot is derived from the state entered: its name, its session,
+    /// its node. What a state learns later goes through the methods below
+    /// ([`Board::saw_leader`], [`Board::queued`], [`Board::leading`],
+    /// [`Board::wrote_file`], [`Board::stopped`]).
+    pub fn transition(&self, from: StateName, next: &State, why: Reason) {
+        let to = next.name();
         *self
             .metrics
             .transitions
@@ -223,28 +228,67 @@ impl Board {
                 .leadership_acquisitions
                 .fetch_add(1, Ordering::Relaxed);
         }
+        let session = next.session();
+        let session_id = session.map(ZkSession::id_hex);
+        let znode = match next {
+            State::Leader { leadership, .. } => Some(leadership.path.clone()),
+            _ => None,
+        };
         self.status.send_modify(|s| {
             s.state = to;
             s.since_ms = unix_ms(SystemTime::now());
-            s.cause = cause.to_owned();
-            if to != StateName::Leader {
-                s.token = None;
-            }
-            if matches!(to, StateName::Init | StateName::Failover) {
+            s.cause = why.cause;
+            s.cause_detail.clone_from(&why.detail);
+            // Who leads is known only through a session.
+            if session.is_none() {
                 s.leader = None;
-                s.session_id = None;
-                s.znode = None;
             }
+            s.session_id = session_id;
+            s.znode = znode;
+            // The token is known once Leader has claimed it.
+            s.token = None;
         });
+        // No receiver (no Events task) is fine.
+        let _ = self.transitions.send(Transition { from, to, why });
         self.beat();
     }
 
-    /// Updates fields of the snapshot (publishes only if something changed).
-    pub fn update(&self, f: impl FnOnce(&mut Status)) {
+    fn update(&self, f: impl FnOnce(&mut Status)) {
         self.status.send_if_modified(|s| {
             let before = s.clone();
             f(s);
             *s != before
+        });
+    }
+
+    /// Attempter saw who leads (the node id in the first candidate's data).
+    pub fn saw_leader(&self, leader: Option<String>) {
+        self.update(|s| s.leader = leader);
+    }
+
+    /// Attempter found its candidate node in the queue.
+    pub fn queued(&self, znode: &str) {
+        self.update(|s| {
+            if s.znode.as_deref() != Some(znode) {
+                s.znode = Some(znode.to_owned());
+            }
+        });
+    }
+
+    /// Leader claimed its fencing token: this replica leads.
+    pub fn leading(&self, node_id: &str, token: u64) {
+        self.update(|s| {
+            s.token = Some(token);
+            s.leader = Some(node_id.to_owned());
+        });
+    }
+
+    /// Stopping is done; `released` when ZooKeeper acknowledged the close
+    /// (`election release` reports it).
+    pub fn stopped(&self, released: bool) {
+        self.update(|s| {
+            s.released = released;
+            s.release_done = true;
         });
     }
 
@@ -287,26 +331,78 @@ impl Board {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::machine::{Outcome, Recovery};
+
+    fn failover() -> State {
+        State::Failover {
+            session: None,
+            recovery: Recovery::default(),
+        }
+    }
 
     #[test]
-    fn transitions_publish_state_and_count() {
+    fn a_transition_derives_the_snapshot_from_the_state_entered() {
         let board = Board::new("n1");
         let mut rx = board.subscribe();
-        board.transition(StateName::Init, StateName::Attempter, "connected");
+        let mut events = board.transitions();
+        board.saw_leader(Some("n2".into()));
+        board.leading("n1", 7);
+        board.queued("/election/c_1_0000000001");
+        board.transition(
+            StateName::Leader,
+            &failover(),
+            Cause::SessionLost.because("session Expired"),
+        );
         assert!(rx.has_changed().unwrap());
         let s = rx.borrow_and_update().clone();
-        assert_eq!(s.state, StateName::Attempter);
-        assert!(s.is_ready());
-        board.transition(StateName::Attempter, StateName::Leader, "first");
+        assert_eq!(s.state, StateName::Failover);
+        assert_eq!(s.cause, Cause::SessionLost);
+        assert_eq!(s.cause_detail, "session Expired");
+        // No session: nothing learned through the old one survives.
+        assert!(!s.is_ready());
         assert_eq!(
-            board
-                .metrics
-                .leadership_acquisitions
-                .load(Ordering::Relaxed),
-            1
+            (s.token, s.leader, s.session_id, s.znode),
+            (None, None, None, None)
         );
-        let t = board.metrics.transitions.lock().unwrap();
-        assert_eq!(t.get(&(StateName::Init, StateName::Attempter)), Some(&1));
+        let t = events.try_recv().unwrap();
+        assert_eq!(
+            (t.from, t.to, t.why.cause),
+            (StateName::Leader, StateName::Failover, Cause::SessionLost)
+        );
+        board.transition(
+            StateName::Failover,
+            &State::Stopping {
+                session: None,
+                outcome: Outcome::Stopped,
+            },
+            Cause::StopRequested.because("stop requested"),
+        );
+        let counts = board.metrics.transitions.lock().unwrap();
+        assert_eq!(
+            counts.get(&(StateName::Leader, StateName::Failover)),
+            Some(&1)
+        );
+        assert_eq!(
+            counts.get(&(StateName::Failover, StateName::Stopping)),
+            Some(&1)
+        );
+    }
+
+    #[test]
+    fn the_cause_is_served_as_a_kebab_case_code() {
+        let names: Vec<String> = Cause::ALL
+            .iter()
+            .map(|c| {
+                serde_json::to_value(c)
+                    .unwrap()
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        let as_str: Vec<&str> = Cause::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(names, as_str);
+        assert!(as_str.contains(&"first-in-queue"));
     }
 
     #[test]
@@ -314,9 +410,16 @@ mod tests {
         let board = Board::new("n1");
         let mut rx = board.subscribe();
         rx.borrow_and_update();
-        board.update(|s| s.leader = None);
+        board.saw_leader(None);
         assert!(!rx.has_changed().unwrap());
-        board.update(|s| s.leader = Some("x".into()));
+        board.saw_leader(Some("x".into()));
         assert!(rx.has_changed().unwrap());
+        rx.borrow_and_update();
+        board.queued("/e/c_1");
+        board.queued("/e/c_1");
+        assert!(rx.has_changed().unwrap());
+        rx.borrow_and_update();
+        board.queued("/e/c_1");
+        assert!(!rx.has_changed().unwrap());
     }
 }

@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::board::StateName;
-use crate::machine::Context;
+use crate::machine::{Context, StopRequest};
 
 /// Running listeners.
 pub struct Servers {
@@ -367,7 +367,7 @@ async fn release(State(ctx): State<Context>, Query(q): Query<ReleaseQuery>) -> R
     let bound = Duration::from_millis(q.timeout_ms.unwrap_or(10_000).clamp(100, 120_000));
     info!("release requested through the admin listener");
     let mut rx = ctx.board.subscribe();
-    ctx.request_release();
+    ctx.stop(StopRequest::Release);
     let done = tokio::time::timeout(bound, rx.wait_for(|s| s.release_done)).await;
     let released = done
         .as_ref()

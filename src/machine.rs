@@ -14,10 +14,10 @@
 //! Each state is `async fn run(self, ctx) -> Step`: it never returns an error,
 //! it logs the cause and names the next state.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use serde::Serialize;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span};
@@ -34,12 +34,12 @@ pub struct Context {
     pub cfg: Arc<RunArgs>,
     /// This replica's id.
     pub node_id: String,
-    /// Cancelled by SIGTERM, SIGINT or a release request.
+    /// Cancelled by the first stop request (SIGTERM, SIGINT or release).
     pub cancel: CancellationToken,
+    /// What asked the daemon to stop, set with `cancel` (see [`Context::stop`]).
+    stop_request: Arc<OnceLock<StopRequest>>,
     /// Status, metrics and heartbeat.
     pub board: Arc<Board>,
-    /// Set when the stop was asked through `election release`.
-    pub released_by_request: Arc<AtomicBool>,
     /// The device file-dir was on at the first successful Init; the leader
     /// writes nowhere else (a vanished mount must not swallow files).
     pub file_dir_device: Arc<OnceLock<u64>>,
@@ -49,19 +49,41 @@ pub struct Context {
     pub abandoned_sessions: Arc<Mutex<Vec<i64>>>,
 }
 
+/// What asked the daemon to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopRequest {
+    /// SIGTERM or SIGINT.
+    Signal,
+    /// `election release` (`POST /release` on the admin listener), the
+    /// preStop hook: leave the election, then wait for the SIGTERM.
+    Release,
+}
+
 impl Context {
     /// A context for `cfg`, with a fresh board.
-    pub fn new(cfg: RunArgs, cancel: CancellationToken) -> Context {
+    pub fn new(cfg: RunArgs) -> Context {
         let node_id = cfg.resolved_node_id();
         Context {
             board: Arc::new(Board::new(&node_id)),
             cfg: Arc::new(cfg),
             node_id,
-            cancel,
-            released_by_request: Arc::new(AtomicBool::new(false)),
+            cancel: CancellationToken::new(),
+            stop_request: Arc::new(OnceLock::new()),
             file_dir_device: Arc::new(OnceLock::new()),
             abandoned_sessions: Arc::new(Mutex::new(Vec::new())),
         }
+    }
+
+    /// Asks the daemon to stop: the one way in, for signals and release
+    /// alike. The first request decides how the daemon ends.
+    pub fn stop(&self, request: StopRequest) {
+        let _ = self.stop_request.set(request);
+        self.cancel.cancel();
+    }
+
+    /// What asked the daemon to stop, if anything did.
+    pub fn stop_request(&self) -> Option<StopRequest> {
+        self.stop_request.get().copied()
     }
 
     /// Remembers a session whose close was not acknowledged (bounded list).
@@ -83,12 +105,6 @@ impl Context {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
-    }
-
-    /// Asks the daemon to release leadership and stop (the preStop path).
-    pub fn request_release(&self) {
-        self.released_by_request.store(true, Ordering::SeqCst);
-        self.cancel.cancel();
     }
 }
 
@@ -185,6 +201,15 @@ pub enum State {
 }
 
 impl State {
+    /// The ZooKeeper session this state holds, if any.
+    pub fn session(&self) -> Option<&ZkSession> {
+        match self {
+            State::Init { .. } => None,
+            State::Attempter { session, .. } | State::Leader { session, .. } => Some(session),
+            State::Failover { session, .. } | State::Stopping { session, .. } => session.as_ref(),
+        }
+    }
+
     /// The name of this state.
     pub fn name(&self) -> StateName {
         match self {
@@ -200,10 +225,115 @@ impl State {
 /// How the daemon ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// Stopped on request: exit 0.
+    /// Stopped by a signal: exit 0.
     Stopped,
+    /// Left the election on a release request (the preStop hook): waits for
+    /// the SIGTERM that follows, then exits 0.
+    Released,
     /// Gave up after failover-give-up: exit 1.
     GaveUp,
+}
+
+/// Why a transition happened. A bounded set, so that it can be a metric
+/// label, a Pod annotation and an Event reason; the free-text detail goes
+/// with it in [`Reason`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Cause {
+    /// The daemon started (the status before the first transition).
+    Start,
+    /// Init: file-dir, the ZooKeeper session and the election path are ready.
+    Connected,
+    /// Attempter: our node is first in the election queue.
+    FirstInQueue,
+    /// Leader: our node is gone or not ours any more, or the claim was refused.
+    LeadershipLost,
+    /// The ZooKeeper session expired, closed, failed authentication or stayed
+    /// disconnected past the safety net.
+    SessionLost,
+    /// A ZooKeeper request failed or timed out.
+    ZookeeperError,
+    /// file-dir cannot be checked, read or is not where it was at start.
+    FileDirError,
+    /// The leader reached max-write-failures.
+    WriteFailures,
+    /// The fencing token cannot be chosen (a garbage floor, tokens exhausted).
+    FencingError,
+    /// Failover: the backoff pause is over; Init retries.
+    BackoffDone,
+    /// Failover: failover-give-up reached.
+    GaveUp,
+    /// SIGTERM or SIGINT.
+    StopRequested,
+    /// `election release`.
+    Released,
+}
+
+impl Cause {
+    /// Every cause, in declaration order.
+    pub const ALL: [Cause; 13] = [
+        Cause::Start,
+        Cause::Connected,
+        Cause::FirstInQueue,
+        Cause::LeadershipLost,
+        Cause::SessionLost,
+        Cause::ZookeeperError,
+        Cause::FileDirError,
+        Cause::WriteFailures,
+        Cause::FencingError,
+        Cause::BackoffDone,
+        Cause::GaveUp,
+        Cause::StopRequested,
+        Cause::Released,
+    ];
+
+    /// The kebab-case name, as served in `/status` and on the Pod.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::Start => "start",
+            Cause::Connected => "connected",
+            Cause::FirstInQueue => "first-in-queue",
+            Cause::LeadershipLost => "leadership-lost",
+            Cause::SessionLost => "session-lost",
+            Cause::ZookeeperError => "zookeeper-error",
+            Cause::FileDirError => "file-dir-error",
+            Cause::WriteFailures => "write-failures",
+            Cause::FencingError => "fencing-error",
+            Cause::BackoffDone => "backoff-done",
+            Cause::GaveUp => "gave-up",
+            Cause::StopRequested => "stop-requested",
+            Cause::Released => "released",
+        }
+    }
+
+    /// This cause, with what happened in words.
+    pub fn because(self, detail: impl Into<String>) -> Reason {
+        Reason {
+            cause: self,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A [`Cause`] and its detail (for logs, `/status` and Events).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reason {
+    /// The kind of cause.
+    pub cause: Cause,
+    /// What happened, in words.
+    pub detail: String,
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.cause, self.detail)
+    }
 }
 
 /// What a state returns.
@@ -212,36 +342,36 @@ pub enum Outcome {
 #[derive(Debug)]
 pub enum Step {
     /// Move to the next state, with the reason.
-    Next(State, String),
+    Next(State, Reason),
     /// The daemon is done.
     Exit(Outcome),
 }
 
 impl Step {
     /// To Failover, closing `session`, with one more failure.
-    pub fn failover(
-        session: Option<ZkSession>,
-        recovery: Recovery,
-        cause: impl Into<String>,
-    ) -> Step {
+    pub fn failover(session: Option<ZkSession>, recovery: Recovery, why: Reason) -> Step {
         Step::Next(
             State::Failover {
                 session,
                 recovery: recovery.failed(),
             },
-            cause.into(),
+            why,
         )
     }
 
-    /// To Stopping on a stop request.
-    pub fn stop(session: Option<ZkSession>) -> Step {
-        Step::Next(
-            State::Stopping {
-                session,
-                outcome: Outcome::Stopped,
-            },
-            "stop requested".into(),
-        )
+    /// To Stopping on a stop request (its kind decides the outcome).
+    pub fn stop(ctx: &Context, session: Option<ZkSession>) -> Step {
+        let (outcome, why) = match ctx.stop_request() {
+            Some(StopRequest::Release) => (
+                Outcome::Released,
+                Cause::Released.because("release requested"),
+            ),
+            _ => (
+                Outcome::Stopped,
+                Cause::StopRequested.because("stop requested"),
+            ),
+        };
+        Step::Next(State::Stopping { session, outcome }, why)
     }
 }
 
@@ -278,10 +408,10 @@ pub async fn run(ctx: Context) -> Outcome {
         .instrument(span)
         .await;
         match step {
-            Step::Next(next, cause) => {
+            Step::Next(next, why) => {
                 let to = next.name();
-                info!(state = %to, from = %from, to = %to, cause = %cause, "transition");
-                ctx.board.transition(from, to, &cause);
+                info!(state = %to, from = %from, to = %to, cause = %why.cause, detail = %why.detail, "transition");
+                ctx.board.transition(from, &next, why);
                 state = next;
             }
             Step::Exit(outcome) => {

@@ -2,18 +2,16 @@
 //! state machine, and turns its outcome into an exit code.
 
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing::{info, warn};
 
 use crate::config::RunArgs;
 use crate::http;
 use crate::k8s::{labeller, ops};
-use crate::machine::{self, Context, Outcome};
+use crate::machine::{self, Context, Outcome, StopRequest};
 
 /// How long a daemon released through `election release` waits for the
 /// SIGTERM that normally follows a preStop hook before exiting on its own.
@@ -25,10 +23,8 @@ const EVENTS_FLUSH: Duration = Duration::from_millis(1000);
 
 /// Runs the daemon until it is stopped.
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let cancel = CancellationToken::new();
-    let ctx = Context::new(args, cancel.clone());
-    let signalled = Arc::new(Notify::new());
-    spawn_signal_handler(cancel.clone(), signalled.clone())?;
+    let ctx = Context::new(args);
+    let mut signals = Signals::install()?;
 
     let servers = http::start(&ctx)
         .await
@@ -55,7 +51,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         _ => None,
     };
 
-    let outcome = machine::run(ctx.clone()).await;
+    // The machine runs until it exits; the first signal asks it to stop
+    // (the same path as a release request), a second one exits at once.
+    let machine = machine::run(ctx.clone());
+    tokio::pin!(machine);
+    let outcome = loop {
+        tokio::select! {
+            outcome = &mut machine => break outcome,
+            signal = signals.next() => {
+                info!(signal, "stop requested; releasing leadership");
+                ctx.stop(StopRequest::Signal);
+            }
+        }
+    };
 
     if let Some(labeller) = labeller {
         labeller.finish(LABEL_FLUSH).await;
@@ -63,10 +71,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(helpers) = helpers {
         helpers.finish(EVENTS_FLUSH).await;
     }
-    if ctx
-        .released_by_request
-        .load(std::sync::atomic::Ordering::SeqCst)
-    {
+    if outcome == Outcome::Released && !signals.seen() {
         // Released by the preStop hook: stay (idle, not leading) until the
         // SIGTERM that follows, so the hook does not see its container die.
         info!(linger = ?RELEASE_LINGER, "released; waiting for SIGTERM");
@@ -76,7 +81,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             loop {
                 tokio::select! {
                     _ = beat.tick() => ctx.board.beat(),
-                    _ = signalled.notified() => return,
+                    signal = signals.next() => {
+                        info!(signal, "signal after release; exiting");
+                        return;
+                    }
                 }
             }
         };
@@ -84,33 +92,44 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     servers.shutdown(Duration::from_millis(500)).await;
     Ok(match outcome {
-        Outcome::Stopped => ExitCode::SUCCESS,
+        Outcome::Stopped | Outcome::Released => ExitCode::SUCCESS,
         Outcome::GaveUp => ExitCode::FAILURE,
     })
 }
 
-/// First SIGTERM/SIGINT cancels `cancel`; a second one exits at once (130).
-fn spawn_signal_handler(cancel: CancellationToken, signalled: Arc<Notify>) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
-    tokio::spawn(async move {
-        let mut seen = 0u32;
-        loop {
-            let name = tokio::select! {
-                _ = term.recv() => "SIGTERM",
-                _ = int.recv() => "SIGINT",
-            };
-            seen += 1;
-            if seen == 1 {
-                info!(signal = name, "stop requested; releasing leadership");
-                cancel.cancel();
-                signalled.notify_one();
-            } else {
-                warn!(signal = name, "second signal: exiting at once");
-                std::process::exit(130);
-            }
+/// SIGTERM and SIGINT. The first one is handed to the caller; any further
+/// one exits the process at once (130), whatever the daemon is doing.
+struct Signals {
+    term: Signal,
+    int: Signal,
+    seen: u32,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?,
+            seen: 0,
+        })
+    }
+
+    /// Whether a signal arrived already.
+    fn seen(&self) -> bool {
+        self.seen > 0
+    }
+
+    /// The next signal's name (the first one only: a second one exits).
+    async fn next(&mut self) -> &'static str {
+        let name = tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        };
+        self.seen += 1;
+        if self.seen > 1 {
+            warn!(signal = name, "second signal: exiting at once");
+            std::process::exit(130);
         }
-    });
-    Ok(())
+        name
+    }
 }

@@ -77,7 +77,8 @@ pub fn patch_for(status: &Status) -> Value {
                 a("node-id"): status.node_id,
                 a("leader"): status.leader,
                 a("fencing-token"): status.token.map(|t| t.to_string()),
-                a("cause"): truncate(&status.cause, 256),
+                a("cause"): status.cause.as_str(),
+                a("cause-detail"): truncate(&status.cause_detail, 256),
             }
         }
     })
@@ -210,6 +211,7 @@ async fn apply(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::machine::Cause;
 
     #[test]
     fn the_patch_carries_the_state_label_and_annotations() {
@@ -221,7 +223,8 @@ mod tests {
             token: Some(42),
             session_id: None,
             znode: None,
-            cause: "first in the election queue".into(),
+            cause: Cause::FirstInQueue,
+            cause_detail: "first in the election queue".into(),
             last_write_ms: Some(1),
             released: false,
             release_done: false,
@@ -244,7 +247,8 @@ mod tests {
             token: None,
             session_id: None,
             znode: None,
-            cause: String::new(),
+            cause: Cause::Start,
+            cause_detail: String::new(),
             last_write_ms: None,
             released: false,
             release_done: false,

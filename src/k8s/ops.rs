@@ -170,7 +170,7 @@ async fn events(ctx: Context, pod: PodRef, handled: watch::Sender<Option<StateNa
             Err(RecvError::Closed) => return,
         };
         let (reason, kind) = reason(&t);
-        let note = format!("{} -> {}: {}", t.from, t.to, t.cause);
+        let note = format!("{} -> {}: {}", t.from, t.to, t.why);
         let ev = event_for(&pod, &pod, reason, kind, &note);
         // Best effort, one attempt: a late Event tells a wrong story.
         match post(&mut api, &pod.namespace, &ev).await {
@@ -400,6 +400,7 @@ async fn renew(api: &mut Option<Api<Lease>>, pod: &PodRef, name: &str) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::machine::Cause;
 
     #[test]
     fn a_claim_older_than_our_leadership_is_stale_and_a_newer_one_is_not() {
@@ -440,7 +441,7 @@ mod tests {
         let t = |from, to| Transition {
             from,
             to,
-            cause: String::new(),
+            why: Cause::Start.because(""),
         };
         use StateName::*;
         assert_eq!(reason(&t(Attempter, Leader)).0, "BecameLeader");

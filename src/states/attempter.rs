@@ -22,13 +22,13 @@ use std::time::Duration;
 
 use tokio::time::MissedTickBehavior;
 use tracing::{debug, info, warn};
-use zookeeper_client::{CreateMode, Error as ZkErr, EventType};
+use zookeeper_client::{CreateMode, Error as ZkErr, EventType, SessionState, WatchedEvent};
 
 use super::leader::Leadership;
-use crate::machine::{Context, Recovery, State, Step};
+use crate::machine::{Cause, Context, Reason, Recovery, State, Step};
 use crate::zk::session::{Health, Liveness, on_state, until_deadline};
 use crate::zk::{
-    CandidateData, Standing, ZkSession, candidate_prefix, child_path, is_live_candidate,
+    CandidateData, Standing, ZkError, ZkSession, candidate_prefix, child_path, is_live_candidate,
     order_candidates, standing,
 };
 
@@ -47,119 +47,211 @@ enum Round {
     Again,
 }
 
+/// What a candidate waits for between two rounds.
+enum Wait {
+    /// Its predecessor's node to change.
+    Predecessor(zookeeper_client::OneshotWatcher, String),
+    /// A short pause after a failed round.
+    Retry,
+    /// The session to reconnect (no request can be answered meanwhile).
+    Reconnect,
+}
+
+/// What an event means for a waiting candidate.
+enum Then {
+    /// Nothing changed for us.
+    KeepWaiting,
+    /// Our standing may have changed: run a round.
+    LookAgain,
+    /// Leave Attempter.
+    Leave(Exit),
+}
+
+/// Where Attempter goes next.
+enum Exit {
+    /// First in the queue.
+    Lead(Leadership),
+    /// Give the session up.
+    Failover(Reason),
+    /// Stop requested.
+    Stop,
+}
+
+/// Attempter's data.
+struct Attempter<'a> {
+    ctx: &'a Context,
+    session: ZkSession,
+    live: Liveness,
+    /// Heartbeat tick (attempter-timeout).
+    tick: tokio::time::Interval,
+    /// Bound on one round.
+    round_bound: Duration,
+    /// Failed rounds in a row (other than disconnections).
+    errors: u32,
+    /// Nodes that only look like candidates (see the module doc).
+    impostors: HashSet<String>,
+}
+
 /// Runs Attempter.
-pub async fn run(ctx: &Context, mut session: ZkSession, recovery: Recovery) -> Step {
+pub async fn run(ctx: &Context, session: ZkSession, recovery: Recovery) -> Step {
     let recovery = recovery.healthy();
-    let mut live = Liveness::new(session.timeout(), session.state());
     let mut tick = tokio::time::interval(ctx.cfg.attempter_timeout);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     tick.tick().await;
-    let round_bound = ctx.cfg.attempter_timeout.min(session.timeout());
-    let mut errors = 0u32;
-    let mut impostors = HashSet::new();
-    loop {
-        ctx.board.beat();
-        if ctx.cancel.is_cancelled() {
-            return Step::stop(Some(session));
-        }
-        let mut retry = false;
-        let round = if live.is_connected() {
-            // Requests wait in the client's queue while it is disconnected:
-            // bound a round by the session timeout, and stay stoppable.
-            let result = tokio::select! {
-                r = tokio::time::timeout(round_bound, round(ctx, &session, &mut impostors)) => {
-                    Some(r.unwrap_or(Err(ZkErr::Timeout)))
-                }
-                _ = ctx.cancel.cancelled() => None,
-            };
-            match result {
-                Some(r) => Some(r),
-                None => return Step::stop(Some(session)),
-            }
-        } else {
-            None
-        };
-        let (watcher, predecessor) = match round {
-            Some(Ok(Round::Lead(leadership))) => {
-                return Step::Next(
-                    State::Leader {
-                        session,
-                        leadership,
-                        recovery,
-                    },
-                    "first in the election queue".into(),
-                );
-            }
-            Some(Ok(Round::Again)) => {
-                errors = 0;
-                continue;
-            }
-            Some(Ok(Round::Wait(w, p))) => {
-                errors = 0;
-                (Some(w), p)
-            }
-            Some(Err(e)) => {
-                // A lost connection is the session's business (the state
-                // branch below); other errors count towards Failover.
-                if !matches!(e, ZkErr::ConnectionLoss) {
-                    errors += 1;
-                }
-                if zk_fatal(&e) || errors >= MAX_ROUND_ERRORS {
-                    return Step::failover(
-                        Some(session),
-                        recovery,
-                        format!("election round failed: {}", crate::zk::describe(&e)),
-                    );
-                }
-                warn!(error = %e, errors, "election round failed; retrying");
-                retry = true;
-                (None, String::new())
-            }
-            None => (None, String::new()),
-        };
-        let changed = async {
-            match watcher {
-                Some(w) => w.changed().await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::pin!(changed);
-        let retry_soon = async {
-            match retry {
-                true => tokio::time::sleep(RETRY_PAUSE).await,
-                false => std::future::pending().await,
-            }
-        };
-        tokio::pin!(retry_soon);
-        // Wait for something that can change our standing.
+    let mut me = Attempter {
+        live: Liveness::new(session.timeout(), session.state()),
+        round_bound: ctx.cfg.attempter_timeout.min(session.timeout()),
+        ctx,
+        session,
+        tick,
+        errors: 0,
+        impostors: HashSet::new(),
+    };
+    let exit = me.compete().await;
+    let session = me.session;
+    match exit {
+        Exit::Lead(leadership) => Step::Next(
+            State::Leader {
+                session,
+                leadership,
+                recovery,
+            },
+            Cause::FirstInQueue.because("first in the election queue"),
+        ),
+        Exit::Failover(why) => Step::failover(Some(session), recovery, why),
+        Exit::Stop => Step::stop(ctx, Some(session)),
+    }
+}
+
+impl Attempter<'_> {
+    /// Rounds and waits until the candidate leads, fails or is stopped.
+    async fn compete(&mut self) -> Exit {
         loop {
-            tokio::select! {
-                ev = &mut changed => {
-                    debug!(event = ?ev.event_type, path = %ev.path, "predecessor changed");
-                    if ev.event_type == EventType::Session {
-                        // Only terminal session states reach node watchers.
-                        return Step::failover(Some(session), recovery, format!("session {:?}", ev.session_state));
-                    }
-                    if ev.event_type == EventType::NodeDeleted {
-                        info!(predecessor = %predecessor, "predecessor left; re-checking");
-                    }
-                    break;
-                }
-                state = session.state_changed() => match on_state(ctx, &mut live, state) {
-                    Health::Connected => break,
-                    Health::Suspended => {}
-                    Health::Lost(why) => return Step::failover(Some(session), recovery, why),
-                },
-                _ = until_deadline(&live) => {
-                    return Step::failover(Some(session), recovery, crate::zk::session::GIVE_UP_CAUSE);
-                }
-                // Only the heartbeat: /healthz sees a waiting candidate alive.
-                _ = tick.tick() => {}
-                _ = &mut retry_soon => break,
-                _ = ctx.cancel.cancelled() => return Step::stop(Some(session)),
+            self.ctx.board.beat();
+            if self.ctx.cancel.is_cancelled() {
+                return Exit::Stop;
             }
-            ctx.board.beat();
+            let wait = if self.live.is_connected() {
+                match self.look().await {
+                    Ok(Some(wait)) => wait,
+                    Ok(None) => continue,
+                    Err(exit) => return exit,
+                }
+            } else {
+                Wait::Reconnect
+            };
+            if let Some(exit) = self.wait(wait).await {
+                return exit;
+            }
         }
+    }
+
+    /// Runs one round, bounded: requests wait in the client's queue while
+    /// it is disconnected. `None` means look again at once.
+    async fn look(&mut self) -> Result<Option<Wait>, Exit> {
+        let found = tokio::select! {
+            r = tokio::time::timeout(self.round_bound, round(self.ctx, &self.session, &mut self.impostors)) => {
+                r.unwrap_or_else(|_| Err(ZkError::request("round", &self.ctx.cfg.zk_root, ZkErr::Timeout)))
+            }
+            _ = self.ctx.cancel.cancelled() => return Err(Exit::Stop),
+        };
+        match found {
+            Ok(Round::Lead(leadership)) => Err(Exit::Lead(leadership)),
+            Ok(Round::Again) => {
+                self.errors = 0;
+                Ok(None)
+            }
+            Ok(Round::Wait(watcher, predecessor)) => {
+                self.errors = 0;
+                Ok(Some(Wait::Predecessor(watcher, predecessor)))
+            }
+            Err(e) => self.on_round_error(e).map(Some),
+        }
+    }
+
+    /// A failed round: retried after a pause, unless the session is
+    /// useless or rounds keep failing.
+    fn on_round_error(&mut self, e: ZkError) -> Result<Wait, Exit> {
+        let source = e.client_error();
+        // A lost connection is the session's business (on_session_change);
+        // other errors count towards Failover.
+        if !matches!(source, Some(ZkErr::ConnectionLoss)) {
+            self.errors += 1;
+        }
+        if source.is_some_and(zk_fatal) {
+            return Err(Exit::Failover(
+                Cause::SessionLost.because(format!("election round failed: {e}")),
+            ));
+        }
+        if self.errors >= MAX_ROUND_ERRORS {
+            return Err(Exit::Failover(
+                Cause::ZookeeperError.because(format!("election round failed: {e}")),
+            ));
+        }
+        warn!(error = %e, errors = self.errors, "election round failed; retrying");
+        Ok(Wait::Retry)
+    }
+
+    /// Waits for something that can change our standing. `None`: look again.
+    async fn wait(&mut self, wait: Wait) -> Option<Exit> {
+        let woken = async {
+            match wait {
+                Wait::Predecessor(watcher, predecessor) => {
+                    Some((watcher.changed().await, predecessor))
+                }
+                Wait::Retry => {
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                    None
+                }
+                Wait::Reconnect => std::future::pending().await,
+            }
+        };
+        tokio::pin!(woken);
+        loop {
+            let then = tokio::select! {
+                woke = &mut woken => match woke {
+                    Some((event, predecessor)) => on_node_event(&event, &predecessor),
+                    None => Then::LookAgain,
+                },
+                state = self.session.state_changed() => self.on_session_change(state),
+                _ = until_deadline(&self.live) => Then::Leave(Exit::Failover(
+                    Cause::SessionLost.because(crate::zk::session::GIVE_UP_CAUSE),
+                )),
+                // Only the heartbeat: /healthz sees a waiting candidate alive.
+                _ = self.tick.tick() => Then::KeepWaiting,
+                _ = self.ctx.cancel.cancelled() => Then::Leave(Exit::Stop),
+            };
+            self.ctx.board.beat();
+            match then {
+                Then::KeepWaiting => {}
+                Then::LookAgain => return None,
+                Then::Leave(exit) => return Some(exit),
+            }
+        }
+    }
+
+    fn on_session_change(&mut self, state: SessionState) -> Then {
+        match on_state(self.ctx, &mut self.live, state) {
+            Health::Connected => Then::LookAgain,
+            Health::Suspended => Then::KeepWaiting,
+            Health::Lost(why) => Then::Leave(Exit::Failover(Cause::SessionLost.because(why))),
+        }
+    }
+}
+
+/// The predecessor's node changed (or the session ended).
+fn on_node_event(event: &WatchedEvent, predecessor: &str) -> Then {
+    debug!(event = ?event.event_type, path = %event.path, "predecessor changed");
+    match event.event_type {
+        // Only terminal session states reach node watchers.
+        EventType::Session => Then::Leave(Exit::Failover(
+            Cause::SessionLost.because(format!("session {:?}", event.session_state)),
+        )),
+        EventType::NodeDeleted => {
+            info!(predecessor = %predecessor, "predecessor left; re-checking");
+            Then::LookAgain
+        }
+        _ => Then::LookAgain,
     }
 }
 
@@ -176,7 +268,7 @@ async fn round(
     ctx: &Context,
     session: &ZkSession,
     impostors: &mut HashSet<String>,
-) -> Result<Round, ZkErr> {
+) -> Result<Round, ZkError> {
     let client = session.client();
     let root = ctx.cfg.zk_root.as_str();
     let sid = session.id();
@@ -185,14 +277,10 @@ async fn round(
         Err(ZkErr::NoNode) => {
             // The election path vanished (a wiped ensemble, an operator): recreate it.
             warn!(path = root, "election path missing; recreating it");
-            session.ensure_path(root).await.map_err(|e| match e {
-                crate::zk::ZkError::Request { source, .. } => source,
-                crate::zk::ZkError::NotAuthorized { .. } => ZkErr::NoAuth,
-                other => ZkErr::UnexpectedError(other.to_string()),
-            })?;
+            session.ensure_path(root).await?;
             return Ok(Round::Again);
         }
-        Err(e) => return Err(e),
+        Err(e) => return Err(ZkError::request("list", root, e)),
     };
     let mut ordered = order_candidates(&children);
     ordered.retain(|c| !impostors.contains(&c.name));
@@ -201,12 +289,16 @@ async fn round(
     let abandoned = ctx.abandoned_list();
     if let Some(stale) = ordered.iter().find(|c| abandoned.contains(&c.session)) {
         let path = child_path(root, &stale.name);
-        match client.check_stat(&path).await? {
+        let stat = client
+            .check_stat(&path)
+            .await
+            .map_err(|e| ZkError::request("exists", &path, e))?;
+        match stat {
             Some(stat) if is_live_candidate(stat.ephemeral_owner, stale.session) => {
                 info!(node = %stale.name, "deleting the candidate node of a session this replica abandoned");
                 match client.delete(&path, Some(stat.version)).await {
                     Ok(()) | Err(ZkErr::NoNode) => {}
-                    Err(e) => return Err(e),
+                    Err(e) => return Err(ZkError::request("delete", &path, e)),
                 }
             }
             Some(_) => {
@@ -227,7 +319,12 @@ async fn round(
         };
         let mut real = Vec::new();
         for node in std::iter::once(own).chain(extra) {
-            match client.check_stat(&child_path(root, &node.name)).await? {
+            let path = child_path(root, &node.name);
+            let stat = client
+                .check_stat(&path)
+                .await
+                .map_err(|e| ZkError::request("exists", &path, e))?;
+            match stat {
                 Some(stat) if is_live_candidate(stat.ephemeral_owner, sid) => real.push(node),
                 Some(stat) => {
                     warn!(node = %node.name, owner = stat.ephemeral_owner, "ignoring a node that imitates this session");
@@ -240,9 +337,10 @@ async fn round(
         // was lost, an earlier round).
         for orphan in real.iter().skip(1) {
             warn!(node = %orphan.name, "deleting an extra candidate node of this session");
-            match client.delete(&child_path(root, &orphan.name), None).await {
+            let path = child_path(root, &orphan.name);
+            match client.delete(&path, None).await {
                 Ok(()) | Err(ZkErr::NoNode) => {}
-                Err(e) => return Err(e),
+                Err(e) => return Err(ZkError::request("delete", &path, e)),
             }
         }
         return Ok(Round::Again);
@@ -258,7 +356,7 @@ async fn round(
                 Err(_) => None,
             }
         };
-        ctx.board.update(|s| s.leader = leader_id);
+        ctx.board.saw_leader(leader_id);
     }
     match standing {
         Standing::Absent => {
@@ -277,14 +375,17 @@ async fn round(
                 }
                 // The create may have landed: the next round finds it by name.
                 Err(ZkErr::ConnectionLoss) => Ok(Round::Again),
-                Err(e) => Err(e),
+                Err(e) => Err(ZkError::request("create", &prefix, e)),
             }
         }
         Standing::First(own) => {
             let path = child_path(root, &own.name);
-            match client.check_stat(&path).await? {
+            let stat = client
+                .check_stat(&path)
+                .await
+                .map_err(|e| ZkError::request("exists", &path, e))?;
+            match stat {
                 Some(stat) if is_live_candidate(stat.ephemeral_owner, sid) => {
-                    ctx.board.update(|s| s.znode = Some(path.clone()));
                     Ok(Round::Lead(Leadership {
                         path,
                         czxid: stat.czxid,
@@ -302,9 +403,13 @@ async fn round(
         }
         Standing::Behind { own, predecessor } => {
             let own_path = child_path(root, &own.name);
-            ctx.board.update(|s| s.znode = Some(own_path));
+            ctx.board.queued(&own_path);
             let pred_path = child_path(root, &predecessor.name);
-            match client.check_and_watch_stat(&pred_path).await? {
+            let watched = client
+                .check_and_watch_stat(&pred_path)
+                .await
+                .map_err(|e| ZkError::request("watch", &pred_path, e))?;
+            match watched {
                 (Some(stat), _)
                     if !is_live_candidate(stat.ephemeral_owner, predecessor.session) =>
                 {

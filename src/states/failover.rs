@@ -14,7 +14,7 @@ use std::time::Duration;
 use rand::Rng;
 use tracing::{info, warn};
 
-use crate::machine::{Context, Outcome, Recovery, State, Step, sleep_or_cancel};
+use crate::machine::{Cause, Context, Outcome, Recovery, State, Step, sleep_or_cancel};
 use crate::zk::ZkSession;
 
 /// First backoff step.
@@ -44,18 +44,18 @@ pub async fn run(ctx: &Context, session: Option<ZkSession>, recovery: Recovery) 
                 session: None,
                 outcome: Outcome::GaveUp,
             },
-            "failover-give-up reached".into(),
+            Cause::GaveUp.because(format!("failing for {:?}", since.elapsed())),
         );
     }
     let cap = backoff_cap(recovery.attempt, ctx.cfg.failover_max_backoff);
     let pause = rand::rng().random_range(cap / 2..=cap);
     info!(attempt = recovery.attempt, pause = ?pause, "retrying after backoff");
     if !sleep_or_cancel(ctx, pause).await {
-        return Step::stop(None);
+        return Step::stop(ctx, None);
     }
     Step::Next(
         State::Init { recovery },
-        format!("retry {} after backoff", recovery.attempt),
+        Cause::BackoffDone.because(format!("retry {} after backoff", recovery.attempt)),
     )
 }
 

@@ -10,14 +10,14 @@ use std::sync::atomic::Ordering;
 use tracing::{info, warn};
 
 use crate::files;
-use crate::machine::{Context, Recovery, State, Step};
+use crate::machine::{Cause, Context, Recovery, State, Step};
 use crate::zk::ZkSession;
 
 /// Runs Init.
 pub async fn run(ctx: &Context, recovery: Recovery) -> Step {
     ctx.board.beat();
     if ctx.cancel.is_cancelled() {
-        return Step::stop(None);
+        return Step::stop(ctx, None);
     }
     // Off the runtime thread and bounded: a hung mount must not freeze the
     // daemon (the check goes on in the background; a later Init retries).
@@ -27,12 +27,18 @@ pub async fn run(ctx: &Context, recovery: Recovery) -> Step {
         Ok(Ok(Ok(device))) => device,
         Ok(Ok(Err(e))) => {
             warn!(error = %e, "file-dir check failed");
-            return Step::failover(None, recovery, e.to_string());
+            return Step::failover(None, recovery, Cause::FileDirError.because(e.to_string()));
         }
-        Ok(Err(e)) => return Step::failover(None, recovery, e.to_string()),
+        Ok(Err(e)) => {
+            return Step::failover(None, recovery, Cause::FileDirError.because(e.to_string()));
+        }
         Err(_) => {
             warn!(bound = ?ctx.cfg.zk_connect_timeout, "file-dir check timed out");
-            return Step::failover(None, recovery, "file-dir check timed out");
+            return Step::failover(
+                None,
+                recovery,
+                Cause::FileDirError.because("file-dir check timed out"),
+            );
         }
     };
     // The device of the first successful check is the one the leader
@@ -44,7 +50,7 @@ pub async fn run(ctx: &Context, recovery: Recovery) -> Step {
             ctx.cfg.file_dir.display()
         );
         warn!(why, "file-dir check failed");
-        return Step::failover(None, recovery, why);
+        return Step::failover(None, recovery, Cause::FileDirError.because(why));
     }
 
     ctx.board
@@ -61,13 +67,13 @@ pub async fn run(ctx: &Context, recovery: Recovery) -> Step {
     );
     let session = tokio::select! {
         r = connect => r,
-        _ = ctx.cancel.cancelled() => return Step::stop(None),
+        _ = ctx.cancel.cancelled() => return Step::stop(ctx, None),
     };
     let session = match session {
         Ok(s) => s,
         Err(e) => {
             warn!(error = %e, attempt = recovery.attempt, "cannot reach ZooKeeper");
-            return Step::failover(None, recovery, e.to_string());
+            return Step::failover(None, recovery, Cause::ZookeeperError.because(e.to_string()));
         }
     };
     info!(session_id = %session.id_hex(), session_timeout = ?session.timeout(), "ZooKeeper session established");
@@ -75,24 +81,28 @@ pub async fn run(ctx: &Context, recovery: Recovery) -> Step {
 
     let ensured = tokio::select! {
         r = tokio::time::timeout(cfg.zk_connect_timeout, session.ensure_path(&cfg.zk_root)) => r,
-        _ = ctx.cancel.cancelled() => return Step::stop(Some(session)),
+        _ = ctx.cancel.cancelled() => return Step::stop(ctx, Some(session)),
     };
     match ensured {
-        Ok(Ok(())) => {
-            let id = session.id_hex();
-            ctx.board.update(|s| s.session_id = Some(id));
-            Step::Next(
-                State::Attempter {
-                    session,
-                    recovery: recovery.healthy(),
-                },
-                "resources ready".into(),
-            )
-        }
+        Ok(Ok(())) => Step::Next(
+            State::Attempter {
+                session,
+                recovery: recovery.healthy(),
+            },
+            Cause::Connected.because("resources ready"),
+        ),
         Ok(Err(e)) => {
             warn!(error = %e, "cannot create election path");
-            Step::failover(Some(session), recovery, e.to_string())
+            Step::failover(
+                Some(session),
+                recovery,
+                Cause::ZookeeperError.because(e.to_string()),
+            )
         }
-        Err(_) => Step::failover(Some(session), recovery, "timed out creating election path"),
+        Err(_) => Step::failover(
+            Some(session),
+            recovery,
+            Cause::ZookeeperError.because("timed out creating election path"),
+        ),
     }
 }

@@ -41,7 +41,7 @@ use zookeeper_client::{EventType, SessionState, WatchedEvent};
 
 use crate::files::{self, CommitGate, FileError, FileKey, LeaderRecord};
 use crate::lease::{Lease, Stamp};
-use crate::machine::{Context, Recovery, State, Step};
+use crate::machine::{Cause, Context, Reason, Recovery, State, Step};
 use crate::zk::session::{Health, Liveness, on_state, until_deadline};
 use crate::zk::{self, ClaimError, ZkSession, is_live_candidate};
 
@@ -73,9 +73,9 @@ enum Confirm {
 /// Where Leader goes next.
 enum Exit {
     /// Back to the queue with the same session.
-    Attempter(String),
+    Attempter(Reason),
     /// Give the session up.
-    Failover(String),
+    Failover(Reason),
     /// Stop requested.
     Stop,
 }
@@ -126,7 +126,11 @@ pub async fn run(
 ) -> Step {
     let Some(&device) = ctx.file_dir_device.get() else {
         // Init records it before Attempter; never reached.
-        return Step::failover(Some(session), recovery, "file-dir device unknown");
+        return Step::failover(
+            Some(session),
+            recovery,
+            Cause::FileDirError.because("file-dir device unknown"),
+        );
     };
     let mut me = Leader {
         live: Liveness::new(session.timeout(), session.state()),
@@ -158,12 +162,7 @@ impl Leader<'_> {
         }
         let sid = self.session.id_hex();
         info!(token = self.token, znode = %self.leadership.path, session_id = %sid, "leadership acquired");
-        let (ctx, token, path) = (self.ctx, self.token, self.leadership.path.clone());
-        ctx.board.update(|s| {
-            s.token = Some(token);
-            s.leader = Some(ctx.node_id.clone());
-            s.znode = Some(path);
-        });
+        self.ctx.board.leading(&self.ctx.node_id, self.token);
         let mut node_watch = match self.watch_node().await {
             Ok(w) => w,
             Err(exit) => return exit,
@@ -187,12 +186,12 @@ impl Leader<'_> {
                     }
                 }
                 _ = until_deadline(&self.live) => {
-                    return Exit::Failover(crate::zk::session::GIVE_UP_CAUSE.into());
+                    return Exit::Failover(Cause::SessionLost.because(crate::zk::session::GIVE_UP_CAUSE));
                 }
                 ev = &mut node_watch => {
                     if ev.event_type == EventType::NodeDeleted {
                         self.node_gone.store(true, Ordering::SeqCst);
-                        return Exit::Attempter("leader node deleted".into());
+                        return Exit::Attempter(Cause::LeadershipLost.because("leader node deleted"));
                     }
                     // A data change or a session event: look again.
                     node_watch = match self.watch_node().await {
@@ -231,7 +230,7 @@ impl Leader<'_> {
             warn!("closing the commit gate failed");
         }
         match exit {
-            Exit::Stop => Step::stop(Some(session)),
+            Exit::Stop => Step::stop(ctx, Some(session)),
             Exit::Failover(why) => Step::failover(Some(session), recovery, why),
             Exit::Attempter(why) => {
                 let released = session.bounded(zk::delete_writer_of(
@@ -244,7 +243,10 @@ impl Leader<'_> {
                     Err(e) => Step::failover(
                         Some(session),
                         recovery,
-                        format!("{why}; cannot release the writer node: {e}"),
+                        Cause::ZookeeperError.because(format!(
+                            "{}; cannot release the writer node: {e}",
+                            why.detail
+                        )),
                     ),
                 }
             }
@@ -263,14 +265,20 @@ impl Leader<'_> {
                 .await
             {
                 Ok(Ok(read)) => read,
-                Ok(Err(bad)) => return Err(Exit::Failover(bad.to_string())),
-                Err(e) => return Err(Exit::Failover(format!("cannot read the token floor: {e}"))),
+                Ok(Err(bad)) => {
+                    return Err(Exit::Failover(Cause::FencingError.because(bad.to_string())));
+                }
+                Err(e) => {
+                    return Err(Exit::Failover(
+                        Cause::ZookeeperError.because(format!("cannot read the token floor: {e}")),
+                    ));
+                }
             };
             let czxid = u64::try_from(self.leadership.czxid).unwrap_or(0);
             let Some(token) = choose_token(czxid, floor, on_disk) else {
                 error!(floor, ?on_disk, "fencing tokens exhausted");
                 return Err(Exit::Failover(
-                    "fencing tokens exhausted (u64::MAX reached)".into(),
+                    Cause::FencingError.because("fencing tokens exhausted (u64::MAX reached)"),
                 ));
             };
             let claim = zk::claim_leadership(
@@ -301,25 +309,27 @@ impl Leader<'_> {
                 // other credentials): retrying at once from Attempter would
                 // spin; Failover backs off and keeps saying why.
                 Err(ClaimError::Rejected(e @ zookeeper_client::Error::NoAuth)) => {
-                    return Err(Exit::Failover(format!(
-                        "claim rejected: {}",
-                        zk::describe(&e)
-                    )));
+                    return Err(Exit::Failover(
+                        Cause::ZookeeperError
+                            .because(format!("claim rejected: {}", zk::describe(&e))),
+                    ));
                 }
                 Err(ClaimError::Rejected(e)) => {
-                    return Err(Exit::Attempter(format!(
-                        "claim rejected: {}",
-                        zk::describe(&e)
-                    )));
+                    return Err(Exit::Attempter(
+                        Cause::LeadershipLost
+                            .because(format!("claim rejected: {}", zk::describe(&e))),
+                    ));
                 }
                 Err(ClaimError::Request(e)) => {
-                    return Err(Exit::Failover(format!("cannot claim leadership: {e}")));
+                    return Err(Exit::Failover(
+                        Cause::ZookeeperError.because(format!("cannot claim leadership: {e}")),
+                    ));
                 }
             }
         }
-        Err(Exit::Failover(format!(
+        Err(Exit::Failover(Cause::ZookeeperError.because(format!(
             "leadership not claimed after {CLAIM_ATTEMPTS} attempts"
-        )))
+        ))))
     }
 
     /// The newest token in file-dir, read off the runtime thread and bounded.
@@ -335,9 +345,15 @@ impl Leader<'_> {
         });
         match tokio::time::timeout(self.session.timeout(), read).await {
             Ok(Ok(Ok(newest))) => Ok(newest),
-            Ok(Ok(Err(e))) => Err(Exit::Failover(format!("cannot read file-dir: {e}"))),
-            Ok(Err(e)) => Err(Exit::Failover(format!("cannot read file-dir: {e}"))),
-            Err(_) => Err(Exit::Failover("reading file-dir timed out".into())),
+            Ok(Ok(Err(e))) => Err(Exit::Failover(
+                Cause::FileDirError.because(format!("cannot read file-dir: {e}")),
+            )),
+            Ok(Err(e)) => Err(Exit::Failover(
+                Cause::FileDirError.because(format!("cannot read file-dir: {e}")),
+            )),
+            Err(_) => Err(Exit::Failover(
+                Cause::FileDirError.because("reading file-dir timed out"),
+            )),
         }
     }
 
@@ -347,10 +363,11 @@ impl Leader<'_> {
             &self.ctx.cfg.zk_root,
             self.session.id(),
         );
-        self.session
-            .bounded(release)
-            .await
-            .map_err(|e| Exit::Failover(format!("cannot remove our old writer node: {e}")))
+        self.session.bounded(release).await.map_err(|e| {
+            Exit::Failover(
+                Cause::ZookeeperError.because(format!("cannot remove our old writer node: {e}")),
+            )
+        })
     }
 
     /// Waits until the writer node of session `owner` goes, or until any
@@ -369,7 +386,11 @@ impl Leader<'_> {
         let gone = match watched {
             Ok((None, _)) => return Ok(()),
             Ok((Some(_), watcher)) => async move { watcher.changed().await },
-            Err(e) => return Err(Exit::Failover(format!("cannot watch the writer node: {e}"))),
+            Err(e) => {
+                return Err(Exit::Failover(
+                    Cause::ZookeeperError.because(format!("cannot watch the writer node: {e}")),
+                ));
+            }
         };
         tokio::select! {
             _ = self.ctx.cancel.cancelled() => return Err(Exit::Stop),
@@ -383,7 +404,12 @@ impl Leader<'_> {
         self.session
             .bounded(zk::delete_writer_of(self.session.client(), root, owner))
             .await
-            .map_err(|e| Exit::Failover(format!("cannot clear the stale writer node: {e}")))
+            .map_err(|e| {
+                Exit::Failover(
+                    Cause::ZookeeperError
+                        .because(format!("cannot clear the stale writer node: {e}")),
+                )
+            })
     }
 
     /// Watches our node; leaves if it is already gone.
@@ -402,9 +428,13 @@ impl Leader<'_> {
             }
             Ok(_) => {
                 self.node_gone.store(true, Ordering::SeqCst);
-                Err(Exit::Attempter("leader node lost".into()))
+                Err(Exit::Attempter(
+                    Cause::LeadershipLost.because("leader node lost"),
+                ))
             }
-            Err(e) => Err(Exit::Failover(format!("cannot watch leader node: {e}"))),
+            Err(e) => Err(Exit::Failover(
+                Cause::ZookeeperError.because(format!("cannot watch leader node: {e}")),
+            )),
         }
     }
 
@@ -413,7 +443,9 @@ impl Leader<'_> {
             Health::Connected => {
                 // Same session back in time: make sure the node survived.
                 match self.confirm().await {
-                    Confirm::Lost(why) => return Some(Exit::Attempter(why)),
+                    Confirm::Lost(why) => {
+                        return Some(Exit::Attempter(Cause::LeadershipLost.because(why)));
+                    }
                     Confirm::Held => info!("leadership confirmed after reconnection; resuming"),
                     Confirm::Unknown(why) => warn!(why, "cannot confirm leadership yet"),
                 }
@@ -424,7 +456,7 @@ impl Leader<'_> {
                 warn!("suspended: no writes until the session is confirmed again");
                 None
             }
-            Health::Lost(why) => Some(Exit::Failover(why)),
+            Health::Lost(why) => Some(Exit::Failover(Cause::SessionLost.because(why))),
         }
     }
 
@@ -446,7 +478,9 @@ impl Leader<'_> {
         }
         match self.confirm().await {
             Confirm::Held => {}
-            Confirm::Lost(why) => return Some(Exit::Attempter(why)),
+            Confirm::Lost(why) => {
+                return Some(Exit::Attempter(Cause::LeadershipLost.because(why)));
+            }
             Confirm::Unknown(why) => {
                 self.ctx
                     .board
@@ -465,10 +499,10 @@ impl Leader<'_> {
         self.failures += 1;
         error!(why, failures = self.failures, "write failed");
         (self.failures >= self.ctx.cfg.max_write_failures).then(|| {
-            Exit::Failover(format!(
+            Exit::Failover(Cause::WriteFailures.because(format!(
                 "{} consecutive write failures: {why}",
                 self.failures
-            ))
+            )))
         })
     }
 

@@ -32,9 +32,6 @@ pub async fn run(ctx: &Context, session: Option<ZkSession>, outcome: Outcome) ->
         }
     }
     // `election release` answers "released" only for an acknowledged close.
-    ctx.board.update(|s| {
-        s.released = released;
-        s.release_done = true;
-    });
+    ctx.board.stopped(released);
     Step::Exit(outcome)
 }

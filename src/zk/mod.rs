@@ -75,6 +75,17 @@ impl ZkError {
             },
         }
     }
+
+    /// The client's error behind a failed request (`NoAuth` for
+    /// [`ZkError::NotAuthorized`]), if there is one.
+    pub fn client_error(&self) -> Option<&zookeeper_client::Error> {
+        match self {
+            ZkError::Request { source, .. } => Some(source),
+            ZkError::Connect { cause, .. } => Some(cause),
+            ZkError::NotAuthorized { .. } => Some(&zookeeper_client::Error::NoAuth),
+            ZkError::Tls(_) | ZkError::ConnectTimeout { .. } => None,
+        }
+    }
 }
 
 /// Data stored in a candidate znode: who this candidate is.
