@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::zk::access::{Credentials, TlsFiles, ZkSecurity};
+use crate::zk::access::{AccessError, Credentials, TlsFiles, ZkSecurity};
 
 /// Leader election on Apache ZooKeeper: several replicas run, exactly one
 /// leads and writes files into a shared directory, another takes over as
@@ -367,7 +367,7 @@ pub fn parse_file_dir(s: &str) -> Result<PathBuf, String> {
 }
 
 /// Credentials read from a file (see [`Credentials::from_file`]).
-pub fn parse_auth_file(s: &str) -> Result<Credentials, String> {
+pub fn parse_auth_file(s: &str) -> Result<Credentials, AccessError> {
     Credentials::from_file(std::path::Path::new(s))
 }
 
@@ -388,7 +388,7 @@ impl clap::builder::TypedValueParser for CredentialsParser {
         let name = arg.map(|a| a.to_string()).unwrap_or_default();
         value
             .to_str()
-            .ok_or_else(|| "credentials must be UTF-8".to_owned())
+            .ok_or(AccessError::Malformed("be UTF-8"))
             .and_then(Credentials::parse)
             .map_err(|e| {
                 clap::Error::raw(

@@ -23,6 +23,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
+use super::KubeError;
 use crate::board::{StateName, Status};
 use crate::machine::Context;
 
@@ -161,28 +162,34 @@ async fn run(
 /// every call (a failure is retried by the next caller). The labeller and
 /// the helper tasks of [`crate::k8s::ops`] share it: one connection pool,
 /// one TLS configuration per process.
-pub async fn client() -> Result<::kube::Client, String> {
+pub async fn client() -> Result<::kube::Client, KubeError> {
     static CLIENT: tokio::sync::OnceCell<::kube::Client> = tokio::sync::OnceCell::const_new();
     CLIENT
         .get_or_try_init(|| async {
             tokio::time::timeout(CALL_TIMEOUT, ::kube::Client::try_default())
                 .await
-                .map_err(|_| "timed out building the Kubernetes client".to_owned())?
-                .map_err(|e| format!("no Kubernetes client: {e}"))
+                .map_err(|_| KubeError::Timeout {
+                    what: "building the Kubernetes client",
+                    after: CALL_TIMEOUT,
+                })?
+                .map_err(KubeError::Client)
         })
         .await
         .cloned()
 }
 
 /// Runs one API call with the labeller's bound.
-pub async fn bounded<T, E: std::fmt::Display>(
-    what: &str,
-    call: impl std::future::Future<Output = Result<T, E>>,
-) -> Result<T, String> {
+pub async fn bounded<T>(
+    what: &'static str,
+    call: impl std::future::Future<Output = Result<T, ::kube::Error>>,
+) -> Result<T, KubeError> {
     match tokio::time::timeout(CALL_TIMEOUT, call).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("{what} timed out after {CALL_TIMEOUT:?}")),
+        Ok(Err(source)) => Err(KubeError::Api { what, source }),
+        Err(_) => Err(KubeError::Timeout {
+            what,
+            after: CALL_TIMEOUT,
+        }),
     }
 }
 
@@ -191,7 +198,7 @@ async fn apply(
     namespace: &str,
     name: &str,
     patch: &Value,
-) -> Result<(), String> {
+) -> Result<(), KubeError> {
     if api.is_none() {
         *api = Some(Api::namespaced(client().await?, namespace));
     }
@@ -201,11 +208,7 @@ async fn apply(
         .as_ref()
         .expect("set above")
         .patch(name, &params, &patch);
-    match tokio::time::timeout(CALL_TIMEOUT, call).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("patch timed out after {CALL_TIMEOUT:?}")),
-    }
+    bounded("patch", call).await.map(|_| ())
 }
 
 #[cfg(test)]

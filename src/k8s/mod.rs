@@ -4,3 +4,39 @@
 
 pub mod labeller;
 pub mod ops;
+
+use std::time::Duration;
+
+/// Why a call to the Kubernetes API failed.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    /// No client could be built from the environment.
+    #[error("no Kubernetes client: {0}")]
+    Client(#[source] kube::Error),
+    /// The API server refused or failed the call.
+    #[error("{what}: {source}")]
+    Api {
+        /// The call.
+        what: &'static str,
+        /// The client's error.
+        #[source]
+        source: kube::Error,
+    },
+    /// The call did not finish within its bound.
+    #[error("{what} timed out after {after:?}")]
+    Timeout {
+        /// The call.
+        what: &'static str,
+        /// The bound.
+        after: Duration,
+    },
+    /// An object could not be built from its JSON.
+    #[error("{what}: {source}")]
+    Encode {
+        /// The object.
+        what: &'static str,
+        /// The error.
+        #[source]
+        source: serde_json::Error,
+    },
+}

@@ -38,6 +38,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use super::KubeError;
 use crate::board::{StateName, Transition};
 use crate::k8s::labeller::{ANNOTATION_PREFIX, STATE_LABEL, bounded, client};
 use crate::machine::Context;
@@ -144,7 +145,7 @@ pub fn event_for(pod: &PodRef, regarding: &PodRef, reason: &str, kind: &str, not
     .expect("a well-formed Event")
 }
 
-async fn post(api: &mut Option<Api<Event>>, ns: &str, ev: &Event) -> Result<(), String> {
+async fn post(api: &mut Option<Api<Event>>, ns: &str, ev: &Event) -> Result<(), KubeError> {
     if api.is_none() {
         *api = Some(Api::namespaced(client().await?, ns));
     }
@@ -257,7 +258,7 @@ async fn correct(
     our_since_ms: u64,
     api: &mut Option<Api<Pod>>,
     events_api: &mut Option<Api<Event>>,
-) -> Result<(), String> {
+) -> Result<(), KubeError> {
     if api.is_none() {
         *api = Some(Api::namespaced(client().await?, &pod.namespace));
     }
@@ -369,7 +370,7 @@ async fn mirror(ctx: Context, pod: PodRef, name: String) {
     }
 }
 
-async fn renew(api: &mut Option<Api<Lease>>, pod: &PodRef, name: &str) -> Result<(), String> {
+async fn renew(api: &mut Option<Api<Lease>>, pod: &PodRef, name: &str) -> Result<(), KubeError> {
     if api.is_none() {
         *api = Some(Api::namespaced(client().await?, &pod.namespace));
     }
@@ -381,7 +382,10 @@ async fn renew(api: &mut Option<Api<Lease>>, pod: &PodRef, name: &str) -> Result
         "metadata": {"name": name, "namespace": pod.namespace},
         "spec": spec,
     }))
-    .map_err(|e| e.to_string())?;
+    .map_err(|source| KubeError::Encode {
+        what: "lease",
+        source,
+    })?;
     match current {
         None => bounded("create lease", api.create(&PostParams::default(), &lease)).await?,
         Some(cur) => {

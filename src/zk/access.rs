@@ -27,6 +27,48 @@ use base64::Engine as _;
 use zookeeper_client::{Acl, AuthId, Connector, Permission, TlsOptions};
 
 /// Digest credentials `user:password`. `Debug` never shows the password.
+/// Why credentials or TLS files cannot be used. Never repeats a password.
+#[derive(Debug, thiserror::Error)]
+pub enum AccessError {
+    /// Inline credentials are malformed.
+    #[error("credentials must {0}")]
+    Malformed(&'static str),
+    /// A file cannot be read.
+    #[error("cannot read `{path}`: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A credentials file others can read.
+    #[error("`{path}` is accessible to other users (mode {mode:o}); `chmod o-rwx` it")]
+    Exposed {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// A credentials file with malformed content.
+    #[error("`{path}`: credentials must {reason}")]
+    MalformedFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// A PEM file the TLS library rejects.
+    #[error("`{what}`: {source}")]
+    Pem {
+        /// The file(s).
+        what: String,
+        /// The error.
+        #[source]
+        source: zookeeper_client::Error,
+    },
+}
+
 #[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {
     user: String,
@@ -42,19 +84,21 @@ impl std::fmt::Debug for Credentials {
 impl Credentials {
     /// Parses `user:password` (one trailing newline allowed, as files have).
     /// The error never repeats the input.
-    pub fn parse(s: &str) -> Result<Credentials, String> {
+    pub fn parse(s: &str) -> Result<Credentials, AccessError> {
         let s = s.strip_suffix('\n').unwrap_or(s);
         let s = s.strip_suffix('\r').unwrap_or(s);
-        let (user, password) = s
-            .split_once(':')
-            .ok_or("credentials must have the form `user:password` (no `:` found)")?;
+        let (user, password) = s.split_once(':').ok_or(AccessError::Malformed(
+            "have the form `user:password` (no `:` found)",
+        ))?;
         if user.is_empty() || password.is_empty() {
-            return Err(
-                "credentials must have the form `user:password` (empty user or password)".into(),
-            );
+            return Err(AccessError::Malformed(
+                "have the form `user:password` (empty user or password)",
+            ));
         }
         if s.chars().any(|c| c.is_control()) {
-            return Err("credentials must be one line without control characters".into());
+            return Err(AccessError::Malformed(
+                "be one line without control characters",
+            ));
         }
         Ok(Credentials {
             user: user.to_owned(),
@@ -64,19 +108,27 @@ impl Credentials {
 
     /// Reads credentials from a file that others cannot read (like ssh's
     /// keys: mode `0600` or `0640`/`0440` for a group, never world-readable).
-    pub fn from_file(path: &Path) -> Result<Credentials, String> {
+    pub fn from_file(path: &Path) -> Result<Credentials, AccessError> {
         use std::os::unix::fs::PermissionsExt as _;
-        let shown = path.display();
-        let meta = std::fs::metadata(path).map_err(|e| format!("cannot read `{shown}`: {e}"))?;
+        let read_error = |source| AccessError::Read {
+            path: path.to_owned(),
+            source,
+        };
+        let meta = std::fs::metadata(path).map_err(read_error)?;
         if meta.permissions().mode() & 0o007 != 0 {
-            return Err(format!(
-                "`{shown}` is accessible to other users (mode {:o}); `chmod o-rwx` it",
-                meta.permissions().mode() & 0o777
-            ));
+            return Err(AccessError::Exposed {
+                path: path.to_owned(),
+                mode: meta.permissions().mode() & 0o777,
+            });
         }
-        let text =
-            std::fs::read_to_string(path).map_err(|e| format!("cannot read `{shown}`: {e}"))?;
-        Credentials::parse(&text).map_err(|e| format!("`{shown}`: {e}"))
+        let text = std::fs::read_to_string(path).map_err(read_error)?;
+        Credentials::parse(&text).map_err(|e| match e {
+            AccessError::Malformed(reason) => AccessError::MalformedFile {
+                path: path.to_owned(),
+                reason,
+            },
+            other => other,
+        })
     }
 
     /// The user name (safe to log).
@@ -116,17 +168,26 @@ impl TlsFiles {
     /// Reads the files into client options. Read at every connect, so a
     /// rotated certificate (a Secret updated in place) is used by the next
     /// session without a restart.
-    pub fn options(&self) -> Result<TlsOptions, String> {
+    pub fn options(&self) -> Result<TlsOptions, AccessError> {
         let read = |p: &Path| {
-            std::fs::read_to_string(p).map_err(|e| format!("cannot read `{}`: {e}", p.display()))
+            std::fs::read_to_string(p).map_err(|source| AccessError::Read {
+                path: p.to_owned(),
+                source,
+            })
         };
         let mut options = TlsOptions::new()
             .with_pem_ca(&read(&self.ca)?)
-            .map_err(|e| format!("`{}`: {e}", self.ca.display()))?;
+            .map_err(|source| AccessError::Pem {
+                what: self.ca.display().to_string(),
+                source,
+            })?;
         if let Some((cert, key)) = &self.identity {
             options = options
                 .with_pem_identity(&read(cert)?, &read(key)?)
-                .map_err(|e| format!("`{}`/`{}`: {e}", cert.display(), key.display()))?;
+                .map_err(|source| AccessError::Pem {
+                    what: format!("{}`/`{}", cert.display(), key.display()),
+                    source,
+                })?;
         }
         Ok(options)
     }
@@ -154,7 +215,7 @@ impl ZkSecurity {
     }
 
     /// Adds credentials and TLS to a connector.
-    pub fn apply(&self, mut connector: Connector) -> Result<Connector, String> {
+    pub fn apply(&self, mut connector: Connector) -> Result<Connector, AccessError> {
         if let Some(c) = &self.credentials {
             connector =
                 connector.with_auth("digest", format!("{}:{}", c.user, c.password).as_bytes());
@@ -198,7 +259,7 @@ mod tests {
         assert_eq!(c.password, "s3cr:et");
         assert!(!format!("{c:?}").contains("s3cr"));
         for bad in ["", "nopassword", ":pw", "user:", "a:b\nc"] {
-            let err = Credentials::parse(bad).unwrap_err();
+            let err = Credentials::parse(bad).unwrap_err().to_string();
             assert!(
                 err.contains("user:password") || err.contains("one line"),
                 "{err}"
@@ -213,7 +274,11 @@ mod tests {
         std::fs::write(file.path(), "u:p\n").unwrap();
         std::fs::set_permissions(file.path(), std::fs::Permissions::from_mode(0o644)).unwrap();
         let err = Credentials::from_file(file.path()).unwrap_err();
-        assert!(err.contains("other users"), "{err}");
+        assert!(
+            matches!(err, AccessError::Exposed { mode: 0o644, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("other users"), "{err}");
         std::fs::set_permissions(file.path(), std::fs::Permissions::from_mode(0o440)).unwrap();
         assert_eq!(Credentials::from_file(file.path()).unwrap().user(), "u");
     }

@@ -40,7 +40,7 @@ pub enum ZkError {
     },
     /// The TLS files could not be read or parsed.
     #[error("ZooKeeper TLS settings: {0}")]
-    Tls(String),
+    Tls(#[from] access::AccessError),
     /// Establishing a session took longer than allowed.
     #[error("no ZooKeeper session with {servers} within {timeout:?}")]
     ConnectTimeout { servers: String, timeout: Duration },
@@ -308,7 +308,7 @@ impl ZkSession {
             .with_session_expired_timeout(session_timeout * CLIENT_EXPIRY_FACTOR)
             .with_ping_interval(session_timeout / 3)
             .with_fail_eagerly();
-        let connector = security.apply(connector).map_err(ZkError::Tls)?;
+        let connector = security.apply(connector)?;
         let connect = SessionThread::connect(connector, servers, security.tls.is_some());
         let (client, thread) = tokio::time::timeout(connect_timeout, connect)
             .await
