@@ -23,8 +23,8 @@
 #
 #   scripts/build-go-tools.sh [group...]     (default: all groups)
 #
-# Measured on the 2-core development machine: see README ("Kubernetes test
-# cluster").
+# Measured on the 2-core development machine: see docs/testing.md ("The Go
+# tools" and the table above it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -20,15 +20,15 @@ LINK = re.compile(r"!?\[(?:[^\]\[]|\[[^\]]*\])*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"
 HEADING = re.compile(r"^#{1,6}\s+(.*?)\s*#*\s*$")
 
 
-def strip_code(text: str) -> str:
-    """Blanks fenced code blocks and inline code spans, keeping line numbers."""
+def strip_code(text: str, spans: bool = True) -> str:
+    """Blanks fenced code blocks and (with `spans`) inline code spans, keeping line numbers."""
     out, fenced = [], False
     for line in text.splitlines():
         if re.match(r"^\s*(```|~~~)", line):
             fenced = not fenced
             out.append("")
             continue
-        out.append("" if fenced else re.sub(r"`[^`]*`", "``", line))
+        out.append("" if fenced else re.sub(r"`[^`]*`", "``", line) if spans else line)
     return "\n".join(out)
 
 
@@ -43,7 +43,7 @@ def slug(heading: str) -> str:
 def anchors(path: Path) -> set[str]:
     seen: dict[str, int] = {}
     out = set()
-    for line in strip_code(path.read_text()).splitlines():
+    for line in strip_code(path.read_text(), spans=False).splitlines():
         m = HEADING.match(line)
         if not m:
             continue
