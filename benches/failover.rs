@@ -9,7 +9,7 @@
 //! Besides the paired rounds, a series of `BENCH_HANDOVERS` graceful
 //! handovers (SIGTERM only) gives the tail: p50, p90, p99 and max.
 //!
-//! Settings follow the comparison in the README: a 2 s session and a
+//! Settings follow the comparison in docs/performance.md: a 2 s session and a
 //! 200 ms leader-timeout. Times are measured from the signal to the
 //! `written_at` of the successor's first file (millisecond resolution).
 

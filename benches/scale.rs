@@ -9,7 +9,7 @@
 //!
 //! A herd-free recipe keeps the packets per handover flat as N grows.
 //!
-//! Then, at the settings of the comparison in the README (session 2 s,
+//! Then, at the settings of the comparison in docs/performance.md (session 2 s,
 //! leader-timeout 200 ms, attempter-timeout 1 s), it prints the ZooKeeper
 //! packets per second at rest with `SCALE_REST` replicas (default 20), and
 //! the memory of one replica with everything on as the chart runs it: the

@@ -9,6 +9,8 @@
 #   helm4       helm 4
 #   promtool    promtool (scripts/check-alerts.sh builds it alone:
 #               `scripts/build-go-tools.sh promtool`)
+#   helm-docs   helm-docs (charts/election/README.md from values.yaml and
+#               README.md.gotmpl: scripts/helm-docs.sh)
 #
 # Each group is its own module so that each tool builds with the k8s.io/*
 # versions its release was tested with (one module would unify them by MVS).
@@ -21,8 +23,8 @@
 #
 #   scripts/build-go-tools.sh [group...]     (default: all groups)
 #
-# Measured on the 2-core development machine: see README ("Kubernetes test
-# cluster").
+# Measured on the 2-core development machine: see docs/testing.md ("The Go
+# tools" and the table above it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,7 +38,7 @@ export GOFLAGS=-mod=readonly
 export CGO_ENABLED=0
 
 TOOLS=$PWD/.tools/go
-ALL_GROUPS=(kubernetes etcd kwok helm3 helm4 promtool)
+ALL_GROUPS=(kubernetes etcd kwok helm3 helm4 promtool helm-docs)
 
 log() { echo ">> $*" >&2; }
 
@@ -72,6 +74,11 @@ ldflags_of() { # group
           flags+=" -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=$minor"
         done
       fi
+      ;;
+    helm-docs)
+      # goreleaser's stamp; `helm-docs --version` and the README footer read it.
+      v=$(mod_version helm-docs github.com/norwoodj/helm-docs)
+      flags+=" -X main.version=${v#v}"
       ;;
   esac
   echo "$flags"

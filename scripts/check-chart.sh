@@ -17,6 +17,9 @@
 #   - yamllint on values, ci files, renderings, manifests/, docker-compose.yml
 #   - manifests/ is what scripts/render-manifests.sh renders (drift check), and
 #     `kubectl kustomize manifests/` builds and validates
+#   - charts/election/README.md is what helm-docs generates from
+#     README.md.gotmpl and values.yaml (drift check: scripts/helm-docs.sh)
+#   - every relative link in README.md and docs/*.md resolves
 #   - hadolint Dockerfile, shellcheck scripts/*.sh
 #   - pytest tests/chart (what the rendered objects must guarantee)
 set -euo pipefail
@@ -137,6 +140,15 @@ manifests_in_sync() {
   }
 }
 
+chart_readme_in_sync() {
+  bash scripts/helm-docs.sh "$WORK/helm-docs"
+  diff -u "$CHART/README.md" "$WORK/helm-docs/README.md" || {
+    echo "$CHART/README.md differs from what helm-docs generates from README.md.gotmpl and values.yaml:"
+    echo "edit those (not README.md), run scripts/helm-docs.sh and commit the result"
+    return 1
+  }
+}
+
 kustomize_builds() {
   local kubectl candidate
   kubectl=$(command -v kubectl || true)
@@ -168,6 +180,8 @@ step "checkov (chart and renderings)" checkov_chart
 step "yamllint" yamllint_all
 step "manifests/ matches the chart" manifests_in_sync
 step "kubectl kustomize manifests/" kustomize_builds
+step "chart README matches helm-docs (scripts/helm-docs.sh)" chart_readme_in_sync
+step "relative links in README.md and docs/*.md resolve" "$PYTHON" scripts/check-links.py
 step "alerts: promtool check rules and test rules (scripts/check-alerts.sh)" bash scripts/check-alerts.sh
 step "hadolint Dockerfile" "$(tool hadolint)" Dockerfile
 step "shellcheck scripts/*.sh" shellcheck -x scripts/*.sh

@@ -7,6 +7,7 @@
 #   .tools/go/helm4/helm          helm 4.3    } modules pinned in hack/tools/
 #   .tools/go/kubernetes/*        kubectl and the control plane 1.37
 #   .tools/go/{etcd,kwok}/        etcd 3.7, kwok 0.8      (scripts/build-go-tools.sh)
+#   .tools/go/{promtool,helm-docs}/  promtool, helm-docs 1.14 (the chart README)
 #   .tools/venv/                  kubernetes-validate, checkov, hadolint, yamllint, pytest
 #   and shellcheck                from Debian's package when missing
 set -euo pipefail
