@@ -18,7 +18,7 @@
 //! with TLS client certificates would include the certificate's identity
 //! too. World READ keeps `election status`, `zkCli get` and monitoring
 //! working without credentials; the data readable that way is what the
-//! README documents (replica names, host, pid, the token floor). An
+//! docs/design.md#access-control lists (replica names, host, pid, the token floor). An
 //! operator's super identity (`superDigest` on the servers) bypasses ACLs.
 
 use std::path::{Path, PathBuf};
@@ -26,7 +26,6 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 use zookeeper_client::{Acl, AuthId, Connector, Permission, TlsOptions};
 
-/// Digest credentials `user:password`. `Debug` never shows the password.
 /// Why credentials or TLS files cannot be used. Never repeats a password.
 #[derive(Debug, thiserror::Error)]
 pub enum AccessError {
@@ -69,6 +68,7 @@ pub enum AccessError {
     },
 }
 
+/// Digest credentials `user:password`. `Debug` never shows the password.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {
     user: String,
