@@ -114,7 +114,6 @@ struct Leader<'a> {
     failures: usize,
     writing: Option<InFlight>,
     pruning: Arc<AtomicBool>,
-    temp_cleaned: bool,
 }
 
 /// Runs Leader.
@@ -147,7 +146,6 @@ pub async fn run(
         failures: 0,
         writing: None,
         pruning: Arc::new(AtomicBool::new(false)),
-        temp_cleaned: false,
     };
     let exit = me.lead().await;
     me.leave(exit).await
@@ -332,16 +330,25 @@ impl Leader<'_> {
         ))))
     }
 
-    /// The newest token in file-dir, read off the runtime thread and bounded.
+    /// The newest token in file-dir, read off the runtime thread and
+    /// bounded. Temp files of interrupted writes are removed first (once per
+    /// claim, before any write of this leadership; removing the temp file of
+    /// a write still in flight elsewhere only makes that write fail).
     async fn newest_on_disk(&self) -> Result<Option<u64>, Exit> {
         let dir = self.ctx.cfg.file_dir.clone();
-        let read = tokio::task::spawn_blocking(move || match files::max_token(&dir) {
-            Err(FileError::List { source, .. })
-                if source.kind() == std::io::ErrorKind::NotFound =>
-            {
-                Ok(None)
+        let read = tokio::task::spawn_blocking(move || {
+            let removed = files::remove_stale_temp_files(&dir);
+            if removed > 0 {
+                info!(removed, "removed temp files of interrupted writes");
             }
-            other => other,
+            match files::max_token(&dir) {
+                Err(FileError::List { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    Ok(None)
+                }
+                other => other,
+            }
         });
         match tokio::time::timeout(self.session.timeout(), read).await {
             Ok(Ok(Ok(newest))) => Ok(newest),
@@ -526,19 +533,12 @@ impl Leader<'_> {
         let lease = self.lease.clone();
         let states = self.session.watcher();
         let node_gone = self.node_gone.clone();
-        let clean_temp = !std::mem::replace(&mut self.temp_cleaned, true);
         let still_leader = move || {
             lease.is_valid()
                 && states.peek_state() == SessionState::SyncConnected
                 && !node_gone.load(Ordering::SeqCst)
         };
         let handle = tokio::task::spawn_blocking(move || {
-            if clean_temp {
-                let removed = files::remove_stale_temp_files(&dir);
-                if removed > 0 {
-                    info!(removed, "removed temp files of interrupted writes");
-                }
-            }
             files::write_atomic(&dir, device, key, &record, &gate, still_leader)
         });
         self.writing = Some(InFlight {
