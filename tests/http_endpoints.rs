@@ -112,6 +112,12 @@ fn readiness_follows_the_zookeeper_session_and_a_candidate_is_ready_too() {
     let (h1, a1) = (loopback(), loopback());
     spawn_with_listeners(&mut g, h1, a1);
     wait_state(h1, "attempter", &g);
+    // (Attempter is entered before its first look at the queue: wait until
+    // that look told it who leads.)
+    let seen = wait_until(ELECTION, POLL, || {
+        status(h1).is_some_and(|s| s["leader"] == "r0")
+    });
+    assert!(seen, "r1 never saw r0 lead: {:?}\n{}", status(h1), g.logs());
     // Then the candidate is alive and ready too
     assert_eq!(get(h1, "/healthz").status, 200);
     assert_eq!(get(h1, "/readyz").status, 200);
