@@ -36,7 +36,7 @@ fn takeover(g: &mut Group, sig: i32) -> f64 {
         first.is_some()
     });
     assert!(ok, "no successor\n{}", g.logs());
-    let at = election::verify::parse_time_ms(&first.unwrap().written_at).unwrap();
+    let at = election::cmd::verify::parse_time_ms(&first.unwrap().written_at).unwrap();
     let t0_ms = t0
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap()
@@ -70,8 +70,9 @@ fn zk_restart(zk: &mut ZkCluster, g: &Group, wipe: bool) -> (f64, bool) {
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64;
-    let written =
-        |r: &election::files::LeaderRecord| election::verify::parse_time_ms(&r.written_at).unwrap();
+    let written = |r: &election::files::LeaderRecord| {
+        election::cmd::verify::parse_time_ms(&r.written_at).unwrap()
+    };
     let mut first = None;
     let ok = wait_until(Duration::from_secs(30), Duration::from_millis(5), || {
         first = g.records().into_iter().find(|r| written(r) >= answering);

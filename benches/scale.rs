@@ -95,7 +95,7 @@ fn main() {
             std::thread::sleep(Duration::from_millis(100));
             let window = t0.elapsed().as_secs_f64();
             let cost = packets_received(&zk) - p0 - background_rate * window;
-            let at = election::verify::parse_time_ms(&first.unwrap().written_at).unwrap();
+            let at = election::cmd::verify::parse_time_ms(&first.unwrap().written_at).unwrap();
             let s0_ms = s0
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .unwrap()

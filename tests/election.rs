@@ -15,8 +15,8 @@ use common::group::{Group, LEADER_TIMEOUT, assert_clean_takeover_by_r1, partitio
 use common::procfs::cpu_seconds;
 use common::wait_until;
 use common::zk::ZkCluster;
+use election::cmd::verify;
 use election::files::{self, FileKey};
-use election::verify;
 
 fn files_by_token(dir: &Path) -> Vec<FileKey> {
     files::list(dir).unwrap_or_default()
@@ -279,7 +279,7 @@ fn a_partitioned_leader_stops_writing_before_its_session_can_expire() {
     let records = assert_clean_takeover_by_r1(&g);
     let last_old = records.iter().rev().find(|r| r.node_id == "r0").unwrap();
     let last_old_ms = verify::parse_time_ms(&last_old.written_at).unwrap();
-    let cut_ms = election::status::unix_ms(cut) as i64;
+    let cut_ms = election::board::unix_ms(cut) as i64;
     // The session timeout is 2 s: the leader stopped well before that.
     assert!(
         last_old_ms - cut_ms < 2000,

@@ -15,7 +15,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
-use election::status::unix_ms;
+use election::board::unix_ms;
 
 use common::faults::{Arrivals, Strace, late_arrivals};
 use common::group::Group;
@@ -223,8 +223,9 @@ fn a_seeded_soak_of_random_faults_keeps_one_writer_and_always_recovers() {
     // Per fault kind: (the longest stretch without any file around the
     // fault, the time from the fault's end to the next file).
     let mut recoveries: BTreeMap<&str, Vec<(Duration, Duration)>> = BTreeMap::new();
-    let ms_of =
-        |r: &election::files::LeaderRecord| election::verify::parse_time_ms(&r.written_at).unwrap();
+    let ms_of = |r: &election::files::LeaderRecord| {
+        election::cmd::verify::parse_time_ms(&r.written_at).unwrap()
+    };
     for n in 0..faults {
         let fault = rng.random_range(0..FAULTS.len());
         let before = soak.g.newest_record().map(|r| (r.token, r.seq));
@@ -274,7 +275,7 @@ fn a_seeded_soak_of_random_faults_keeps_one_writer_and_always_recovers() {
             soak.seed,
             soak.g.logs()
         );
-        let report = election::verify::check(&soak.g.files_dir(), None).unwrap();
+        let report = election::cmd::verify::check(&soak.g.files_dir(), None).unwrap();
         assert!(
             report.is_clean(),
             "fault #{n} ({}): {:?}; reproduce with SOAK_SEED={}\n{}",

@@ -22,7 +22,7 @@ fn now_ms() -> i64 {
 }
 
 fn written_ms(r: &election::files::LeaderRecord) -> i64 {
-    election::verify::parse_time_ms(&r.written_at).unwrap()
+    election::cmd::verify::parse_time_ms(&r.written_at).unwrap()
 }
 
 /// Three replicas with a leader that has written; returns the group and

@@ -5,8 +5,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use election::cmd::verify;
 use election::files::{self, LeaderRecord};
-use election::verify;
 
 use super::proxy::FaultProxy;
 use super::replica::Replica;
