@@ -16,11 +16,13 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::group::Group;
-use common::kube_api::{ApiMode, FakeApi, http_get};
+use common::group::{Group, TRANSITIONS};
+use common::kube_api::{ApiMode, FakeApi};
+use common::observe::{self, metrics};
 use common::replica::Replica;
 use common::zk::ZkCluster;
 use common::{free_port, wait_until};
+use rstest::rstest;
 
 /// Namespace of the test Pods.
 const NS: &str = "election-test";
@@ -52,17 +54,16 @@ fn label_as(g: &mut Group, api: &FakeApi, pod: &str, http: SocketAddr) {
     )];
 }
 
-/// The value of the series `series` (`name` or `name{labels}`, exactly as
-/// exposed) on the replica's /metrics, if it answers and has it.
-fn metric(http: SocketAddr, series: &str) -> Option<f64> {
-    let answer = http_get(http, "/metrics")?;
-    answer
-        .body
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.rsplit_once(' '))
-        .find(|(s, _)| *s == series)
-        .and_then(|(_, v)| v.parse().ok())
+/// The value of the unlabelled metric `name` on the replica's /metrics, if
+/// it answers.
+fn metric(http: SocketAddr, name: &str) -> Option<f64> {
+    metrics(http).map(|m| m.sum(name, &[]))
+}
+
+/// How many times the replica at `http` went to Failover (0 if its
+/// listener does not answer: callers check it answered before).
+fn failovers(http: SocketAddr) -> Option<f64> {
+    metrics(http).map(|m| m.sum(TRANSITIONS, &[("to", "failover")]))
 }
 
 /// The labels of `pod` with a leading `init` dropped: whether the `init`
@@ -97,11 +98,15 @@ fn stop(g: &mut Group, i: usize) {
     assert_eq!(status.code(), Some(0), "{}", g.logs());
 }
 
-/// Runs one replica labelling Pod election-0 through an API server that
-/// fails in `mode`; checks that the election goes on, that the failures
-/// are counted, and that the current state is patched once the API server
-/// answers again.
-fn the_election_goes_on_while_the_api_server_fails(mode: ApiMode) {
+/// One replica labelling Pod election-0 through an API server that fails
+/// in `mode`: the election goes on, the failures are counted, and the
+/// current state is patched once the API server answers again.
+#[rstest]
+#[case::answering_500(ApiMode::Fail500)]
+#[case::answering_409(ApiMode::Conflict409)]
+#[case::hanging(ApiMode::Hang)]
+#[case::dropping_connections(ApiMode::CloseConnection)]
+fn the_election_goes_on_while_the_api_server_fails(#[case] mode: ApiMode) {
     // Given an API server failing in `mode`
     let zk = ZkCluster::standalone();
     let api = FakeApi::start();
@@ -154,35 +159,10 @@ fn the_election_goes_on_while_the_api_server_fails(mode: ApiMode) {
         "{}",
         g.logs()
     );
-    let exposition = http_get(http, "/metrics").unwrap().body;
-    assert!(
-        !exposition.contains("to=\"failover\""),
-        "{exposition}\n{}",
-        g.logs()
-    );
+    assert_eq!(failovers(http), Some(0.0), "{}", g.logs());
     assert!(metric(http, "election_kube_patches_total").is_some_and(|v| v >= 1.0));
     stop(&mut g, 0);
     g.assert_invariants();
-}
-
-#[test]
-fn the_election_goes_on_while_the_api_server_answers_500() {
-    the_election_goes_on_while_the_api_server_fails(ApiMode::Fail500);
-}
-
-#[test]
-fn the_election_goes_on_while_the_api_server_answers_409() {
-    the_election_goes_on_while_the_api_server_fails(ApiMode::Conflict409);
-}
-
-#[test]
-fn the_election_goes_on_while_the_api_server_hangs() {
-    the_election_goes_on_while_the_api_server_fails(ApiMode::Hang);
-}
-
-#[test]
-fn the_election_goes_on_while_the_api_server_drops_connections() {
-    the_election_goes_on_while_the_api_server_fails(ApiMode::CloseConnection);
 }
 
 #[test]
@@ -200,10 +180,7 @@ fn a_candidate_is_labelled_once_the_api_server_recovers() {
     label_as(&mut g, &api, "election-1", http);
     g.spawn(1);
     let ok = wait_until(ELECTION, POLL, || {
-        let state = http_get(http, "/status")
-            .and_then(|a| serde_json::from_str::<serde_json::Value>(&a.body).ok())
-            .map(|s| s["state"].clone());
-        state.is_some_and(|s| s == "attempter")
+        observe::status(http).is_some_and(|s| s.state == "attempter")
             && metric(http, "election_kube_patch_errors_total").is_some_and(|v| v > 0.0)
     });
     assert!(ok, "{}", g.logs());
@@ -373,8 +350,7 @@ fn events_the_lease_mirror_and_the_stale_label_search_never_hold_up_the_election
         "{:?}",
         api.requests().iter().map(|r| &r.path).collect::<Vec<_>>()
     );
-    let exposition = http_get(http, "/metrics").unwrap().body;
-    assert!(!exposition.contains("to=\"failover\""), "{exposition}");
+    assert_eq!(failovers(http), Some(0.0), "{}", g.logs());
     // And a stop is held up by the short label bound only
     stop(&mut g, 0);
     g.assert_invariants();
