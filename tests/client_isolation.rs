@@ -110,8 +110,14 @@ fn assert_idle_responsive_and_stoppable(replica: &Replica, http: SocketAddr) {
     );
 }
 
+/// Waits until the replica leads and has written (Leader is entered
+/// before the claim: a fault injected in between would fail the claim,
+/// not test a leader's reconnection).
 fn wait_leading(replica: &Replica) {
-    replica.wait_status(|s| s.state == "leader", Duration::from_secs(30));
+    replica.wait_status(
+        |s| s.state == "leader" && s.last_write_ms.is_some(),
+        Duration::from_secs(30),
+    );
 }
 
 #[test]
