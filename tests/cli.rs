@@ -3,6 +3,8 @@
 
 use std::process::{Command, Output};
 
+use rstest::rstest;
+
 fn election(args: &[&str], envs: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_election"));
     cmd.args(args);
@@ -20,12 +22,12 @@ fn assert_usage_error(out: &Output, needle: &str) {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
-#[test]
-fn an_empty_server_list_is_refused() {
-    let out = election(&["run", "--zk-servers", ""], &[]);
-    assert_usage_error(&out, "--zk-servers");
-    let out = election(&["run", "--zk-servers", " , "], &[]);
-    assert_usage_error(&out, "empty");
+#[rstest]
+#[case::empty("", "--zk-servers")]
+#[case::only_separators(" , ", "empty")]
+fn an_empty_server_list_is_refused(#[case] servers: &str, #[case] needle: &str) {
+    let out = election(&["run", "--zk-servers", servers], &[]);
+    assert_usage_error(&out, needle);
 }
 
 #[test]
@@ -34,21 +36,19 @@ fn a_missing_server_list_is_refused() {
     assert_usage_error(&out, "--zk-servers");
 }
 
-#[test]
-fn zero_or_negative_capacity_is_refused() {
-    for bad in ["0", "-3"] {
-        let out = election(
-            &[
-                "run",
-                "--zk-servers",
-                "127.0.0.1:1",
-                "--storage-capacity",
-                bad,
-            ],
-            &[],
-        );
-        assert_usage_error(&out, "--storage-capacity");
-    }
+#[rstest]
+fn zero_or_negative_capacity_is_refused(#[values("0", "-3")] bad: &str) {
+    let out = election(
+        &[
+            "run",
+            "--zk-servers",
+            "127.0.0.1:1",
+            "--storage-capacity",
+            bad,
+        ],
+        &[],
+    );
+    assert_usage_error(&out, "--storage-capacity");
 }
 
 #[test]
@@ -98,24 +98,19 @@ fn a_file_dir_that_is_a_regular_file_is_refused() {
     assert_usage_error(&out, "not a directory");
 }
 
-#[test]
-fn bad_values_from_the_environment_are_refused_the_same_way() {
+#[rstest]
+#[case::capacity("ELECTION_STORAGE_CAPACITY", "0", "--storage-capacity")]
+#[case::duration_without_unit("ELECTION_ATTEMPTER_TIMEOUT", "5", "no unit")]
+fn bad_values_from_the_environment_are_refused_the_same_way(
+    #[case] name: &str,
+    #[case] value: &str,
+    #[case] needle: &str,
+) {
     let out = election(
         &["run"],
-        &[
-            ("ELECTION_ZK_SERVERS", "zk:2181"),
-            ("ELECTION_STORAGE_CAPACITY", "0"),
-        ],
+        &[("ELECTION_ZK_SERVERS", "zk:2181"), (name, value)],
     );
-    assert_usage_error(&out, "--storage-capacity");
-    let out = election(
-        &["run"],
-        &[
-            ("ELECTION_ZK_SERVERS", "zk:2181"),
-            ("ELECTION_ATTEMPTER_TIMEOUT", "5"),
-        ],
-    );
-    assert_usage_error(&out, "no unit");
+    assert_usage_error(&out, needle);
 }
 
 #[test]

@@ -8,6 +8,7 @@ mod common;
 use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
 
+use common::observe::{Metrics, Status};
 use common::proxy::{FaultProxy, Mode};
 use common::replica::Replica;
 use common::zk::ZkCluster;
@@ -355,4 +356,42 @@ fn replica_env_overrides_defaults_and_drop_kills_a_stopped_process() {
     drop(r);
     // Then the process is gone (killed and reaped, not a zombie)
     assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
+}
+
+#[test]
+fn metrics_are_read_whatever_the_label_order_and_summed_over_matching_series() {
+    // Given an exposition with labelled and plain series, a timestamp, an
+    // escaped label value and OpenMetrics' end marker
+    let m = Metrics::parse(
+        "# HELP t Transitions.\n\
+         # TYPE t counter\n\
+         t{from=\"leader\",to=\"failover\"} 2\n\
+         t{to=\"failover\",from=\"attempter\"} 1.0\n\
+         t{from=\"init\",to=\"attempter\"} 3\n\
+         plain 7 1700000000\n\
+         odd{v=\"a\\\"b,c}\"} 4\n\
+         # EOF\n",
+    );
+    // Then series are summed over the labels asked for, absent ones are 0
+    assert_eq!(m.sum("t", &[("to", "failover")]), 3.0);
+    assert_eq!(m.sum("t", &[("from", "leader"), ("to", "failover")]), 2.0);
+    assert_eq!(m.sum("t", &[]), 6.0);
+    assert_eq!(m.sum("t", &[("to", "leader")]), 0.0);
+    assert_eq!(m.sum("plain", &[]), 7.0);
+    assert_eq!(m.sum("odd", &[("v", "a\"b,c}")]), 4.0);
+    assert_eq!(m.sum("absent", &[]), 0.0);
+}
+
+#[test]
+fn a_status_is_read_with_its_cause_code_and_detail_and_unknown_fields() {
+    let s: Status = serde_json::from_str(
+        "{\"node_id\":\"r0\",\"state\":\"attempter\",\"since_ms\":1,\"leader\":null,\
+         \"token\":null,\"session_id\":null,\"znode\":null,\"last_write_ms\":null,\
+         \"cause\":\"leadership-lost\",\"cause_detail\":\"leader node deleted\",\"new\":1}",
+    )
+    .unwrap();
+    assert_eq!(
+        (s.cause.as_str(), s.cause_detail.as_str()),
+        ("leadership-lost", "leader node deleted")
+    );
 }

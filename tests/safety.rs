@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::faults::{Arrivals, Strace};
-use common::group::Group;
+use common::group::{Group, TRANSITIONS};
 use common::proxy::{FaultProxy, Mode};
 use common::wait_until;
 use common::zk::ZkCluster;
@@ -99,17 +99,20 @@ fn a_leader_with_a_hung_fsync_steps_down_and_its_write_never_lands_later() {
         "takeover took {took:?}, more than {bound:?}\n{}",
         g.logs()
     );
+    let errors = g.replica(leader).metric("election_write_errors_total", &[]);
     assert!(
-        g.replica(leader).output().contains("write failed"),
-        "{}",
+        errors.is_some_and(|n| n >= 1.0),
+        "the hung write counts as failed: {errors:?}\n{}",
         g.logs()
     );
-    // And when the hung fsyncs finally return, the old write is refused
+    // And when the hung fsyncs finally return (no sign of that but the
+    // clock), the old write is refused: no old file by the time the
+    // successor has written 3 more
     while hung_at.elapsed() < hang + Duration::from_secs(2) {
         std::thread::sleep(Duration::from_millis(200));
     }
     drop(strace);
-    std::thread::sleep(Duration::from_secs(1));
+    g.wait_more_files_of(newest_token(&g), 3, Duration::from_secs(10));
     let order = arrivals.finish();
     assert_no_old_file_after_successor(&order, old_token);
     g.stop_all();
@@ -139,11 +142,13 @@ fn a_leader_whose_writes_are_always_fenced_steps_down() {
         g.newest_record().is_some_and(|r| r.token > old_token)
     });
     assert!(ok, "the fenced leader never stepped down\n{}", g.logs());
+    // (to Failover, having counted failed writes)
+    let r = g.replica(leader);
+    let down = r.metric(TRANSITIONS, &[("from", "leader"), ("to", "failover")]);
+    let failed = r.metric("election_write_errors_total", &[]);
     assert!(
-        g.replica(leader)
-            .output()
-            .contains("consecutive write failures"),
-        "{}",
+        down.is_some_and(|n| n >= 1.0) && failed.is_some_and(|n| n >= 1.0),
+        "step-downs {down:?}, write errors {failed:?}\n{}",
         g.logs()
     );
     g.stop_all();
@@ -182,9 +187,15 @@ fn delete_the_leader_node_mid_write(syscall: &str, delay: Duration, moment: impl
         g.newest_record().is_some_and(|r| r.token > old_token)
     });
     assert!(ok, "nobody took over\n{}", g.logs());
-    std::thread::sleep(Duration::from_secs(2));
+    // Checked once the old leader has stepped down (its commit gate is
+    // closed) and the successor has written 10 more files (2 s: a write
+    // in flight at the deletion, its syscalls slowed, had time to land),
+    // and again 3 files after the slowing ended
+    g.wait_stepped_down(leader, Duration::from_secs(20));
+    let new_token = newest_token(&g);
+    g.wait_more_files_of(new_token, 10, Duration::from_secs(20));
     drop(strace);
-    std::thread::sleep(Duration::from_millis(500));
+    g.wait_more_files_of(new_token, 3, Duration::from_secs(10));
     let order = arrivals.finish();
     if std::env::var_os("SAFETY_DEBUG").is_some() {
         eprintln!("{}", g.logs());
@@ -264,9 +275,25 @@ fn a_writer_node_held_by_a_live_session_delays_the_first_write_then_is_cleared()
         !g.records().is_empty()
     });
     assert!(ok, "{}", g.logs());
-    let log = g.replica(0).output();
-    assert!(log.contains("did not release the writer node"), "{log}");
-    assert!(log.contains("clearing its writer node"), "{log}");
+    let status = g.replica(0).status().expect("the leader answers");
+    assert_eq!(status.state, "leader", "{status:?}");
+    let first = &g.records()[0];
+    let waited_ms =
+        election::cmd::verify::parse_time_ms(&first.written_at).unwrap() - status.since_ms as i64;
+    let bound = election::states::leader::lock_delay_bound(Duration::from_secs(2));
+    assert!(
+        waited_ms >= bound.as_millis() as i64 - 10,
+        "first file {waited_ms} ms after becoming leader, the lock-delay is {bound:?}\n{}",
+        g.logs()
+    );
+    // (the holder still lives: the node now held is the new leader's)
+    let (_, stat) = rt
+        .block_on(holder.get_data(&format!("{ROOT}/writer")))
+        .expect("a writer node");
+    let session = status.session_id.clone().unwrap_or_default();
+    let session = u64::from_str_radix(session.trim_start_matches("0x"), 16).unwrap();
+    assert_eq!(stat.ephemeral_owner as u64, session, "{status:?}");
+    assert_ne!(stat.ephemeral_owner, holder.session_id().0, "{status:?}");
     rt.block_on(common::close_client(holder));
     g.stop_all();
     g.assert_invariants();
@@ -416,12 +443,19 @@ fn a_fencing_node_holding_garbage_stops_the_leader_from_writing() {
     // When a replica starts
     let mut g = Group::new(&zk.connect_string());
     g.spawn(1);
-    // Then it refuses to guess a token: loudly, and without writing
-    let ok = wait_until(Duration::from_secs(20), Duration::from_millis(50), || {
-        g.logs().contains("not a decimal token")
-    });
-    assert!(ok, "{}", g.logs());
-    std::thread::sleep(Duration::from_secs(2));
+    // Then it refuses to guess a token: it says why (in /status), and
+    // writes nothing over three attempts to lead
+    let r = g.replica(0);
+    r.wait_status(
+        |s| s.state == "failover" && s.cause == "fencing-error",
+        Duration::from_secs(20),
+    );
+    r.wait_metric(
+        TRANSITIONS,
+        &[("from", "leader"), ("to", "failover")],
+        |n| n >= 3.0,
+        Duration::from_secs(20),
+    );
     assert!(g.records().is_empty(), "{:?}", g.records());
     g.stop_all();
 }
@@ -438,13 +472,18 @@ fn a_low_connect_timeout_does_not_disconnect_a_healthy_leader_on_a_slower_link()
     // When the link's round trip grows to 400 ms (answers still well within
     // the session timeout and the confirmation bound)
     proxy.set_mode(Mode::Delay(Duration::from_millis(200)));
-    let before = g.records().len();
-    std::thread::sleep(Duration::from_secs(4));
-    // Then the session stays connected (the connect timeout bounds only
-    // establishing a session) and the leader keeps writing
-    let log = g.replica(0).output();
-    assert!(!log.contains("ZooKeeper session disconnected"), "{log}");
-    assert!(g.records().len() > before + 3, "{log}");
+    let token = g.newest_record().unwrap().token;
+    // Then the leader keeps writing (8 more files: at least 3 s at 400 ms
+    // a round trip, and within 10 s, the rate of more than 3 in 4 s), and
+    // the session stayed connected all along (the connect timeout bounds
+    // only establishing a session)
+    g.wait_more_files_of(token, 8, Duration::from_secs(10));
+    let disconnected = g.replica(0).metric(
+        "election_zk_session_events_total",
+        &[("state", "Disconnected")],
+    );
+    assert_eq!(disconnected, Some(0.0), "{}", g.logs());
+    assert_eq!(g.newest_record().unwrap().token, token, "{}", g.logs());
     proxy.set_mode(Mode::Pass);
     g.stop_all();
     g.assert_invariants();

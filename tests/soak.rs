@@ -171,7 +171,12 @@ impl Soak {
             12 => self.delete_leader_node(),
             13 => {
                 if unsafe { libc::geteuid() } != 0 {
-                    // strace needs root: an operator's delete instead.
+                    // strace needs root: an operator's delete instead, said
+                    // out loud (the fault list run is not the one asked for).
+                    eprintln!(
+                        "soak: not root, so fault `{}` is replaced by `{}`",
+                        FAULTS[13], FAULTS[12]
+                    );
                     return self.delete_leader_node();
                 }
                 let pid = self.g.replica(leader).pid();

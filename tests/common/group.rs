@@ -1,6 +1,8 @@
 //! A group of daemon replicas sharing one file-dir and one election path,
 //! with the queries the election tests need (who leads, the records on
-//! disk, the invariant checker).
+//! disk, the invariant checker). Every replica serves HTTP on a loopback
+//! port of its own, so tests can ask it what it does
+//! ([`Replica::status`], [`Replica::metric`]).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -8,15 +10,20 @@ use std::time::Duration;
 use election::cmd::verify;
 use election::files::{self, LeaderRecord};
 
+use super::observe::{self, Status};
 use super::proxy::FaultProxy;
 use super::replica::Replica;
-use super::wait_until;
 use super::zk::ZkCluster;
+use super::{free_port, wait_until};
 
 /// Session timeout the groups run with.
 pub const SESSION: &str = "2s";
 /// Leader write interval the groups run with.
 pub const LEADER_TIMEOUT: &str = "200ms";
+/// The metric counting state transitions by `from` and `to`.
+pub const TRANSITIONS: &str = "election_transitions_total";
+/// The metric counting writes refused for want of a confirmed leadership.
+pub const FENCED: &str = "election_writes_fenced_total";
 
 /// A group of replicas sharing one file-dir and one election path.
 pub struct Group {
@@ -43,7 +50,10 @@ impl Group {
         self.dir.path().join("files")
     }
 
+    /// The command line of replica `i`: the group's defaults (HTTP on a
+    /// free loopback port), with the flags in `extra` replacing them.
     pub fn args(&self, i: usize) -> Vec<String> {
+        let http = format!("127.0.0.1:{}", free_port());
         let mut a: Vec<String> = [
             "run",
             "--zk-servers",
@@ -63,7 +73,7 @@ impl Group {
             "--node-id",
             &format!("r{i}"),
             "--http-addr",
-            "off",
+            &http,
             "--admin-addr",
             "off",
             "--failover-max-backoff",
@@ -132,8 +142,87 @@ impl Group {
         self.records().pop()
     }
 
-    pub fn count_leaders_in_logs(&self, i: usize) -> usize {
-        self.replica(i).output().matches("to=leader").count()
+    /// How many times replica `i` has entered Leader, from its
+    /// `election_transitions_total` (0 if its listener does not answer).
+    pub fn times_leader(&self, i: usize) -> f64 {
+        self.replica(i)
+            .metric(TRANSITIONS, &[("to", "leader")])
+            .unwrap_or(0.0)
+    }
+
+    /// Waits until replica `i` has left Leader (at least one transition
+    /// from it) and is not leading now: from then on no file of its
+    /// leadership may land (it closes its commit gate on the way out).
+    #[track_caller]
+    pub fn wait_stepped_down(&self, i: usize, timeout: Duration) -> Status {
+        let r = self.replica(i);
+        let http = r.http_addr();
+        let mut last = None;
+        let ok = wait_until(timeout, Duration::from_millis(20), || {
+            let left = observe::metrics(http)
+                .is_some_and(|m| m.sum(TRANSITIONS, &[("from", "leader")]) >= 1.0);
+            last = observe::status(http);
+            left && last.as_ref().is_some_and(|s| s.state != "leader")
+        });
+        assert!(
+            ok,
+            "r{i} did not step down within {timeout:?}; last status {last:#?}\n{}",
+            self.logs()
+        );
+        last.unwrap()
+    }
+
+    /// Replica `i`'s count of writes it refused for want of a confirmed
+    /// leadership (`election_writes_fenced_total`; 0 if it does not answer).
+    pub fn writes_fenced(&self, i: usize) -> f64 {
+        self.replica(i).metric(FENCED, &[]).unwrap_or(0.0)
+    }
+
+    /// Waits until replica `i` can write no more: it refused a write for
+    /// want of a confirmed leadership after having refused
+    /// `fenced_before` (a refusal happens only with no write in flight,
+    /// and no write starts again before leadership is confirmed), or it
+    /// has stepped down (see [`Group::wait_stepped_down`]).
+    #[track_caller]
+    pub fn wait_writes_stopped(&self, i: usize, fenced_before: f64, timeout: Duration) {
+        let http = self.replica(i).http_addr();
+        let ok = wait_until(timeout, Duration::from_millis(20), || {
+            let Some(m) = observe::metrics(http) else {
+                return false;
+            };
+            m.sum(FENCED, &[]) > fenced_before
+                || (m.sum(TRANSITIONS, &[("from", "leader")]) >= 1.0
+                    && observe::status(http).is_some_and(|s| s.state != "leader"))
+        });
+        assert!(
+            ok,
+            "r{i} still writes (or its listener is silent) after {timeout:?}\n{}",
+            self.logs()
+        );
+    }
+
+    /// Waits until the leadership of `token` has written `n` more files
+    /// than now (counted by sequence number, so retention does not hide
+    /// progress): time passing, measured in the leader's own writes.
+    #[track_caller]
+    pub fn wait_more_files_of(&self, token: u64, n: u64, timeout: Duration) {
+        let newest_seq = || {
+            self.records()
+                .iter()
+                .filter(|r| r.token == token)
+                .map(|r| r.seq)
+                .max()
+                .unwrap_or(0)
+        };
+        let from = newest_seq();
+        let ok = wait_until(timeout, Duration::from_millis(20), || {
+            newest_seq() >= from + n
+        });
+        assert!(
+            ok,
+            "token {token} wrote fewer than {n} files after seq {from} within {timeout:?}\n{}",
+            self.logs()
+        );
     }
 
     pub fn logs(&self) -> String {
@@ -177,26 +266,38 @@ pub fn read_records(dir: &std::path::Path) -> Vec<LeaderRecord> {
         .collect()
 }
 
-/// A leader `r0` behind `proxy`, and a second replica `r1` connected directly.
+/// A leader `r0` behind `proxy`, and a second replica `r1` connected
+/// directly, waiting in the queue behind it.
 pub fn partitioned_pair(zk: &ZkCluster, proxy: &FaultProxy) -> Group {
     let mut g = Group::new(&proxy.addr().to_string());
     g.spawn(1);
     g.wait_leader(Duration::from_secs(20));
     g.servers = zk.connect_string();
     g.spawn(1);
-    std::thread::sleep(Duration::from_millis(500));
+    g.replica(1)
+        .wait_status(|s| s.state == "attempter", Duration::from_secs(20));
     assert_eq!(g.newest_record().unwrap().node_id, "r0");
+    assert_eq!(g.times_leader(1), 0.0, "{}", g.logs());
     g
 }
 
-/// After a network fault on r0's link: r1 leads, and r0 wrote nothing
-/// after r1's first file. Returns the records.
+/// After a network fault on r0's link (just applied): r1 leads, and r0
+/// wrote nothing after r1's first file, checked once r0 can write no more
+/// (see [`Group::wait_writes_stopped`]) and r1 has written 3 more files
+/// since. Returns the records.
 pub fn assert_clean_takeover_by_r1(g: &Group) -> Vec<LeaderRecord> {
+    let fenced_before = g.writes_fenced(0);
+    let mut token = None;
     let ok = wait_until(Duration::from_secs(20), Duration::from_millis(50), || {
-        g.newest_record().is_some_and(|r| r.node_id == "r1")
+        token = g
+            .newest_record()
+            .filter(|r| r.node_id == "r1")
+            .map(|r| r.token);
+        token.is_some()
     });
     assert!(ok, "r1 did not take over\n{}", g.logs());
-    std::thread::sleep(Duration::from_secs(3));
+    g.wait_writes_stopped(0, fenced_before, Duration::from_secs(20));
+    g.wait_more_files_of(token.unwrap(), 3, Duration::from_secs(10));
     let records = g.records();
     let first_new = records.iter().position(|r| r.node_id == "r1").unwrap();
     assert!(

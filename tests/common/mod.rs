@@ -1,6 +1,7 @@
 //! The harness shared by the integration tests: a real ZooKeeper
 //! ([`zk::ZkCluster`]), a fault-injecting TCP proxy ([`proxy::FaultProxy`]),
-//! daemon processes ([`replica::Replica`]), and small helpers to pick
+//! daemon processes ([`replica::Replica`]) and what they publish over HTTP
+//! ([`observe`]), and small helpers to pick
 //! ports, wait for conditions and read ZooKeeper with `zookeeper-client`.
 //!
 //! Every test binary includes this module with `mod common;` but uses only
@@ -10,6 +11,7 @@
 pub mod faults;
 pub mod group;
 pub mod kube_api;
+pub mod observe;
 pub mod procfs;
 pub mod proxy;
 pub mod replica;

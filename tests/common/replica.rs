@@ -1,15 +1,20 @@
 //! A daemon replica as a real process: spawned from the built `election`
 //! binary, its stdout and stderr captured line by line (in memory, and in a
-//! log file), signalled like an operator or a kubelet would. Dropping it
-//! kills and reaps the process.
+//! log file), signalled like an operator or a kubelet would, and asked
+//! over its HTTP listener what it is doing ([`Replica::status`],
+//! [`Replica::metric`], [`Replica::wait_status`]). Dropping it kills and
+//! reaps the process.
 
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+use super::observe::{self, Metrics, Status};
 
 /// A running (or exited) process with captured output.
 pub struct Replica {
@@ -19,6 +24,8 @@ pub struct Replica {
     child: Mutex<(Child, Option<ExitStatus>)>,
     output: Arc<Output>,
     log_path: PathBuf,
+    /// Where its public HTTP listener answers (from `--http-addr`).
+    http: Option<SocketAddr>,
     // Last: removed after the process is killed.
     dir: Option<tempfile::TempDir>,
 }
@@ -76,6 +83,7 @@ impl Replica {
         envs: &[(&str, &str)],
     ) -> Replica {
         let program = program.as_ref();
+        let http = http_addr_of(args, envs);
         let dir = tempfile::Builder::new()
             .prefix("election-replica-")
             .tempdir()
@@ -119,7 +127,84 @@ impl Replica {
             child: Mutex::new((child, None)),
             output,
             log_path,
+            http,
             dir: Some(dir),
+        }
+    }
+
+    /// Where the replica's HTTP listener answers: the `--http-addr` it was
+    /// given, an unspecified address (`[::]`) asked on loopback. Panics if
+    /// its listener is off.
+    #[track_caller]
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http
+            .unwrap_or_else(|| panic!("replica {} runs without --http-addr", self.pid))
+    }
+
+    /// Its `/status` now, if the listener answers.
+    #[track_caller]
+    pub fn status(&self) -> Option<Status> {
+        observe::status(self.http_addr())
+    }
+
+    /// Its `/metrics` now, if the listener answers.
+    #[track_caller]
+    pub fn metrics(&self) -> Option<Metrics> {
+        observe::metrics(self.http_addr())
+    }
+
+    /// The sum of the series of metric `name` whose labels include
+    /// `labels` (see [`Metrics::sum`]; 0 when none), if the listener answers.
+    #[track_caller]
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        self.metrics().map(|m| m.sum(name, labels))
+    }
+
+    /// Waits up to `timeout` until `/status` satisfies `condition`;
+    /// returns that status. Panics at the timeout with the last status
+    /// seen and the replica's output.
+    #[track_caller]
+    pub fn wait_status(&self, condition: impl Fn(&Status) -> bool, timeout: Duration) -> Status {
+        let http = self.http_addr();
+        let mut last = None;
+        let ok = super::wait_until(timeout, Duration::from_millis(20), || {
+            last = observe::status(http);
+            last.as_ref().is_some_and(&condition)
+        });
+        match (ok, last) {
+            (true, Some(status)) => status,
+            (_, last) => panic!(
+                "replica {} ({http}): /status not as expected within {timeout:?}; last: {last:#?}\n{}",
+                self.pid,
+                self.output()
+            ),
+        }
+    }
+
+    /// Waits up to `timeout` until metric `name` (summed over the series
+    /// with `labels`) satisfies `condition`; returns its value. Panics at
+    /// the timeout with the last value seen and the replica's output.
+    #[track_caller]
+    pub fn wait_metric(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        condition: impl Fn(f64) -> bool,
+        timeout: Duration,
+    ) -> f64 {
+        let http = self.http_addr();
+        let mut last = None;
+        let ok = super::wait_until(timeout, Duration::from_millis(20), || {
+            last = observe::metrics(http).map(|m| m.sum(name, labels));
+            last.is_some_and(&condition)
+        });
+        match (ok, last) {
+            (true, Some(value)) => value,
+            (_, last) => panic!(
+                "replica {} ({http}): {name}{labels:?} not as expected within {timeout:?}; last: {last:?}\n{}",
+                self.pid,
+                self.output()
+            ),
         }
     }
 
@@ -298,6 +383,32 @@ impl Output {
     fn lock(&self) -> MutexGuard<'_, OutputState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// The address to ask the HTTP listener of a daemon started with `args`
+/// and `envs` on: `--http-addr` (or `ELECTION_HTTP_ADDR`) unless `off`,
+/// with an unspecified IP replaced by loopback of the same family.
+fn http_addr_of(args: &[&str], envs: &[(&str, &str)]) -> Option<SocketAddr> {
+    let from_args = args.iter().enumerate().rev().find_map(|(i, a)| {
+        if *a == "--http-addr" {
+            args.get(i + 1).copied()
+        } else {
+            a.strip_prefix("--http-addr=")
+        }
+    });
+    let from_env = envs
+        .iter()
+        .rev()
+        .find(|(k, _)| *k == "ELECTION_HTTP_ADDR")
+        .map(|(_, v)| *v);
+    let mut addr: SocketAddr = from_args.or(from_env)?.parse().ok()?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr.ip() {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        });
+    }
+    Some(addr)
 }
 
 /// Reaps the child if it has exited; remembers and returns the status.
