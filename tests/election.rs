@@ -387,3 +387,28 @@ fn deleting_the_leader_node_makes_it_step_down_and_compete_again() {
     g.stop_all();
     g.assert_invariants();
 }
+
+#[test]
+fn a_new_leader_removes_temp_files_of_interrupted_writes_before_it_writes() {
+    // Given a file-dir holding the temp file of a write interrupted by a crash
+    let zk = ZkCluster::standalone();
+    let mut g = Group::new(&zk.connect_string());
+    std::fs::create_dir_all(g.files_dir()).unwrap();
+    let stale = g.files_dir().join(format!(
+        "{}{:020}_{:010}.1.00000000deadbeef.tmp",
+        files::TEMP_PREFIX,
+        7,
+        3
+    ));
+    std::fs::write(&stale, b"half a record").unwrap();
+    // When a replica becomes leader and writes
+    g.spawn(1);
+    g.wait_leader(Duration::from_secs(20));
+    let first = g.newest_record().unwrap();
+    g.wait_more_files_of(first.token, 1, Duration::from_secs(10));
+    // Then the temp file is gone (fails with the clean-up removed), and the
+    // file-dir checks clean
+    assert!(!stale.exists(), "{}\n{}", stale.display(), g.logs());
+    g.stop_all();
+    g.assert_invariants();
+}
