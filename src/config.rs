@@ -258,70 +258,129 @@ impl RunArgs {
     }
 }
 
+/// Why a flag's value is refused (clap prints it after the flag's name).
+/// Never repeats a secret: credentials have their own parser.
+#[derive(Debug, thiserror::Error)]
+pub enum InvalidValue {
+    #[error("`{0}` has no unit; write e.g. `{0}s` or `{0}ms`")]
+    NoUnit(String),
+    #[error("`{value}` is not a duration like `250ms` or `10s`: {source}")]
+    Duration {
+        value: String,
+        #[source]
+        source: humantime::DurationError,
+    },
+    #[error("must be greater than zero")]
+    Zero,
+    #[error("must be at most 24h")]
+    TooLong,
+    #[error("`{0}` is not a whole number")]
+    NotANumber(String),
+    #[error("must be at least 1, got {0}")]
+    BelowOne(i64),
+    #[error("`{0}` is too large")]
+    TooLarge(String),
+    #[error("the server list is empty; give e.g. `zk-0:2181,zk-1:2181`")]
+    NoServers,
+    #[error("`{0}` has no port; write `{0}:2181`")]
+    NoPort(String),
+    #[error("`{0}` has no valid host")]
+    BadHost(String),
+    #[error("`{server}` has an invalid port `{port}`")]
+    BadPort { server: String, port: String },
+    #[error("`{0}` is not an absolute ZooKeeper path like `/election/my-group`")]
+    BadZkRoot(String),
+    #[error("`{0}` must be 1-253 characters of letters, digits, `-`, `_` or `.`")]
+    BadNodeId(String),
+    #[error("the path is empty")]
+    EmptyPath,
+    #[error("`{0}` exists and is not a directory")]
+    NotADirectory(String),
+    #[error("cannot read `{path}`: {source}")]
+    Unreadable {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{0}` holds no PEM block (`-----BEGIN ...`)")]
+    NoPem(String),
+    #[error("`{0}` is not an address like `0.0.0.0:8080` (or `off`)")]
+    BadAddr(String),
+    #[error(
+        "`{0}` is not a loopback address; the release endpoint must not be reachable from other hosts"
+    )]
+    NotLoopback(String),
+}
+
 /// A duration in humantime form (`250ms`, `10s`, `1m30s`); a bare number is refused.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, InvalidValue> {
     let s = s.trim();
     if !s.is_empty() && s.chars().all(|c| c.is_ascii_digit()) && s != "0" {
-        return Err(format!("`{s}` has no unit; write e.g. `{s}s` or `{s}ms`"));
+        return Err(InvalidValue::NoUnit(s.to_owned()));
     }
     if s == "0" {
         return Ok(Duration::ZERO);
     }
-    humantime::parse_duration(s)
-        .map_err(|e| format!("`{s}` is not a duration like `250ms` or `10s`: {e}"))
+    humantime::parse_duration(s).map_err(|source| InvalidValue::Duration {
+        value: s.to_owned(),
+        source,
+    })
 }
 
 /// A duration that must be greater than zero.
-pub fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_positive_duration(s: &str) -> Result<Duration, InvalidValue> {
     let d = parse_duration(s)?;
     if d.is_zero() {
-        return Err("must be greater than zero".into());
+        return Err(InvalidValue::Zero);
     }
     if d > Duration::from_secs(24 * 3600) {
-        return Err("must be at most 24h".into());
+        return Err(InvalidValue::TooLong);
     }
     Ok(d)
 }
 
 /// A count of at least one.
-pub fn parse_capacity(s: &str) -> Result<usize, String> {
+pub fn parse_capacity(s: &str) -> Result<usize, InvalidValue> {
     let n: i64 = s
         .trim()
         .parse()
-        .map_err(|_| format!("`{s}` is not a whole number"))?;
+        .map_err(|_| InvalidValue::NotANumber(s.to_owned()))?;
     if n < 1 {
-        return Err(format!("must be at least 1, got {n}"));
+        return Err(InvalidValue::BelowOne(n));
     }
-    usize::try_from(n).map_err(|_| format!("`{s}` is too large"))
+    usize::try_from(n).map_err(|_| InvalidValue::TooLarge(s.to_owned()))
 }
 
 /// A non-empty comma-separated list of `host:port`.
-pub fn parse_zk_servers(s: &str) -> Result<String, String> {
+pub fn parse_zk_servers(s: &str) -> Result<String, InvalidValue> {
     let servers: Vec<&str> = s
         .split(',')
         .map(str::trim)
         .filter(|p| !p.is_empty())
         .collect();
     if servers.is_empty() {
-        return Err("the server list is empty; give e.g. `zk-0:2181,zk-1:2181`".into());
+        return Err(InvalidValue::NoServers);
     }
     for server in &servers {
         let (host, port) = server
             .rsplit_once(':')
-            .ok_or_else(|| format!("`{server}` has no port; write `{server}:2181`"))?;
+            .ok_or_else(|| InvalidValue::NoPort((*server).to_owned()))?;
         if host.is_empty() || host.contains('/') {
-            return Err(format!("`{server}` has no valid host"));
+            return Err(InvalidValue::BadHost((*server).to_owned()));
         }
         port.parse::<u16>()
             .ok()
             .filter(|p| *p != 0)
-            .ok_or_else(|| format!("`{server}` has an invalid port `{port}`"))?;
+            .ok_or_else(|| InvalidValue::BadPort {
+                server: (*server).to_owned(),
+                port: port.to_owned(),
+            })?;
     }
     Ok(servers.join(","))
 }
 
 /// An absolute ZooKeeper path, not the root, without trailing slash.
-pub fn parse_zk_root(s: &str) -> Result<String, String> {
+pub fn parse_zk_root(s: &str) -> Result<String, InvalidValue> {
     let valid = s.starts_with('/')
         && s.len() > 1
         && !s.ends_with('/')
@@ -333,14 +392,12 @@ pub fn parse_zk_root(s: &str) -> Result<String, String> {
     if valid {
         Ok(s.to_owned())
     } else {
-        Err(format!(
-            "`{s}` is not an absolute ZooKeeper path like `/election/my-group`"
-        ))
+        Err(InvalidValue::BadZkRoot(s.to_owned()))
     }
 }
 
 /// A node id usable in logs, file contents and Kubernetes annotations.
-pub fn parse_node_id(s: &str) -> Result<String, String> {
+pub fn parse_node_id(s: &str) -> Result<String, InvalidValue> {
     let ok = !s.is_empty()
         && s.len() <= 253
         && s.chars()
@@ -348,20 +405,18 @@ pub fn parse_node_id(s: &str) -> Result<String, String> {
     if ok {
         Ok(s.to_owned())
     } else {
-        Err(format!(
-            "`{s}` must be 1-253 characters of letters, digits, `-`, `_` or `.`"
-        ))
+        Err(InvalidValue::BadNodeId(s.to_owned()))
     }
 }
 
 /// A directory path; refused when it exists and is not a directory.
-pub fn parse_file_dir(s: &str) -> Result<PathBuf, String> {
+pub fn parse_file_dir(s: &str) -> Result<PathBuf, InvalidValue> {
     if s.trim().is_empty() {
-        return Err("the path is empty".into());
+        return Err(InvalidValue::EmptyPath);
     }
     let path = PathBuf::from(s);
     match std::fs::metadata(&path) {
-        Ok(meta) if !meta.is_dir() => Err(format!("`{s}` exists and is not a directory")),
+        Ok(meta) if !meta.is_dir() => Err(InvalidValue::NotADirectory(s.to_owned())),
         _ => Ok(path),
     }
 }
@@ -402,31 +457,32 @@ impl clap::builder::TypedValueParser for CredentialsParser {
 
 /// A readable file holding at least one PEM block. The content is read
 /// again at every connect (rotation), this only catches a wrong path early.
-pub fn parse_pem_file(s: &str) -> Result<PathBuf, String> {
-    let text = std::fs::read_to_string(s).map_err(|e| format!("cannot read `{s}`: {e}"))?;
+pub fn parse_pem_file(s: &str) -> Result<PathBuf, InvalidValue> {
+    let text = std::fs::read_to_string(s).map_err(|source| InvalidValue::Unreadable {
+        path: s.to_owned(),
+        source,
+    })?;
     if !text.contains("-----BEGIN ") {
-        return Err(format!("`{s}` holds no PEM block (`-----BEGIN ...`)"));
+        return Err(InvalidValue::NoPem(s.to_owned()));
     }
     Ok(PathBuf::from(s))
 }
 
 /// A socket address, or `off`.
-pub fn parse_optional_addr(s: &str) -> Result<OptionalAddr, String> {
+pub fn parse_optional_addr(s: &str) -> Result<OptionalAddr, InvalidValue> {
     if s.eq_ignore_ascii_case("off") || s.is_empty() {
         return Ok(OptionalAddr(None));
     }
     s.parse::<SocketAddr>()
         .map(|a| OptionalAddr(Some(a)))
-        .map_err(|_| format!("`{s}` is not an address like `0.0.0.0:8080` (or `off`)"))
+        .map_err(|_| InvalidValue::BadAddr(s.to_owned()))
 }
 
 /// A loopback socket address, or `off`.
-pub fn parse_admin_addr(s: &str) -> Result<OptionalAddr, String> {
+pub fn parse_admin_addr(s: &str) -> Result<OptionalAddr, InvalidValue> {
     let addr = parse_optional_addr(s)?;
     match addr.0 {
-        Some(a) if !a.ip().is_loopback() => Err(format!(
-            "`{s}` is not a loopback address; the release endpoint must not be reachable from other hosts"
-        )),
+        Some(a) if !a.ip().is_loopback() => Err(InvalidValue::NotLoopback(s.to_owned())),
         _ => Ok(addr),
     }
 }
@@ -489,7 +545,7 @@ mod tests {
         assert_eq!(parse_zk_servers(" a:1 , b:2 ").unwrap(), "a:1,b:2");
         assert!(parse_zk_servers("").is_err());
         assert!(parse_zk_servers(" , ").is_err());
-        assert!(parse_zk_servers("zk").unwrap_err().contains("no port"));
+        assert!(matches!(parse_zk_servers("zk"), Err(InvalidValue::NoPort(s)) if s == "zk"));
         assert!(parse_zk_servers("zk:0").is_err());
         assert!(parse_zk_servers("zk:99999").is_err());
         assert!(parse_zk_servers("[::1]:2181").is_ok());
@@ -515,7 +571,8 @@ mod tests {
     fn file_dir_that_is_a_regular_file_is_refused() {
         let file = tempfile::NamedTempFile::new().unwrap();
         let err = parse_file_dir(file.path().to_str().unwrap()).unwrap_err();
-        assert!(err.contains("not a directory"));
+        assert!(matches!(err, InvalidValue::NotADirectory(_)), "{err}");
+        assert!(err.to_string().contains("not a directory"));
     }
 
     #[test]

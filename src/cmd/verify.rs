@@ -118,7 +118,11 @@ pub fn check(dir: &Path, max_gap: Option<Duration>) -> Result<Report, VerifyErro
         let record = std::fs::read(dir.join(&name))
             .map_err(|e| e.to_string())
             .and_then(|b| serde_json::from_slice::<LeaderRecord>(&b).map_err(|e| e.to_string()))
-            .and_then(|r| parse_time_ms(&r.written_at).map(|t| (r, t)));
+            .and_then(|r| {
+                parse_time_ms(&r.written_at)
+                    .map(|t| (r, t))
+                    .map_err(|e| format!("bad written_at: {e}"))
+            });
         match record {
             Err(error) => violations.push(Violation::BadContent { file: name, error }),
             Ok((r, _)) if r.token != key.token || r.seq != key.seq => {
@@ -178,10 +182,9 @@ pub fn check(dir: &Path, max_gap: Option<Duration>) -> Result<Report, VerifyErro
 }
 
 /// Parses an RFC 3339 time to unix milliseconds.
-pub fn parse_time_ms(s: &str) -> Result<i64, String> {
+pub fn parse_time_ms(s: &str) -> Result<i64, time::error::Parse> {
     time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
         .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
-        .map_err(|e| format!("bad written_at `{s}`: {e}"))
 }
 
 /// Renders a report for people.
