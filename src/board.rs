@@ -1,8 +1,7 @@
 //! What the daemon is doing right now, shared with the HTTP endpoints and
 //! the Pod labeller: a [`Status`] snapshot published through a watch channel
-//! and a set of [`Metrics`] counters.
+//! and the [`Metrics`] counters.
 
-use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -10,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use crate::machine::{Cause, Reason, State};
+use crate::metrics::Metrics;
 use crate::zk::ZkSession;
 use tokio::sync::{broadcast, watch};
 
@@ -119,43 +119,6 @@ pub fn unix_ms(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-/// Counters and gauges exposed on `/metrics`.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    /// Transitions by (from, to).
-    pub transitions: Mutex<BTreeMap<(StateName, StateName), u64>>,
-    /// Times this replica became leader.
-    pub leadership_acquisitions: AtomicU64,
-    /// Leader files written.
-    pub files_written: AtomicU64,
-    /// Failed leader file writes.
-    pub write_errors: AtomicU64,
-    /// Leader files deleted by retention.
-    pub files_pruned: AtomicU64,
-    /// Failed retention deletions or listings.
-    pub prune_errors: AtomicU64,
-    /// Writes skipped because leadership could not be confirmed.
-    pub writes_fenced: AtomicU64,
-    /// ZooKeeper session state changes seen, by state.
-    pub zk_session_events: Mutex<BTreeMap<String, u64>>,
-    /// Failed Pod patches.
-    pub kube_patch_errors: AtomicU64,
-    /// Successful Pod patches.
-    pub kube_patches: AtomicU64,
-    /// Connection attempts made in Init.
-    pub zk_connect_attempts: AtomicU64,
-    /// Kubernetes Events posted.
-    pub kube_events: AtomicU64,
-    /// Kubernetes Events that could not be posted.
-    pub kube_event_errors: AtomicU64,
-    /// Stale sibling leader labels corrected.
-    pub kube_stale_corrected: AtomicU64,
-    /// Lease mirror writes.
-    pub kube_lease_writes: AtomicU64,
-    /// Failed Lease mirror writes.
-    pub kube_lease_errors: AtomicU64,
-}
-
 /// One step of the state machine, as posted in a Kubernetes Event (the
 /// status channel only keeps the latest state; this keeps every step).
 #[derive(Debug, Clone, PartialEq)]
@@ -216,18 +179,7 @@ impl Board {
     /// [`Board::wrote_file`], [`Board::stopped`]).
     pub fn transition(&self, from: StateName, next: &State, why: Reason) {
         let to = next.name();
-        *self
-            .metrics
-            .transitions
-            .lock()
-            .unwrap()
-            .entry((from, to))
-            .or_default() += 1;
-        if to == StateName::Leader {
-            self.metrics
-                .leadership_acquisitions
-                .fetch_add(1, Ordering::Relaxed);
-        }
+        self.metrics.transition(from, to);
         let session = next.session();
         let session_id = session.map(ZkSession::id_hex);
         let znode = match next {
@@ -294,18 +246,12 @@ impl Board {
 
     /// Records a ZooKeeper session state change.
     pub fn zk_event(&self, state: &str) {
-        *self
-            .metrics
-            .zk_session_events
-            .lock()
-            .unwrap()
-            .entry(state.to_owned())
-            .or_default() += 1;
+        self.metrics.zk_event(state);
     }
 
     /// Records a successful write.
     pub fn wrote_file(&self) {
-        self.metrics.files_written.fetch_add(1, Ordering::Relaxed);
+        self.metrics.files_written.inc();
         *self.last_write.lock().unwrap() = Some(Instant::now());
         self.update(|s| s.last_write_ms = Some(unix_ms(SystemTime::now())));
     }
@@ -332,6 +278,7 @@ impl Board {
 mod tests {
     use super::*;
     use crate::machine::{Outcome, Recovery};
+    use crate::metrics::TransitionLabels;
 
     fn failover() -> State {
         State::Failover {
@@ -377,15 +324,12 @@ mod tests {
             },
             Cause::StopRequested.because("stop requested"),
         );
-        let counts = board.metrics.transitions.lock().unwrap();
-        assert_eq!(
-            counts.get(&(StateName::Leader, StateName::Failover)),
-            Some(&1)
-        );
-        assert_eq!(
-            counts.get(&(StateName::Failover, StateName::Stopping)),
-            Some(&1)
-        );
+        let count = |from, to| {
+            let labels = TransitionLabels { from, to };
+            board.metrics.transitions.get(&labels).map(|c| c.get())
+        };
+        assert_eq!(count(StateName::Leader, StateName::Failover), Some(1));
+        assert_eq!(count(StateName::Failover, StateName::Stopping), Some(1));
     }
 
     #[test]

@@ -14,9 +14,7 @@
 //! host's `net.ipv6.bindv6only`, so probes and scrapes work on IPv4-only,
 //! IPv6-only and dual-stack clusters; see [`bind`].
 
-use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::Router;
@@ -29,8 +27,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::board::StateName;
 use crate::machine::{Context, StopRequest};
+use crate::metrics;
 
 /// Running listeners.
 pub struct Servers {
@@ -178,184 +176,21 @@ async fn status(State(ctx): State<Context>) -> Response {
 
 async fn metrics(State(ctx): State<Context>) -> Response {
     (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
+        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
         render_metrics(&ctx),
     )
         .into_response()
 }
 
-/// Prometheus text exposition writer: one `# HELP`/`# TYPE` per family.
-struct Exposition(String);
-
-impl Exposition {
-    fn family(&mut self, name: &str, kind: &str, help: &str) -> &mut Self {
-        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        self
-    }
-
-    fn sample(&mut self, name: &str, labels: &str, value: impl std::fmt::Display) -> &mut Self {
-        let _ = writeln!(self.0, "{name}{labels} {value}");
-        self
-    }
-
-    fn counter(
-        &mut self,
-        name: &str,
-        help: &str,
-        value: &std::sync::atomic::AtomicU64,
-    ) -> &mut Self {
-        self.family(name, "counter", help)
-            .sample(name, "", value.load(Ordering::Relaxed))
-    }
-}
-
-/// Renders the Prometheus text exposition.
+/// Renders the Prometheus text exposition (see [`metrics::CONTENT_TYPE`]).
 pub fn render_metrics(ctx: &Context) -> String {
     let b = &ctx.board;
-    let m = &b.metrics;
     let s = b.status();
-    let mut e = Exposition(String::new());
-    e.family("election_build_info", "gauge", "Build information.")
-        .sample(
-            "election_build_info",
-            &format!("{{version=\"{}\"}}", env!("CARGO_PKG_VERSION")),
-            1,
-        );
-    e.family(
-        "election_state",
-        "gauge",
-        "Current state of this replica (1 for the current state).",
-    );
-    for st in StateName::ALL {
-        e.sample(
-            "election_state",
-            &format!("{{state=\"{st}\"}}"),
-            u8::from(s.state == st),
-        );
-    }
-    e.family("election_is_leader", "gauge", "1 while this replica leads.")
-        .sample(
-            "election_is_leader",
-            "",
-            u8::from(s.state == StateName::Leader),
-        );
-    e.family(
-        "election_transitions_total",
-        "counter",
-        "State transitions by source and target state.",
-    );
-    for ((from, to), n) in m.transitions.lock().unwrap().iter() {
-        e.sample(
-            "election_transitions_total",
-            &format!("{{from=\"{from}\",to=\"{to}\"}}"),
-            n,
-        );
-    }
-    e.counter(
-        "election_leadership_acquisitions_total",
-        "Times this replica became leader.",
-        &m.leadership_acquisitions,
-    )
-    .counter(
-        "election_files_written_total",
-        "Leader files written.",
-        &m.files_written,
-    )
-    .counter(
-        "election_write_errors_total",
-        "Failed leader file writes.",
-        &m.write_errors,
-    )
-    .counter(
-        "election_writes_fenced_total",
-        "Writes skipped because leadership was not confirmed.",
-        &m.writes_fenced,
-    )
-    .counter(
-        "election_files_pruned_total",
-        "Leader files deleted by retention.",
-        &m.files_pruned,
-    )
-    .counter(
-        "election_prune_errors_total",
-        "Failed retention runs.",
-        &m.prune_errors,
-    )
-    .counter(
-        "election_zk_connect_attempts_total",
-        "ZooKeeper session establishment attempts.",
-        &m.zk_connect_attempts,
-    )
-    .counter(
-        "election_kube_patches_total",
-        "Successful patches of this Pod.",
-        &m.kube_patches,
-    )
-    .counter(
-        "election_kube_patch_errors_total",
-        "Failed patches of this Pod.",
-        &m.kube_patch_errors,
-    )
-    .counter(
-        "election_kube_events_total",
-        "Kubernetes Events posted.",
-        &m.kube_events,
-    )
-    .counter(
-        "election_kube_event_errors_total",
-        "Kubernetes Events that could not be posted.",
-        &m.kube_event_errors,
-    )
-    .counter(
-        "election_kube_stale_labels_corrected_total",
-        "Stale sibling leader labels relabelled stale.",
-        &m.kube_stale_corrected,
-    )
-    .counter(
-        "election_kube_lease_writes_total",
-        "Writes of the Lease mirror.",
-        &m.kube_lease_writes,
-    )
-    .counter(
-        "election_kube_lease_errors_total",
-        "Failed writes of the Lease mirror.",
-        &m.kube_lease_errors,
-    );
-    e.family(
-        "election_zk_session_events_total",
-        "counter",
-        "ZooKeeper session state changes by state.",
-    );
-    for (state, n) in m.zk_session_events.lock().unwrap().iter() {
-        e.sample(
-            "election_zk_session_events_total",
-            &format!("{{state=\"{state}\"}}"),
-            n,
-        );
-    }
-    let since = b
-        .since_last_write()
-        .map(|d| format!("{:.3}", d.as_secs_f64()));
-    e.family(
-        "election_seconds_since_last_write",
-        "gauge",
-        "Seconds since this replica last wrote a file (NaN if never).",
-    )
-    .sample(
-        "election_seconds_since_last_write",
-        "",
-        since.as_deref().unwrap_or("NaN"),
-    );
-    e.family(
-        "election_fencing_token",
-        "gauge",
-        "Fencing token of the current leadership (0 when not leading).",
-    )
-    .sample("election_fencing_token", "", s.token.unwrap_or(0));
-    e.0
+    b.metrics.encode(&metrics::Now {
+        state: s.state,
+        token: s.token,
+        since_last_write: b.since_last_write(),
+    })
 }
 
 #[derive(Debug, Deserialize)]

@@ -3,8 +3,9 @@
 //! The binary parses flags ([`config`]) and runs a subcommand from [`cmd`];
 //! the state machine lives in [`machine`] with one module per state in
 //! [`states`]. [`board`] holds what the daemon publishes (the status
-//! snapshot, metrics, heartbeat); [`http`] and [`k8s`] serve it. Leader files
-//! follow the contract in [`files`]; [`zk`] holds the ZooKeeper recipe.
+//! snapshot, the [`metrics`], heartbeat); [`http`] and [`k8s`] serve it.
+//! Leader files follow the contract in [`files`]; [`zk`] holds the
+//! ZooKeeper recipe.
 
 pub mod board;
 pub mod cmd;
@@ -14,6 +15,7 @@ pub mod http;
 pub mod k8s;
 pub mod lease;
 pub mod machine;
+pub mod metrics;
 pub mod states;
 pub mod telemetry;
 pub mod zk;

@@ -13,7 +13,6 @@
 //! `leader` (node id of the leader as last seen), `fencing-token` (while
 //! leading), `cause` (reason of the last transition).
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
@@ -109,20 +108,14 @@ async fn run(
             loop {
                 match apply(&mut api, &namespace, &name, &patch).await {
                     Ok(()) => {
-                        ctx.board
-                            .metrics
-                            .kube_patches
-                            .fetch_add(1, Ordering::Relaxed);
+                        ctx.board.metrics.kube_patches.inc();
                         debug!(pod = %name, state = %status.state, "pod labelled");
                         last_sent = Some(patch);
                         patched.send_replace(Some(status.state));
                         break;
                     }
                     Err(e) => {
-                        ctx.board
-                            .metrics
-                            .kube_patch_errors
-                            .fetch_add(1, Ordering::Relaxed);
+                        ctx.board.metrics.kube_patch_errors.inc();
                         warn!(pod = %name, error = %e, retry_in = ?pause, "cannot label pod");
                         // Wait out the pause, unless a different patch is
                         // due first: the latest state replaces the one we

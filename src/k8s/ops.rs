@@ -25,7 +25,6 @@
 //!   every [`LEASE_RENEW`]. A read-only mirror for tools: nothing in the
 //!   election reads it.
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
@@ -176,17 +175,11 @@ async fn events(ctx: Context, pod: PodRef, handled: watch::Sender<Option<StateNa
         // Best effort, one attempt: a late Event tells a wrong story.
         match post(&mut api, &pod.namespace, &ev).await {
             Ok(()) => {
-                ctx.board
-                    .metrics
-                    .kube_events
-                    .fetch_add(1, Ordering::Relaxed);
+                ctx.board.metrics.kube_events.inc();
                 debug!(reason, "event posted");
             }
             Err(e) => {
-                ctx.board
-                    .metrics
-                    .kube_event_errors
-                    .fetch_add(1, Ordering::Relaxed);
+                ctx.board.metrics.kube_event_errors.inc();
                 warn!(reason, error = %e, "cannot post event");
             }
         }
@@ -287,10 +280,7 @@ async fn correct(
         let (params, patch) = (PatchParams::default(), Patch::Merge(&patch));
         match bounded("patch", pods.patch(&name, &params, &patch)).await {
             Ok(_) => {
-                ctx.board
-                    .metrics
-                    .kube_stale_corrected
-                    .fetch_add(1, Ordering::Relaxed);
+                ctx.board.metrics.kube_stale_corrected.inc();
                 info!(sibling = %name, since = ?claim, "relabelled a stale leader label");
                 let regarding = PodRef {
                     name: name.clone(),
@@ -350,17 +340,11 @@ async fn mirror(ctx: Context, pod: PodRef, name: String) {
         }
         match renew(&mut api, &pod, &name).await {
             Ok(()) => {
-                ctx.board
-                    .metrics
-                    .kube_lease_writes
-                    .fetch_add(1, Ordering::Relaxed);
+                ctx.board.metrics.kube_lease_writes.inc();
                 debug!(lease = %name, "lease mirror renewed");
             }
             Err(e) => {
-                ctx.board
-                    .metrics
-                    .kube_lease_errors
-                    .fetch_add(1, Ordering::Relaxed);
+                ctx.board.metrics.kube_lease_errors.inc();
                 warn!(lease = %name, error = %e, "cannot write the lease mirror");
             }
         }

@@ -5,8 +5,6 @@
 //! created). Success leads to Attempter, any failure to Failover, a stop
 //! request to Stopping.
 
-use std::sync::atomic::Ordering;
-
 use tracing::{info, warn};
 
 use crate::files;
@@ -53,10 +51,7 @@ pub async fn run(ctx: &Context, recovery: Recovery) -> Step {
         return Step::failover(None, recovery, Cause::FileDirError.because(why));
     }
 
-    ctx.board
-        .metrics
-        .zk_connect_attempts
-        .fetch_add(1, Ordering::Relaxed);
+    ctx.board.metrics.zk_connect_attempts.inc();
     let cfg = &ctx.cfg;
     let security = cfg.zk_security.security();
     let connect = ZkSession::connect(

@@ -475,11 +475,7 @@ impl Leader<'_> {
             None => {}
         }
         if !self.live.is_connected() {
-            self.ctx
-                .board
-                .metrics
-                .writes_fenced
-                .fetch_add(1, Ordering::Relaxed);
+            self.ctx.board.metrics.writes_fenced.inc();
             warn!("skipping write: suspended");
             return None;
         }
@@ -489,11 +485,7 @@ impl Leader<'_> {
                 return Some(Exit::Attempter(Cause::LeadershipLost.because(why)));
             }
             Confirm::Unknown(why) => {
-                self.ctx
-                    .board
-                    .metrics
-                    .writes_fenced
-                    .fetch_add(1, Ordering::Relaxed);
+                self.ctx.board.metrics.writes_fenced.inc();
                 return self.failed(&format!("leadership not confirmed: {why}"));
             }
         }
@@ -556,11 +548,7 @@ impl Leader<'_> {
         let result = match end {
             WriteEnd::Overdue => {
                 w.overdue = true;
-                self.ctx
-                    .board
-                    .metrics
-                    .write_errors
-                    .fetch_add(1, Ordering::Relaxed);
+                self.ctx.board.metrics.write_errors.inc();
                 return self.failed("the write did not finish within the lease");
             }
             WriteEnd::Done(r) => {
@@ -592,19 +580,11 @@ impl Leader<'_> {
             }
             Err(_) if late => None,
             Err(e) if e.is_fenced() => {
-                self.ctx
-                    .board
-                    .metrics
-                    .writes_fenced
-                    .fetch_add(1, Ordering::Relaxed);
+                self.ctx.board.metrics.writes_fenced.inc();
                 self.failed(&format!("write discarded at the commit point: {e}"))
             }
             Err(e) => {
-                self.ctx
-                    .board
-                    .metrics
-                    .write_errors
-                    .fetch_add(1, Ordering::Relaxed);
+                self.ctx.board.metrics.write_errors.inc();
                 self.failed(&e.to_string())
             }
         }
@@ -655,12 +635,9 @@ impl Leader<'_> {
         let pruning = self.pruning.clone();
         tokio::task::spawn_blocking(move || {
             let (deleted, err) = files::prune(&dir, capacity, token);
-            board
-                .metrics
-                .files_pruned
-                .fetch_add(deleted as u64, Ordering::Relaxed);
+            board.metrics.files_pruned.inc_by(deleted as u64);
             if let Some(e) = err {
-                board.metrics.prune_errors.fetch_add(1, Ordering::Relaxed);
+                board.metrics.prune_errors.inc();
                 warn!(error = %e, "retention failed");
             }
             pruning.store(false, Ordering::SeqCst);
