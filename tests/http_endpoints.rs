@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -15,6 +15,8 @@ use common::proxy::{FaultProxy, Mode};
 use common::replica::Replica;
 use common::zk::ZkCluster;
 use common::{free_port, wait_until};
+use openmetrics_parser::prometheus::parse_prometheus;
+use openmetrics_parser::{MetricsExposition, PrometheusType, PrometheusValue};
 use serde_json::Value;
 
 /// Poll interval of every wait.
@@ -147,183 +149,62 @@ fn readiness_follows_the_zookeeper_session_and_a_candidate_is_ready_too() {
     g.assert_invariants();
 }
 
-/// The samples of one metric family.
-type Family = Vec<(BTreeMap<String, String>, f64)>;
+/// A parsed `/metrics` answer.
+type Exposition = MetricsExposition<PrometheusType, PrometheusValue>;
 
-/// A strict reader of the Prometheus text exposition format 0.0.4: every
-/// sample belongs to a family announced by `# TYPE` before it, the lines
-/// of a family are contiguous, names and label names are valid, label
-/// values are quoted strings with `\\`, `\"`, `\n` escapes, no series
-/// repeats, counters end with `_total`, values are floats (`NaN`, `+Inf`,
-/// `-Inf` included). Returns the samples by family.
-fn parse_exposition(text: &str) -> Result<BTreeMap<String, Family>, String> {
-    fn valid_name(n: &str) -> bool {
-        let mut chars = n.chars();
-        chars
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
-            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+/// Reads `text` with a strict parser of the Prometheus text format 0.0.4
+/// (a grammar: valid names, quoted and escaped label values, float values;
+/// at most one HELP and TYPE per family, before its samples; the lines of a
+/// family contiguous; no series repeated; one label set per family), plus
+/// what the format leaves to conventions: every sample belongs to a family
+/// announced by `# TYPE`, and counters end with `_total`.
+fn parse_exposition(text: &str) -> Exposition {
+    let exposition = parse_prometheus(text).unwrap_or_else(|e| panic!("{e:?}\n{text}"));
+    for (name, family) in &exposition.families {
+        match family.family_type {
+            PrometheusType::Unknown => panic!("{name} has no TYPE\n{text}"),
+            PrometheusType::Counter => assert!(name.ends_with("_total"), "{name}\n{text}"),
+            _ => {}
+        }
     }
-    fn valid_label(n: &str) -> bool {
-        valid_name(n) && !n.contains(':') && !n.starts_with("__")
-    }
-    let mut types: BTreeMap<String, String> = BTreeMap::new();
-    let mut helps: BTreeSet<String> = BTreeSet::new();
-    let mut families: BTreeMap<String, Family> = BTreeMap::new();
-    let mut series_seen: BTreeSet<String> = BTreeSet::new();
-    let mut current: Option<String> = None;
-    for (n, line) in text.lines().enumerate() {
-        let err = |what: &str| format!("line {}: {what}: {line:?}", n + 1);
-        if line.is_empty() {
-            continue;
-        }
-        if let Some(comment) = line.strip_prefix('#') {
-            let words: Vec<&str> = comment.trim_start().splitn(3, ' ').collect();
-            match words[..] {
-                ["TYPE", name, kind] => {
-                    if !valid_name(name) {
-                        return Err(err("bad family name"));
-                    }
-                    if !["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind) {
-                        return Err(err("unknown type"));
-                    }
-                    if families.contains_key(name) {
-                        return Err(err("TYPE after samples of its family"));
-                    }
-                    if types.insert(name.into(), kind.into()).is_some() {
-                        return Err(err("second TYPE for a family"));
-                    }
-                    current = Some(name.into());
-                }
-                ["HELP", name, _] | ["HELP", name]
-                    if !valid_name(name) || !helps.insert(name.into()) =>
-                {
-                    return Err(err("bad or repeated HELP"));
-                }
-                ["HELP", _, _] | ["HELP", _] => {}
-                ["TYPE", ..] | ["HELP", ..] => return Err(err("malformed TYPE/HELP")),
-                _ => {} // a plain comment
-            }
-            continue;
-        }
-        let (name, rest) = match line.find(['{', ' ']) {
-            Some(i) => line.split_at(i),
-            None => return Err(err("sample without a value")),
-        };
-        if !valid_name(name) {
-            return Err(err("bad metric name"));
-        }
-        let mut labels = BTreeMap::new();
-        let rest = if let Some(mut inner) = rest.strip_prefix('{') {
-            loop {
-                inner = inner.trim_start_matches([' ', ',']);
-                if let Some(after) = inner.strip_prefix('}') {
-                    break after;
-                }
-                let (key, after) = inner
-                    .split_once('=')
-                    .ok_or_else(|| err("label without ="))?;
-                let key = key.trim();
-                if !valid_label(key) {
-                    return Err(err("bad label name"));
-                }
-                let after = after
-                    .strip_prefix('"')
-                    .ok_or_else(|| err("unquoted label value"))?;
-                let mut value = String::new();
-                let mut chars = after.char_indices();
-                let end = loop {
-                    match chars.next() {
-                        Some((i, '"')) => break i,
-                        Some((_, '\\')) => match chars.next() {
-                            Some((_, 'n')) => value.push('\n'),
-                            Some((_, c @ ('\\' | '"'))) => value.push(c),
-                            _ => return Err(err("bad escape in a label value")),
-                        },
-                        Some((_, c)) => value.push(c),
-                        None => return Err(err("unterminated label value")),
-                    }
-                };
-                if labels.insert(key.to_owned(), value).is_some() {
-                    return Err(err("repeated label"));
-                }
-                inner = &after[end + 1..];
-                if !(inner.starts_with(',') || inner.starts_with('}')) {
-                    return Err(err("junk after a label value"));
-                }
-            }
-        } else {
-            rest
-        };
-        let mut fields = rest.split_whitespace();
-        let value = fields.next().ok_or_else(|| err("no value"))?;
-        if let Some(timestamp) = fields.next() {
-            timestamp.parse::<i64>().map_err(|_| err("bad timestamp"))?;
-        }
-        if fields.next().is_some() || !rest.starts_with(' ') {
-            return Err(err("junk around the value"));
-        }
-        let value: f64 = match value {
-            "NaN" => f64::NAN,
-            "+Inf" => f64::INFINITY,
-            "-Inf" => f64::NEG_INFINITY,
-            v => v.parse().map_err(|_| err("value is not a float"))?,
-        };
-        let kind = types
-            .get(name)
-            .ok_or_else(|| err("sample before its TYPE"))?;
-        if current.as_deref() != Some(name) {
-            return Err(err("family lines not contiguous"));
-        }
-        if kind == "counter" && !name.ends_with("_total") {
-            return Err(err("counter name without _total"));
-        }
-        if !series_seen.insert(format!("{name}{labels:?}")) {
-            return Err(err("series repeated"));
-        }
-        families
-            .entry(name.into())
-            .or_default()
-            .push((labels, value));
-    }
-    Ok(families)
+    exposition
+}
+
+/// The type of family `name`, if served.
+fn family_type(m: &Exposition, name: &str) -> Option<PrometheusType> {
+    m.families.get(name).map(|f| f.family_type.clone())
+}
+
+/// The label sets and values of the samples of family `name`.
+fn samples(m: &Exposition, name: &str) -> Vec<(BTreeMap<String, String>, f64)> {
+    let Some(family) = m.families.get(name) else {
+        return Vec::new();
+    };
+    family
+        .iter_samples()
+        .map(|s| {
+            let labels = s.get_labelset().expect("a parsed sample has label names");
+            let labels = labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            let value = match &s.value {
+                PrometheusValue::Counter(c) => c.value.as_f64(),
+                PrometheusValue::Gauge(n) | PrometheusValue::Unknown(n) => n.as_f64(),
+                other => panic!("{name}: unexpected {other:?}"),
+            };
+            (labels, value)
+        })
+        .collect()
 }
 
 /// The one sample of family `name` with exactly `labels`.
-fn sample(families: &BTreeMap<String, Family>, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+fn sample(m: &Exposition, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     let want: BTreeMap<String, String> = labels
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    families
-        .get(name)?
-        .iter()
+    samples(m, name)
+        .into_iter()
         .find(|(l, _)| *l == want)
-        .map(|(_, v)| *v)
-}
-
-#[test]
-fn the_exposition_checker_rejects_malformed_text() {
-    let good = "# HELP a_total A.\n# TYPE a_total counter\na_total{x=\"1\",y=\"q\\\"\"} 3\n# TYPE b gauge\nb NaN\n";
-    let parsed = parse_exposition(good).unwrap();
-    assert_eq!(
-        sample(&parsed, "a_total", &[("x", "1"), ("y", "q\"")]),
-        Some(3.0)
-    );
-    assert!(sample(&parsed, "b", &[]).unwrap().is_nan());
-    for bad in [
-        "a 1\n",                                        // no TYPE
-        "# TYPE a counter\na 1\n",                      // counter without _total
-        "# TYPE a gauge\na one\n",                      // not a float
-        "# TYPE a gauge\na{x=1} 1\n",                   // unquoted label value
-        "# TYPE a gauge\na{x=\"1\"} 1\na{x=\"1\"} 2\n", // repeated series
-        "# TYPE a gauge\n# TYPE b gauge\nb 1\na 1\n",   // not contiguous
-        "# TYPE 1a gauge\n1a 1\n",                      // bad name
-        "# TYPE a gauge\na{x=\"1\"}1\n",                // no space before the value
-        "# TYPE a wrong\na 1\n",                        // unknown type
-    ] {
-        assert!(parse_exposition(bad).is_err(), "accepted {bad:?}");
-    }
+        .map(|(_, v)| v)
 }
 
 #[test]
@@ -342,27 +223,40 @@ fn metrics_are_valid_prometheus_text_with_every_required_family() {
         content_type.starts_with("text/plain; version=0.0.4"),
         "{content_type}"
     );
-    let m = parse_exposition(&answer.body).unwrap_or_else(|e| panic!("{e}\n{}", answer.body));
-    // And every required family is there
-    for family in [
-        "election_state",
-        "election_transitions_total",
-        "election_leadership_acquisitions_total",
-        "election_files_written_total",
-        "election_write_errors_total",
-        "election_prune_errors_total",
-        "election_zk_session_events_total",
-        "election_seconds_since_last_write",
-        "election_kube_patch_errors_total",
+    let m = parse_exposition(&answer.body);
+    // And every required family is there, with its type
+    for (family, kind) in [
+        ("election_build_info", PrometheusType::Gauge),
+        ("election_state", PrometheusType::Gauge),
+        ("election_is_leader", PrometheusType::Gauge),
+        ("election_transitions_total", PrometheusType::Counter),
+        (
+            "election_leadership_acquisitions_total",
+            PrometheusType::Counter,
+        ),
+        ("election_files_written_total", PrometheusType::Counter),
+        ("election_write_errors_total", PrometheusType::Counter),
+        ("election_writes_fenced_total", PrometheusType::Counter),
+        ("election_prune_errors_total", PrometheusType::Counter),
+        (
+            "election_zk_connect_attempts_total",
+            PrometheusType::Counter,
+        ),
+        ("election_zk_session_events_total", PrometheusType::Counter),
+        ("election_seconds_since_last_write", PrometheusType::Gauge),
+        ("election_kube_patches_total", PrometheusType::Counter),
+        ("election_kube_patch_errors_total", PrometheusType::Counter),
+        ("election_fencing_token", PrometheusType::Gauge),
     ] {
-        assert!(
-            m.contains_key(family),
-            "{family} missing in\n{}",
+        assert_eq!(
+            family_type(&m, family),
+            Some(kind),
+            "{family} in\n{}",
             answer.body
         );
     }
     // And the values say: leader, one leadership, files written, no errors
-    let states = &m["election_state"];
+    let states = samples(&m, "election_state");
     assert_eq!(states.len(), 5, "{states:?}");
     for state in ["init", "attempter", "leader", "failover", "stopping"] {
         let expected = if state == "leader" { 1.0 } else { 0.0 };
@@ -372,7 +266,7 @@ fn metrics_are_valid_prometheus_text_with_every_required_family() {
             "{state}"
         );
     }
-    let transition = |m: &BTreeMap<String, Family>, from, to| {
+    let transition = |m: &Exposition, from, to| {
         sample(
             m,
             "election_transitions_total",
@@ -396,21 +290,26 @@ fn metrics_are_valid_prometheus_text_with_every_required_family() {
         sample(&m, "election_kube_patch_errors_total", &[]),
         Some(0.0)
     );
+    let session_events = samples(&m, "election_zk_session_events_total");
     assert!(
-        m["election_zk_session_events_total"]
+        session_events
             .iter()
             .all(|(l, v)| l.contains_key("state") && *v >= 1.0),
-        "{:?}",
-        m["election_zk_session_events_total"]
+        "{session_events:?}"
     );
-    assert!(!m["election_zk_session_events_total"].is_empty());
+    assert!(!session_events.is_empty());
     let since = sample(&m, "election_seconds_since_last_write", &[]).unwrap();
     assert!((0.0..60.0).contains(&since), "{since}");
+    assert_eq!(sample(&m, "election_is_leader", &[]), Some(1.0));
+    assert!(sample(&m, "election_fencing_token", &[]).is_some_and(|t| t > 0.0));
+    let version = [("version", env!("CARGO_PKG_VERSION"))];
+    assert_eq!(sample(&m, "election_build_info", &version), Some(1.0));
 
     // When the candidate's /metrics is scraped
     let body = get(h1, "/metrics").body;
-    let m1 = parse_exposition(&body).unwrap_or_else(|e| panic!("{e}\n{body}"));
-    // Then it has never written: NaN seconds since its last write
+    let m1 = parse_exposition(&body);
+    // Then it has never written (NaN seconds since its last write) and
+    // holds no fencing token
     assert_eq!(
         sample(&m1, "election_state", &[("state", "attempter")]),
         Some(1.0)
@@ -424,6 +323,8 @@ fn metrics_are_valid_prometheus_text_with_every_required_family() {
         sample(&m1, "election_leadership_acquisitions_total", &[]),
         Some(0.0)
     );
+    assert_eq!(sample(&m1, "election_is_leader", &[]), Some(0.0));
+    assert_eq!(sample(&m1, "election_fencing_token", &[]), Some(0.0));
     g.stop_all();
     g.assert_invariants();
 }
