@@ -95,11 +95,19 @@ fn show(cmd: &Command) -> String {
         .get_envs()
         .filter(|(k, _)| *k != "GOTOOLCHAIN")
         .filter_map(|(k, v)| Some(format!("{}={}", k.to_str()?, v?.to_str()?)));
-    // `cargo`, not the toolchain path of $CARGO.
+    // `cargo`, not the toolchain path of $CARGO; paths in the repository
+    // relative to its root.
     let program = Path::new(cmd.get_program());
-    let program = program.file_name().unwrap_or(program.as_os_str());
-    let words = std::iter::once(program).chain(cmd.get_args());
-    envs.chain(words.map(|w| w.to_string_lossy().into_owned()))
+    let program = if std::env::var_os("CARGO").is_some_and(|c| c == program) {
+        "cargo".into()
+    } else {
+        program
+            .strip_prefix(root())
+            .unwrap_or(program)
+            .to_string_lossy()
+    };
+    let args = cmd.get_args().map(|a| a.to_string_lossy());
+    envs.chain(std::iter::once(program).chain(args).map(|w| w.into_owned()))
         .collect::<Vec<_>>()
         .join(" ")
 }
