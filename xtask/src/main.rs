@@ -6,7 +6,7 @@
 mod cmd;
 mod tools;
 
-use std::process::ExitCode;
+use std::process::{Command, ExitCode};
 
 use anyhow::{Result, bail};
 
@@ -22,12 +22,18 @@ cargo xtask <task>: the project's tasks
                      nftables, iproute2), the Go tools built from hack/tools/
                      (scripts/build-go-tools.sh), the Python linters
                      (hack/tools/python/requirements.txt) into .tools/venv
-  chart              static checks of the chart, manifests/, Dockerfile and
-                     scripts (scripts/check-chart.sh, after `tools`)
+  chart              static checks of the chart, manifests/, the chart README,
+                     links, Dockerfile and scripts (scripts/check-chart.sh,
+                     after `tools`)
   alerts             promtool checks and unit tests of the chart's alerts and
                      dashboard (scripts/check-alerts.sh; `chart` runs it too)
   manifests          re-render manifests/ from the chart
                      (scripts/render-manifests.sh); commit the result
+  helm-docs          regenerate charts/election/README.md from its
+                     README.md.gotmpl and values.yaml (scripts/helm-docs.sh);
+                     commit the result
+  links              check the relative links of README.md, docs/ and the chart
+                     README (scripts/check-links.py; `chart` runs it too)
   rust-tests         unit and integration tests on real ZooKeeper servers
                      (cargo nextest when installed, else cargo test); as root
                      also the #[ignore]d fault-injection tests
@@ -75,6 +81,8 @@ fn dispatch(args: &[String]) -> Result<()> {
         "chart" => no_args().and_then(|()| chart()),
         "alerts" => no_args().and_then(|()| alerts()),
         "manifests" => no_args().and_then(|()| manifests()),
+        "helm-docs" => no_args().and_then(|()| helm_docs()),
+        "links" => no_args().and_then(|()| links()),
         "rust-tests" => no_args().and_then(|()| rust_tests()),
         "e2e" => e2e(&helm_majors(rest)?),
         "bench" => bench(rest),
@@ -114,6 +122,17 @@ fn alerts() -> Result<()> {
 fn manifests() -> Result<()> {
     tools::go(&["helm4"])?;
     run(&mut script("render-manifests.sh"))
+}
+
+fn helm_docs() -> Result<()> {
+    tools::go(&["helm-docs"])?;
+    run(&mut script("helm-docs.sh"))
+}
+
+fn links() -> Result<()> {
+    let mut cmd = Command::new("python3");
+    cmd.arg("scripts/check-links.py").current_dir(cmd::root());
+    run(&mut cmd)
 }
 
 /// The Rust tests. Those that need root (strace fault injection, tmpfs

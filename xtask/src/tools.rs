@@ -7,7 +7,7 @@
 //!   and curl; as root also strace, nftables and iproute2 for the
 //!   fault-injection tests.
 //! - The Go tools (helm 3 and 4, kubectl, the control plane, etcd, kwok,
-//!   promtool), built from the modules pinned under hack/tools/ by
+//!   promtool, helm-docs), built from the modules pinned under hack/tools/ by
 //!   scripts/build-go-tools.sh into .tools/go/.
 //! - The Python tools of the chart checks, pinned in
 //!   hack/tools/python/requirements.txt, into .tools/venv/.
