@@ -18,12 +18,18 @@ WORKDIR /build
 
 # 1. Dependencies only, against placeholder src/lib.rs and src/main.rs.
 #    The benches are declared in Cargo.toml, so cargo needs their sources to
-#    read the manifest (it does not build them).
+#    read the manifest (it does not build them); likewise the manifest of the
+#    workspace's other member, the task menu xtask/ (a placeholder main: it
+#    is not built either). vendor/: the patched zookeeper-client
+#    ([patch.crates-io]).
 COPY Cargo.toml Cargo.lock ./
 COPY benches ./benches
-RUN mkdir src \
+COPY vendor/zookeeper-client ./vendor/zookeeper-client
+COPY xtask/Cargo.toml ./xtask/
+RUN mkdir src xtask/src \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs \
+    && echo 'fn main() {}' > xtask/src/main.rs \
     && cargo build --release --locked \
     && rm -rf src target/release/election target/release/deps/election-* \
         target/release/deps/libelection-* target/release/.fingerprint/election-*

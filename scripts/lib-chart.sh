@@ -22,7 +22,7 @@ any_helm() {
   local h
   h=$(helm_of 4)
   [[ -n "$h" ]] || h=$(helm_of 3)
-  [[ -n "$h" ]] || { echo "helm not found: run scripts/install-tools.sh or install helm" >&2; return 1; }
+  [[ -n "$h" ]] || { echo "helm not found: run 'cargo xtask tools' or install helm" >&2; return 1; }
   echo "$h"
 }
 

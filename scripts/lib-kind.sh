@@ -22,7 +22,7 @@ require() { # commands...
   local missing=()
   for c in "$@"; do command -v "$c" >/dev/null || missing+=("$c"); done
   if ((${#missing[@]})); then
-    log "missing: ${missing[*]} (needs docker, kind, kubectl and helm; helm also from scripts/install-tools.sh)"
+    log "missing: ${missing[*]} (needs docker, kind, kubectl and helm; helm also from 'cargo xtask tools')"
     exit 1
   fi
 }

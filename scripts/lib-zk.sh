@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Shared helpers for the local scripts: find or install ZooKeeper, start a
-# standalone server in a directory, wait until it answers.
+# standalone server in a directory, wait until it answers. `cargo xtask
+# tools` installs ZooKeeper through ensure_zookeeper too.
 # Sourced, not run.
 
 # Prints the Java classpath of a ZooKeeper install, or nothing.
@@ -25,21 +26,6 @@ ensure_zookeeper() {
   [[ $(id -u) -ne 0 ]] && sudo="sudo"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq zookeeper >/dev/null
-}
-
-# As root, installs what the fault-injection tests use when missing:
-# strace (syscall delays), nftables and iproute2 (firewall rules, network
-# namespaces). Not root: nothing to do, those tests are reported as ignored.
-ensure_fault_tools() {
-  [[ $(id -u) -eq 0 ]] || return 0
-  local missing=()
-  command -v strace >/dev/null || missing+=(strace)
-  command -v nft >/dev/null || missing+=(nftables)
-  command -v ip >/dev/null || missing+=(iproute2)
-  [[ ${#missing[@]} -eq 0 ]] && return
-  echo ">> installing ${missing[*]} for the fault-injection tests" >&2
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
 # Asks a four-letter word; prints the answer.
