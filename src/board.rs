@@ -1,5 +1,5 @@
 //! What the daemon is doing right now, shared with the HTTP endpoints and
-//! the Pod labeller: a [`Status`] snapshot published through a watch channel
+//! the Pod labeller: a [`Snapshot`] of its status published through a watch channel
 //! and the [`Metrics`] counters.
 
 use std::sync::Mutex;
@@ -59,7 +59,7 @@ impl std::fmt::Display for StateName {
 
 /// A snapshot of the daemon, served as `/status` and mirrored on the Pod.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Status {
+pub struct Snapshot {
     /// This replica's id.
     pub node_id: String,
     /// Current state.
@@ -88,9 +88,9 @@ pub struct Status {
     pub release_done: bool,
 }
 
-impl Status {
-    fn new(node_id: &str) -> Status {
-        Status {
+impl Snapshot {
+    fn new(node_id: &str) -> Snapshot {
+        Snapshot {
             node_id: node_id.to_owned(),
             state: StateName::Init,
             since_ms: unix_ms(SystemTime::now()),
@@ -134,7 +134,7 @@ pub struct Transition {
 /// The status channel, the metrics and the liveness heartbeat.
 #[derive(Debug)]
 pub struct Board {
-    status: watch::Sender<Status>,
+    status: watch::Sender<Snapshot>,
     transitions: broadcast::Sender<Transition>,
     /// Counters.
     pub metrics: Metrics,
@@ -147,7 +147,7 @@ impl Board {
     /// A board for replica `node_id`, in Init.
     pub fn new(node_id: &str) -> Board {
         Board {
-            status: watch::channel(Status::new(node_id)).0,
+            status: watch::channel(Snapshot::new(node_id)).0,
             // Bounded: a follower that falls behind skips steps (Lagged).
             transitions: broadcast::channel(32).0,
             metrics: Metrics::default(),
@@ -158,12 +158,12 @@ impl Board {
     }
 
     /// Current snapshot.
-    pub fn status(&self) -> Status {
+    pub fn status(&self) -> Snapshot {
         self.status.borrow().clone()
     }
 
     /// Follow status changes.
-    pub fn subscribe(&self) -> watch::Receiver<Status> {
+    pub fn subscribe(&self) -> watch::Receiver<Snapshot> {
         self.status.subscribe()
     }
 
@@ -205,7 +205,7 @@ impl Board {
         self.beat();
     }
 
-    fn update(&self, f: impl FnOnce(&mut Status)) {
+    fn update(&self, f: impl FnOnce(&mut Snapshot)) {
         self.status.send_if_modified(|s| {
             let before = s.clone();
             f(s);

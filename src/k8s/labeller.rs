@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use super::KubeError;
-use crate::board::{StateName, Status};
+use crate::board::{Snapshot, StateName};
 use crate::machine::Context;
 
 /// Label key carrying the state.
@@ -60,7 +60,7 @@ impl Labeller {
 }
 
 /// The merge patch that mirrors `status`.
-pub fn patch_for(status: &Status) -> Value {
+pub fn patch_for(status: &Snapshot) -> Value {
     let since =
         time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(status.since_ms) * 1_000_000)
             .ok()
@@ -211,7 +211,7 @@ mod tests {
 
     #[test]
     fn the_patch_carries_the_state_label_and_annotations() {
-        let status = Status {
+        let status = Snapshot {
             node_id: "election-1".into(),
             state: StateName::Leader,
             since_ms: 1_767_225_600_000,
@@ -235,7 +235,7 @@ mod tests {
 
     #[test]
     fn writes_do_not_change_the_patch() {
-        let mut status = Status {
+        let mut status = Snapshot {
             node_id: "n".into(),
             state: StateName::Attempter,
             since_ms: 0,

@@ -188,13 +188,13 @@ async fn events(ctx: Context, pod: PodRef, handled: watch::Sender<Option<StateNa
 }
 
 /// Waits until this replica leads; returns false when the board is gone.
-async fn until_leading(rx: &mut watch::Receiver<crate::board::Status>) -> bool {
+async fn until_leading(rx: &mut watch::Receiver<crate::board::Snapshot>) -> bool {
     rx.wait_for(|s| s.state == StateName::Leader).await.is_ok()
 }
 
 /// Sleeps `period` unless the state changes first; false once the board is gone.
 async fn pause_while_leading(
-    rx: &mut watch::Receiver<crate::board::Status>,
+    rx: &mut watch::Receiver<crate::board::Snapshot>,
     period: Duration,
 ) -> bool {
     let until = tokio::time::Instant::now() + period;
