@@ -104,17 +104,7 @@ fn losing_quorum_stops_the_leader_and_one_leader_returns_with_it() {
     zk.kill(2);
     // Then the leader refuses to write, its last file written within the
     // lease bound (session/2 = 1 s) plus 1 s of slack after the cut
-    g.wait_writes_stopped(leader, fenced_before, Duration::from_secs(10));
-    let frozen = g.records().len();
-    let last_ms =
-        election::cmd::verify::parse_time_ms(&g.records()[frozen - 1].written_at).unwrap();
-    let cut_ms = election::board::unix_ms(cut) as i64;
-    assert!(
-        last_ms - cut_ms < 2000,
-        "last write {} ms after the cut\n{}",
-        last_ms - cut_ms,
-        g.logs()
-    );
+    let frozen = g.assert_last_write_within(leader, fenced_before, cut, Duration::from_secs(2));
     // and nobody writes while the leader is refused 10 more times, or
     // until it gives leadership up, either
     let r = g.replica(leader);

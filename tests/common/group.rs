@@ -201,6 +201,30 @@ impl Group {
         );
     }
 
+    /// [`Group::wait_writes_stopped`], then checks that the last file
+    /// landed less than `bound` after `cut` (the moment ZooKeeper was cut
+    /// off). Returns how many files there are.
+    #[track_caller]
+    pub fn assert_last_write_within(
+        &self,
+        i: usize,
+        fenced_before: f64,
+        cut: std::time::SystemTime,
+        bound: Duration,
+    ) -> usize {
+        self.wait_writes_stopped(i, fenced_before, Duration::from_secs(10));
+        let records = self.records();
+        let last = records.last().expect("the leader wrote before the cut");
+        let last_ms = election::cmd::verify::parse_time_ms(&last.written_at).unwrap();
+        let after = last_ms - election::board::unix_ms(cut) as i64;
+        assert!(
+            after < bound.as_millis() as i64,
+            "last write {after} ms after ZooKeeper was cut off (bound {bound:?})\n{}",
+            self.logs()
+        );
+        records.len()
+    }
+
     /// Waits until the leadership of `token` has written `n` more files
     /// than now (counted by sequence number, so retention does not hide
     /// progress): time passing, measured in the leader's own writes.
