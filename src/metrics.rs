@@ -10,8 +10,10 @@
 //!
 //! Series names, label names and values, HELP texts and TYPEs are an
 //! interface: the chart's PrometheusRule and Grafana dashboard query them.
-//! The crate appends `_total` to counter names and a `.` to help texts, so
-//! both are registered without them.
+//! The crate appends `_total` to counter names and a `.` to help texts:
+//! counters are written here with their full series name and registered
+//! through [`counter`], which strips the suffix, so that the names in this
+//! file are the names Prometheus sees (the chart's tests read them here).
 
 use std::sync::atomic::AtomicU64;
 use std::sync::{Mutex, PoisonError};
@@ -181,87 +183,89 @@ impl Metrics {
             "1 while this replica leads",
             self.is_leader.clone(),
         );
-        r.register(
-            "election_transitions",
+        counter(
+            r,
+            "election_transitions_total",
             "State transitions by source and target state",
             self.transitions.clone(),
         );
-        for (name, help, counter) in [
+        for (name, help, c) in [
             (
-                "election_leadership_acquisitions",
+                "election_leadership_acquisitions_total",
                 "Times this replica became leader",
                 &self.leadership_acquisitions,
             ),
             (
-                "election_files_written",
+                "election_files_written_total",
                 "Leader files written",
                 &self.files_written,
             ),
             (
-                "election_write_errors",
+                "election_write_errors_total",
                 "Failed leader file writes",
                 &self.write_errors,
             ),
             (
-                "election_writes_fenced",
+                "election_writes_fenced_total",
                 "Writes skipped because leadership was not confirmed",
                 &self.writes_fenced,
             ),
             (
-                "election_files_pruned",
+                "election_files_pruned_total",
                 "Leader files deleted by retention",
                 &self.files_pruned,
             ),
             (
-                "election_prune_errors",
+                "election_prune_errors_total",
                 "Failed retention runs",
                 &self.prune_errors,
             ),
             (
-                "election_zk_connect_attempts",
+                "election_zk_connect_attempts_total",
                 "ZooKeeper session establishment attempts",
                 &self.zk_connect_attempts,
             ),
             (
-                "election_kube_patches",
+                "election_kube_patches_total",
                 "Successful patches of this Pod",
                 &self.kube_patches,
             ),
             (
-                "election_kube_patch_errors",
+                "election_kube_patch_errors_total",
                 "Failed patches of this Pod",
                 &self.kube_patch_errors,
             ),
             (
-                "election_kube_events",
+                "election_kube_events_total",
                 "Kubernetes Events posted",
                 &self.kube_events,
             ),
             (
-                "election_kube_event_errors",
+                "election_kube_event_errors_total",
                 "Kubernetes Events that could not be posted",
                 &self.kube_event_errors,
             ),
             (
-                "election_kube_stale_labels_corrected",
+                "election_kube_stale_labels_corrected_total",
                 "Stale sibling leader labels relabelled stale",
                 &self.kube_stale_corrected,
             ),
             (
-                "election_kube_lease_writes",
+                "election_kube_lease_writes_total",
                 "Writes of the Lease mirror",
                 &self.kube_lease_writes,
             ),
             (
-                "election_kube_lease_errors",
+                "election_kube_lease_errors_total",
                 "Failed writes of the Lease mirror",
                 &self.kube_lease_errors,
             ),
         ] {
-            r.register(name, help, counter.clone());
+            counter(r, name, help, c.clone());
         }
-        r.register(
-            "election_zk_session_events",
+        counter(
+            r,
+            "election_zk_session_events_total",
             "ZooKeeper session state changes by state",
             self.zk_session_events.clone(),
         );
@@ -319,6 +323,20 @@ impl Metrics {
             .expect("writing to a String cannot fail");
         text
     }
+}
+
+/// Registers counter (or counter family) `name`, given with its `_total`
+/// suffix, which the crate adds back when it encodes.
+fn counter(
+    r: &mut Registry,
+    name: &'static str,
+    help: &'static str,
+    metric: impl prometheus_client::registry::Metric,
+) {
+    let family = name
+        .strip_suffix("_total")
+        .expect("counter names end in _total");
+    r.register(family, help, metric);
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 """The optional monitoring objects: the PrometheusRule and the Grafana dashboard.
 
 What promtool cannot see is checked here: the rules and the dashboard query
-only metrics the daemon exports (src/http.rs), the alerts the issue asks for
+only metrics the daemon exports (src/metrics.rs), the alerts the issue asks for
 exist, and the dashboard ConfigMap is what the Grafana sidecar loads.
 scripts/check-alerts.sh checks the rules' PromQL and unit-tests them.
 """
@@ -19,8 +19,8 @@ DASHBOARD = CHART / "dashboards" / "election.json"
 
 
 def exported_metrics() -> set[str]:
-    """Metric family names src/http.rs writes (Exposition::family and ::counter)."""
-    source = (ROOT / "src" / "http.rs").read_text()
+    """Series names src/metrics.rs registers (counters with their `_total`)."""
+    source = (ROOT / "src" / "metrics.rs").read_text()
     names = set(re.findall(r'"(election_[a-z_]+)"', source))
     assert {"election_is_leader", "election_state", "election_transitions_total"} <= names, names
     return names
