@@ -281,7 +281,10 @@ fn a_wrong_ca_or_a_missing_client_certificate_is_a_clear_error() {
     let status = |extra: &[&Path]| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_election"));
         cmd.args(["status", "--zk-servers", &zk.secure_connect_string()])
-            .args(["--zk-connect-timeout", "5s", "--zk-tls-ca-file"])
+            // Generous: a TLS handshake with a loaded JVM can take seconds,
+            // and a deadline that passes before the first handshake ends
+            // reports a timeout instead of the certificate problem.
+            .args(["--zk-connect-timeout", "10s", "--zk-tls-ca-file"])
             .arg(extra[0]);
         if extra.len() == 3 {
             cmd.arg("--zk-tls-cert-file")
