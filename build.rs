@@ -1,0 +1,19 @@
+//! Link options for the `election` binary.
+
+fn main() {
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-env-changed=ELECTION_LINK_MAP");
+    let os = std::env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
+    let env = std::env::var("CARGO_CFG_TARGET_ENV").unwrap_or_default();
+    if os == "linux" && env == "gnu" {
+        // Relative relocations packed as DT_RELR: a few KiB instead of
+        // ~360 KiB of `.rela.dyn` that the dynamic loader reads, and keeps
+        // resident, at every start. Needs glibc 2.36 (Debian 12, the
+        // distroless cc image) and binutils 2.38 or lld.
+        println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
+    }
+    // Analysis only (not committed): a link map to place touched code.
+    if let Ok(map) = std::env::var("ELECTION_LINK_MAP") {
+        println!("cargo:rustc-link-arg-bins=-Wl,-Map={map}");
+    }
+}
