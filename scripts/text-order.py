@@ -23,7 +23,9 @@ def text_sections(link_map):
         if len(parts) == 5 and parts[4].startswith("."):  # an output section
             in_text = parts[4] == ".text"
             continue
-        m = re.search(r":\(\.text\.(.+)\)$", line.rstrip())
+        # `.text.unlikely.f` (LLVM's split-off cold part of f) and the like
+        # hold symbol `f` too.
+        m = re.search(r":\(\.text\.(?:(?:unlikely|hot|startup|exit|split)\.)?(.+)\)$", line.rstrip())
         if in_text and m:
             sections.append((int(parts[0], 16), int(parts[2], 16), m.group(1)))
     return sorted(sections)
