@@ -2,9 +2,9 @@
 
 use std::process::Command;
 
-/// Symbols of the code an idle candidate, then a candidate with the
-/// listeners and the Pod labeller on, then a leader runs, as measured by
-/// `scripts/text-order.sh`; see [`main`].
+/// Symbols of the functions plain idle candidates run, then of those that
+/// replicas with the listeners and the Pod labeller on (leader and
+/// candidate) run besides, as measured by `scripts/text-order.sh`.
 const TEXT_ORDER: &str = "link/hot-text.order";
 
 fn main() {
