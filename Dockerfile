@@ -21,8 +21,9 @@ WORKDIR /build
 #    read the manifest (it does not build them); likewise the manifest of the
 #    workspace's other member, the task menu xtask/ (a placeholder main: it
 #    is not built either). vendor/: the patched zookeeper-client
-#    ([patch.crates-io]).
-COPY Cargo.toml Cargo.lock ./
+#    ([patch.crates-io]). build.rs and link/: the link options (see build.rs).
+COPY Cargo.toml Cargo.lock build.rs ./
+COPY link ./link
 COPY benches ./benches
 COPY vendor/zookeeper-client ./vendor/zookeeper-client
 COPY xtask/Cargo.toml ./xtask/

@@ -93,7 +93,8 @@ pub struct RunArgs {
     #[arg(long, env = "ELECTION_NODE_ID", value_parser = parse_node_id)]
     pub node_id: Option<String>,
 
-    /// Log format; the filter comes from RUST_LOG (default `info`).
+    /// Log format; the filter comes from RUST_LOG, `level` or
+    /// `target=level` items joined by commas (default `info`).
     #[arg(long, env = "ELECTION_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
 
