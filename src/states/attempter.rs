@@ -26,7 +26,7 @@ use zookeeper_client::{CreateMode, Error as ZkErr, EventType, SessionState, Watc
 
 use super::leader::Leadership;
 use crate::machine::{Cause, Context, Reason, Recovery, State, Step};
-use crate::zk::session::{Health, Liveness, on_state, until_deadline};
+use crate::zk::session::{Health, Liveness, gave_up, on_state, until_deadline};
 use crate::zk::{
     CandidateData, Standing, ZkError, ZkSession, candidate_prefix, child_path, is_live_candidate,
     order_candidates, standing,
@@ -214,9 +214,7 @@ impl Attempter<'_> {
                     None => Then::LookAgain,
                 },
                 state = self.session.state_changed() => self.on_session_change(state),
-                _ = until_deadline(&self.live) => Then::Leave(Exit::Failover(
-                    Cause::SessionLost.because(crate::zk::session::GIVE_UP_CAUSE),
-                )),
+                _ = until_deadline(&self.live) => Then::Leave(Exit::Failover(gave_up())),
                 // Only the heartbeat: /healthz sees a waiting candidate alive.
                 _ = self.tick.tick() => Then::KeepWaiting,
                 _ = self.ctx.cancel.cancelled() => Then::Leave(Exit::Stop),
@@ -234,7 +232,7 @@ impl Attempter<'_> {
         match on_state(self.ctx, &mut self.live, state) {
             Health::Connected => Then::LookAgain,
             Health::Suspended => Then::KeepWaiting,
-            Health::Lost(why) => Then::Leave(Exit::Failover(Cause::SessionLost.because(why))),
+            Health::Lost(why) => Then::Leave(Exit::Failover(why)),
         }
     }
 }

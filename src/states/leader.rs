@@ -42,7 +42,7 @@ use zookeeper_client::{EventType, SessionState, WatchedEvent};
 use crate::files::{self, CommitGate, FileError, FileKey, LeaderRecord};
 use crate::lease::{Lease, Stamp};
 use crate::machine::{Cause, Context, Reason, Recovery, State, Step};
-use crate::zk::session::{Health, Liveness, on_state, until_deadline};
+use crate::zk::session::{Health, Liveness, gave_up, on_state, until_deadline};
 use crate::zk::{self, ClaimError, ZkSession, is_live_candidate};
 
 /// The leadership won in Attempter.
@@ -184,7 +184,7 @@ impl Leader<'_> {
                     }
                 }
                 _ = until_deadline(&self.live) => {
-                    return Exit::Failover(Cause::SessionLost.because(crate::zk::session::GIVE_UP_CAUSE));
+                    return Exit::Failover(gave_up());
                 }
                 ev = &mut node_watch => {
                     if ev.event_type == EventType::NodeDeleted {
@@ -463,7 +463,7 @@ impl Leader<'_> {
                 warn!("suspended: no writes until the session is confirmed again");
                 None
             }
-            Health::Lost(why) => Some(Exit::Failover(Cause::SessionLost.because(why))),
+            Health::Lost(why) => Some(Exit::Failover(why)),
         }
     }
 

@@ -19,8 +19,8 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 use zookeeper_client::SessionState;
 
-use crate::machine::Context;
-use crate::zk::{CLIENT_EXPIRY_FACTOR, is_terminal};
+use crate::machine::{Cause, Context, Reason};
+use crate::zk::CLIENT_EXPIRY_FACTOR;
 
 /// How long, in session timeouts, a session may stay disconnected before
 /// the daemon gives it up on its own clock. Longer than the client's own
@@ -31,6 +31,11 @@ pub const GIVE_UP_FACTOR: u32 = CLIENT_EXPIRY_FACTOR + 2;
 /// The cause logged when the safety net gives a session up.
 pub const GIVE_UP_CAUSE: &str = "disconnected for 8 session timeouts (safety net)";
 
+/// Why a state leaves when the safety net gives its session up.
+pub fn gave_up() -> Reason {
+    Cause::SessionLost.because(GIVE_UP_CAUSE)
+}
+
 /// What a session state change means for the daemon.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Health {
@@ -38,8 +43,8 @@ pub enum Health {
     Connected,
     /// Disconnected: stop acting, wait for reconnection or the deadline.
     Suspended,
-    /// The session is gone for good.
-    Lost(String),
+    /// The session is gone for good (always [`Cause::SessionLost`]).
+    Lost(Reason),
 }
 
 /// Tracks since when the session is disconnected.
@@ -72,10 +77,10 @@ impl Liveness {
                 Health::Suspended
             }
             SessionState::AuthFailed => Health::Lost(
-                "session AuthFailed: ZooKeeper rejected the session's credentials".into(),
+                Cause::SessionLost
+                    .because("session AuthFailed: ZooKeeper rejected the session's credentials"),
             ),
-            s if is_terminal(s) => Health::Lost(format!("session {s:?}")),
-            s => Health::Lost(format!("session {s:?}")),
+            s => Health::Lost(Cause::SessionLost.because(format!("session {s:?}"))),
         }
     }
 
@@ -112,7 +117,7 @@ pub fn on_state(ctx: &Context, l: &mut Liveness, state: SessionState) -> Health 
         Health::Suspended => {
             warn!(?state, give_up_in = ?l.give_up_after(), "ZooKeeper session disconnected; suspended until it reconnects or the server expires it")
         }
-        Health::Lost(why) => warn!(?state, why, "ZooKeeper session lost"),
+        Health::Lost(why) => warn!(?state, why = %why.detail, "ZooKeeper session lost"),
     }
     health
 }
