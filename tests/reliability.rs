@@ -69,6 +69,11 @@ fn killing_the_server_the_leader_is_connected_to_keeps_its_leadership() {
     // Given a 3-node ensemble and three replicas with a leader
     let mut zk = ZkCluster::ensemble(3);
     let mut g = Group::new(&zk.connect_string());
+    // The claim holds when the client finds another server within its
+    // session: after a crash that includes the ensemble electing a new
+    // ZooKeeper leader, which on a loaded 2-core machine once took longer
+    // than the group's 2 s session. 6 s leaves that room.
+    g.extra = vec!["--zk-session-timeout".into(), "6s".into()];
     g.spawn(3);
     g.wait_leader(Duration::from_secs(30));
     let leader = g.newest_record().unwrap();

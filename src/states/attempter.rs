@@ -28,8 +28,8 @@ use super::leader::Leadership;
 use crate::machine::{Cause, Context, Reason, Recovery, State, Step};
 use crate::zk::session::{Health, Liveness, gave_up, on_state, until_deadline};
 use crate::zk::{
-    CandidateData, Standing, ZkError, ZkSession, candidate_prefix, child_path, is_live_candidate,
-    order_candidates, standing,
+    self, CandidateData, Standing, ZkError, ZkSession, candidate_prefix, child_path,
+    is_live_candidate, order_candidates, standing,
 };
 
 /// Consecutive failed rounds (other than disconnections) before Failover.
@@ -287,10 +287,7 @@ async fn round(
     let abandoned = ctx.abandoned_list();
     if let Some(stale) = ordered.iter().find(|c| abandoned.contains(&c.session)) {
         let path = child_path(root, &stale.name);
-        let stat = client
-            .check_stat(&path)
-            .await
-            .map_err(|e| ZkError::request("exists", &path, e))?;
+        let stat = zk::stat(client, &path).await?;
         match stat {
             Some(stat) if is_live_candidate(stat.ephemeral_owner, stale.session) => {
                 info!(node = %stale.name, "deleting the candidate node of a session this replica abandoned");
@@ -318,10 +315,7 @@ async fn round(
         let mut real = Vec::new();
         for node in std::iter::once(own).chain(extra) {
             let path = child_path(root, &node.name);
-            let stat = client
-                .check_stat(&path)
-                .await
-                .map_err(|e| ZkError::request("exists", &path, e))?;
+            let stat = zk::stat(client, &path).await?;
             match stat {
                 Some(stat) if is_live_candidate(stat.ephemeral_owner, sid) => real.push(node),
                 Some(stat) => {
@@ -378,10 +372,7 @@ async fn round(
         }
         Standing::First(own) => {
             let path = child_path(root, &own.name);
-            let stat = client
-                .check_stat(&path)
-                .await
-                .map_err(|e| ZkError::request("exists", &path, e))?;
+            let stat = zk::stat(client, &path).await?;
             match stat {
                 Some(stat) if is_live_candidate(stat.ephemeral_owner, sid) => {
                     Ok(Round::Lead(Leadership {

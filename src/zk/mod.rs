@@ -23,7 +23,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 use zookeeper_client::{
-    Acl, Acls, CheckWriteError, Client, CreateMode, SessionState, StateWatcher,
+    Acl, Acls, CheckWriteError, Client, CreateMode, SessionState, Stat, StateWatcher,
 };
 
 use crate::zk::access::{ZkSecurity, is_open_to_world};
@@ -388,11 +388,7 @@ impl ZkSession {
     pub async fn ensure_path(&self, path: &str) -> Result<(), ZkError> {
         // Look first: creating a node that exists needs CREATE on its
         // parent, which a protected parent may not grant us.
-        let exists = self
-            .client
-            .check_stat(path)
-            .await
-            .map_err(|source| ZkError::request("exists", path, source))?;
+        let exists = stat(&self.client, path).await?;
         if exists.is_none() {
             let options = CreateMode::Persistent.with_acls(self.acls());
             self.client
@@ -634,6 +630,15 @@ pub async fn delete_writer_of(
 /// never a session) and owned by that session.
 pub fn is_live_candidate(ephemeral_owner: i64, session: i64) -> bool {
     ephemeral_owner != 0 && ephemeral_owner == session
+}
+
+/// The `Stat` of `path`, or `None` when it does not exist; an error names
+/// the request ("exists") and the path.
+pub async fn stat(client: &Client, path: &str) -> Result<Option<Stat>, ZkError> {
+    client
+        .check_stat(path)
+        .await
+        .map_err(|source| ZkError::request("exists", path, source))
 }
 
 /// Full path of a child.
