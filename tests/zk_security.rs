@@ -70,10 +70,14 @@ async fn unauthenticated_clients_can_neither_delete_candidates_nor_change_the_fl
     let nodes = candidates(&anyone).await;
     assert_eq!(nodes.len(), 2, "{}", g.logs());
     // Then every node of the election is the replicas' and readable by all
-    // (ZooKeeper shows the digest as `x` to clients without ADMIN on it)
+    // (ZooKeeper shows the digest as `x` to clients without ADMIN on it),
+    // and the parent they created lets others read and create, no more
+    assert_eq!(
+        acl_of(&anyone, "/election").await,
+        vec!["world:anyone=READ|CREATE".to_owned()]
+    );
     let want = "election:x";
     for path in [
-        "/election".to_owned(),
         ROOT.to_owned(),
         format!("{ROOT}/fencing"),
         format!("{ROOT}/writer"),
@@ -149,6 +153,116 @@ async fn unauthenticated_clients_can_neither_delete_candidates_nor_change_the_fl
     g.assert_invariants();
 }
 
+/// The ACL of `path` as `scheme:id=PERMS` strings (ZooKeeper shows a
+/// digest as `user:x` to clients without ADMIN on the node).
+async fn acl_of(client: &Client, path: &str) -> Vec<String> {
+    let (acl, _) = client.get_acl(path).await.unwrap();
+    acl.iter()
+        .map(|a| format!("{}:{}={}", a.scheme(), a.id(), a.permission()))
+        .collect()
+}
+
+/// A group of replicas under `root`, with `user:password` credentials or none.
+fn release(zk: &ZkCluster, root: &str, creds: Option<&str>) -> Group {
+    let mut g = Group::new(&zk.connect_string());
+    g.extra = vec!["--zk-root".into(), root.into()];
+    if let Some(creds) = creds {
+        g.env = vec![("ELECTION_ZK_AUTH".into(), creds.into())];
+    }
+    g
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn releases_with_other_credentials_or_none_share_one_ensemble() {
+    // Given one ensemble and three releases side by side under /election
+    // (the chart's default layout): `a` and `b` with credentials of their
+    // own, `c` without any; `a` starts first and so creates /election
+    let zk = zk_with_super();
+    let mut a = release(&zk, "/election/a", Some("release-a:pw-a"));
+    a.spawn(2);
+    a.wait_leader(Duration::from_secs(20));
+    let mut b = release(&zk, "/election/b", Some("release-b:pw-b"));
+    b.spawn(2);
+    let mut c = release(&zk, "/election/c", None);
+    c.spawn(1);
+    // When they all run
+    // Then each of them elects a leader that writes
+    b.wait_leader(Duration::from_secs(20));
+    c.wait_leader(Duration::from_secs(20));
+    for g in [&a, &b, &c] {
+        let token = g.newest_record().unwrap().token;
+        g.wait_more_files_of(token, 2, Duration::from_secs(10));
+    }
+    // And the shared parent lets everyone read it and create a child,
+    // nothing more (no delete, no write, no setAcl)
+    let anyone = zk_client(&zk.connect_string()).await;
+    assert_eq!(
+        acl_of(&anyone, "/election").await,
+        vec!["world:anyone=READ|CREATE".to_owned()]
+    );
+    assert_eq!(
+        anyone
+            .set_acl("/election", &Acls::anyone_all(), None)
+            .await
+            .map(|_| ()),
+        Err(ZkErr::NoAuth)
+    );
+    // And each protected release's nodes stay its own: an unauthenticated
+    // client, or the other release, can neither delete a candidate, the
+    // writer node or the election path, nor move the floor
+    let stranger_of = |user| {
+        if user == "release-a" {
+            "release-b:pw-b"
+        } else {
+            "release-a:pw-a"
+        }
+    };
+    for (root, user) in [("/election/a", "release-a"), ("/election/b", "release-b")] {
+        let nodes: Vec<String> = anyone
+            .list_children(root)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|n| n.starts_with("c_"))
+            .collect();
+        assert_eq!(nodes.len(), 2, "{root}: {nodes:?}");
+        let candidate = format!("{root}/{}", nodes[0]);
+        let fencing = format!("{root}/fencing");
+        let writer = format!("{root}/writer");
+        for path in [root, &fencing, &writer, &candidate] {
+            assert_eq!(
+                acl_of(&anyone, path).await,
+                vec![format!("digest:{user}:x=ALL"), "world:anyone=READ".into()],
+                "{path}"
+            );
+        }
+        let other = client_as(&zk.connect_string(), stranger_of(user)).await;
+        for client in [&anyone, &other] {
+            assert_eq!(client.delete(&candidate, None).await, Err(ZkErr::NoAuth));
+            assert_eq!(client.delete(&writer, None).await, Err(ZkErr::NoAuth));
+            assert_eq!(
+                client.set_data(&fencing, b"0", None).await.map(|_| ()),
+                Err(ZkErr::NoAuth),
+                "{fencing}"
+            );
+            assert_eq!(client.delete(root, None).await, Err(ZkErr::NoAuth));
+            assert_eq!(
+                client
+                    .set_acl(root, &Acls::anyone_all(), None)
+                    .await
+                    .map(|_| ()),
+                Err(ZkErr::NoAuth)
+            );
+        }
+        close_client(other).await;
+    }
+    close_client(anyone).await;
+    for g in [&mut a, &mut b, &mut c] {
+        g.stop_all();
+        g.assert_invariants();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_election_path_left_open_by_an_older_version_is_restricted() {
     // Given an election path and fencing node created open to everyone
@@ -173,6 +287,12 @@ async fn an_election_path_left_open_by_an_older_version_is_restricted() {
         assert_eq!(acl[0].id(), digest_id("election", "pw-2"), "{path}");
         assert_eq!(acl[1].permission(), Permission::READ, "{path}");
     }
+    // And it left the parent above its election path as it found it:
+    // others' elections may live there
+    assert_eq!(
+        acl_of(&anyone, "/election").await,
+        vec!["world:anyone=ALL".to_owned()]
+    );
     assert!(g.newest_record().unwrap().token > 7);
     assert!(
         g.logs().contains("restricted it to our ACL"),

@@ -5,13 +5,17 @@
 //! Without credentials the daemon creates its nodes open to everyone
 //! (`world:anyone` ALL), as before. With credentials (`--zk-auth-file` or
 //! `ELECTION_ZK_AUTH`, `user:password`) the session authenticates with the
-//! `digest` scheme and every node it creates (the election path and any
-//! parent it creates, candidates, `fencing`, `writer`) carries
+//! `digest` scheme and every node of the election it creates (the election
+//! path, candidates, `fencing`, `writer`) carries
 //!
 //! ```text
 //! digest:<user>:<base64(sha1(user:password))>  ALL
 //! world:anyone                                 READ
 //! ```
+//!
+//! except the missing parents above the election path it creates
+//! (`/election` for `/election/<release>`), which other releases share:
+//! those get `world:anyone` READ|CREATE ([`ZkSecurity::parent_acl`]).
 //!
 //! An explicit digest id rather than the `auth` scheme (`creator_all`):
 //! `auth` grants ALL to *every* identity of the creating session, which
@@ -214,6 +218,26 @@ impl ZkSecurity {
         }
     }
 
+    /// The ACL of a missing parent of the election path, created on the
+    /// way (`/election` for `/election/<release>`). Such a node is shared:
+    /// the chart's default layout puts every release under `/election`.
+    /// With credentials everyone may read it and create a child of their
+    /// own (world READ|CREATE), so a release with other credentials, or
+    /// none, can still create its election path next to ours; nobody but
+    /// the super identity may delete a child (DELETE), write it, or change
+    /// its ACL (ADMIN). CREATE there gives no right on our election path:
+    /// ZooKeeper checks each node's own ACL. Without credentials, open to
+    /// all like every other node.
+    pub fn parent_acl(&self) -> Vec<Acl> {
+        match &self.credentials {
+            None => vec![Acl::new(Permission::ALL, AuthId::anyone())],
+            Some(_) => vec![Acl::new(
+                Permission::READ | Permission::CREATE,
+                AuthId::anyone(),
+            )],
+        }
+    }
+
     /// Adds credentials and TLS to a connector.
     pub fn apply(&self, mut connector: Connector) -> Result<Connector, AccessError> {
         if let Some(c) = &self.credentials {
@@ -297,6 +321,18 @@ mod tests {
         assert_eq!(secured[0].id(), digest_id("u", "p"));
         assert_eq!(secured[0].permission(), Permission::ALL);
         assert_eq!(secured[1].permission(), Permission::READ);
+        let parent = ZkSecurity {
+            credentials: Some(Credentials::parse("u:p").unwrap()),
+            tls: None,
+        }
+        .parent_acl();
+        assert_eq!(parent.len(), 1);
+        assert_eq!(
+            parent[0].permission(),
+            Permission::READ | Permission::CREATE
+        );
+        assert!(is_open_to_world(&parent), "others may create children");
+        assert_eq!(ZkSecurity::default().parent_acl(), open);
         let none = [Acl::new(Permission::NONE, AuthId::anyone())];
         assert!(!is_open_to_world(&none));
         let write = [Acl::new(Permission::WRITE, AuthId::anyone())];

@@ -197,8 +197,10 @@ pub struct ZkSession {
     client: Client,
     states: StateWatcher,
     thread: SessionThread,
-    /// ACL of every node this session creates (see [`crate::zk::access`]).
+    /// ACL of every node of the election (see [`crate::zk::access`]).
     acl: Vec<Acl>,
+    /// ACL of a missing parent above the election path, shared with others.
+    parent_acl: Vec<Acl>,
     /// Whether the session authenticated (then open nodes get restricted).
     authenticated: bool,
 }
@@ -326,6 +328,7 @@ impl ZkSession {
             states,
             thread,
             acl: security.acl(),
+            parent_acl: security.parent_acl(),
             authenticated: security.credentials.is_some(),
         })
     }
@@ -382,24 +385,59 @@ impl ZkSession {
         Acls::new(&self.acl)
     }
 
-    /// Makes sure the persistent election path exists. With credentials,
-    /// the path and the fencing node, if an older version (or anyone)
-    /// created them open to the world, are restricted to our ACL.
+    /// Makes sure the persistent election path exists: created with our
+    /// ACL, and each missing parent above it with the shared parent ACL
+    /// ([`ZkSecurity::parent_acl`]), so that other elections (other
+    /// credentials, or none) can still create their paths next to ours.
+    /// With credentials, the path and the fencing node, if an older version
+    /// (or anyone) created them open to the world, are restricted to our
+    /// ACL; parents above the path are never touched.
     pub async fn ensure_path(&self, path: &str) -> Result<(), ZkError> {
         // Look first: creating a node that exists needs CREATE on its
         // parent, which a protected parent may not grant us.
         let exists = stat(&self.client, path).await?;
         if exists.is_none() {
-            let options = CreateMode::Persistent.with_acls(self.acls());
-            self.client
-                .mkdir(path, &options)
-                .await
-                .map_err(|source| ZkError::request("mkdir", path, source))?;
+            self.create_with_parents(path).await?;
         }
         if self.authenticated {
             self.restrict_if_open(path).await?;
             self.restrict_if_open(&child_path(path, FENCING_NODE))
                 .await?;
+        }
+        Ok(())
+    }
+
+    /// Creates `path` with our ACL and, bottom-up, each missing ancestor
+    /// with the parent ACL (the client's `mkdir` would give every parent
+    /// the leaf's ACL). A node is created only after a create of its child
+    /// found it missing (`NoNode`), so an existing ancestor is never
+    /// created again: that would need CREATE on its own parent, which may
+    /// not grant it. `NodeExists` (another replica was quicker) is success.
+    async fn create_with_parents(&self, path: &str) -> Result<(), ZkError> {
+        let mut missing = vec![path];
+        while let Some(&node) = missing.last() {
+            let acl = if node == path {
+                &self.acl
+            } else {
+                &self.parent_acl
+            };
+            let options = CreateMode::Persistent.with_acls(Acls::new(acl));
+            match self.client.create(node, b"", &options).await {
+                Ok(_) | Err(zookeeper_client::Error::NodeExists) => {
+                    missing.pop();
+                }
+                Err(zookeeper_client::Error::NoNode) => match parent_path(node) {
+                    Some(parent) => missing.push(parent),
+                    None => {
+                        return Err(ZkError::request(
+                            "create",
+                            node,
+                            zookeeper_client::Error::NoNode,
+                        ));
+                    }
+                },
+                Err(source) => return Err(ZkError::request("create", node, source)),
+            }
         }
         Ok(())
     }
@@ -646,12 +684,29 @@ pub fn child_path(root: &str, name: &str) -> String {
     format!("{root}/{name}")
 }
 
+/// The parent of an absolute path, `None` for `/` and its children (the
+/// root always exists).
+fn parent_path(path: &str) -> Option<&str> {
+    match path.rfind('/') {
+        Some(0) | None => None,
+        Some(i) => Some(&path[..i]),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn cand(session: i64, seq: i64) -> String {
         format!("{}{:010}", candidate_prefix(session), seq)
+    }
+
+    #[test]
+    fn parents_stop_below_the_root() {
+        assert_eq!(parent_path("/election/a/b"), Some("/election/a"));
+        assert_eq!(parent_path("/election/a"), Some("/election"));
+        assert_eq!(parent_path("/election"), None);
+        assert_eq!(parent_path("/"), None);
     }
 
     #[test]
