@@ -22,10 +22,10 @@ impl Deadline {
 
     /// Whether the deadline has passed.
     ///
-    /// PATCHED: asks the clock, not only the timer. The timer completes only
+    /// Asks the clock, not only the timer. The timer completes only
     /// when it is polled, and `Connector::connect` polls it only while the
     /// connect attempt is pending: with attempts that fail at once
-    /// (ENETUNREACH, EPERM, ECONNREFUSED on loopback) it was never polled,
+    /// (ENETUNREACH, EPERM) it was never polled,
     /// `elapsed` stayed false and `Session::start` retried forever without
     /// a pause (the retry delay is capped by the remaining time, zero by then).
     pub fn elapsed(&self) -> bool {
@@ -47,5 +47,25 @@ impl Future for Deadline {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let timer = unsafe { self.map_unchecked_mut(|deadline| &mut deadline.timer) };
         timer.poll(cx).map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::Deadline;
+
+    #[test]
+    fn elapsed_once_the_time_passed_although_the_timer_was_never_polled() {
+        // `Connector::connect` polls the timer only while a connect attempt
+        // is pending: attempts that fail at once never poll it.
+        let now = Instant::now();
+        assert!(Deadline::until(now).elapsed());
+        if let Some(past) = now.checked_sub(Duration::from_secs(1)) {
+            assert!(Deadline::until(past).elapsed());
+        }
+        assert!(!Deadline::until(now + Duration::from_secs(3600)).elapsed());
+        assert!(!Deadline::never().elapsed());
     }
 }

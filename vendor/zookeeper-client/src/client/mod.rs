@@ -1611,7 +1611,7 @@ impl Connector {
         self
     }
 
-    /// PATCHED: specifies how long an idle connection waits before it pings
+    /// Specifies how long an idle connection waits before it pings
     /// the server (at most a third of the negotiated session timeout); the
     /// connection is then declared lost after twice that without a byte
     /// from the server.
@@ -1619,7 +1619,7 @@ impl Connector {
     /// Defaults to `3/8` of the connection timeout (`3/20` of the session
     /// timeout without one). The Java client pings after a third of the
     /// session timeout: a client with many idle sessions (election
-    /// candidates) sends a third of the pings that way.
+    /// candidates) sends less than half the pings that way.
     pub fn with_ping_interval(mut self, interval: Duration) -> Self {
         self.ping_interval = interval;
         self

@@ -97,12 +97,12 @@ impl Builder {
         Self { connection_timeout, ..self }
     }
 
-    /// PATCHED: see `Connector::with_session_expired_timeout`; zero keeps the default.
+    /// See `Connector::with_session_expired_timeout`; zero keeps the default.
     pub fn with_session_expired_timeout(self, session_expired_timeout: Duration) -> Self {
         Self { session_expired_timeout, ..self }
     }
 
-    /// PATCHED: see `Connector::with_ping_interval`; zero keeps the default.
+    /// See `Connector::with_ping_interval`; zero keeps the default.
     pub fn with_ping_interval(self, ping_interval: Duration) -> Self {
         Self { ping_interval, ..self }
     }
@@ -182,18 +182,18 @@ pub struct Session {
 
     configured_connection_timeout: Duration,
     configured_session_expired_timeout: Duration,
-    /// PATCHED: see `Connector::with_ping_interval`.
+    /// See `Connector::with_ping_interval`.
     configured_ping_interval: Duration,
 
     last_zxid: i64,
     last_recv: Instant,
-    /// PATCHED: since when reachable servers close our connect requests
+    /// Since when reachable servers close our connect requests
     /// unanswered, in the current reconnection.
     refused_since: Option<Instant>,
-    /// PATCHED: whether a server took our connection but did not answer
+    /// Whether a server took our connection but did not answer
     /// the connect request in time, in the current reconnection.
     unanswered: bool,
-    /// PATCHED: why the last connection attempt failed (a refused port, a
+    /// Why the last connection attempt failed (a refused port, a
     /// TLS handshake that rejected the server's certificate), reported
     /// with `NoHosts` instead of nothing.
     last_connect_error: Option<String>,
@@ -459,7 +459,7 @@ impl Session {
         self.tick_timeout = tick;
         self.ping_timeout = Duration::from_secs(10).min(3 * tick);
         self.connector.set_timeout(8 * tick);
-        // PATCHED: a configured ping interval replaces the derived one (at
+        // A configured ping interval replaces the derived one (at
         // most a third of the negotiated session timeout), and the
         // connection is declared lost only after two of them without a byte
         // from the server (the Java client's ratio).
@@ -476,7 +476,7 @@ impl Session {
         };
     }
 
-    /// PATCHED: with a configured client-side expiry (see
+    /// With a configured client-side expiry (see
     /// `Connector::with_session_expired_timeout`), whether reachable servers
     /// have refused to reconnect this session for half a session timeout.
     ///
@@ -491,7 +491,7 @@ impl Session {
             && self.refused_since.is_some_and(|since| since.elapsed() >= self.session_timeout / 2)
     }
 
-    /// PATCHED: with a configured client-side expiry, whether a server that
+    /// With a configured client-side expiry, whether a server that
     /// took our connection left the connect request unanswered, and the
     /// default client-side expiry (`7/5` of the session timeout since the
     /// last reply) has passed. Such a link may be half-open: the server
@@ -504,7 +504,7 @@ impl Session {
             && Instant::now() >= self.last_recv + self.session_timeout * 7 / 5
     }
 
-    /// PATCHED: the longest pause between two attempts to reconnect an
+    /// The longest pause between two attempts to reconnect an
     /// established session: a quarter of the connection timeout, with
     /// jitter (between half and all of it). The backoff alone doubles
     /// without bound and is only capped by the time left before the
@@ -592,7 +592,7 @@ impl Session {
                 },
                 now = tick.as_mut() => {
                     if now >= self.last_recv + self.connector.timeout() {
-                        self.unanswered = true; // PATCHED: see `unanswered_too_long`
+                        self.unanswered = true; // See `unanswered_too_long`
                         return Err(Error::with_message(format!("no response from connection in {}ms", self.connector.timeout().as_millis())));
                     }
                 },
@@ -730,7 +730,7 @@ impl Session {
         let mut conn = match self.connector.connect(endpoint, deadline).await {
             Err(err) => {
                 debug!("fails in connecting to {} due to {:?}", endpoint, err);
-                // PATCHED: keep the cause for the caller (see `start`).
+                // Keep the cause for the caller (see `start`).
                 self.last_connect_error = Some(format!("{endpoint}: {err}"));
                 return Err(Error::ConnectionLoss);
             },
@@ -801,7 +801,7 @@ impl Session {
             if self.unanswered_too_long() {
                 return Err(Error::Timeout);
             }
-            // PATCHED: give the executor a turn between two attempts, so that
+            // Give the executor a turn between two attempts, so that
             // attempts failing at once cannot monopolize it even when no
             // retry delay applies (the first pass over the endpoints).
             futures_lite::future::yield_now().await;
@@ -813,7 +813,7 @@ impl Session {
                 Ok(conn) => return Ok(conn),
             };
         }
-        // PATCHED: "no available hosts" alone does not say that, e.g., every
+        // "No available hosts" alone does not say that, e.g., every
         // server's certificate was rejected: add the last connect error.
         match (&last_error, self.last_connect_error.take()) {
             (Error::NoHosts, Some(cause)) => {
