@@ -28,7 +28,8 @@ trap 'rm -rf "$work"' EXIT
 cp -r "$pristine" "$work/crate"
 cd "$work/crate"
 for p in "$here"/0*.patch "$here/vendor-trim.patch"; do
-    git apply --verbose "$p" 2>&1 | sed -n '1p'
+    git apply "$p"
+    echo "applied $(basename "$p")"
 done
 # The vendored copy keeps only these (see PATCHES.md).
 find . -mindepth 1 -maxdepth 1 ! -name src ! -name Cargo.toml ! -name LICENSE ! -name README.md \
