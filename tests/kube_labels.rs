@@ -640,3 +640,37 @@ fn a_refused_lease_creation_is_reported_once_and_the_lease_read_until_it_exists(
     g.stop_all();
     g.assert_invariants();
 }
+
+/// Needs the fake: counting the requests that do not come.
+#[test]
+fn a_selector_that_misses_our_own_pod_costs_a_few_resends_only() {
+    // Given election-0 whose own Pod lacks the selector's label (a
+    // misconfigured --pod-selector: the leader never sees itself listed)
+    let zk = ZkCluster::standalone();
+    let api = FakeApi::start();
+    let mut g = Group::new(&zk.connect_string());
+    let http = loopback();
+    label_as(&mut g, &api, "election-0", http);
+    g.extra
+        .extend(["--pod-selector", SELECTOR].map(String::from));
+    g.spawn(1);
+    assert_eq!(g.wait_leader(ELECTION), 0);
+    wait_label(&api, "election-0", "leader", &g);
+    // When it leads for six rounds of the stale-label search
+    wait_lists(&api, 6, &g);
+    // Then it resent its label three times, said why once, and stopped
+    assert_eq!(
+        metric(http, "election_kube_label_resends_total"),
+        Some(3.0),
+        "{}",
+        g.logs()
+    );
+    let out = g.replica(0).output();
+    assert_eq!(
+        out.matches("does --pod-selector match it").count(),
+        1,
+        "{out}"
+    );
+    g.stop_all();
+    g.assert_invariants();
+}

@@ -61,6 +61,9 @@ use crate::machine::Context;
 pub const STALE: &str = "stale";
 /// How often the leader looks for stale siblings.
 const STALE_PERIOD: Duration = Duration::from_secs(5);
+/// Resends of our own label in a row (one per [`STALE_PERIOD`]) after
+/// which the leader stops trying while its Pod stays unlisted.
+const MAX_RESENDS: u32 = 3;
 /// How often the leader renews the Lease mirror.
 pub const LEASE_RENEW: Duration = Duration::from_secs(5);
 /// `leaseDurationSeconds` of the mirror: three missed renewals.
@@ -296,6 +299,8 @@ async fn stale(ctx: Context, pod: PodRef, selector: String, resend: Resend) {
     let mut api: Option<Api<Pod>> = None;
     let mut events_api = None;
     let selector = format!("{selector},{STATE_LABEL}=leader");
+    // Resends in a row without seeing our Pod listed, in this leadership.
+    let mut resent = (0, 0u32);
     loop {
         if !until_leading_with_token(&mut rx).await {
             return;
@@ -307,15 +312,27 @@ async fn stale(ctx: Context, pod: PodRef, selector: String, resend: Resend) {
                 since_ms: s.since_ms,
             }
         };
+        if resent.0 != ours.since_ms {
+            resent = (ours.since_ms, 0);
+        }
         match correct(&ctx, &pod, &selector, ours, &mut api, &mut events_api).await {
-            Ok(true) => {}
-            Ok(false) => {
-                // Our own Pod does not say leader: something relabelled
-                // it, and the labeller would not notice before our next
-                // transition.
+            Ok(true) => resent.1 = 0,
+            // Our own Pod does not say leader: something relabelled it,
+            // and the labeller would not notice before our next transition.
+            Ok(false) if resent.1 < MAX_RESENDS => {
                 if resend.leader_label_missing() {
+                    resent.1 += 1;
                     ctx.board.metrics.kube_label_resends.inc();
                     warn!(pod = %pod.name, "our pod is not labelled leader while we lead; labelling it again");
+                }
+            }
+            // Resending did not help: the selector does not match our own
+            // Pod, most likely. Say so once, and stop patching for nothing.
+            Ok(false) => {
+                if resent.1 == MAX_RESENDS {
+                    resent.1 += 1;
+                    warn!(pod = %pod.name, selector = %selector,
+                        "our pod is still not listed as leader after labelling it again: does --pod-selector match it? not resending any more in this leadership");
                 }
             }
             Err(e) => warn!(error = %e, "cannot look for stale leader labels"),
