@@ -16,13 +16,12 @@
 //! `leader` (node id of the leader as last seen), `fencing-token` (while
 //! leading), `cause` (reason of the last transition).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
-use std::sync::Arc;
-
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
