@@ -141,6 +141,9 @@ pub struct Board {
     started: Instant,
     heartbeat_ms: AtomicU64,
     last_write: Mutex<Option<Instant>>,
+    /// When this replica entered Leader, until its first file of that
+    /// leadership (`election_takeover_seconds`).
+    took_over: Mutex<Option<Instant>>,
 }
 
 impl Board {
@@ -154,6 +157,7 @@ impl Board {
             started: Instant::now(),
             heartbeat_ms: AtomicU64::new(0),
             last_write: Mutex::new(None),
+            took_over: Mutex::new(None),
         }
     }
 
@@ -180,6 +184,7 @@ impl Board {
     pub fn transition(&self, from: StateName, next: &State, why: Reason) {
         let to = next.name();
         self.metrics.transition(from, to);
+        self.entered(to);
         let session = next.session();
         let session_id = session.map(ZkSession::id_hex);
         let znode = match next {
@@ -203,6 +208,12 @@ impl Board {
         // No receiver (no Events task) is fine.
         let _ = self.transitions.send(Transition { from, to, why });
         self.beat();
+    }
+
+    /// Starts the takeover clock on entering Leader; a leadership that ends
+    /// before its first file observes nothing.
+    fn entered(&self, to: StateName) {
+        *self.took_over.lock().unwrap() = (to == StateName::Leader).then(Instant::now);
     }
 
     fn update(&self, f: impl FnOnce(&mut Snapshot)) {
@@ -252,6 +263,11 @@ impl Board {
     /// Records a successful write.
     pub fn wrote_file(&self) {
         self.metrics.files_written.inc();
+        if let Some(entered) = self.took_over.lock().unwrap().take() {
+            self.metrics
+                .takeover_seconds
+                .observe(entered.elapsed().as_secs_f64());
+        }
         *self.last_write.lock().unwrap() = Some(Instant::now());
         self.update(|s| s.last_write_ms = Some(unix_ms(SystemTime::now())));
     }
@@ -330,6 +346,45 @@ mod tests {
         };
         assert_eq!(count(StateName::Leader, StateName::Failover), Some(1));
         assert_eq!(count(StateName::Failover, StateName::Stopping), Some(1));
+    }
+
+    #[test]
+    fn the_first_file_of_each_leadership_is_its_takeover() {
+        let board = Board::new("n1");
+        let count = |b: &Board| {
+            let text = b.metrics.encode(&crate::metrics::Now {
+                state: StateName::Leader,
+                token: None,
+                since_last_write: None,
+            });
+            text.lines()
+                .find_map(|l| l.strip_prefix("election_takeover_seconds_count "))
+                .map(str::to_owned)
+        };
+        board.wrote_file();
+        assert_eq!(count(&board).as_deref(), Some("0"), "no leadership yet");
+        // (A Leader state needs a live session: what transition() does on
+        // entering a state, without one.)
+        board.entered(StateName::Leader);
+        board.wrote_file();
+        board.wrote_file();
+        assert_eq!(count(&board).as_deref(), Some("1"), "the first file only");
+        board.transition(
+            StateName::Leader,
+            &failover(),
+            Cause::SessionLost.because(""),
+        );
+        board.entered(StateName::Leader);
+        board.entered(StateName::Attempter);
+        board.wrote_file();
+        assert_eq!(
+            count(&board).as_deref(),
+            Some("1"),
+            "a leadership without a file"
+        );
+        board.entered(StateName::Leader);
+        board.wrote_file();
+        assert_eq!(count(&board).as_deref(), Some("2"), "one per leadership");
     }
 
     #[test]

@@ -139,6 +139,12 @@ pub struct RunArgs {
     #[arg(long, env = "ELECTION_POD_UID", requires = "pod_name")]
     pub pod_uid: Option<String>,
 
+    /// Post each transition as an `events.k8s.io/v1` Event on the Pod (and
+    /// `StaleLabelCorrected` on a relabelled sibling): needs `create` on
+    /// `events.k8s.io` events. `false` posts none.
+    #[arg(long, env = "ELECTION_POD_EVENTS", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub pod_events: bool,
+
     /// Label selector of the election's Pods: while leading, the daemon
     /// relabels a sibling still labelled leader from before its own
     /// leadership to `election-state=stale` (needs `list` on pods).
@@ -574,6 +580,16 @@ mod tests {
         let err = parse_file_dir(file.path().to_str().unwrap()).unwrap_err();
         assert!(matches!(err, InvalidValue::NotADirectory(_)), "{err}");
         assert!(err.to_string().contains("not a directory"));
+    }
+
+    #[test]
+    fn pod_events_default_to_on_and_take_true_or_false() {
+        let on = run_args(&["--zk-servers", "zk:2181"]).unwrap();
+        assert!(on.pod_events);
+        let off = run_args(&["--zk-servers", "zk:2181", "--pod-events", "false"]).unwrap();
+        assert!(!off.pod_events);
+        let err = run_args(&["--zk-servers", "zk:2181", "--pod-events", "no"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
     }
 
     #[test]

@@ -101,6 +101,7 @@ fn a_file_dir_that_is_a_regular_file_is_refused() {
 #[rstest]
 #[case::capacity("ELECTION_STORAGE_CAPACITY", "0", "--storage-capacity")]
 #[case::duration_without_unit("ELECTION_ATTEMPTER_TIMEOUT", "5", "no unit")]
+#[case::pod_events_not_a_bool("ELECTION_POD_EVENTS", "maybe", "--pod-events")]
 fn bad_values_from_the_environment_are_refused_the_same_way(
     #[case] name: &str,
     #[case] value: &str,
@@ -149,6 +150,7 @@ fn help_documents_every_flag_with_its_env_name_and_default() {
         ("--http-addr", "ELECTION_HTTP_ADDR"),
         ("--admin-addr", "ELECTION_ADMIN_ADDR"),
         ("--pod-name", "ELECTION_POD_NAME"),
+        ("--pod-events", "ELECTION_POD_EVENTS"),
     ] {
         assert!(
             help.contains(flag) && help.contains(&format!("env: {env}")),
@@ -156,6 +158,11 @@ fn help_documents_every_flag_with_its_env_name_and_default() {
         );
     }
     assert!(help.contains("[default: 10s]"));
+    // What the Events switch needs from RBAC.
+    assert!(
+        help.contains("`create` on `events.k8s.io` events"),
+        "{help}"
+    );
 }
 
 #[test]

@@ -42,6 +42,19 @@ fn exactly_one_leader_among_three_replicas() {
     // Then exactly one of them ever became leader, and only its token is on disk
     let leaders: Vec<usize> = (0..3).filter(|&i| g.times_leader(i) > 0.0).collect();
     assert_eq!(leaders, vec![leader], "{}", g.logs());
+    // And the leader timed one takeover (entering Leader to its first
+    // file), however many files followed; the candidates none
+    let takeovers = g.replica(leader).wait_metric(
+        "election_takeover_seconds_count",
+        &[],
+        |n| n >= 1.0,
+        Duration::from_secs(10),
+    );
+    assert_eq!(takeovers, 1.0, "{}", g.logs());
+    for i in (0..3).filter(|&i| i != leader) {
+        let none = g.replica(i).metric("election_takeover_seconds_count", &[]);
+        assert_eq!(none, Some(0.0), "{}", g.logs());
+    }
     let tokens: std::collections::BTreeSet<u64> = files_by_token(&g.files_dir())
         .iter()
         .map(|k| k.token)

@@ -3,13 +3,13 @@
 //! processes of the built binary.
 //!
 //! Only what a real API server cannot be made to do on demand lives here
-//! (answer 500 or 409, hang, drop connections, be absent, and prove that
-//! no request arrives). The labels on a real control plane (one leader,
-//! the others attempter, annotations, `stopping` after a stop, the
+//! (answer 500, 403 or 409 to one call, hang, drop connections, and the
+//! requests themselves: that one does not arrive, what a body carries);
+//! each test says which it needs. The labels on a real control plane (one
+//! leader, the others attempter, annotations, `stopping` after a stop, the
 //! ServiceAccount's RBAC, the admission policy, Events, the stale-label
-//! correction and the Lease mirror) are checked by `scripts/e2e-k8s.sh`;
-//! here only that those helpers never hold the election up when the API
-//! server hangs.
+//! correction of a killed leader, the Lease mirror, and the labels and
+//! Events while ZooKeeper is down) are checked by `scripts/e2e-k8s.sh`.
 
 mod common;
 
@@ -17,12 +17,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::group::{Group, TRANSITIONS};
-use common::kube_api::{ApiMode, FakeApi};
+use common::kube_api::{ApiMode, FakeApi, lease_path, pod_path};
 use common::observe::{self, metrics};
-use common::replica::Replica;
 use common::zk::ZkCluster;
 use common::{free_port, wait_until};
 use rstest::rstest;
+use serde_json::json;
 
 /// Namespace of the test Pods.
 const NS: &str = "election-test";
@@ -106,6 +106,7 @@ fn stop(g: &mut Group, i: usize) -> Duration {
     took
 }
 
+/// Needs the fake: 500s, 409s, hangs and dropped connections on demand.
 /// One replica labelling Pod election-0 through an API server that fails
 /// in `mode`: the election goes on, the failures are counted, and the
 /// current state is patched once the API server answers again.
@@ -173,6 +174,7 @@ fn the_election_goes_on_while_the_api_server_fails(#[case] mode: ApiMode) {
     g.assert_invariants();
 }
 
+/// Needs the fake: an API server that answers 500 for a while.
 #[test]
 fn a_candidate_is_labelled_once_the_api_server_recovers() {
     // Given a leader r0 that labels nothing, and an API server answering 500
@@ -201,6 +203,7 @@ fn a_candidate_is_labelled_once_the_api_server_recovers() {
     g.assert_invariants();
 }
 
+/// Needs the fake: an API server that hangs.
 #[test]
 fn a_hanging_api_server_delays_a_stop_by_a_short_bound_only() {
     // Given a labelled leader whose API server starts hanging
@@ -232,6 +235,7 @@ fn a_hanging_api_server_delays_a_stop_by_a_short_bound_only() {
     g.assert_invariants();
 }
 
+/// Needs the fake: proof that no request arrives from r0.
 #[test]
 fn without_a_pod_name_nothing_reaches_the_api_server() {
     // Given a kubeconfig for the fake API server in the environment of r0,
@@ -271,51 +275,7 @@ fn without_a_pod_name_nothing_reaches_the_api_server() {
     g.assert_invariants();
 }
 
-#[test]
-fn the_pod_is_labelled_while_zookeeper_is_unreachable() {
-    // Given a fake API server and no ZooKeeper (nothing listens there)
-    let api = FakeApi::start();
-    let dir = tempfile::tempdir().unwrap();
-    let zk = loopback();
-    let file_dir = dir.path().join("files");
-    let kubeconfig = api.kubeconfig(NS);
-    // When a replica with a pod identity starts
-    let replica = Replica::spawn(
-        &[
-            "run",
-            "--zk-servers",
-            &zk.to_string(),
-            "--file-dir",
-            file_dir.to_str().unwrap(),
-            "--http-addr",
-            "off",
-            "--admin-addr",
-            "off",
-            "--pod-name",
-            "election-0",
-            "--pod-namespace",
-            NS,
-        ],
-        &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
-    );
-    // Then its Pod is labelled even though it never gets a session: with
-    // `init` or `failover`, never a ready state
-    let ok = wait_until(ELECTION, POLL, || {
-        api.last_label(NS, "election-0").is_some()
-    });
-    assert!(ok, "{}", replica.output());
-    for label in api.labels_of(NS, "election-0") {
-        assert!(["init", "failover"].contains(&label.as_str()), "{label}");
-    }
-    replica.signal(libc::SIGTERM);
-    let status = replica.wait_exit(EXIT).expect("exits");
-    assert_eq!(status.code(), Some(0), "{}", replica.output());
-    assert_eq!(
-        api.last_label(NS, "election-0").as_deref(),
-        Some("stopping")
-    );
-}
-
+/// Needs the fake: an API server that hangs.
 #[test]
 fn events_the_lease_mirror_and_the_stale_label_search_never_hold_up_the_election() {
     // Given an API server that hangs on every call, and a replica with every
@@ -359,5 +319,358 @@ fn events_the_lease_mirror_and_the_stale_label_search_never_hold_up_the_election
     // And a stop is held up by the short label bound only
     let took = stop(&mut g, 0);
     assert!(took < HUNG_STOP, "stopped in {took:?}\n{}", g.logs());
+    g.assert_invariants();
+}
+
+/// The selector of the election's Pods in these tests.
+const SELECTOR: &str = "app=election";
+
+/// Makes `g`'s next replica election-0, with the stale-label search on
+/// (and its Pod carrying the selector's label, as the chart's Pods do).
+fn lead_as_election_0(g: &mut Group, api: &FakeApi) -> SocketAddr {
+    let http = loopback();
+    api.put_pod(NS, "election-0", json!({"labels": {"app": "election"}}));
+    label_as(g, api, "election-0", http);
+    g.extra
+        .extend(["--pod-selector", SELECTOR].map(String::from));
+    http
+}
+
+/// Puts sibling `pod` in the fake, labelled leader by a daemon that is
+/// gone: with fencing token `token` and `state-since` `since`.
+fn stale_sibling(api: &FakeApi, pod: &str, token: &str, since: &str) {
+    api.put_pod(
+        NS,
+        pod,
+        json!({
+            "labels": {"app": "election", "election-state": "leader"},
+            "annotations": {"election/fencing-token": token, "election/state-since": since},
+        }),
+    );
+}
+
+/// The label selector lists (`GET .../pods?labelSelector=...`) so far.
+fn lists(api: &FakeApi) -> usize {
+    let path = format!("/api/v1/namespaces/{NS}/pods");
+    api.requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path == path && r.status == Some(200))
+        .count()
+}
+
+/// Waits until the leader has listed the leader-labelled Pods `n` more times.
+fn wait_lists(api: &FakeApi, n: usize, g: &Group) {
+    let before = lists(api);
+    // One list per 5 s while leading.
+    let ok = wait_until(Duration::from_secs(30), POLL, || lists(api) >= before + n);
+    assert!(ok, "{} lists\n{}", lists(api), g.logs());
+}
+
+/// Needs the fake: a sibling's annotations that no live daemon would
+/// write (a token from the future, a clock years off), and proof that no
+/// patch of it arrives.
+#[test]
+fn stale_labels_are_decided_by_fencing_token_whatever_the_clocks_say() {
+    // Given two siblings labelled leader: election-1 with a token far above
+    // any this ZooKeeper will hand out, but a start years ago (its clock
+    // lags); election-2 with a lower token than ours, but a start in the
+    // future (its clock runs ahead)
+    let zk = ZkCluster::standalone();
+    let api = FakeApi::start();
+    stale_sibling(&api, "election-1", "999999999999", "2020-01-01T00:00:00Z");
+    stale_sibling(&api, "election-2", "0", "2999-01-01T00:00:00Z");
+    // When election-0 leads and looks for stale labels twice
+    let mut g = Group::new(&zk.connect_string());
+    lead_as_election_0(&mut g, &api);
+    g.spawn(1);
+    assert_eq!(g.wait_leader(ELECTION), 0);
+    wait_label(&api, "election-0", "leader", &g);
+    let ok = wait_until(ELECTION, POLL, || {
+        api.pod(NS, "election-2").unwrap()["metadata"]["labels"]["election-state"] == "stale"
+    });
+    assert!(ok, "{:?}\n{}", api.pod(NS, "election-2"), g.logs());
+    wait_lists(&api, 2, &g);
+    // Then the higher token is left alone: no patch of election-1 at all
+    assert!(
+        api.requests_for(NS, "election-1").is_empty(),
+        "{:?}",
+        api.requests_for(NS, "election-1")
+    );
+    assert_eq!(
+        api.pod(NS, "election-1").unwrap()["metadata"]["labels"]["election-state"],
+        "leader"
+    );
+    // And the lower one got the one patch the admission policy admits: the
+    // label only, conditional on the resourceVersion the list showed
+    let patches = api.requests_for(NS, "election-2");
+    assert_eq!(patches.len(), 1, "{patches:?}");
+    assert_eq!(
+        patches[0].body,
+        json!({"metadata": {"resourceVersion": "2", "labels": {"election-state": "stale"}}})
+    );
+    g.stop_all();
+    g.assert_invariants();
+}
+
+/// Needs the fake: a 409 on the one conditional patch, on demand.
+#[test]
+fn a_conflict_on_the_conditional_patch_overwrites_nothing() {
+    // Given a sibling labelled leader with a lower token, whose patches the
+    // API server refuses with 409 (as when the sibling relabelled itself
+    // after the list)
+    let zk = ZkCluster::standalone();
+    let api = FakeApi::start();
+    stale_sibling(&api, "election-1", "0", "2020-01-01T00:00:00Z");
+    api.answer("PATCH", &pod_path(NS, "election-1"), 409);
+    // When election-0 leads and looks for stale labels three times
+    let mut g = Group::new(&zk.connect_string());
+    lead_as_election_0(&mut g, &api);
+    g.extra.extend(["--pod-uid", "uid-0"].map(String::from));
+    g.spawn(1);
+    assert_eq!(g.wait_leader(ELECTION), 0);
+    let ok = wait_until(ELECTION, POLL, || {
+        !api.requests_for(NS, "election-1").is_empty()
+    });
+    assert!(ok, "{}", g.logs());
+    wait_lists(&api, 2, &g);
+    g.stop_all();
+    // Then every patch of the sibling was the conditional one, answered
+    // 409, one per list at most: no retry without the precondition
+    let patches = api.requests_for(NS, "election-1");
+    assert!(!patches.is_empty());
+    for p in &patches {
+        assert_eq!(p.method, "PATCH");
+        assert_eq!(p.status, Some(409), "{p:?}");
+        assert_eq!(
+            p.body,
+            json!({"metadata": {"resourceVersion": "2", "labels": {"election-state": "stale"}}})
+        );
+    }
+    assert!(patches.len() <= lists(&api), "{patches:?}");
+    // And nothing was overwritten, nothing counted, no Event claims it
+    assert_eq!(
+        api.pod(NS, "election-1").unwrap()["metadata"]["labels"]["election-state"],
+        "leader"
+    );
+    let stale_events = api
+        .requests()
+        .into_iter()
+        .filter(|r| r.body["reason"] == "StaleLabelCorrected")
+        .count();
+    assert_eq!(stale_events, 0);
+    g.assert_invariants();
+}
+
+/// Needs the fake: the second PATCH of our own Pod is a request to inspect
+/// (and the relabelling is done inside the fake, at a known moment).
+#[test]
+fn a_leader_whose_pod_was_relabelled_labels_it_leader_again() {
+    // Given election-0 leading, its Pod labelled leader
+    let zk = ZkCluster::standalone();
+    let api = FakeApi::start();
+    let mut g = Group::new(&zk.connect_string());
+    let http = lead_as_election_0(&mut g, &api);
+    g.spawn(1);
+    assert_eq!(g.wait_leader(ELECTION), 0);
+    wait_label(&api, "election-0", "leader", &g);
+    let leader_patches = || {
+        api.requests_for(NS, "election-0")
+            .iter()
+            .filter(|r| r.status == Some(200) && r.state_label() == Some("leader"))
+            .count()
+    };
+    let before = leader_patches();
+    // When something else relabels its Pod `stale`
+    api.put_pod(
+        NS,
+        "election-0",
+        json!({"labels": {"election-state": "stale"}}),
+    );
+    // Then the next list of leader-labelled Pods misses it, and the leader
+    // patches `leader` again, without any transition
+    let ok = wait_until(ELECTION, POLL, || leader_patches() > before);
+    assert!(ok, "{:?}\n{}", api.requests_for(NS, "election-0"), g.logs());
+    assert_eq!(
+        api.pod(NS, "election-0").unwrap()["metadata"]["labels"]["election-state"],
+        "leader"
+    );
+    assert!(metric(http, "election_kube_label_resends_total").is_some_and(|n| n >= 1.0));
+    assert_eq!(
+        metric(http, "election_leadership_acquisitions_total"),
+        Some(1.0)
+    );
+    g.stop_all();
+    g.assert_invariants();
+}
+
+/// Needs the fake: proof that no Event request arrives.
+#[test]
+fn with_pod_events_off_no_event_is_posted() {
+    // Given election-0 with Events off, and a stale sibling it will relabel
+    let zk = ZkCluster::standalone();
+    let api = FakeApi::start();
+    stale_sibling(&api, "election-1", "0", "2020-01-01T00:00:00Z");
+    let mut g = Group::new(&zk.connect_string());
+    lead_as_election_0(&mut g, &api);
+    g.extra
+        .extend(["--pod-uid", "uid-0", "--pod-events", "false"].map(String::from));
+    g.spawn(1);
+    // When it leads, corrects the sibling, and stops
+    assert_eq!(g.wait_leader(ELECTION), 0);
+    let ok = wait_until(ELECTION, POLL, || {
+        api.pod(NS, "election-1").unwrap()["metadata"]["labels"]["election-state"] == "stale"
+    });
+    assert!(ok, "{}", g.logs());
+    let took = stop(&mut g, 0);
+    // Then its transitions and the correction went to the Pods only: no
+    // Event was posted, none failed, and the stop waited for none
+    let events: Vec<String> = api
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.contains("events"))
+        .map(|r| r.path)
+        .collect();
+    assert!(events.is_empty(), "{events:?}");
+    assert_eq!(
+        api.last_label(NS, "election-0").as_deref(),
+        Some("stopping")
+    );
+    assert!(took < HUNG_STOP, "{took:?}");
+    g.assert_invariants();
+}
+
+/// Needs the fake: the body of the PUT (what a real server stores is
+/// checked by the e2e; that the labels came from the daemon's own body is
+/// not visible there).
+#[test]
+fn the_lease_mirror_updates_the_charts_lease_and_keeps_its_labels() {
+    // Given the Lease the chart renders: its release labels, no holder
+    let zk = ZkCluster::standalone();
+    let api = FakeApi::start();
+    let labels =
+        json!({"app.kubernetes.io/instance": "rel", "app.kubernetes.io/managed-by": "Helm"});
+    api.put_lease(
+        NS,
+        "election",
+        json!({"metadata": {"labels": labels}, "spec": {}}),
+    );
+    // When election-0 leads with the mirror on
+    let mut g = Group::new(&zk.connect_string());
+    label_as(&mut g, &api, "election-0", loopback());
+    g.extra
+        .extend(["--lease-name", "election"].map(String::from));
+    g.spawn(1);
+    assert_eq!(g.wait_leader(ELECTION), 0);
+    let path = lease_path(NS, "election");
+    let put = || {
+        api.requests()
+            .into_iter()
+            .find(|r| r.method == "PUT" && r.path == path && r.status == Some(200))
+    };
+    let ok = wait_until(ELECTION, POLL, || put().is_some());
+    assert!(ok, "{:?}\n{}", api.requests(), g.logs());
+    // Then it updated the Lease it found, labels kept, holder set; it
+    // created none
+    let body = put().unwrap().body;
+    assert_eq!(body["metadata"]["labels"], labels, "{body}");
+    assert_eq!(body["metadata"]["resourceVersion"], "1", "{body}");
+    assert_eq!(body["spec"]["holderIdentity"], "election-0", "{body}");
+    assert!(
+        !api.requests()
+            .iter()
+            .any(|r| r.method == "POST" && r.path.contains("leases"))
+    );
+    assert_eq!(
+        api.lease(NS, "election").unwrap()["metadata"]["labels"],
+        labels
+    );
+    g.stop_all();
+    g.assert_invariants();
+}
+
+/// Needs the fake: a Lease that is absent while its creation is refused
+/// (the chart always renders the Lease, so the e2e never sees this).
+#[test]
+fn a_refused_lease_creation_is_reported_once_and_the_lease_read_until_it_exists() {
+    // Given no Lease, and an API server that refuses to create one (403)
+    let zk = ZkCluster::standalone();
+    let api = FakeApi::start();
+    let create = format!("/apis/coordination.k8s.io/v1/namespaces/{NS}/leases");
+    api.answer("POST", &create, 403);
+    // When election-0 leads with the mirror on for three renewals
+    let mut g = Group::new(&zk.connect_string());
+    let http = loopback();
+    label_as(&mut g, &api, "election-0", http);
+    g.extra
+        .extend(["--lease-name", "election"].map(String::from));
+    g.spawn(1);
+    assert_eq!(g.wait_leader(ELECTION), 0);
+    let path = lease_path(NS, "election");
+    let gets = || {
+        api.requests()
+            .iter()
+            .filter(|r| r.method == "GET" && r.path == path)
+            .count()
+    };
+    let ok = wait_until(ELECTION, POLL, || gets() >= 3);
+    assert!(ok, "{:?}\n{}", api.requests(), g.logs());
+    // Then it tried to create it once, said so once, counted it, and only
+    // read the Lease afterwards; the election went on
+    let posts = api
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path == create)
+        .count();
+    assert_eq!(posts, 1);
+    let out = g.replica(0).output();
+    assert_eq!(
+        out.matches("cannot create the lease mirror").count(),
+        1,
+        "{out}"
+    );
+    assert!(!out.contains("cannot write the lease mirror"), "{out}");
+    assert!(metric(http, "election_kube_lease_errors_total").is_some_and(|n| n >= 1.0));
+    assert_eq!(failovers(http), Some(0.0));
+    // And once the Lease exists (the chart applied late), it is updated
+    api.put_lease(NS, "election", json!({"spec": {}}));
+    let ok = wait_until(ELECTION, POLL, || {
+        api.lease(NS, "election").unwrap()["spec"]["holderIdentity"] == "election-0"
+    });
+    assert!(ok, "{:?}\n{}", api.lease(NS, "election"), g.logs());
+    g.stop_all();
+    g.assert_invariants();
+}
+
+/// Needs the fake: counting the requests that do not come.
+#[test]
+fn a_selector_that_misses_our_own_pod_costs_a_few_resends_only() {
+    // Given election-0 whose own Pod lacks the selector's label (a
+    // misconfigured --pod-selector: the leader never sees itself listed)
+    let zk = ZkCluster::standalone();
+    let api = FakeApi::start();
+    let mut g = Group::new(&zk.connect_string());
+    let http = loopback();
+    label_as(&mut g, &api, "election-0", http);
+    g.extra
+        .extend(["--pod-selector", SELECTOR].map(String::from));
+    g.spawn(1);
+    assert_eq!(g.wait_leader(ELECTION), 0);
+    wait_label(&api, "election-0", "leader", &g);
+    // When it leads for six rounds of the stale-label search
+    wait_lists(&api, 6, &g);
+    // Then it resent its label three times, said why once, and stopped
+    assert_eq!(
+        metric(http, "election_kube_label_resends_total"),
+        Some(3.0),
+        "{}",
+        g.logs()
+    );
+    let out = g.replica(0).output();
+    assert_eq!(
+        out.matches("does --pod-selector match it").count(),
+        1,
+        "{out}"
+    );
+    g.stop_all();
     g.assert_invariants();
 }

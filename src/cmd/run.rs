@@ -39,14 +39,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
 
     // Events, stale-label correction, Lease mirror.
-    let helpers = match (&ctx.cfg.pod_name, &ctx.cfg.pod_namespace) {
-        (Some(name), Some(namespace)) => Some(ops::Helpers::spawn(
+    let helpers = match (&ctx.cfg.pod_name, &ctx.cfg.pod_namespace, &labeller) {
+        (Some(name), Some(namespace), Some(labeller)) => Some(ops::Helpers::spawn(
             &ctx,
             ops::PodRef {
                 name: name.clone(),
                 namespace: namespace.clone(),
                 uid: ctx.cfg.pod_uid.clone(),
             },
+            labeller.resend(),
         )),
         _ => None,
     };

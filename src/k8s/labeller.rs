@@ -5,6 +5,9 @@
 //! latest state (intermediate ones are skipped when the API server is slow),
 //! retries with backoff, bounds every call, and never feeds anything back
 //! into the election: an API outage is logged and counted, nothing more.
+//! It sends a patch only when it differs from the last one that succeeded;
+//! a [`Resend`] request (the leader's list of leader-labelled Pods lacks
+//! our own, so something relabelled it) makes it send the current one again.
 //! Needs `patch` on its own Pod only. Events, the stale-label correction
 //! and the Lease mirror live in [`crate::k8s::ops`].
 //!
@@ -13,12 +16,13 @@
 //! `leader` (node id of the leader as last seen), `fencing-token` (while
 //! leading), `cause` (reason of the last transition).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
@@ -39,14 +43,51 @@ const BACKOFF: (Duration, Duration) = (Duration::from_millis(500), Duration::fro
 pub struct Labeller {
     task: JoinHandle<()>,
     patched: watch::Receiver<Option<StateName>>,
+    resend: Arc<Notify>,
+}
+
+/// Asks the labeller to send the current state again, even though it
+/// already sent it (see [`Resend::leader_label_missing`]).
+#[derive(Debug, Clone)]
+pub struct Resend {
+    notify: Arc<Notify>,
+    patched: watch::Receiver<Option<StateName>>,
+}
+
+impl Resend {
+    /// Our Pod is missing from a list of the Pods labelled `leader` while
+    /// we lead: if the labeller already published `leader` (so it will not
+    /// send it again by itself), it resends the current state. Returns
+    /// whether a resend was requested. (One that is still on its way will
+    /// send the state anyway.)
+    pub fn leader_label_missing(&self) -> bool {
+        if *self.patched.borrow() != Some(StateName::Leader) {
+            return false;
+        }
+        self.notify.notify_one();
+        true
+    }
 }
 
 impl Labeller {
     /// Starts labelling Pod `name` in `namespace`.
     pub fn spawn(ctx: &Context, name: String, namespace: String) -> Labeller {
         let (tx, patched) = watch::channel(None);
-        let task = tokio::spawn(run(ctx.clone(), name, namespace, tx));
-        Labeller { task, patched }
+        let resend = Arc::new(Notify::new());
+        let task = tokio::spawn(run(ctx.clone(), name, namespace, tx, resend.clone()));
+        Labeller {
+            task,
+            patched,
+            resend,
+        }
+    }
+
+    /// A handle to ask for a resend of the current state.
+    pub fn resend(&self) -> Resend {
+        Resend {
+            notify: self.resend.clone(),
+            patched: self.patched.clone(),
+        }
     }
 
     /// Waits (at most `bound`) for the `stopping` label to be published, then stops.
@@ -96,6 +137,7 @@ async fn run(
     name: String,
     namespace: String,
     patched: watch::Sender<Option<StateName>>,
+    resend: Arc<Notify>,
 ) {
     let mut rx = ctx.board.subscribe();
     let mut api: Option<Api<Pod>> = None;
@@ -144,8 +186,16 @@ async fn run(
                 continue;
             }
         }
-        if rx.changed().await.is_err() {
-            return;
+        tokio::select! {
+            r = rx.changed() => {
+                if r.is_err() {
+                    return;
+                }
+            }
+            () = resend.notified() => {
+                // What we sent is no longer on the Pod: send it again.
+                last_sent = None;
+            }
         }
     }
 }

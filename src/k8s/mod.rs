@@ -40,3 +40,20 @@ pub enum KubeError {
         source: serde_json::Error,
     },
 }
+
+impl KubeError {
+    /// The call that failed.
+    pub fn what(&self) -> &'static str {
+        match self {
+            KubeError::Client(_) => "building the Kubernetes client",
+            KubeError::Api { what, .. }
+            | KubeError::Timeout { what, .. }
+            | KubeError::Encode { what, .. } => what,
+        }
+    }
+
+    /// Whether the API server refused the call (403: RBAC or admission).
+    pub fn is_forbidden(&self) -> bool {
+        matches!(self, KubeError::Api { source: kube::Error::Api(status), .. } if status.is_forbidden())
+    }
+}

@@ -1,4 +1,4 @@
-//! What `kubectl` shows beyond the Pod label ([`crate::kube`]): Events,
+//! What `kubectl` shows beyond the Pod label ([`crate::k8s::labeller`]): Events,
 //! the correction of stale sibling labels, and a Lease mirror.
 //!
 //! Three helper tasks, each like the labeller: fed by the status board,
@@ -13,21 +13,36 @@
 //!   for what is one `create` call.
 //! - **Stale labels** (`list` on pods): a replica killed without a last
 //!   patch keeps `election-state=leader`. While leading, the daemon lists
-//!   the election's Pods labelled leader; a sibling whose claim
-//!   (`election/state-since`) predates the start of its own leadership is
-//!   stale, because ZooKeeper has one leader at a time and ours came later.
-//!   A claim newer than ours is left alone (then we may be the stale one).
-//!   The patch carries the resourceVersion read in the list (a precondition:
-//!   409 if the sibling relabelled itself meanwhile), so a live sibling's
-//!   fresh label is never overwritten. The label becomes `stale`.
+//!   the election's Pods labelled leader and decides by fencing token
+//!   ([`claim_is_stale`]): each leadership's token is strictly higher than
+//!   the one before (ZooKeeper orders them), and a leader's Pod carries its
+//!   token (`election/fencing-token`), so a sibling whose token is lower
+//!   than ours led before us and is stale. An equal or higher token is left
+//!   alone (then we may be the stale one), and so is everything while our
+//!   own token is unknown. Wall clocks decide only for a leader label
+//!   without a token (its daemon died between the label and the token
+//!   patch, or no daemon wrote it): `election/state-since` before the start
+//!   of our leadership. The patch carries the resourceVersion read in the
+//!   list (a precondition: 409 if the sibling relabelled itself meanwhile,
+//!   and no unconditional retry follows), so a live sibling's fresh label is
+//!   never overwritten. The label becomes `stale`. The same list shows
+//!   whether our own Pod says `leader`: if not (something relabelled it),
+//!   the labeller is asked to send our state again
+//!   ([`crate::k8s::labeller::Resend`]).
 //! - **Lease mirror** (`coordination.k8s.io/v1`): while leading, the daemon
 //!   keeps a Lease whose `holderIdentity` is its Pod, `renewTime` renewed
 //!   every [`LEASE_RENEW`]. A read-only mirror for tools: nothing in the
-//!   election reads it.
+//!   election reads it. The chart creates the Lease (with its labels, so
+//!   that `helm uninstall` removes it) and grants only `get`, `update` and
+//!   `patch` on it: the daemon updates the spec of an existing Lease and
+//!   keeps its metadata; it creates the Lease only when it is absent, and
+//!   if that is refused (403) it says so once and only reads afterwards.
+//! - **Events** can be switched off (`--pod-events false`) where the Role
+//!   does not grant `create` on `events.k8s.io` events.
 
 use std::time::Duration;
 
-use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
@@ -39,13 +54,16 @@ use tracing::{debug, info, warn};
 
 use super::KubeError;
 use crate::board::{StateName, Transition};
-use crate::k8s::labeller::{ANNOTATION_PREFIX, STATE_LABEL, bounded, client};
+use crate::k8s::labeller::{ANNOTATION_PREFIX, Resend, STATE_LABEL, bounded, client};
 use crate::machine::Context;
 
 /// Value a stale sibling's `election-state` label is corrected to.
 pub const STALE: &str = "stale";
 /// How often the leader looks for stale siblings.
 const STALE_PERIOD: Duration = Duration::from_secs(5);
+/// Resends of our own label in a row (one per [`STALE_PERIOD`]) after
+/// which the leader stops trying while its Pod stays unlisted.
+const MAX_RESENDS: u32 = 3;
 /// How often the leader renews the Lease mirror.
 pub const LEASE_RENEW: Duration = Duration::from_secs(5);
 /// `leaseDurationSeconds` of the mirror: three missed renewals.
@@ -67,17 +85,30 @@ pub struct PodRef {
 /// The helper tasks that were started.
 pub struct Helpers {
     tasks: Vec<JoinHandle<()>>,
-    /// The state entered by the last transition the Events task handled.
-    handled: watch::Receiver<Option<StateName>>,
+    /// The state entered by the last transition the Events task handled
+    /// (None when Events are off).
+    handled: Option<watch::Receiver<Option<StateName>>>,
 }
 
 impl Helpers {
-    /// Starts the tasks the configuration asks for.
-    pub fn spawn(ctx: &Context, pod: PodRef) -> Helpers {
-        let (tx, handled) = watch::channel(None);
-        let mut tasks = vec![tokio::spawn(events(ctx.clone(), pod.clone(), tx))];
+    /// Starts the tasks the configuration asks for; `resend` asks the
+    /// labeller to send our label again when the stale-label search does
+    /// not find our own Pod labelled leader.
+    pub fn spawn(ctx: &Context, pod: PodRef, resend: Resend) -> Helpers {
+        let mut tasks = Vec::new();
+        let mut handled = None;
+        if ctx.cfg.pod_events {
+            let (tx, rx) = watch::channel(None);
+            tasks.push(tokio::spawn(events(ctx.clone(), pod.clone(), tx)));
+            handled = Some(rx);
+        }
         if let Some(selector) = ctx.cfg.pod_selector.clone() {
-            tasks.push(tokio::spawn(stale(ctx.clone(), pod.clone(), selector)));
+            tasks.push(tokio::spawn(stale(
+                ctx.clone(),
+                pod.clone(),
+                selector,
+                resend,
+            )));
         }
         if let Some(lease) = ctx.cfg.lease_name.clone() {
             tasks.push(tokio::spawn(mirror(ctx.clone(), pod, lease)));
@@ -87,10 +118,12 @@ impl Helpers {
 
     /// Waits (at most `bound`) for the Event of the move to Stopping to be
     /// posted or given up, then stops every task.
-    pub async fn finish(mut self, bound: Duration) {
-        let done = self.handled.wait_for(|s| *s == Some(StateName::Stopping));
-        if tokio::time::timeout(bound, done).await.is_err() {
-            debug!(bound = ?bound, "last Events not posted in time");
+    pub async fn finish(self, bound: Duration) {
+        if let Some(mut handled) = self.handled {
+            let done = handled.wait_for(|s| *s == Some(StateName::Stopping));
+            if tokio::time::timeout(bound, done).await.is_err() {
+                debug!(bound = ?bound, "last Events not posted in time");
+            }
         }
         for t in self.tasks {
             t.abort();
@@ -213,30 +246,96 @@ async fn pause_while_leading(
     }
 }
 
-/// Whether a sibling's leader claim is stale: it started before ours (or
+/// A sibling's leader claim, as its Pod's annotations carry it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim<'a> {
+    /// `election/fencing-token`: the token of its leadership, if set.
+    pub token: Option<&'a str>,
+    /// `election/state-since`: when it entered its state (RFC 3339).
+    pub since: Option<&'a str>,
+}
+
+/// Our leadership, to compare a claim with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ours {
+    /// Our fencing token, once Leader has claimed it.
+    pub token: Option<u64>,
+    /// When we entered Leader, unix milliseconds.
+    pub since_ms: u64,
+}
+
+/// Whether a sibling's leader claim is stale.
+///
+/// By fencing token when the claim carries a parsable one: tokens grow
+/// strictly from one leadership to the next (ZooKeeper orders them), so a
+/// lower token than ours belongs to an earlier leadership. An equal or
+/// higher one, or any token while ours is not known yet, is left alone: no
+/// clock is involved. Only a claim without a parsable token falls back to
+/// the wall clocks: it is stale if it started before our leadership (or
 /// carries no parsable start at all: no daemon wrote it).
-pub fn claim_is_stale(sibling_since: Option<&str>, our_since_ms: u64) -> bool {
-    let Some(since) = sibling_since else {
+pub fn claim_is_stale(claim: Claim<'_>, ours: Ours) -> bool {
+    if let Some(theirs) = claim.token.and_then(|t| t.trim().parse::<u64>().ok()) {
+        return ours.token.is_some_and(|ours| theirs < ours);
+    }
+    let Some(since) = claim.since else {
         return true;
     };
     match time::OffsetDateTime::parse(since, &time::format_description::well_known::Rfc3339) {
-        Ok(t) => (t.unix_timestamp_nanos() / 1_000_000) < i128::from(our_since_ms),
+        Ok(t) => (t.unix_timestamp_nanos() / 1_000_000) < i128::from(ours.since_ms),
         Err(_) => true,
     }
 }
 
-async fn stale(ctx: Context, pod: PodRef, selector: String) {
+/// Waits until this replica leads and knows its fencing token; returns
+/// false when the board is gone.
+async fn until_leading_with_token(rx: &mut watch::Receiver<crate::board::Snapshot>) -> bool {
+    rx.wait_for(|s| s.state == StateName::Leader && s.token.is_some())
+        .await
+        .is_ok()
+}
+
+async fn stale(ctx: Context, pod: PodRef, selector: String, resend: Resend) {
     let mut rx = ctx.board.subscribe();
     let mut api: Option<Api<Pod>> = None;
     let mut events_api = None;
     let selector = format!("{selector},{STATE_LABEL}=leader");
+    // Resends in a row without seeing our Pod listed, in this leadership.
+    let mut resent = (0, 0u32);
     loop {
-        if !until_leading(&mut rx).await {
+        if !until_leading_with_token(&mut rx).await {
             return;
         }
-        let since = rx.borrow().since_ms;
-        if let Err(e) = correct(&ctx, &pod, &selector, since, &mut api, &mut events_api).await {
-            warn!(error = %e, "cannot look for stale leader labels");
+        let ours = {
+            let s = rx.borrow();
+            Ours {
+                token: s.token,
+                since_ms: s.since_ms,
+            }
+        };
+        if resent.0 != ours.since_ms {
+            resent = (ours.since_ms, 0);
+        }
+        match correct(&ctx, &pod, &selector, ours, &mut api, &mut events_api).await {
+            Ok(true) => resent.1 = 0,
+            // Our own Pod does not say leader: something relabelled it,
+            // and the labeller would not notice before our next transition.
+            Ok(false) if resent.1 < MAX_RESENDS => {
+                if resend.leader_label_missing() {
+                    resent.1 += 1;
+                    ctx.board.metrics.kube_label_resends.inc();
+                    warn!(pod = %pod.name, "our pod is not labelled leader while we lead; labelling it again");
+                }
+            }
+            // Resending did not help: the selector does not match our own
+            // Pod, most likely. Say so once, and stop patching for nothing.
+            Ok(false) => {
+                if resent.1 == MAX_RESENDS {
+                    resent.1 += 1;
+                    warn!(pod = %pod.name, selector = %selector,
+                        "our pod is still not listed as leader after labelling it again: does --pod-selector match it? not resending any more in this leadership");
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot look for stale leader labels"),
         }
         if !pause_while_leading(&mut rx, STALE_PERIOD).await {
             return;
@@ -244,31 +343,41 @@ async fn stale(ctx: Context, pod: PodRef, selector: String) {
     }
 }
 
+/// Relabels the stale leader claims among the Pods `selector` lists;
+/// returns whether our own Pod was among them.
 async fn correct(
     ctx: &Context,
     pod: &PodRef,
     selector: &str,
-    our_since_ms: u64,
+    ours: Ours,
     api: &mut Option<Api<Pod>>,
     events_api: &mut Option<Api<Event>>,
-) -> Result<(), KubeError> {
+) -> Result<bool, KubeError> {
     if api.is_none() {
         *api = Some(Api::namespaced(client().await?, &pod.namespace));
     }
     let pods = api.as_ref().expect("set above");
     let list = bounded("list", pods.list(&ListParams::default().labels(selector))).await?;
+    let mut listed_ourselves = false;
     for sibling in list.items {
         let meta = &sibling.metadata;
         let Some(name) = meta.name.clone() else {
             continue;
         };
         if name == pod.name {
+            listed_ourselves = true;
             continue;
         }
         let ann = meta.annotations.clone().unwrap_or_default();
-        let claim = ann.get(&format!("{ANNOTATION_PREFIX}state-since"));
-        if !claim_is_stale(claim.map(String::as_str), our_since_ms) {
-            info!(sibling = %name, since = ?claim, "sibling's leader label is newer than our leadership; left alone");
+        let token = ann.get(&format!("{ANNOTATION_PREFIX}fencing-token"));
+        let since = ann.get(&format!("{ANNOTATION_PREFIX}state-since"));
+        let claim = Claim {
+            token: token.map(String::as_str),
+            since: since.map(String::as_str),
+        };
+        if !claim_is_stale(claim, ours) {
+            info!(sibling = %name, token = ?claim.token, since = ?claim.since, our_token = ?ours.token,
+                "sibling's leader label is not older than our leadership; left alone");
             continue;
         }
         // The resourceVersion makes the patch conditional: if the sibling
@@ -281,37 +390,40 @@ async fn correct(
         match bounded("patch", pods.patch(&name, &params, &patch)).await {
             Ok(_) => {
                 ctx.board.metrics.kube_stale_corrected.inc();
-                info!(sibling = %name, since = ?claim, "relabelled a stale leader label");
+                info!(sibling = %name, token = ?claim.token, since = ?claim.since, "relabelled a stale leader label");
                 let regarding = PodRef {
                     name: name.clone(),
                     namespace: pod.namespace.clone(),
                     uid: meta.uid.clone(),
                 };
-                let ours = time::OffsetDateTime::from_unix_timestamp_nanos(
-                    i128::from(our_since_ms) * 1_000_000,
-                )
-                .ok()
-                .and_then(|t| {
-                    t.format(&time::format_description::well_known::Rfc3339)
-                        .ok()
-                })
-                .unwrap_or_default();
+                let why = match claim.token {
+                    Some(t) if t.trim().parse::<u64>().is_ok() => {
+                        format!("fencing token {t} < ours {}", ours.token.unwrap_or(0))
+                    }
+                    _ => format!(
+                        "no fencing token; labelled since {}, before our leadership",
+                        claim.since.unwrap_or("?")
+                    ),
+                };
                 let note = format!(
-                    "{} leads since {ours}; {name} was still labelled leader (since {}): relabelled {STALE}",
-                    pod.name,
-                    claim.map(String::as_str).unwrap_or("?")
+                    "{} leads; {name} was still labelled leader ({why}): relabelled {STALE}",
+                    pod.name
                 );
                 let ev = event_for(pod, &regarding, "StaleLabelCorrected", "Normal", &note);
-                if let Err(e) = post(events_api, &pod.namespace, &ev).await {
+                if ctx.cfg.pod_events
+                    && let Err(e) = post(events_api, &pod.namespace, &ev).await
+                {
                     warn!(error = %e, "cannot post event");
                 }
             }
             Err(e) => {
+                // No retry without the precondition: the next round lists
+                // again and decides on what the Pod says then.
                 warn!(sibling = %name, error = %e, "stale label not corrected (changed meanwhile?)")
             }
         }
     }
-    Ok(())
+    Ok(listed_ourselves)
 }
 
 /// The Lease mirror's next spec, given the current one (None: absent).
@@ -334,14 +446,29 @@ pub fn next_lease(current: Option<&Lease>, holder: &str, now: &str) -> serde_jso
 async fn mirror(ctx: Context, pod: PodRef, name: String) {
     let mut rx = ctx.board.subscribe();
     let mut api: Option<Api<Lease>> = None;
+    // Set once the API server refused to create the Lease: from then on
+    // the mirror only reads it (the chart creates it and grants no
+    // `create`), and says nothing more until it exists.
+    let mut create_refused = false;
     loop {
         if !until_leading(&mut rx).await {
             return;
         }
-        match renew(&mut api, &pod, &name).await {
-            Ok(()) => {
+        match renew(&mut api, &pod, &name, !create_refused).await {
+            Ok(Renewal::Written) => {
                 ctx.board.metrics.kube_lease_writes.inc();
                 debug!(lease = %name, "lease mirror renewed");
+            }
+            Ok(Renewal::Absent) => {
+                ctx.board.metrics.kube_lease_errors.inc();
+                debug!(lease = %name, "lease mirror absent; not creating it again");
+            }
+            Err(e) if e.is_forbidden() && e.what() == CREATE_LEASE => {
+                ctx.board.metrics.kube_lease_errors.inc();
+                create_refused = true;
+                warn!(lease = %name, error = %e,
+                    "cannot create the lease mirror: RBAC grants no `create` on leases (the chart creates the Lease itself); \
+                     it will be updated once it exists");
             }
             Err(e) => {
                 ctx.board.metrics.kube_lease_errors.inc();
@@ -354,7 +481,28 @@ async fn mirror(ctx: Context, pod: PodRef, name: String) {
     }
 }
 
-async fn renew(api: &mut Option<Api<Lease>>, pod: &PodRef, name: &str) -> Result<(), KubeError> {
+/// What a renewal of the Lease mirror did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Renewal {
+    /// The Lease says we hold it.
+    Written,
+    /// The Lease does not exist, and we were not to create it.
+    Absent,
+}
+
+/// The `what` of a refused creation.
+const CREATE_LEASE: &str = "create lease";
+
+/// Reads the Lease; updates its spec if it exists (its metadata, the
+/// chart's labels among them, stays as read, and the resourceVersion read
+/// makes a concurrent writer's update fail with 409), creates it if it is
+/// absent and `may_create`.
+async fn renew(
+    api: &mut Option<Api<Lease>>,
+    pod: &PodRef,
+    name: &str,
+    may_create: bool,
+) -> Result<Renewal, KubeError> {
     if api.is_none() {
         *api = Some(Api::namespaced(client().await?, &pod.namespace));
     }
@@ -362,27 +510,32 @@ async fn renew(api: &mut Option<Api<Lease>>, pod: &PodRef, name: &str) -> Result
     let now = k8s_openapi::jiff::Timestamp::now().to_string();
     let current = bounded("get lease", api.get_opt(name)).await?;
     let spec = next_lease(current.as_ref(), &pod.name, &now);
-    let mut lease: Lease = serde_json::from_value(json!({
-        "metadata": {"name": name, "namespace": pod.namespace},
-        "spec": spec,
-    }))
-    .map_err(|source| KubeError::Encode {
+    let params = PostParams::default();
+    let spec: LeaseSpec = serde_json::from_value(spec).map_err(|source| KubeError::Encode {
         what: "lease",
         source,
     })?;
     match current {
-        None => bounded("create lease", api.create(&PostParams::default(), &lease)).await?,
-        Some(cur) => {
-            // Replace with the resourceVersion read: a concurrent writer gets 409.
-            lease.metadata = cur.metadata;
-            bounded(
-                "update lease",
-                api.replace(name, &PostParams::default(), &lease),
-            )
-            .await?
+        Some(mut lease) => {
+            lease.spec = Some(spec);
+            let call = api.replace(name, &params, &lease);
+            bounded("update lease", call).await?;
         }
-    };
-    Ok(())
+        None if !may_create => return Ok(Renewal::Absent),
+        None => {
+            let lease = Lease {
+                metadata: kube::api::ObjectMeta {
+                    name: Some(name.to_owned()),
+                    namespace: Some(pod.namespace.clone()),
+                    ..Default::default()
+                },
+                spec: Some(spec),
+            };
+            let call = api.create(&params, &lease);
+            bounded(CREATE_LEASE, call).await?;
+        }
+    }
+    Ok(Renewal::Written)
 }
 
 #[cfg(test)]
@@ -390,17 +543,73 @@ mod tests {
     use super::*;
     use crate::machine::Cause;
 
+    /// 2026-01-01T00:00:00Z, unix milliseconds.
+    const JAN_1: u64 = 1_767_225_600_000;
+
+    fn claim<'a>(token: Option<&'a str>, since: Option<&'a str>) -> Claim<'a> {
+        Claim { token, since }
+    }
+
     #[test]
-    fn a_claim_older_than_our_leadership_is_stale_and_a_newer_one_is_not() {
-        // 2026-01-01T00:00:00Z = 1_767_225_600_000 ms.
-        let ours = 1_767_225_600_000;
-        assert!(claim_is_stale(Some("2025-12-31T23:59:59Z"), ours));
-        assert!(!claim_is_stale(Some("2026-01-01T00:00:01Z"), ours));
-        assert!(
-            claim_is_stale(None, ours),
-            "a leader label without a claim time"
-        );
-        assert!(claim_is_stale(Some("yesterday"), ours));
+    fn a_lower_fencing_token_is_stale_whatever_the_clocks_say() {
+        let ours = Ours {
+            token: Some(42),
+            since_ms: JAN_1,
+        };
+        // Its clock ran ahead: a start after ours does not save it.
+        assert!(claim_is_stale(
+            claim(Some("41"), Some("2026-01-01T00:05:00Z")),
+            ours
+        ));
+        assert!(claim_is_stale(claim(Some("7"), None), ours));
+    }
+
+    #[test]
+    fn an_equal_or_higher_token_is_left_alone_whatever_the_clocks_say() {
+        let ours = Ours {
+            token: Some(42),
+            since_ms: JAN_1,
+        };
+        // Our clock ran ahead: a start before ours does not make it stale.
+        let old = Some("2025-12-31T23:00:00Z");
+        assert!(!claim_is_stale(claim(Some("42"), old), ours));
+        assert!(!claim_is_stale(claim(Some("43"), old), ours));
+        assert!(!claim_is_stale(claim(Some(" 43 "), old), ours));
+    }
+
+    #[test]
+    fn no_token_of_ours_leaves_every_token_alone() {
+        let ours = Ours {
+            token: None,
+            since_ms: JAN_1,
+        };
+        assert!(!claim_is_stale(
+            claim(Some("1"), Some("2025-12-31T23:00:00Z")),
+            ours
+        ));
+    }
+
+    #[test]
+    fn a_claim_without_a_parsable_token_falls_back_to_its_start_time() {
+        let ours = Ours {
+            token: Some(42),
+            since_ms: JAN_1,
+        };
+        for token in [None, Some(""), Some("x"), Some("-1")] {
+            assert!(claim_is_stale(
+                claim(token, Some("2025-12-31T23:59:59Z")),
+                ours
+            ));
+            assert!(!claim_is_stale(
+                claim(token, Some("2026-01-01T00:00:01Z")),
+                ours
+            ));
+            assert!(
+                claim_is_stale(claim(token, None), ours),
+                "a leader label without a claim time"
+            );
+            assert!(claim_is_stale(claim(token, Some("yesterday")), ours));
+        }
     }
 
     #[test]

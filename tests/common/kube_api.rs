@@ -3,12 +3,24 @@
 //!
 //! [`FakeApi`] listens on `127.0.0.1:0` and speaks plain HTTP/1.1, one std
 //! thread per connection. It records every request (method, path, content
-//! type, bearer token, JSON body, and the mode it met) and answers
-//! `GET`/`PATCH /api/v1/namespaces/{ns}/pods/{name}` with a Pod whose
-//! metadata carries the labels and annotations merged so far (JSON merge
-//! patch, RFC 7386). Any pod name exists. Its behaviour can be switched at
-//! runtime ([`ApiMode`]) to fail the way a real API server or a broken
-//! network does. kube with rustls talks plain `http://` when the
+//! type, bearer token, JSON body, the mode it met and the status it got)
+//! and serves what the daemon calls:
+//!
+//! - `GET`/`PATCH /api/v1/namespaces/{ns}/pods/{name}`: a Pod whose
+//!   metadata carries the labels and annotations merged so far (JSON merge
+//!   patch, RFC 7386). Any pod name exists. A patch that carries
+//!   `metadata.resourceVersion` is conditional: 409 unless it matches.
+//! - `GET /api/v1/namespaces/{ns}/pods?labelSelector=k=v,...`: the Pods
+//!   stored so far (patched, or seeded with [`FakeApi::put_pod`]) whose
+//!   labels match (equality selectors only).
+//! - `POST /apis/events.k8s.io/v1/namespaces/{ns}/events`: 201.
+//! - `GET`/`PUT /apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}`
+//!   and `POST .../leases`: Leases as stored (404 when absent; seeded with
+//!   [`FakeApi::put_lease`]).
+//!
+//! Its behaviour can be switched at runtime ([`ApiMode`]) to fail the way a
+//! real API server or a broken network does, and single calls can be made
+//! to fail ([`FakeApi::answer`]). kube with rustls talks plain `http://` when the
 //! kubeconfig says so (its connector is built with `https_or_http`).
 //!
 //! [`http_get`] is the client side the tests use to scrape the daemon's own
@@ -58,6 +70,8 @@ pub struct Recorded {
     pub body: Value,
     /// The mode in force when it arrived, i.e. how it was answered.
     pub mode: ApiMode,
+    /// The status answered; `None` while hanging, or dropped unanswered.
+    pub status: Option<u16>,
 }
 
 impl Recorded {
@@ -95,6 +109,10 @@ struct State {
     requests: Vec<Recorded>,
     /// The stored Pods by path.
     pods: std::collections::HashMap<String, Value>,
+    /// The stored Leases by path.
+    leases: std::collections::HashMap<String, Value>,
+    /// Calls answered with a failure whatever the mode: (method, path, status).
+    injected: Vec<(String, String, u16)>,
     /// A handle on every accepted connection, to shut them down on drop.
     connections: Vec<TcpStream>,
 }
@@ -123,6 +141,8 @@ impl FakeApi {
                 mode: ApiMode::Ok,
                 requests: Vec::new(),
                 pods: Default::default(),
+                leases: Default::default(),
+                injected: Vec::new(),
                 connections: Vec::new(),
             }),
             mode_changed: Condvar::new(),
@@ -188,7 +208,7 @@ impl FakeApi {
         let mut labels: Vec<String> = self
             .requests_for(namespace, pod)
             .iter()
-            .filter(|r| r.method == "PATCH" && r.mode == ApiMode::Ok)
+            .filter(|r| r.method == "PATCH" && r.status == Some(200))
             .filter_map(|r| r.state_label().map(str::to_owned))
             .collect();
         labels.dedup();
@@ -208,6 +228,48 @@ impl FakeApi {
             .pods
             .get(&pod_path(namespace, pod))
             .cloned()
+    }
+
+    /// Stores Pod `namespace/pod` (as if it existed before the daemon
+    /// started) with `metadata` merged into it; it is listed from now on.
+    pub fn put_pod(&self, namespace: &str, pod: &str, metadata: Value) {
+        let mut state = self.shared.lock();
+        let stored = state
+            .pods
+            .entry(pod_path(namespace, pod))
+            .or_insert_with(|| new_pod(namespace, pod));
+        merge_patch(&mut stored["metadata"], &metadata);
+        bump(stored);
+    }
+
+    /// Stores Lease `namespace/name` (metadata `name`, `namespace` and
+    /// `resourceVersion` filled in).
+    pub fn put_lease(&self, namespace: &str, name: &str, mut lease: Value) {
+        lease["metadata"]["name"] = json!(name);
+        lease["metadata"]["namespace"] = json!(namespace);
+        lease["metadata"]["resourceVersion"] = json!("1");
+        self.shared
+            .lock()
+            .leases
+            .insert(lease_path(namespace, name), lease);
+    }
+
+    /// The Lease as stored, if any.
+    pub fn lease(&self, namespace: &str, name: &str) -> Option<Value> {
+        self.shared
+            .lock()
+            .leases
+            .get(&lease_path(namespace, name))
+            .cloned()
+    }
+
+    /// From now on, answers `method path` (path without the query) with
+    /// `status` and a `Status` body, in [`ApiMode::Ok`].
+    pub fn answer(&self, method: &str, path: &str, status: u16) {
+        self.shared
+            .lock()
+            .injected
+            .push((method.to_owned(), path.to_owned(), status));
     }
 
     /// Writes a kubeconfig for this server (a token user, the context
@@ -293,7 +355,7 @@ fn serve(stream: TcpStream, shared: &Shared) {
             None => (request.target.clone(), None),
         };
         let body: Value = serde_json::from_slice(&request.body).unwrap_or(Value::Null);
-        let mode = {
+        let (mode, index) = {
             let mut state = shared.lock();
             let mode = state.mode;
             state.requests.push(Recorded {
@@ -305,8 +367,9 @@ fn serve(stream: TcpStream, shared: &Shared) {
                 authorization: request.header("authorization").map(str::to_owned),
                 body: body.clone(),
                 mode,
+                status: None,
             });
-            mode
+            (mode, state.requests.len() - 1)
         };
         let (status, answer) = match mode {
             ApiMode::CloseConnection => return,
@@ -323,8 +386,9 @@ fn serve(stream: TcpStream, shared: &Shared) {
             }
             ApiMode::Fail500 => (500, status_body(500, "InternalError", "injected failure")),
             ApiMode::Conflict409 => (409, status_body(409, "Conflict", "injected conflict")),
-            ApiMode::Ok => pod_answer(&request, &path, &body, shared),
+            ApiMode::Ok => answer(&request, &path, &body, shared),
         };
+        shared.lock().requests[index].status = Some(status);
         let text = answer.to_string();
         let response = format!(
             "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{text}",
@@ -392,6 +456,8 @@ fn read_request(reader: &mut impl BufRead) -> Option<Request> {
 fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
+        201 => "Created",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         409 => "Conflict",
@@ -413,68 +479,240 @@ fn status_body(code: u16, reason: &str, message: &str) -> Value {
     })
 }
 
-/// Answers GET and PATCH on `/api/v1/namespaces/{ns}/pods/{name}`.
-fn pod_answer(request: &Request, path: &str, body: &Value, shared: &Shared) -> (u16, Value) {
-    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let ["api", "v1", "namespaces", namespace, "pods", name] = segments[..] else {
-        return (
+fn not_found() -> (u16, Value) {
+    (
+        404,
+        status_body(
             404,
+            "NotFound",
+            "the server could not find the requested resource",
+        ),
+    )
+}
+
+fn not_allowed() -> (u16, Value) {
+    (
+        405,
+        status_body(405, "MethodNotAllowed", "method not allowed"),
+    )
+}
+
+/// A fresh Pod `namespace/name`, without labels or annotations.
+fn new_pod(namespace: &str, name: &str) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "resourceVersion": "1",
+            "labels": {},
+            "annotations": {},
+        },
+    })
+}
+
+/// The API path of a Lease.
+pub fn lease_path(namespace: &str, name: &str) -> String {
+    format!("/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{name}")
+}
+
+/// Increments `metadata.resourceVersion`.
+fn bump(object: &mut Value) {
+    let version = object["metadata"]["resourceVersion"]
+        .as_str()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    object["metadata"]["resourceVersion"] = json!((version + 1).to_string());
+}
+
+/// The 409 a write with a stale `metadata.resourceVersion` gets.
+fn outdated(stored: &Value, body: &Value) -> Option<(u16, Value)> {
+    let wanted = body["metadata"]["resourceVersion"].as_str()?;
+    (stored["metadata"]["resourceVersion"].as_str() != Some(wanted)).then(|| {
+        (
+            409,
             status_body(
-                404,
-                "NotFound",
-                "the server could not find the requested resource",
+                409,
+                "Conflict",
+                "the object has been modified; please apply your changes to the latest version and try again",
             ),
-        );
-    };
-    let mut state = shared.lock();
-    let pod = state.pods.entry(path.to_owned()).or_insert_with(|| {
-        json!({
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {
-                "name": name,
-                "namespace": namespace,
-                "resourceVersion": "1",
-                "labels": {},
-                "annotations": {},
-            },
-        })
-    });
-    match request.method.as_str() {
-        "GET" => {}
-        "PATCH" => {
-            // A merge patch or a strategic merge patch: on labels and
-            // annotations (string maps) both mean the RFC 7386 merge.
-            let kind = request.header("content-type").unwrap_or("");
-            if !kind.starts_with("application/merge-patch+json")
-                && !kind.starts_with("application/strategic-merge-patch+json")
-            {
-                return (
-                    415,
-                    status_body(415, "UnsupportedMediaType", "unsupported patch type"),
-                );
+        )
+    })
+}
+
+/// `%XX` decoding of a query value (`+` is a space).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+                match u8::from_str_radix(hex, 16) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 3;
+                        continue;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
             }
-            if !body.is_object() {
-                return (
-                    415,
-                    status_body(415, "BadRequest", "the patch is not a JSON object"),
-                );
-            }
-            merge_patch(pod, body);
-            let version = pod["metadata"]["resourceVersion"]
-                .as_str()
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0);
-            pod["metadata"]["resourceVersion"] = json!((version + 1).to_string());
+            b'+' => out.push(b' '),
+            b => out.push(b),
         }
-        _ => {
-            return (
-                405,
-                status_body(405, "MethodNotAllowed", "method not allowed"),
-            );
-        }
+        i += 1;
     }
-    (200, pod.clone())
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whether `labels` match the equality selector `k=v,k2=v2` (empty: all).
+fn selected(labels: &Value, selector: &str) -> bool {
+    selector.split(',').filter(|t| !t.is_empty()).all(|term| {
+        let (k, v) = term
+            .split_once("==")
+            .or_else(|| term.split_once('='))
+            .unwrap_or((term, ""));
+        labels[k.trim()].as_str() == Some(v.trim())
+    })
+}
+
+/// Answers a request in [`ApiMode::Ok`].
+fn answer(request: &Request, path: &str, body: &Value, shared: &Shared) -> (u16, Value) {
+    let mut state = shared.lock();
+    if let Some((.., status)) = state
+        .injected
+        .iter()
+        .find(|(m, p, _)| *m == request.method && p == path)
+    {
+        let status = *status;
+        let reason = match status {
+            403 => "Forbidden",
+            409 => "Conflict",
+            _ => "InternalError",
+        };
+        return (status, status_body(status, reason, "injected failure"));
+    }
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match (request.method.as_str(), &segments[..]) {
+        ("GET", ["api", "v1", "namespaces", namespace, "pods"]) => {
+            let selector = request
+                .target
+                .split_once('?')
+                .map(|(_, q)| q)
+                .unwrap_or("")
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("labelSelector="))
+                .map(percent_decode)
+                .unwrap_or_default();
+            let prefix = format!("/api/v1/namespaces/{namespace}/pods/");
+            let mut items: Vec<(&String, &Value)> = state
+                .pods
+                .iter()
+                .filter(|(p, pod)| {
+                    p.starts_with(&prefix) && selected(&pod["metadata"]["labels"], &selector)
+                })
+                .collect();
+            items.sort_by_key(|(p, _)| p.as_str());
+            let items: Vec<Value> = items.into_iter().map(|(_, pod)| pod.clone()).collect();
+            (
+                200,
+                json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "1"}, "items": items}),
+            )
+        }
+        (method, ["api", "v1", "namespaces", namespace, "pods", name]) => {
+            let pod = state
+                .pods
+                .entry(path.to_owned())
+                .or_insert_with(|| new_pod(namespace, name));
+            match method {
+                "GET" => {}
+                "PATCH" => {
+                    // A merge patch or a strategic merge patch: on labels and
+                    // annotations (string maps) both mean the RFC 7386 merge.
+                    let kind = request.header("content-type").unwrap_or("");
+                    if !kind.starts_with("application/merge-patch+json")
+                        && !kind.starts_with("application/strategic-merge-patch+json")
+                    {
+                        return (
+                            415,
+                            status_body(415, "UnsupportedMediaType", "unsupported patch type"),
+                        );
+                    }
+                    if !body.is_object() {
+                        return (
+                            415,
+                            status_body(415, "BadRequest", "the patch is not a JSON object"),
+                        );
+                    }
+                    if let Some(conflict) = outdated(pod, body) {
+                        return conflict;
+                    }
+                    merge_patch(pod, body);
+                    bump(pod);
+                }
+                _ => return not_allowed(),
+            }
+            (200, pod.clone())
+        }
+        ("POST", ["apis", "events.k8s.io", "v1", "namespaces", _, "events"]) => (201, body.clone()),
+        (
+            "POST",
+            [
+                "apis",
+                "coordination.k8s.io",
+                "v1",
+                "namespaces",
+                namespace,
+                "leases",
+            ],
+        ) => {
+            let name = body["metadata"]["name"].as_str().unwrap_or_default();
+            let key = lease_path(namespace, name);
+            if state.leases.contains_key(&key) {
+                return (
+                    409,
+                    status_body(409, "AlreadyExists", "leases already exists"),
+                );
+            }
+            let mut lease = body.clone();
+            lease["metadata"]["resourceVersion"] = json!("1");
+            state.leases.insert(key, lease.clone());
+            (201, lease)
+        }
+        (
+            method,
+            [
+                "apis",
+                "coordination.k8s.io",
+                "v1",
+                "namespaces",
+                _,
+                "leases",
+                _,
+            ],
+        ) => {
+            let Some(stored) = state.leases.get_mut(path) else {
+                return not_found();
+            };
+            match method {
+                "GET" => (200, stored.clone()),
+                "PUT" => {
+                    if let Some(conflict) = outdated(stored, body) {
+                        return conflict;
+                    }
+                    *stored = body.clone();
+                    let version = body["metadata"]["resourceVersion"].clone();
+                    stored["metadata"]["resourceVersion"] = version;
+                    bump(stored);
+                    (200, stored.clone())
+                }
+                _ => not_allowed(),
+            }
+        }
+        _ => not_found(),
+    }
 }
 
 /// JSON merge patch (RFC 7386): objects merge recursively, `null` removes
