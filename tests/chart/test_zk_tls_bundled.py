@@ -256,3 +256,30 @@ def test_a_pkcs1_key_stops_the_server_with_a_clear_message(tmp_path):
     assert out.returncode != 0
     assert "PKCS#8" in out.stderr
     assert not (keystore / "keystore.pem").exists()
+
+
+ELECTION_BIN = Path(os.environ.get("ELECTION_TEST_BIN", str(Path(__file__).resolve().parents[2] / "target/debug/election")))
+
+
+@pytest.mark.skipif(not ELECTION_BIN.is_file(), reason=f"no election binary at {ELECTION_BIN} (cargo build first)")
+def test_a_replica_leads_and_writes_over_the_bundled_tls(ensemble, tmp_path):
+    certs = ensemble.tmp / "zk-tls"
+    servers = ",".join(f"127.0.0.1:{p}" for p in ensemble.secure)
+    files = tmp_path / "files"
+    log = open(tmp_path / "election.log", "wb")
+    p = subprocess.Popen(
+        [str(ELECTION_BIN), "run", "--zk-servers", servers, "--zk-root", "/election/tls-test",
+         "--zk-tls-ca-file", str(certs / "ca.crt"), "--zk-tls-cert-file", str(certs / "tls.crt"),
+         "--zk-tls-key-file", str(certs / "tls.key"), "--file-dir", str(files), "--node-id", "tls-0",
+         "--http-addr", "off", "--admin-addr", "off"],
+        stdout=log, stderr=subprocess.STDOUT, env={"PATH": os.environ.get("PATH", "")},
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not list(files.glob("leader_*.json")):
+            assert p.poll() is None, (tmp_path / "election.log").read_text()
+            time.sleep(0.2)
+        assert list(files.glob("leader_*.json")), (tmp_path / "election.log").read_text()
+    finally:
+        p.terminate()
+        assert p.wait(timeout=15) == 0, (tmp_path / "election.log").read_text()
