@@ -87,9 +87,9 @@ def test_tls_mounts_the_ca_and_the_client_certificate_from_the_secret(helm, mani
     assert [i["key"] for i in volume(m.election, "zk-tls")["secret"]["items"]] == ["ca.crt"]
 
 
-def test_tls_is_refused_with_the_bundled_ensemble_and_without_a_secret(helm):
-    with pytest.raises(RenderError, match="external ensemble"):
-        render(helm, sets=("zookeeper.tls.enabled=true", "zookeeper.tls.secretName=zk-tls"))
+def test_tls_is_refused_without_a_secret(helm):
+    with pytest.raises(RenderError, match="secretName"):
+        render(helm, sets=("zookeeper.tls.enabled=true",))
     with pytest.raises(RenderError, match="secretName"):
         render(helm, CUSTOM, sets=("zookeeper.tls.secretName=",))
 

@@ -94,10 +94,12 @@ fn dispatch(args: &[String]) -> Result<()> {
 /// The project's test command. Stops at the first failing stage.
 fn test() -> Result<()> {
     stage("tools", tools::all)?;
+    stage("rust-tests", rust_tests)?;
+    // After the Rust tests: the chart's TLS test runs the election binary
+    // they built (target/debug/election) against the rendered ZooKeeper.
     stage("chart (scripts/check-chart.sh)", || {
         run(&mut script("check-chart.sh"))
     })?;
-    stage("rust-tests", rust_tests)?;
     for major in ["4", "3"] {
         stage(&format!("e2e, helm {major} (scripts/e2e-k8s.sh)"), || {
             e2e_once(major)

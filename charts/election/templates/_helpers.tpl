@@ -125,6 +125,53 @@ Pod names of the election StatefulSet, one per line: what the Role may touch.
 {{- end }}
 
 {{/*
+The port the election pods connect to on the bundled servers: 2281 (TLS,
+`secureClientPort`) with zookeeper.tls.enabled, else 2181.
+*/}}
+{{- define "election.zookeeper.clientPort" -}}
+{{- ternary 2281 2181 .Values.zookeeper.tls.enabled }}
+{{- end }}
+
+{{/*
+Secret with the bundled servers' certificate: zookeeper.tls.serverSecretName,
+else zookeeper.tls.secretName.
+*/}}
+{{- define "election.zookeeper.serverTlsSecret" -}}
+{{- default .Values.zookeeper.tls.secretName .Values.zookeeper.tls.serverSecretName }}
+{{- end }}
+
+{{/*
+zoo.cfg lines of the bundled servers' TLS (ZOO_CFG_EXTRA items): the client
+port over TLS through Netty, and with zookeeper.tls.quorum the quorum too.
+PEM stores: the key store is tls.key + tls.crt joined by the container's
+command (ZooKeeper reads key and chain from one file), the trust store is
+ca.crt. Host names are not verified (clients and peers connect from pod IPs);
+what authenticates is the certificate chain to the release's CA.
+*/}}
+{{- define "election.zookeeper.tlsConfig" -}}
+{{- $t := .Values.zookeeper.tls }}
+{{- $lines := list
+  "secureClientPort=2281"
+  "serverCnxnFactory=org.apache.zookeeper.server.NettyServerCnxnFactory"
+  "ssl.keyStore.location=/zk-tls-keystore/keystore.pem"
+  "ssl.keyStore.type=PEM"
+  "ssl.trustStore.location=/zk-tls/ca.crt"
+  "ssl.trustStore.type=PEM"
+  (printf "ssl.clientAuth=%s" (ternary "need" "none" $t.clientCertificate))
+  "ssl.clientHostnameVerification=false" }}
+{{- if $t.quorum }}
+{{- $lines = concat $lines (list
+  "sslQuorum=true"
+  "ssl.quorum.keyStore.location=/zk-tls-keystore/keystore.pem"
+  "ssl.quorum.keyStore.type=PEM"
+  "ssl.quorum.trustStore.location=/zk-tls/ca.crt"
+  "ssl.quorum.trustStore.type=PEM"
+  "ssl.quorum.hostnameVerification=false") }}
+{{- end }}
+{{- join " " $lines }}
+{{- end }}
+
+{{/*
 ZooKeeper connect string for the daemon (ELECTION_ZK_SERVERS): every server of
 the bundled ensemble by its stable pod DNS name, or the external list.
 Names are relative to the release namespace (resolved through the pod's DNS
@@ -136,7 +183,7 @@ search path), so rendered manifests can be moved to another namespace.
 {{- $headless := include "election.zookeeper.headless" . }}
 {{- $servers := list }}
 {{- range $i := until (int .Values.zookeeper.replicas) }}
-{{- $servers = append $servers (printf "%s-%d.%s:2181" $zk $i $headless) }}
+{{- $servers = append $servers (printf "%s-%d.%s:%d" $zk $i $headless (include "election.zookeeper.clientPort" $ | int)) }}
 {{- end }}
 {{- join "," $servers }}
 {{- else }}
@@ -146,14 +193,16 @@ search path), so rendered manifests can be moved to another namespace.
 
 {{/*
 Server list of the bundled ensemble in the official image's ZOO_SERVERS form:
-"server.<myid>=<host>:2888:3888;2181 ...", myid = pod ordinal + 1.
+"server.<myid>=<host>:2888:3888;2181 ...", myid = pod ordinal + 1. With TLS
+the plain client port listens on loopback only (for the probes' `ruok` and
+`srvr`); clients use the TLS port.
 */}}
 {{- define "election.zookeeper.zooServers" -}}
 {{- $zk := include "election.zookeeper.fullname" . }}
 {{- $headless := include "election.zookeeper.headless" . }}
 {{- $servers := list }}
 {{- range $i := until (int .Values.zookeeper.replicas) }}
-{{- $servers = append $servers (printf "server.%d=%s-%d.%s:2888:3888;2181" (add $i 1) $zk $i $headless) }}
+{{- $servers = append $servers (printf "server.%d=%s-%d.%s:2888:3888;%s2181" (add $i 1) $zk $i $headless (ternary "127.0.0.1:" "" $.Values.zookeeper.tls.enabled)) }}
 {{- end }}
 {{- join " " $servers }}
 {{- end }}
@@ -210,9 +259,6 @@ message that says what to change.
 {{- end }}
 {{- if and (not .Values.zookeeper.enabled) (empty .Values.zookeeper.servers) }}
 {{- fail "zookeeper.enabled is false: list the external ZooKeeper servers in zookeeper.servers (host:port)" }}
-{{- end }}
-{{- if and .Values.zookeeper.tls.enabled .Values.zookeeper.enabled }}
-{{- fail "zookeeper.tls.enabled applies to an external ensemble: the bundled ZooKeeper serves plain TCP. Set zookeeper.enabled=false and list the servers' TLS ports in zookeeper.servers" }}
 {{- end }}
 {{- if and .Values.zookeeper.auth.superDigestSecret (not .Values.zookeeper.enabled) }}
 {{- fail "zookeeper.auth.superDigestSecret configures the bundled ZooKeeper; an external ensemble's super identity is set on its servers" }}
