@@ -134,8 +134,9 @@ pub struct RunArgs {
     pub pod_namespace: Option<String>,
 
     // Events, stale-label correction and the Lease mirror:
-    /// UID of this Pod (downward API `metadata.uid`): with --pod-name, each
-    /// transition is posted as a Kubernetes Event on the Pod.
+    /// UID of this Pod (downward API `metadata.uid`): the Events about the
+    /// Pod name it by UID too, so they follow this Pod and not a later one
+    /// of the same name.
     #[arg(long, env = "ELECTION_POD_UID", requires = "pod_name")]
     pub pod_uid: Option<String>,
 
