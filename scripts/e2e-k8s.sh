@@ -14,35 +14,48 @@
 #      controller creates the pods, the scheduler binds them to kwok nodes
 #   2. exactly one pod labelled election-state=leader, the others attempter,
 #      annotations present (the daemon's own patches, authorized by RBAC);
-#      `helm test` passes, its pod's kubectl commands run by the harness as
-#      the test's ServiceAccount (kwok never completes a non-Job pod)
+#      the Lease is the chart's and the leader writes its holder; `helm
+#      test` passes, its pod's kubectl commands run by the harness as the
+#      test's ServiceAccount (kwok never completes a non-Job pod)
 #   3. SIGKILL of the leader's process, NOT restarted: another pod labelled
 #      leader (bound: session timeout + 4 s) and exactly one pod labelled
 #      leader, the dead one `stale` (bound: session timeout + 6 s); the
 #      Events (Candidate, BecameLeader, StaleLabelCorrected) and the Lease
-#      mirror (holder, leaseTransitions + 1, renewTime moving); then the
-#      harness restarts the process, as a CrashLoopBackOff ends
+#      mirror (holder, leaseTransitions + 1, renewTime moving); `helm test`
+#      passes in that stale window; then the harness restarts the process,
+#      as a CrashLoopBackOff ends
 #   4. preStop path (the pod's own preStop command, `election release`, then
-#      SIGTERM): the old leader's pod says `stopping`, another pod leads
-#      within 3 s; then `kubectl delete pod` of the leader: the same
-#      handover, the StatefulSet recreates the pod, whose new process labels
-#      itself, and the token bound to the deleted pod is refused (401)
+#      SIGTERM): the old leader's pod says `stopping` and posted SteppedDown,
+#      another pod leads within 3 s; then `kubectl delete pod` of the
+#      leader: the same handover, the StatefulSet recreates the pod, whose
+#      new process labels itself, and the token bound to the deleted pod is
+#      refused (401). 4c: the ZooKeeper processes stopped: the leader's label
+#      leaves leader within the daemon's give-up time + 4 s, LostLeadership
+#      and Failover Events reach the API; ZooKeeper back: one leader again
 #   5. the ValidatingAdmissionPolicy with election-0's pod-bound token: 403
-#      for a sibling's or its own image, other labels/annotations, a
-#      sibling's annotations or label (but leader -> stale), finalizers, a
-#      pod in another namespace; 200 for its own label and election/*
-#      annotations; the Role's rules exactly (can-i --list), no get/watch/
-#      delete/create/update on pods, no secrets
-#   6. kubectl scale statefulset to 4: the Role is unchanged, election-3
-#      labels itself; still one leader. helm uninstall: no RBAC, admission
-#      policy nor object left (except the ZooKeeper volumes that
-#      StatefulSets keep by design)
-#   7. kubectl apply --server-side -k manifests/ (restricted Pod Security
+#      (with the rule's message) for a sibling's or its own image, other
+#      labels/annotations, removing its own election-state label, owner
+#      references, finalizers, a sibling's annotations or label (but leader
+#      -> stale), a pod of the namespace outside the release, a pod in
+#      another namespace, creating a Lease; 200 for its own label and
+#      election/* annotations and a sibling's leader -> stale; the Role's
+#      rules exactly (can-i --list)
+#   6. helm upgrade --reuse-values --set replicaCount=4: the Role unchanged,
+#      election-3 labels itself, one leader, the Lease's spec kept; back to
+#      3: election-3 stopped through its preStop path. 6b: the same with the
+#      admission policy off: the Role names election-3 only while it exists
+#   7. helm uninstall: no Lease, RBAC, admission policy nor object left
+#      (except the ZooKeeper volumes that StatefulSets keep by design). 7b:
+#      helm install with zookeeper.auth.enabled=true and a super digest:
+#      one leader, every znode of the election path carries the digest ACL,
+#      an anonymous client gets NOAUTH
+#   8. kubectl apply --server-side -k manifests/ (restricted Pod Security
 #      namespace): accepted, pods created and scheduled
 #
 # Everything it starts is stopped on exit, failure included; E2E_TIMEOUT
-# (default 600 s) bounds the run. When the control plane cannot be built or
-# started (no Go), it prints SKIPPED and exits 0, or 1 with E2E_REQUIRED=1.
+# (default 600 s) bounds the run. Without Go or Java it prints SKIPPED and
+# exits 0, or fails with E2E_REQUIRED=1 (`cargo xtask test` and `cargo xtask
+# e2e` set it); a control plane that fails to build or start always fails.
 # KEEP=1 keeps the cluster and processes for a look around (then run
 # ELECTION_K8S_DIR=<dir> scripts/k8s-down.sh and kill the printed pids).
 set -euo pipefail
@@ -61,7 +74,7 @@ NS=election
 RELEASE=election
 SEL="app.kubernetes.io/instance=$RELEASE,app.kubernetes.io/component=election"
 ZK_SEL="app.kubernetes.io/instance=$RELEASE,app.kubernetes.io/component=zookeeper"
-E2E_TIMEOUT=${E2E_TIMEOUT:-600}
+E2E_TIMEOUT=${E2E_TIMEOUT:-900}
 HELM_MAJOR=${HELM_MAJOR:-4}
 BIN=$PWD/target/debug/election
 PIDS=$WORK/pids
@@ -128,7 +141,7 @@ die() { log "FAILED: $*"; exit 1; }
 # --- tools and the cluster
 if ! k8s_tools_present; then
   command -v go >/dev/null || skip "Go is not installed: the control plane cannot be built (scripts/build-go-tools.sh)"
-  bash scripts/build-go-tools.sh || skip "scripts/build-go-tools.sh failed: no control plane"
+  bash scripts/build-go-tools.sh || die "scripts/build-go-tools.sh failed: no control plane"
 fi
 [[ -x "$GO_TOOLS/helm$HELM_MAJOR/helm" ]] || bash scripts/build-go-tools.sh "helm$HELM_MAJOR"
 HELM=$GO_TOOLS/helm$HELM_MAJOR/helm
@@ -140,7 +153,7 @@ cargo build --quiet --bin election
 
 step "control plane (scripts/k8s-up.sh)"
 t0=$(now_ms)
-bash scripts/k8s-up.sh >"$WORK/k8s-up.out" || skip "the control plane did not start (see above)"
+bash scripts/k8s-up.sh >"$WORK/k8s-up.out" || die "the control plane did not start (see above)"
 note "control plane ready in $(($(now_ms) - t0)) ms"
 KCFG=$ELECTION_K8S_DIR/admin.kubeconfig
 SERVER=$(cat "$ELECTION_K8S_DIR/server")
@@ -225,20 +238,31 @@ start_zookeepers() {
     } >"$cfg"
     log "harness: pod $p (image $(k get pod "$p" -o jsonpath='{.spec.containers[0].image}') cannot run here)" \
       "-> ZooKeeper from Debian, myid $id, client port ${ZK_ADDR[$p]}, tickTime 200 ms (chart: 2000), data in $WORK/zk/$p"
-    bg_start "$WORK" "zk-$p" java -Xmx128m -cp "$(zk_classpath)" \
-      org.apache.zookeeper.server.quorum.QuorumPeerMain "$cfg"
   done
-  local deadline=$((SECONDS + 60)) up
+  ZK_PODS=("${pods[@]}")
+  resume_zookeepers
+}
+
+# (Re)starts the ZooKeeper process of each ZooKeeper pod on its zoo.cfg and
+# data, and waits for the ensemble.
+resume_zookeepers() {
+  local p deadline=$((SECONDS + 60)) up
+  for p in "${ZK_PODS[@]}"; do
+    bg_start "$WORK" "zk-$p" java -Xmx128m -cp "$(zk_classpath)" "${ZK_JVMFLAGS[@]}" \
+      org.apache.zookeeper.server.quorum.QuorumPeerMain "$WORK/zk/$p/zoo.cfg"
+  done
   while ((SECONDS < deadline)); do
     up=0
-    for p in "${pods[@]}"; do
+    for p in "${ZK_PODS[@]}"; do
       zk_4lw 127.0.0.1 "${ZK_ADDR[$p]#*:}" srvr | grep -qE '^Mode: (leader|follower|standalone)' && up=$((up + 1))
     done
-    ((up == ${#pods[@]})) && { log "ZooKeeper ensemble of ${#pods[@]} servers up"; return; }
+    ((up == ${#ZK_PODS[@]})) && { log "ZooKeeper ensemble of ${#ZK_PODS[@]} servers up"; return; }
     sleep 0.3
   done
   die "the ZooKeeper ensemble did not form"
 }
+ZK_PODS=()
+ZK_JVMFLAGS=()
 
 # A kubeconfig for a pod's process: a TokenRequest token of the pod's
 # ServiceAccount, bound to the pod (as the kubelet's projected token).
@@ -282,7 +306,8 @@ start_election() { # pod
   local args=(--pod-json "$dir/pod.json" --container election --entrypoint /usr/local/bin/election
     --binary "/usr/local/bin/election=$BIN" --kubectl "$KUBECTL --kubeconfig $KCFG"
     --map-dir "$mount=$file_dir"
-    --map-listen "$http_port=127.0.0.1:$http" --map-listen "$admin_port=127.0.0.1:$admin")
+    --map-listen "$http_port=127.0.0.1:$http" --map-listen "$admin_port=127.0.0.1:$admin"
+    --secrets-dir "$dir/secrets")
   local p
   for p in "${!ZK_ADDR[@]}"; do args+=(--map-host "$p=${ZK_ADDR[$p]}"); done
   python3 scripts/k8s-pod-process.py "${args[@]}" >"$dir/plan.json"
@@ -408,22 +433,27 @@ for pod in json.load(sys.stdin)["items"]:
     print("  ", name, " ".join(f"{a}={ann[a]}" for a in want))
 ' "$leader" || die "annotations"
 
+# The Lease mirror is the chart's object (the release's labels, so that
+# `helm uninstall` deletes it); the leader fills in its spec.
+[[ "$(k get lease "$RELEASE" -o jsonpath='{.metadata.labels.app\.kubernetes\.io/instance}')" == "$RELEASE" ]] \
+  || die "lease $RELEASE does not carry the release's labels: $(k get lease "$RELEASE" -o yaml)"
+deadline=$((SECONDS + 15))
+until [[ "$(k get lease "$RELEASE" -o jsonpath='{.spec.holderIdentity}')" == "$leader" ]]; do
+  ((SECONDS < deadline)) || die "lease $RELEASE: holder '$(k get lease "$RELEASE" -o jsonpath='{.spec.holderIdentity}')', not $leader"
+  sleep 0.2
+done
+log "lease $RELEASE: created by the chart (labels of the release), holder $leader written by the leader"
+
 step "2b. helm test, its pod played for real"
 # kwok would leave the test pod Running forever (it completes only Job
 # pods): the harness runs its containers in order, as the kubelet would,
 # with kubectl built here for the image's kubectl and a token of the test's
 # ServiceAccount bound to the pod, then reports the outcome in the pod's
 # status, which `helm test` reads.
-"$HELM" test "$RELEASE" --kubeconfig "$KCFG" --namespace "$NS" --timeout 2m >"$WORK/helm-test.out" 2>&1 &
-helm_test=$!
 TEST_POD=$RELEASE-test-leader
-deadline=$((SECONDS + 60))
-until [[ "$(k get pod "$TEST_POD" -o jsonpath='{.status.phase}' 2>/dev/null)" == Running ]]; do
-  ((SECONDS < deadline)) || die "the helm test pod did not start: $(cat "$WORK/helm-test.out")"
-  sleep 0.2
-done
 run_test_pod() {
   local dir=$WORK/pods/$TEST_POD c rc=0 phase=Succeeded statuses=() started finished
+  rm -rf "$dir"
   mkdir -p "$dir/tmp"
   k get pod "$TEST_POD" -o json >"$dir/pod.json"
   pod_kubeconfig "$TEST_POD" "$dir/kubeconfig"
@@ -467,12 +497,24 @@ PY
   log "harness: test pod $TEST_POD -> phase $phase"
 }
 KUBECTL_VERSION=$("$KUBECTL" version --client -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["clientVersion"]["gitVersion"])')
-run_test_pod
-rc=0
-wait "$helm_test" || rc=$?
-grep -E '^(TEST SUITE|Phase)' "$WORK/helm-test.out" | paste - - | sed 's/^/   | /' | sort -u
-((rc == 0)) || die "helm test failed (exit $rc)"
-grep -q 'Phase:.*Succeeded' "$WORK/helm-test.out" || die "helm test did not report Succeeded"
+# helm test, with the harness playing its pod; fails the run unless it passes.
+helm_test() {
+  local helm_test rc=0 deadline uid
+  uid=$(k get pod "$TEST_POD" -o jsonpath='{.metadata.uid}' 2>/dev/null || true)
+  "$HELM" test "$RELEASE" --kubeconfig "$KCFG" --namespace "$NS" --timeout 2m >"$WORK/helm-test.out" 2>&1 &
+  helm_test=$!
+  deadline=$((SECONDS + 60))
+  until [[ "$(k get pod "$TEST_POD" -o jsonpath='{.status.phase} {.metadata.uid}' 2>/dev/null)" =~ ^Running\ (.*)$ && "${BASH_REMATCH[1]}" != "$uid" ]]; do
+    ((SECONDS < deadline)) || die "the helm test pod did not start: $(cat "$WORK/helm-test.out")"
+    sleep 0.2
+  done
+  run_test_pod
+  wait "$helm_test" || rc=$?
+  grep -E '^(TEST SUITE|Phase)' "$WORK/helm-test.out" | paste - - | sed 's/^/   | /' | sort -u
+  ((rc == 0)) || die "helm test failed (exit $rc): $(cat "$WORK/helm-test.out")"
+  grep -q 'Phase:.*Succeeded' "$WORK/helm-test.out" || die "helm test did not report Succeeded"
+}
+helm_test
 log "helm test passed: its checks ran against the real API server as the test's ServiceAccount"
 
 step "3. SIGKILL of the leader's process ($leader), NOT restarted: the stale label"
@@ -534,6 +576,9 @@ for p in $(k get pods -l "$SEL" -o jsonpath='{.items[*].metadata.name}'); do
   role=$(k get pod "$p" -o jsonpath='{.metadata.labels.election-state}')
   note "RSS of $p ($role, debug build, every Kubernetes helper on): $(awk '/^VmRSS/{printf "%.1f MB", $2/1024}' "/proc/$(cat "$PIDS/$p.pid")/status")"
 done
+log "helm test while $leader is dead, still Ready for the API (kwok) and labelled stale:"
+helm_test
+log "helm test passed in the stale window: it counts exactly one Ready pod labelled leader ($new_leader)"
 log "harness: restarting the process of $leader (late: a CrashLoopBackOff ends)"
 start_election "$leader"
 leader=$(wait_one_leader 3 30)
@@ -554,6 +599,12 @@ old_state=$(k get pod "$leader" -o jsonpath='{.metadata.labels.election-state}')
 token=$(k get pod "$leader" -o jsonpath='{.metadata.annotations.election/fencing-token}')
 [[ -z "$token" ]] || die "$leader still carries election/fencing-token=$token after it stopped leading"
 log "$leader says election-state=stopping after it exited, and no longer carries a fencing token"
+deadline=$((SECONDS + 10))
+until [[ " $(k get events --field-selector "involvedObject.name=$leader" -o jsonpath='{.items[*].reason}') " == *" SteppedDown "* ]]; do
+  ((SECONDS < deadline)) || die "$leader: no SteppedDown Event after its preStop path: $(k get events --field-selector "involvedObject.name=$leader" -o jsonpath='{.items[*].reason}')"
+  sleep 0.2
+done
+log "$leader posted SteppedDown (kubectl get events --field-selector involvedObject.name=$leader)"
 log "harness: restarting the process of $leader (restartPolicy Always)"
 start_election "$leader"
 leader=$(wait_one_leader 3 30)
@@ -596,64 +647,143 @@ start_election "$leader"
 leader=$(wait_one_leader 3 30)
 k get pods -L election-state
 
+step "4c. ZooKeeper stopped for a while: the leader steps down, the API server hears it"
+# Events of the election pods, "pod=reason" per line, to count new ones.
+event_list() {
+  k get events -o jsonpath='{range .items[*]}{.involvedObject.name}={.reason}{"\n"}{end}' | grep -E "^$RELEASE-[0-9]+=" || true
+}
+events_before=$(event_list)
+new_events() { diff <(sort <<<"$events_before") <(event_list | sort) | sed -n 's/^> //p'; }
+t0=$(now_ms)
+for p in "${ZK_PODS[@]}"; do stop_pid "$PIDS/zk-$p.pid" 5; done
+log "harness: ZooKeeper processes of ${ZK_PODS[*]} stopped (SIGTERM; their pods stay Running for the API)"
+# A disconnected leader is suspended (no writes) but keeps its state until
+# the session is confirmed again, the server expires it, or the daemon gives
+# it up: after several session timeouts (its log says how long: give_up_in;
+# src/zk/session.rs GIVE_UP_FACTOR). With every server down, nothing can
+# expire the session, so the give-up time bounds the label.
+deadline=$((SECONDS + 10 * session_s + 10))
+while [[ "$(k get pod "$leader" -o jsonpath='{.metadata.labels.election-state}')" == leader ]]; do
+  ((SECONDS < deadline)) || die "$leader still labelled leader $((10 * session_s + 10)) s after ZooKeeper stopped"
+  sleep 0.1
+done
+ms=$(($(now_ms) - t0))
+give_up=$(grep -o '"give_up_in":"[0-9]*s"' "$WORK/logs/$leader.log" | tail -1 | tr -dc 0-9)
+[[ -n "$give_up" ]] || give_up=$((8 * session_s))
+note "ZooKeeper stopped -> the leader's label leaves leader ($(k get pod "$leader" -o jsonpath='{.metadata.labels.election-state}')): $ms ms (session timeout $session; the daemon gives a disconnected session up after ${give_up} s)"
+((ms <= (give_up + 4) * 1000)) || die "the leader kept its label for $ms ms, bound $(((give_up + 4) * 1000)) ms (give-up time + 4 s)"
+deadline=$((SECONDS + 20))
+until grep -qx "$leader=LostLeadership" <<<"$(new_events)" && grep -q '=Failover$' <<<"$(new_events)"; do
+  ((SECONDS < deadline)) || die "no LostLeadership on $leader and Failover Events on the API server: new events $(new_events | tr '\n' ' ')"
+  sleep 0.2
+done
+log "new Events while ZooKeeper is down: $(new_events | sort | uniq -c | awk '{printf "%s x%s, ", $2, $1}')"
+log "the election pods now: $(states)"
+t1=$(now_ms)
+log "harness: ZooKeeper down for $((t1 - t0)) ms; restarting its processes (same data and ports)"
+resume_zookeepers
+leader=$(wait_one_leader 3 90)
+note "ZooKeeper back after $((t1 - t0)) ms down -> exactly one pod labelled leader ($leader): $(($(now_ms) - t1)) ms after the restart"
+k get pods -L election-state
+
 step "5. what the ServiceAccount's token may do"
 SA_KCFG=$WORK/pods/election-0/kubeconfig
 sa() { "$KUBECTL" --kubeconfig "$SA_KCFG" "$@"; }
 kc run outsider --namespace default --image=registry.example/none:1 --restart=Never >/dev/null
-SA_TOKEN=$(sed -n 's/.*token: "\(.*\)".*/\1/p' "$SA_KCFG")
-# Patches by hand with the token of election-0's process (bound to that
-# pod): RBAC lets the account patch any pod of the namespace, and the
-# ValidatingAdmissionPolicy decides what may change.
-patch_status() { # namespace pod body [content-type]
+# A pod of the release namespace that is not one of the release's: the same
+# name and component labels, another instance, and it claims to lead.
+k run outsider --image=registry.example/none:1 --restart=Never \
+  --labels "app.kubernetes.io/name=election,app.kubernetes.io/component=election,app.kubernetes.io/instance=other,election-state=leader" >/dev/null
+# PATCH requests as the ServiceAccount, with the token of election-0's
+# process (bound to that pod): RBAC lets the account patch any pod of the
+# namespace, and the ValidatingAdmissionPolicy decides what may change.
+# With curl, not `kubectl patch`: kubectl GETs the object before patching,
+# and the account may not get pods (it never needs to).
+# api_patch TOKEN NAMESPACE/POD BODY [merge|strategic|json]: prints the HTTP
+# status, the response in $WORK/patch.out.
+api_patch() {
+  local type
+  case ${4:-merge} in
+    merge) type=application/merge-patch+json ;;
+    strategic) type=application/strategic-merge-patch+json ;;
+    json) type=application/json-patch+json ;;
+  esac
   curl -sS -o "$WORK/patch.out" -w '%{http_code}' --cacert "$CA" -X PATCH \
-    -H "Authorization: Bearer $SA_TOKEN" -H "Content-Type: ${4:-application/merge-patch+json}" \
-    --data "$3" "$SERVER/api/v1/namespaces/$1/pods/$2"
+    -H "Authorization: Bearer $1" -H "Content-Type: $type" \
+    --data "$3" "$SERVER/api/v1/namespaces/${2%/*}/pods/${2#*/}"
 }
-expect_patch() { # code namespace/pod body [content-type]
-  local code
-  code=$(patch_status "${2%/*}" "${2#*/}" "$3" "${4:-}")
-  [[ $code == "$1" ]] || die "PATCH pod $2 $3 as the ServiceAccount (token of election-0): HTTP $code, expected $1: $(cat "$WORK/patch.out")"
-  printf '   PATCH pod %-26s %-78s -> HTTP %s %s\n' "$2" "$3" "$code" \
-    "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("message","")[:110])' "$WORK/patch.out" 2>/dev/null || true)"
+SA_TOKEN=$(sed -n 's/.*token: "\(.*\)".*/\1/p' "$SA_KCFG")
+# expect_patch 200|403 NAMESPACE/POD BODY [TYPE [MESSAGE]]: MESSAGE, the
+# policy rule that must have refused it.
+expect_patch() {
+  local want=$1 target=$2 body=$3 type=${4:-merge} msg=${5:-} code
+  code=$(api_patch "$SA_TOKEN" "$target" "$body" "$type")
+  [[ $code == "$want" ]] || die "PATCH ($type) pod $target $body as the ServiceAccount: HTTP $code, expected $want: $(cat "$WORK/patch.out")"
+  [[ -z "$msg" ]] || grep -qF -- "$msg" "$WORK/patch.out" || die "PATCH pod $target $body: 403, but not with '$msg': $(cat "$WORK/patch.out")"
+  printf '   PATCH (%s) pod %-24s %-72s -> %s %s\n' "$type" "$target" "$body" "$code" \
+    "$(python3 -c 'import json,sys; m=json.load(open(sys.argv[1])).get("message",""); print(m.split("denied request: ")[-1][:100])' "$WORK/patch.out" 2>/dev/null || true)"
 }
-[[ "$(kc get validatingadmissionpolicy "$NS-$RELEASE-pods" "$NS-$RELEASE-lease" -o name 2>/dev/null | wc -l)" -eq 2 ]] \
-  || die "no ValidatingAdmissionPolicy $NS-$RELEASE-pods and $NS-$RELEASE-lease: the chart should render them on this API server"
+[[ "$(kc get validatingadmissionpolicy "$NS-$RELEASE-pods" -o name 2>/dev/null | wc -l)" -eq 1 ]] \
+  || die "no ValidatingAdmissionPolicy $NS-$RELEASE-pods: the chart should render it on this API server"
+! kc get validatingadmissionpolicy -o name | grep -qv "/$NS-$RELEASE-pods$" \
+  || die "more admission policies than the pods' one: $(kc get validatingadmissionpolicy -o name)"
 other=$(states | tr ' ' '\n' | grep -v '^election-0=' | grep -v '=leader$' | head -1)
 other=${other%%=*}
 [[ -n "$other" ]] || die "no non-leader sibling of election-0: $(states)"
 own_state=$(k get pod election-0 -o jsonpath='{.metadata.labels.election-state}')
 image='{"spec":{"containers":[{"name":"election","image":"registry.example/evil:1"}]}}'
-smp=application/strategic-merge-patch+json
+owner='{"metadata":{"ownerReferences":[{"apiVersion":"v1","kind":"ConfigMap","name":"e2e","uid":"00000000-0000-0000-0000-000000000001"}]}}'
 log "the ValidatingAdmissionPolicy, on the real API server (sibling: $other)"
-expect_patch 403 "$NS/$other" "$image" "$smp"
-expect_patch 403 "$NS/election-0" "$image" "$smp"
+expect_patch 403 "$NS/$other" "$image" strategic "may not change a pod's spec"
+expect_patch 403 "$NS/election-0" "$image" strategic "may not change a pod's spec"
 expect_patch 403 "$NS/$other" '{"metadata":{"labels":{"app.kubernetes.io/component":"x"}}}'
 expect_patch 403 "$NS/election-0" '{"metadata":{"labels":{"app.kubernetes.io/component":"x"}}}'
 expect_patch 403 "$NS/election-0" '{"metadata":{"labels":{"e2e-probe":"1"}}}'
+expect_patch 403 "$NS/election-0" '{"metadata":{"labels":{"election-state":null}}}' merge "may not remove its own pod's election-state label"
 expect_patch 403 "$NS/election-0" '{"metadata":{"annotations":{"e2e/probe":"1"}}}'
+expect_patch 403 "$NS/election-0" "$owner" merge "may not change owner references or finalizers"
+expect_patch 403 "$NS/election-0" '{"metadata":{"finalizers":["e2e/block"]}}' merge "may not change owner references or finalizers"
 expect_patch 403 "$NS/$other" '{"metadata":{"annotations":{"election/leader":"forged"}}}'
+expect_patch 403 "$NS/$other" '{"metadata":{"annotations":{"election/leader":null}}}' merge "only election/* annotations, and only on its own pod"
 expect_patch 403 "$NS/$other" '{"metadata":{"labels":{"election-state":"stale"}}}'
 expect_patch 403 "$NS/$other" '{"metadata":{"labels":{"election-state":"leader"}}}'
 expect_patch 403 "$NS/election-zookeeper-0" '{"metadata":{"labels":{"election-state":"leader"}}}'
-expect_patch 403 "$NS/election-0" '{"metadata":{"finalizers":["e2e/block"]}}'
-expect_patch 403 default/outsider '{"metadata":{"labels":{"election-state":"leader"}}}'
+expect_patch 403 "$NS/outsider" '{"metadata":{"labels":{"election-state":"stale"}}}' merge "may not change a pod outside its release"
+expect_patch 403 default/outsider '{"metadata":{"labels":{"election-state":"leader"}}}' merge 'cannot patch resource \"pods\"'
 expect_patch 200 "$NS/election-0" '{"metadata":{"annotations":{"election/e2e-probe":"1"}}}'
+expect_patch 200 "$NS/election-0" '{"metadata":{"annotations":{"election/e2e-probe":null}}}'
 expect_patch 200 "$NS/election-0" '{"metadata":{"labels":{"election-state":"e2e-probe"}}}'
 expect_patch 200 "$NS/election-0" "{\"metadata\":{\"labels\":{\"election-state\":\"$own_state\"}}}"
-# A stale sibling's label: only leader -> stale. Fake one on $other (as the
-# admin), let election-0's token correct it, then restore it.
-kc label pod -n "$NS" "$other" election-state=leader --overwrite >/dev/null
-expect_patch 403 "$NS/$other" '{"metadata":{"labels":{"election-state":"attempter"}}}'
-expect_patch 200 "$NS/$other" '{"metadata":{"labels":{"election-state":"stale"}}}'
+# A stale sibling's label: only leader -> stale, in the daemon's shape (a
+# merge patch of the label with the resourceVersion read). Fake a leader
+# label on $other (as the admin), let election-0's token try, restore it.
+# The fake claim is dated in the future, so the real leader leaves it alone
+# (it corrects only claims older than its own) and the resourceVersions hold.
+since=$(k get pod "$other" -o jsonpath='{.metadata.annotations.election/state-since}')
+fake_leader() {
+  kc annotate pod -n "$NS" "$other" election/state-since=2099-01-01T00:00:00Z --overwrite >/dev/null
+  kc label pod -n "$NS" "$other" election-state=leader --overwrite >/dev/null
+}
+sibling_patch() { # pod state|null
+  local rv value
+  rv=$(k get pod "$1" -o jsonpath='{.metadata.resourceVersion}')
+  [[ $2 == null ]] && value=null || value="\"$2\""
+  echo "{\"metadata\":{\"labels\":{\"election-state\":$value},\"resourceVersion\":\"$rv\"}}"
+}
+fake_leader
+expect_patch 403 "$NS/$other" "$(sibling_patch "$other" attempter)" merge "may only change election-state from leader to stale"
+expect_patch 403 "$NS/$other" "$(sibling_patch "$other" null)" merge "may only change election-state from leader to stale"
+expect_patch 200 "$NS/$other" "$(sibling_patch "$other" stale)"
 kc label pod -n "$NS" "$other" election-state=attempter --overwrite >/dev/null
-# Leases: RBAC allows create (it cannot name the Lease); the policy allows
-# only the mirror's name.
-code=$(curl -sS -o "$WORK/lease.out" -w '%{http_code}' --cacert "$CA" -X POST \
-  -H "Authorization: Bearer $SA_TOKEN" -H 'Content-Type: application/json' \
-  --data '{"apiVersion":"coordination.k8s.io/v1","kind":"Lease","metadata":{"name":"someone-elses-leader"},"spec":{"holderIdentity":"x"}}' \
-  "$SERVER/apis/coordination.k8s.io/v1/namespaces/$NS/leases")
-[[ $code == 403 ]] || die "creating Lease someone-elses-leader as the ServiceAccount: HTTP $code, expected 403: $(cat "$WORK/lease.out")"
-echo "   POST lease someone-elses-leader as the ServiceAccount -> HTTP $code (only the Lease $RELEASE may be created)"
+kc annotate pod -n "$NS" "$other" "election/state-since=$since" --overwrite >/dev/null
+expect_patch 403 "$NS/outsider" "$(sibling_patch outsider stale)" merge "may not change a pod outside its release"
+[[ "$(k get pod outsider -o jsonpath='{.metadata.labels.election-state}')" == leader ]] || die "the outsider's label changed"
+k delete pod outsider --wait=false >/dev/null
+# Leases: no create at all (the chart creates the mirror).
+out=$(printf '%s' '{"apiVersion":"coordination.k8s.io/v1","kind":"Lease","metadata":{"name":"someone-elses-leader"},"spec":{"holderIdentity":"x"}}' | sa create -f - 2>&1) \
+  && die "the ServiceAccount created a Lease: $out"
+grep -q 'Error from server (Forbidden)' <<<"$out" || die "creating a Lease as the ServiceAccount: not 403: $out"
+echo "   kubectl create lease someone-elses-leader as the ServiceAccount -> Forbidden (RBAC: no create on leases)"
 expect_can() { # yes|no verb resource [namespace]
   local got
   got=$(sa auth can-i "$2" "$3" --namespace "${4:-$NS}" 2>/dev/null || true)
@@ -672,14 +802,15 @@ print("\n".join(sorted(rules(sys.argv[1]) - rules(sys.argv[2]))))
 PY
 )
 while read -r line; do echo "   beyond any account's rights: $line"; done <<<"$extra"
-want=$(printf '%s\n' 'events.events.k8s.io [] [] [create]' 'leases.coordination.k8s.io [] [] [create]' \
-  "leases.coordination.k8s.io [] [$RELEASE] [get update]" 'pods [] [] [patch list]')
+want=$(printf '%s\n' 'events.events.k8s.io [] [] [create]' \
+  "leases.coordination.k8s.io [] [$RELEASE] [get update patch]" 'pods [] [] [patch list]')
 [[ "$extra" == "$want" ]] || die "the ServiceAccount's rights differ from the README's rules: $extra"
 expect_can yes patch pods/election-2
 expect_can yes list pods
 expect_can yes create events.events.k8s.io
 expect_can yes update leases.coordination.k8s.io/$RELEASE
 expect_can no update leases.coordination.k8s.io/other
+expect_can no create leases.coordination.k8s.io
 expect_can no get pods/election-0
 expect_can no patch pods/election-0 default
 expect_can no update pods/election-0
@@ -697,16 +828,111 @@ expect_can no create pods/exec
 expect_can no get nodes
 expect_can no patch statefulsets/election
 
-step "6. kubectl scale statefulset to 4 (no Role change), then helm uninstall"
+# helm upgrade --reuse-values --wait with more --set; prints its duration (ms).
+helm_upgrade() {
+  local t0
+  t0=$(now_ms)
+  "$HELM" upgrade "$RELEASE" "$CHART" --kubeconfig "$KCFG" --namespace "$NS" --reuse-values "$@" --wait --timeout 3m \
+    >"$WORK/helm-upgrade.out" 2>&1 || die "helm upgrade --reuse-values $* failed: $(cat "$WORK/helm-upgrade.out")"
+  echo $(($(now_ms) - t0))
+}
+# The kubelet's part when a pod is deleted (here by the StatefulSet
+# controller): the pod's preStop command, then SIGTERM; the process must
+# exit on its own within 10 s.
+stop_like_kubelet() { # pod
+  local pod=$1 pid deadline prestop=()
+  deadline=$((SECONDS + 90))
+  until [[ -n "$(k get pod "$pod" -o jsonpath='{.metadata.deletionTimestamp}' 2>/dev/null)" ]] || ! k get pod "$pod" >/dev/null 2>&1; do
+    ((SECONDS < deadline)) || die "$pod was not deleted within 90 s"
+    sleep 0.1
+  done
+  mapfile -d '' prestop <"$WORK/pods/$pod/prestop"
+  "${prestop[@]}" >/dev/null || die "$pod: its preStop command failed"
+  pid=$(cat "$PIDS/$pod.pid")
+  kill -TERM "$pid"
+  deadline=$((SECONDS + 10))
+  while kill -0 "$pid" 2>/dev/null; do
+    ((SECONDS < deadline)) || die "$pod's process still runs 10 s after its preStop command and SIGTERM"
+    sleep 0.1
+  done
+  rm -f "$PIDS/$pod.pid"
+  log "harness: $pod deleted by the StatefulSet controller: preStop (election release) and SIGTERM; its process exited"
+}
+# Scales the release down to 3 with helm upgrade, playing election-3's stop.
+helm_downscale() {
+  local up rc=0 t0
+  t0=$(now_ms)
+  "$HELM" upgrade "$RELEASE" "$CHART" --kubeconfig "$KCFG" --namespace "$NS" --reuse-values --set replicaCount=3 \
+    --wait --timeout 3m >"$WORK/helm-upgrade.out" 2>&1 &
+  up=$!
+  stop_like_kubelet election-3
+  wait "$up" || rc=$?
+  ((rc == 0)) || die "helm upgrade --set replicaCount=3 failed: $(cat "$WORK/helm-upgrade.out")"
+  echo $(($(now_ms) - t0))
+}
+role_pods() { k get role "$RELEASE" -o jsonpath='{range .rules[?(@.resources[0]=="pods")]}{.verbs} {.resourceNames}{"\n"}{end}'; }
+
+step "6. helm upgrade --reuse-values --set replicaCount=4, then back to 3 (admission policy on)"
 role0=$(k get role "$RELEASE" -o jsonpath='{.metadata.resourceVersion} {.rules}')
-k scale statefulset "$RELEASE" --replicas 4 >/dev/null
+lease0=$(k get lease "$RELEASE" -o jsonpath='{.spec.holderIdentity} {.spec.leaseTransitions}')
+[[ "${lease0%% *}" == "$leader" ]] || die "lease $RELEASE: holder ${lease0%% *}, not $leader"
+ms=$(helm_upgrade --set replicaCount=4)
+note "helm upgrade replicaCount 3 -> 4 --wait (helm $HELM_MAJOR): $ms ms"
+lease1=$(k get lease "$RELEASE" -o jsonpath='{.spec.holderIdentity} {.spec.leaseTransitions}')
+[[ "$lease1" == "$lease0" ]] || die "lease $RELEASE before the upgrade '$lease0', right after '$lease1': the upgrade reset the leader's spec"
+[[ "$(k get role "$RELEASE" -o jsonpath='{.metadata.resourceVersion} {.rules}')" == "$role0" ]] || die "the Role changed with the replica count"
+wait_pods_running "$SEL" 4 60
+t0=$(now_ms)
+start_election election-3
+leader=$(wait_one_leader 4 30)
+[[ "$(k get pod election-3 -o jsonpath='{.metadata.annotations.election/node-id}')" == election-3 ]] || die "election-3 did not annotate itself"
+note "after helm upgrade to 4 replicas (Role unchanged): election-3 scheduled, its process started -> labelled $(k get pod election-3 -o jsonpath='{.metadata.labels.election-state}') in $(($(now_ms) - t0)) ms; one leader ($leader), 3 attempters"
+k get pods -L election-state
+# A renewal later (every 5 s), a reset by the upgrade would show as one more
+# leaseTransitions (holder none -> the leader).
+sleep 6
+lease2=$(k get lease "$RELEASE" -o jsonpath='{.spec.holderIdentity} {.spec.leaseTransitions}')
+[[ "$lease2" == "$lease0" || "${lease2%% *}" != "${lease0%% *}" ]] || die "lease $RELEASE: '$lease0' before the upgrade, '$lease2' a renewal after it"
+log "lease $RELEASE kept holder and leaseTransitions across helm $HELM_MAJOR upgrade: $lease0 -> $lease2"
+ms=$(helm_downscale)
+leader=$(wait_one_leader 3 30)
+note "helm upgrade replicaCount 4 -> 3 --wait: $ms ms; election-3 stopped through its preStop path; one leader ($leader)"
+[[ "$(k get role "$RELEASE" -o jsonpath='{.metadata.resourceVersion} {.rules}')" == "$role0" ]] || die "the Role changed with the replica count"
+k get pods -L election-state
+
+step "6b. the same without the admission policy: the Role names each pod"
+ms=$(helm_upgrade --set kubernetes.admissionPolicy.enabled=false)
+log "helm upgrade --set kubernetes.admissionPolicy.enabled=false: $ms ms"
+[[ -z "$(kc get validatingadmissionpolicy,validatingadmissionpolicybinding -o name)" ]] || die "the admission policy is still there"
+[[ "$(role_pods)" == '["patch"] ["election-0","election-1","election-2"]'* ]] || die "Role rules on pods: $(role_pods)"
+log "Role $RELEASE, pods: $(role_pods | tr '\n' ' ')"
+ms=$(helm_upgrade --set replicaCount=4)
+[[ "$(role_pods)" == '["patch"] ["election-0","election-1","election-2","election-3"]'* ]] || die "Role rules on pods after the upgrade to 4: $(role_pods)"
 wait_pods_running "$SEL" 4 60
 start_election election-3
 leader=$(wait_one_leader 4 30)
-[[ "$(k get role "$RELEASE" -o jsonpath='{.metadata.resourceVersion} {.rules}')" == "$role0" ]] || die "the Role changed"
-[[ "$(k get pod election-3 -o jsonpath='{.metadata.annotations.election/node-id}')" == election-3 ]] || die "election-3 did not annotate itself"
-note "after kubectl scale to 4 replicas (Role unchanged): one leader ($leader), 3 attempters; election-3 labelled itself"
-k get pods -L election-state
+E3_TOKEN=$(sed -n 's/.*token: "\(.*\)".*/\1/p' "$WORK/pods/election-3/kubeconfig")
+code=$(api_patch "$E3_TOKEN" "$NS/election-3" '{"metadata":{"annotations":{"election/e2e-probe":"1"}}}')
+[[ $code == 200 ]] || die "election-3's token cannot patch its own pod after the upgrade to 4: HTTP $code $(cat "$WORK/patch.out")"
+note "helm upgrade to 4 without the policy: $ms ms; the Role names election-3, whose token patches its own pod: HTTP $code"
+ms=$(helm_downscale)
+leader=$(wait_one_leader 3 30)
+[[ "$(role_pods)" == '["patch"] ["election-0","election-1","election-2"]'* ]] || die "Role rules on pods after the downgrade: $(role_pods)"
+# The token bound to election-3's pod died with the pod (401); a token of
+# the ServiceAccount itself now meets the Role's names: 403.
+sa_token=$(k create token "$RELEASE" --duration 10m)
+code=$(api_patch "$sa_token" "$NS/election-3" '{"metadata":{"labels":{"election-state":"leader"}}}')
+if [[ $code != 403 ]] || ! grep -q 'cannot patch resource \\"pods\\"' "$WORK/patch.out"; then
+  die "patch election-3 after the downgrade: HTTP $code, expected 403 from RBAC: $(cat "$WORK/patch.out")"
+fi
+note "helm upgrade back to 3 without the policy: $ms ms; election-3 stopped through its preStop path, one leader ($leader); patching election-3 as the ServiceAccount: HTTP $code ($(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["message"])' "$WORK/patch.out"))"
+ms=$(helm_upgrade --set kubernetes.admissionPolicy.enabled=true)
+[[ "$(kc get validatingadmissionpolicy -o name)" == "validatingadmissionpolicy.admissionregistration.k8s.io/$NS-$RELEASE-pods" ]] \
+  || die "the admission policy did not come back"
+leader=$(wait_one_leader 3 30)
+log "helm upgrade --set kubernetes.admissionPolicy.enabled=true: $ms ms; policy back, one leader ($leader)"
+
+step "7. helm uninstall"
 "$HELM" uninstall "$RELEASE" --kubeconfig "$KCFG" --namespace "$NS" --wait --timeout 2m || die "helm uninstall failed"
 # The pods are going: their processes stop as the kubelet would stop them.
 for f in "$PIDS"/election-*.pid; do [[ -f "$f" ]] && stop_pid "$f" 10; done
@@ -715,7 +941,7 @@ while [[ -n "$(k get pods -l "app.kubernetes.io/instance=$RELEASE" -o name)" ]];
   ((SECONDS < deadline)) || die "pods left 60 s after helm uninstall: $(k get pods -o name)"
   sleep 0.3
 done
-left=$(k get all,serviceaccount,role,rolebinding,pdb,pvc,networkpolicy,configmap,secret -l "app.kubernetes.io/instance=$RELEASE" -o name)
+left=$(k get all,serviceaccount,role,rolebinding,pdb,pvc,networkpolicy,configmap,secret,lease -l "app.kubernetes.io/instance=$RELEASE" -o name)
 unexpected=$(grep -v '^persistentvolumeclaim/data-election-zookeeper-[0-9]*$' <<<"$left" || true)
 [[ -z "$unexpected" ]] || die "left after helm uninstall: $unexpected"
 log "left after helm uninstall: $(tr '\n' ' ' <<<"$left")(the ZooKeeper StatefulSet's claims, kept by its default retention policy)"
@@ -724,9 +950,133 @@ kc get validatingadmissionpolicy,validatingadmissionpolicybinding -o name | grep
   && die "admission policy left: $(kc get validatingadmissionpolicy,validatingadmissionpolicybinding -o name)"
 got=$(kc auth can-i patch pods/election-0 --namespace "$NS" --as "system:serviceaccount:$NS:election" 2>/dev/null || true)
 [[ "$got" == no ]] || die "the ServiceAccount may still patch pods after uninstall: $got"
-log "no Role, RoleBinding, ServiceAccount or pod left; the account may no longer patch pods"
+[[ -z "$(k get lease -o name)" ]] || die "Leases left in $NS after helm uninstall: $(k get lease -o name)"
+log "no Lease, Role, RoleBinding, ServiceAccount, admission policy or pod left; the account may no longer patch pods"
 
-step "7. kubectl apply --server-side -k manifests/"
+step "7b. helm install with zookeeper.auth.enabled=true: digest credentials, ACLs, a super identity"
+# A fresh ensemble: the first one's election path was created open.
+for f in "$PIDS"/zk-*.pid; do [[ -f "$f" ]] && stop_pid "$f" 5; done
+rm -rf "$WORK/zk"
+# An operator's super identity, as the chart's zookeeper.auth.superDigestSecret takes it.
+super_pw=e2esuper$RANDOM$RANDOM
+super_digest=$(java -cp "$(zk_classpath)" org.apache.zookeeper.server.auth.DigestAuthenticationProvider "super:$super_pw" 2>/dev/null | sed -n 's/^.*->//p')
+[[ "$super_digest" == super:* ]] || die "no super digest from DigestAuthenticationProvider: '$super_digest'"
+k create secret generic zk-super --from-literal "superDigest=$super_digest" >/dev/null
+"$HELM" install "$RELEASE" "$CHART" --kubeconfig "$KCFG" --namespace "$NS" --wait --timeout 3m \
+  --set zookeeper.auth.enabled=true --set zookeeper.auth.superDigestSecret=zk-super \
+  >"$WORK/helm-install-auth.out" || die "helm install with auth failed: $(cat "$WORK/helm-install-auth.out")"
+wait_pods_running "$ZK_SEL" 3 60
+wait_pods_running "$SEL" 3 60
+# What the chart gives the ZooKeeper containers: SERVER_JVMFLAGS with the
+# super digest from the Secret ($(ZK_SUPER_DIGEST) expanded as the kubelet
+# does); zkServer.sh would pass it to java, the harness does.
+k get pod "$RELEASE-zookeeper-0" -o json >"$WORK/zk-pod.json"
+flags=$(python3 scripts/k8s-pod-process.py --pod-json "$WORK/zk-pod.json" --container zookeeper --binary x=x \
+  --kubectl "$KUBECTL --kubeconfig $KCFG" | python3 -c 'import json,sys; print(json.load(sys.stdin)["env"].get("SERVER_JVMFLAGS", ""))')
+[[ "$flags" == *"-Dzookeeper.DigestAuthenticationProvider.superDigest=$super_digest"* ]] \
+  || die "the ZooKeeper pods' SERVER_JVMFLAGS do not carry the super digest: '$flags'"
+read -r -a ZK_JVMFLAGS <<<"$flags"
+log "harness: the ZooKeeper pods' SERVER_JVMFLAGS (superDigest from Secret zk-super) -> the java command line of each server"
+start_zookeepers
+t0=$(now_ms)
+for pod in $(k get pods -l "$SEL" -o jsonpath='{.items[*].metadata.name}'); do start_election "$pod"; done
+leader=$(wait_one_leader 3 60)
+note "with zookeeper.auth.enabled=true: processes started -> exactly one pod labelled leader ($leader), 2 attempter: $(($(now_ms) - t0)) ms"
+k get pods -L election-state
+# The credentials the replicas got (the generated Secret, mounted 0440) and
+# the ACL they must have put on their znodes: digest:<user>:<base64(sha1)>.
+credentials=$(k get secret "$RELEASE-zk-auth" -o jsonpath='{.data.credentials}' | base64 -d)
+[[ "$credentials" =~ ^election:.{32}$ ]] || die "the generated credentials are not election:<32 characters>"
+cmp -s <(printf '%s' "$credentials") "$WORK/pods/$leader/secrets/zk-auth/credentials" || die "$leader's credentials file differs from the Secret"
+digest_id=$(python3 -c 'import base64,hashlib,sys; u,_,p=sys.argv[1].partition(":"); print(u+":"+base64.b64encode(hashlib.sha1(sys.argv[1].encode()).digest()).decode())' "$credentials")
+root=$(python3 -c 'import json,sys; p=json.load(open(sys.argv[1])); print(next(e["value"] for e in p["spec"]["containers"][0]["env"] if e["name"]=="ELECTION_ZK_ROOT"))' "$WORK/pods/$leader/pod.json")
+cat >"$WORK/ZkAclProbe.java" <<'JAVA'
+import java.util.List;
+import java.util.concurrent.CountDownLatch;
+import org.apache.zookeeper.CreateMode;
+import org.apache.zookeeper.KeeperException;
+import org.apache.zookeeper.ZooDefs;
+import org.apache.zookeeper.ZooKeeper;
+import org.apache.zookeeper.data.ACL;
+import org.apache.zookeeper.data.Stat;
+
+/** The e2e's look at the election's znodes: ACLs, and what an anonymous client and the super identity may do. */
+public class ZkAclProbe {
+    static ZooKeeper connect(String server) throws Exception {
+        CountDownLatch up = new CountDownLatch(1);
+        ZooKeeper zk = new ZooKeeper(server, 10000, e -> { if (e.getState() == org.apache.zookeeper.Watcher.Event.KeeperState.SyncConnected) up.countDown(); });
+        up.await();
+        return zk;
+    }
+    static String acl(List<ACL> acls) {
+        StringBuilder b = new StringBuilder();
+        for (ACL a : acls) {
+            String p = "";
+            int perms = a.getPerms();
+            if ((perms & ZooDefs.Perms.CREATE) != 0) p += "c";
+            if ((perms & ZooDefs.Perms.DELETE) != 0) p += "d";
+            if ((perms & ZooDefs.Perms.READ) != 0) p += "r";
+            if ((perms & ZooDefs.Perms.WRITE) != 0) p += "w";
+            if ((perms & ZooDefs.Perms.ADMIN) != 0) p += "a";
+            b.append(b.length() == 0 ? "" : " ").append(a.getId().getScheme()).append(':').append(a.getId().getId()).append('=').append(p);
+        }
+        return b.toString();
+    }
+    static String attempt(String what, Op op) {
+        try { op.run(); return what + " ok"; }
+        catch (KeeperException e) { return what + " " + e.code(); }
+        catch (Exception e) { return what + " " + e; }
+    }
+    interface Op { void run() throws Exception; }
+    public static void main(String[] args) throws Exception {
+        String server = args[0], root = args[1], superPassword = args[2];
+        String parent = root.substring(0, root.lastIndexOf('/'));
+        String probe = parent + "/e2e-super-probe";
+        ZooKeeper anon = connect(server);
+        // ZooKeeper shows a digest ACL's hash to the super identity only.
+        ZooKeeper su = connect(server);
+        su.addAuthInfo("digest", ("super:" + superPassword).getBytes());
+        System.out.println("acl " + root + " " + acl(su.getACL(root, new Stat())));
+        String candidate = null;
+        for (String child : su.getChildren(root, false)) {
+            System.out.println("acl " + root + "/" + child + " " + acl(su.getACL(root + "/" + child, new Stat())));
+            if (child.startsWith("c_") && candidate == null) candidate = root + "/" + child;
+        }
+        String c = candidate;
+        System.out.println(attempt("anonymous delete " + c, () -> anon.delete(c, -1)));
+        if (anon.exists(root + "/fencing", false) != null) {
+            System.out.println(attempt("anonymous setData " + root + "/fencing", () -> anon.setData(root + "/fencing", "0".getBytes(), -1)));
+        }
+        System.out.println(attempt("anonymous create " + probe, () -> anon.create(probe, new byte[0], ZooDefs.Ids.OPEN_ACL_UNSAFE, CreateMode.PERSISTENT)));
+        System.out.println(attempt("super create " + probe, () -> su.create(probe, new byte[0], ZooDefs.Ids.OPEN_ACL_UNSAFE, CreateMode.PERSISTENT)));
+        System.out.println(attempt("super delete " + probe, () -> su.delete(probe, -1)));
+        anon.close();
+        su.close();
+    }
+}
+JAVA
+java -cp "$(zk_classpath)" "$WORK/ZkAclProbe.java" "${ZK_ADDR[$RELEASE-zookeeper-0]}" "$root" "$super_pw" 2>"$WORK/acl-probe.err" >"$WORK/acl-probe.out" \
+  || die "the ACL probe failed: $(tail -5 "$WORK/acl-probe.err")"
+sed 's/^/   zk | /' "$WORK/acl-probe.out"
+want_acl="digest:$digest_id=cdrwa world:anyone=r"
+grep -q "^acl $root/c_" "$WORK/acl-probe.out" || die "no candidates under $root"
+# The super identity reads the ACLs: also proof that the chart's super digest reached the servers.
+bad=$(grep '^acl ' "$WORK/acl-probe.out" | grep -vF " $want_acl" || true)
+[[ -z "$bad" ]] || die "znodes without the ACL '$want_acl': $bad"
+for want in "anonymous delete $root/c_.* NOAUTH" "anonymous create .* NOAUTH" "super create .* ok" "super delete .* ok"; do
+  grep -qE "^$want$" "$WORK/acl-probe.out" || die "ACL probe: no line '$want'"
+done
+if grep -q '^anonymous setData' "$WORK/acl-probe.out"; then
+  grep -qE '^anonymous setData .* NOAUTH$' "$WORK/acl-probe.out" || die "an anonymous client changed the fencing floor"
+fi
+note "auth on: the election path and all $(grep -c "^acl $root/c_" "$WORK/acl-probe.out") candidates carry digest:${digest_id%%:*}:<sha1>=cdrwa + world:anyone=r; anonymous delete/create: NOAUTH; the chart's super digest reached the servers (super create: ok)"
+"$HELM" uninstall "$RELEASE" --kubeconfig "$KCFG" --namespace "$NS" --wait --timeout 2m >/dev/null || die "helm uninstall (auth) failed"
+for f in "$PIDS"/election-*.pid; do [[ -f "$f" ]] && stop_pid "$f" 10; done
+[[ -n "$(k get secret "$RELEASE-zk-auth" -o name 2>/dev/null)" ]] || die "the generated credentials Secret did not survive helm uninstall (helm.sh/resource-policy: keep)"
+k delete secret "$RELEASE-zk-auth" zk-super >/dev/null
+log "helm uninstall kept $RELEASE-zk-auth (resource-policy keep: the ZooKeeper ACLs name it); deleted by the harness"
+
+step "8. kubectl apply --server-side -k manifests/"
 for f in "$PIDS"/zk-*.pid; do [[ -f "$f" ]] && stop_pid "$f" 5; done
 kc apply --server-side -k manifests/ | sed 's/^/   /'
 wait_pods_running "$SEL" 3 60

@@ -20,13 +20,20 @@ a JSON plan:
   --map-listen PORT=NEW a listen address on PORT (`0.0.0.0:PORT`, `[::]:PORT`,
                         `127.0.0.1:PORT`, `:PORT`...) in an env value or an
                         argument -> NEW
-  --map-dir PATH=DIR    an env value equal to a volume's mountPath -> DIR
+  --map-dir PATH=DIR    an env value equal to a volume's mountPath, or a
+                        path under it -> DIR (the same path under DIR)
+  --secrets-dir DIR     the container's `secret` volumes, written from the
+                        API into DIR/<volume> (its items, its defaultMode)
+                        and mapped as --map-dir
+  `$(VAR)` in a value expands to an earlier variable, as the kubelet does.
 - prestop: the preStop exec command, mapped the same way.
 """
 
 import argparse
 import base64
 import json
+import os
+import re
 import subprocess
 import sys
 
@@ -62,6 +69,39 @@ def from_api(kubectl, kind, namespace, name, key, decode):
     return base64.b64decode(value).decode() if decode else value
 
 
+def write_secret_volumes(kubectl, pod, c, root, mappings):
+    """Writes the container's secret volumes under root; returns {mountPath: dir}."""
+    name, ns = pod["metadata"]["name"], pod["metadata"]["namespace"]
+    volumes = {v["name"]: v for v in pod["spec"].get("volumes", [])}
+    dirs = {}
+    for m in c.get("volumeMounts", []):
+        src = volumes.get(m["name"], {}).get("secret")
+        if src is None:
+            continue
+        out = subprocess.run(
+            kubectl + ["get", "secret", src["secretName"], "--namespace", ns, "-o", "json"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        data = json.loads(out).get("data", {})
+        items = src.get("items") or [{"key": k, "path": k} for k in data]
+        mode = src.get("defaultMode", 0o644)
+        d = os.path.join(root, m["name"])
+        os.makedirs(d, exist_ok=True)
+        for item in items:
+            path = os.path.join(d, item["path"])
+            if os.path.exists(path):  # read-only from an earlier start
+                os.remove(path)
+            with open(path, "wb") as f:
+                f.write(base64.b64decode(data[item["key"]]))
+            os.chmod(path, item.get("mode", mode) & 0o777)
+        dirs[m["mountPath"]] = d
+        keys = ", ".join(f"{i['key']} -> {i['path']}" for i in items)
+        mappings.append(f"pod {name}: secret volume {m['name']} (Secret {src['secretName']}: {keys}, mode {mode:o}) at {m['mountPath']} -> {d}")
+    return dirs
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--pod-json", required=True)
@@ -72,6 +112,7 @@ def main():
     p.add_argument("--map-host", action="append", default=[])
     p.add_argument("--map-listen", action="append", default=[])
     p.add_argument("--map-dir", action="append", default=[])
+    p.add_argument("--secrets-dir", default=None)
     a = p.parse_args()
 
     pod = json.load(open(a.pod_json))
@@ -92,15 +133,19 @@ def main():
 
     dirs = dict(m.split("=", 1) for m in a.map_dir)
     mappings = [f"pod {name}: image {c['image']} cannot be pulled here: runs {local_bin} (built from this checkout)"]
+    if a.secrets_dir:
+        dirs.update(write_secret_volumes(kubectl, pod, c, a.secrets_dir, mappings))
 
     def map_value(var, value):
         mapped = listen_addr(value)
         if mapped:
             mappings.append(f"pod {name}: {var}={value} -> {mapped} (loopback only, free port)")
             return mapped
-        if value in dirs:
-            mappings.append(f"pod {name}: {var}={value} (volume mount) -> {dirs[value]}")
-            return dirs[value]
+        for mount, local in dirs.items():
+            if value == mount or value.startswith(mount.rstrip("/") + "/"):
+                mapped = local + value[len(mount.rstrip("/")) :] if value != mount else local
+                mappings.append(f"pod {name}: {var}={value} (volume mount) -> {mapped}")
+                return mapped
         parts, changed = [], False
         for item in value.split(","):
             host = item.rsplit(":", 1)[0] if ":" in item else ""
@@ -134,6 +179,12 @@ def main():
                 raise SystemExit(f"pod {name}: unsupported valueFrom in {e['name']}: {src}")
         else:
             value = ""
+        # $(VAR) names an earlier variable ($$ escapes), as the kubelet expands it.
+        value = re.sub(
+            r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)",
+            lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)),
+            value,
+        )
         env[e["name"]] = map_value(e["name"], value)
 
     def map_argv(argv):

@@ -103,13 +103,36 @@ cert kwok "/O=system:masters/CN=kwok" "$client_ext"
 openssl genrsa -out "$pki/sa.key" 2048 2>/dev/null
 openssl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
 
-ETCD_PORT=$(free_port)
-ETCD_PEER_PORT=$(free_port)
-API_PORT=$(free_port)
-KCM_PORT=$(free_port)
-SCHED_PORT=$(free_port)
-SERVER=https://127.0.0.1:$API_PORT
-echo "$SERVER" >"$D/server"
+# Ports are picked free (start_NAME below) but bound only once a component
+# runs: another process may take one meanwhile (the machine is shared), so
+# start_retrying starts a component again on fresh ports when it died of a
+# taken port.
+ETCD_PORT='' ETCD_PEER_PORT='' API_PORT='' KCM_PORT='' SCHED_PORT='' SERVER=''
+
+# start_retrying NAME TIMEOUT: runs start_NAME (which picks its ports and
+# starts NAME) until ready_NAME succeeds; when NAME exits with "address
+# already in use" in its log, again on new ports (3 attempts).
+start_retrying() {
+  local name=$1 timeout=$2 attempt deadline
+  for attempt in 1 2 3; do
+    "start_$name"
+    deadline=$((SECONDS + timeout))
+    until "ready_$name" >/dev/null 2>&1; do
+      if ! pid_alive "$D/pids/$name.pid"; then
+        if grep -qi 'address already in use' "$D/logs/$name.log"; then
+          log "$name: a port was taken meanwhile (attempt $attempt of 3): again on new ports"
+          cp "$D/logs/$name.log" "$D/logs/$name.attempt-$attempt.log"
+          continue 2
+        fi
+        fail "$name exited"
+      fi
+      ((SECONDS < deadline)) || fail "$name not ready within ${timeout}s"
+      sleep 0.2
+    done
+    return 0
+  done
+  fail "$name: ports taken at each of 3 attempts"
+}
 
 kubeconfig() { # name
   cat >"$D/$1.kubeconfig" <<EOF
@@ -133,47 +156,69 @@ contexts:
 current-context: $1@election-k8s
 EOF
 }
-for name in admin controller-manager scheduler kwok; do kubeconfig "$name"; done
 
 # --- etcd
-log "starting etcd on 127.0.0.1:$ETCD_PORT"
-bg_start "$D" etcd "$GO_TOOLS/etcd/etcd" --name default --data-dir "$D/etcd" \
-  --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
-  --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
-  --initial-cluster "default=http://127.0.0.1:$ETCD_PEER_PORT" \
-  --unsafe-no-fsync --log-level warn
-wait_until 30 "etcd healthy" curl -fsS "http://127.0.0.1:$ETCD_PORT/health"
+start_etcd() {
+  ETCD_PORT=$(free_port)
+  ETCD_PEER_PORT=$(free_port)
+  rm -rf "$D/etcd" && mkdir -p "$D/etcd"
+  log "starting etcd on 127.0.0.1:$ETCD_PORT"
+  bg_start "$D" etcd "$GO_TOOLS/etcd/etcd" --name default --data-dir "$D/etcd" \
+    --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
+    --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
+    --initial-cluster "default=http://127.0.0.1:$ETCD_PEER_PORT" \
+    --unsafe-no-fsync --log-level warn
+}
+ready_etcd() { curl -fsS "http://127.0.0.1:$ETCD_PORT/health"; }
+start_retrying etcd 30
 
 # --- kube-apiserver
-log "starting kube-apiserver on $SERVER"
-bg_start "$D" kube-apiserver "$GO_TOOLS/kubernetes/kube-apiserver" \
-  --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
-  --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$API_PORT" \
-  --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
-  --client-ca-file "$pki/ca.crt" \
-  --authorization-mode Node,RBAC \
-  --enable-admission-plugins NodeRestriction,ValidatingAdmissionPolicy \
-  --service-account-issuer https://kubernetes.default.svc.cluster.local \
-  --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
-  --service-cluster-ip-range "$SERVICE_CIDR" \
-  --endpoint-reconciler-type none \
-  --allow-privileged=true --profiling=false
 K=("$KUBECTL" --kubeconfig "$D/admin.kubeconfig")
-wait_until 60 "kube-apiserver ready" "${K[@]}" get --raw /readyz
+start_kube-apiserver() {
+  local name
+  API_PORT=$(free_port)
+  SERVER=https://127.0.0.1:$API_PORT
+  echo "$SERVER" >"$D/server"
+  for name in admin controller-manager scheduler kwok; do kubeconfig "$name"; done
+  log "starting kube-apiserver on $SERVER"
+  bg_start "$D" kube-apiserver "$GO_TOOLS/kubernetes/kube-apiserver" \
+    --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
+    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$API_PORT" \
+    --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
+    --client-ca-file "$pki/ca.crt" \
+    --authorization-mode Node,RBAC \
+    --enable-admission-plugins NodeRestriction,ValidatingAdmissionPolicy \
+    --service-account-issuer https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
+    --service-cluster-ip-range "$SERVICE_CIDR" \
+    --endpoint-reconciler-type none \
+    --allow-privileged=true --profiling=false
+}
+ready_kube-apiserver() { "${K[@]}" get --raw /readyz; }
+start_retrying kube-apiserver 60
 
 # --- kube-controller-manager and kube-scheduler
-log "starting kube-controller-manager and kube-scheduler"
-bg_start "$D" kube-controller-manager "$GO_TOOLS/kubernetes/kube-controller-manager" \
-  --kubeconfig "$D/controller-manager.kubeconfig" \
-  --bind-address 127.0.0.1 --secure-port "$KCM_PORT" \
-  --controllers '*' --leader-elect=false \
-  --use-service-account-credentials=true \
-  --service-account-private-key-file "$pki/sa.key" --root-ca-file "$pki/ca.crt" \
-  --cluster-signing-cert-file "$pki/ca.crt" --cluster-signing-key-file "$pki/ca.key" \
-  --service-cluster-ip-range "$SERVICE_CIDR" --profiling=false
-bg_start "$D" kube-scheduler "$GO_TOOLS/kubernetes/kube-scheduler" \
-  --kubeconfig "$D/scheduler.kubeconfig" \
-  --bind-address 127.0.0.1 --secure-port "$SCHED_PORT" --leader-elect=false --profiling=false
+start_kube-controller-manager() {
+  KCM_PORT=$(free_port)
+  log "starting kube-controller-manager (health on 127.0.0.1:$KCM_PORT)"
+  bg_start "$D" kube-controller-manager "$GO_TOOLS/kubernetes/kube-controller-manager" \
+    --kubeconfig "$D/controller-manager.kubeconfig" \
+    --bind-address 127.0.0.1 --secure-port "$KCM_PORT" \
+    --controllers '*' --leader-elect=false \
+    --use-service-account-credentials=true \
+    --service-account-private-key-file "$pki/sa.key" --root-ca-file "$pki/ca.crt" \
+    --cluster-signing-cert-file "$pki/ca.crt" --cluster-signing-key-file "$pki/ca.key" \
+    --service-cluster-ip-range "$SERVICE_CIDR" --profiling=false
+}
+ready_kube-controller-manager() { curl -fsSk "https://127.0.0.1:$KCM_PORT/healthz"; }
+start_kube-scheduler() {
+  SCHED_PORT=$(free_port)
+  log "starting kube-scheduler (health on 127.0.0.1:$SCHED_PORT)"
+  bg_start "$D" kube-scheduler "$GO_TOOLS/kubernetes/kube-scheduler" \
+    --kubeconfig "$D/scheduler.kubeconfig" \
+    --bind-address 127.0.0.1 --secure-port "$SCHED_PORT" --leader-elect=false --profiling=false
+}
+ready_kube-scheduler() { curl -fsSk "https://127.0.0.1:$SCHED_PORT/healthz"; }
 
 # --- kwok and its nodes
 log "starting kwok with $K8S_NODES fake nodes"
@@ -203,8 +248,8 @@ status:
 EOF
 done | "${K[@]}" apply -f - >/dev/null
 
-wait_until 60 "kube-controller-manager healthy" curl -fsSk "https://127.0.0.1:$KCM_PORT/healthz"
-wait_until 60 "kube-scheduler healthy" curl -fsSk "https://127.0.0.1:$SCHED_PORT/healthz"
+start_retrying kube-controller-manager 60
+start_retrying kube-scheduler 60
 # The service-account controller has created the default namespace's account.
 wait_until 60 "ServiceAccount default/default (controller manager at work)" \
   "${K[@]}" get serviceaccount default --namespace default

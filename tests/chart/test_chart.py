@@ -255,7 +255,7 @@ def test_with_the_admission_policy_the_role_is_the_same_for_any_replica_count(he
         ("events.k8s.io", "events", "create"): None,
         ("coordination.k8s.io", "leases", "get"): ["election"],
         ("coordination.k8s.io", "leases", "update"): ["election"],
-        ("coordination.k8s.io", "leases", "create"): None,
+        ("coordination.k8s.io", "leases", "patch"): ["election"],
     }
 
 
@@ -279,17 +279,32 @@ def test_the_admission_policy_binds_to_the_service_account_and_the_namespace(hel
     assert "authentication.kubernetes.io/pod-name" in " ".join(v["expression"] for v in spec["variables"])
 
 
-def test_the_service_account_may_create_only_the_lease_mirror(helm, manifests):
+def test_the_chart_owns_the_lease_mirror_and_the_role_cannot_create_leases(helm, manifests):
     m = manifests(helm, api_versions=(VAP_API,))
-    policy = m.one("ValidatingAdmissionPolicy", f"{NAMESPACE}-election-lease")
-    binding = m.one("ValidatingAdmissionPolicyBinding", f"{NAMESPACE}-election-lease")
-    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
-    assert policy["spec"]["matchConstraints"]["resourceRules"][0]["resources"] == ["leases"]
-    assert policy["spec"]["matchConstraints"]["resourceRules"][0]["operations"] == ["CREATE"]
-    (rule,) = policy["spec"]["validations"]
-    assert rule["expression"] == "object.metadata.name == 'election'"
-    without = manifests(helm, sets=("kubernetes.leaseMirror=false",), api_versions=(VAP_API,))
-    assert [p["metadata"]["name"] for p in without.all("ValidatingAdmissionPolicy")] == [f"{NAMESPACE}-election-pods"]
+    lease = m.one("Lease", "election")
+    assert lease["apiVersion"] == "coordination.k8s.io/v1"
+    # The release's labels: `helm uninstall` and label selectors find it.
+    assert lease["metadata"]["labels"]["app.kubernetes.io/instance"] == "election"
+    # No holder: the leader writes the spec, and an upgrade must not reset it.
+    assert not lease.get("spec")
+    rules = rules_by(m.one("Role", "election"))
+    assert [v for (g, r, v) in rules if r == "leases"] == ["get", "update", "patch"]
+    # Only the Pod policy: the one that limited Lease creation is gone.
+    assert [p["metadata"]["name"] for p in m.all("ValidatingAdmissionPolicy")] == [f"{NAMESPACE}-election-pods"]
+    for sets in (("kubernetes.leaseMirror=false",), ("kubernetes.labelPod=false",)):
+        assert not manifests(helm, sets=sets, api_versions=(VAP_API,)).all("Lease"), sets
+
+
+def test_sibling_patches_are_limited_to_the_release_pods(helm, manifests):
+    m = manifests(helm, api_versions=(VAP_API,))
+    spec = m.one("ValidatingAdmissionPolicy", f"{NAMESPACE}-election-pods")["spec"]
+    (release,) = [v["expression"] for v in spec["variables"] if v["name"] == "release"]
+    for k, v in m.election["spec"]["selector"]["matchLabels"].items():
+        assert f"variables.oldLabels['{k}'] == '{v}'" in release, k
+    exprs = [v["expression"] for v in spec["validations"]]
+    assert "variables.self || variables.release" in exprs
+    (sibling,) = [e for e in exprs if "'stale'" in e]
+    assert "['stale', '']" not in sibling, "a sibling's label may only become stale, never vanish"
 
 
 def test_the_admission_policy_can_be_turned_off(helm, manifests):
@@ -302,12 +317,17 @@ def test_events_lease_and_stale_labels_get_their_env_and_can_be_turned_off(helm,
     env = env_of(container(manifests(helm).election, "election"))
     assert env["ELECTION_POD_UID"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.uid"}}
     assert env["ELECTION_LEASE_NAME"]["value"] == "election"
+    assert "ELECTION_POD_EVENTS" not in env, "Events are the daemon's default"
     selector = dict(kv.split("=") for kv in env["ELECTION_POD_SELECTOR"]["value"].split(","))
     assert selector == manifests(helm).election["spec"]["selector"]["matchLabels"]
     m = manifests(helm, sets=("kubernetes.leaseMirror=false", "kubernetes.correctStaleLabels=false"))
     env = env_of(container(m.election, "election"))
     assert "ELECTION_LEASE_NAME" not in env and "ELECTION_POD_SELECTOR" not in env
-    assert set(rules_by(m.one("Role", "election"))) == {("", "pods", "patch")}
+    # Events are posted at every transition, stale-label correction or not.
+    assert set(rules_by(m.one("Role", "election"))) == {("", "pods", "patch"), ("events.k8s.io", "events", "create")}
+    m = manifests(helm, sets=("kubernetes.events=false",))
+    assert env_of(container(m.election, "election"))["ELECTION_POD_EVENTS"]["value"] == "false"
+    assert ("events.k8s.io", "events", "create") not in rules_by(m.one("Role", "election"))
 
 
 def test_role_binding_grants_the_role_to_the_pods_service_account(helm, manifests):

@@ -56,6 +56,15 @@ def test_auth_generates_a_kept_secret_and_mounts_it_as_a_private_file(helm, mani
     assert source["defaultMode"] & 0o007 == 0
 
 
+def test_the_generated_secret_holds_the_key_the_pods_mount(helm, manifests):
+    m = manifests(helm, sets=(*AUTH, "zookeeper.auth.existingSecretKey=user-password"))
+    secret = m.one("Secret", "election-zk-auth")
+    assert list(secret["data"]) == ["user-password"]
+    source = volume(m.election, "zk-auth")["secret"]
+    assert source["secretName"] == "election-zk-auth"
+    assert [i["key"] for i in source["items"]] == ["user-password"]
+
+
 def render_all(helm: str, sets: tuple[str, ...], exclude: str) -> str:
     return "\n".join(str(d) for d in render(helm, sets=sets) if d["kind"] != exclude)
 
