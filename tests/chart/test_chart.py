@@ -317,7 +317,7 @@ def test_events_lease_and_stale_labels_get_their_env_and_can_be_turned_off(helm,
     env = env_of(container(manifests(helm).election, "election"))
     assert env["ELECTION_POD_UID"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.uid"}}
     assert env["ELECTION_LEASE_NAME"]["value"] == "election"
-    assert "ELECTION_POD_EVENTS" not in env, "Events are the daemon's default"
+    assert env["ELECTION_POD_EVENTS"]["value"] == "true"
     selector = dict(kv.split("=") for kv in env["ELECTION_POD_SELECTOR"]["value"].split(","))
     assert selector == manifests(helm).election["spec"]["selector"]["matchLabels"]
     m = manifests(helm, sets=("kubernetes.leaseMirror=false", "kubernetes.correctStaleLabels=false"))
