@@ -1031,7 +1031,10 @@ public class ZkAclProbe {
     public static void main(String[] args) throws Exception {
         String server = args[0], root = args[1], superPassword = args[2];
         String parent = root.substring(0, root.lastIndexOf('/'));
-        String probe = parent + "/e2e-super-probe";
+        String probe = root + "/e2e-super-probe";
+        // A parent the replicas created above the root lets anyone add a
+        // path of its own (another release), and nobody but super delete.
+        String neighbour = parent + "/e2e-other-release";
         ZooKeeper anon = connect(server);
         // ZooKeeper shows a digest ACL's hash to the super identity only.
         ZooKeeper su = connect(server);
@@ -1050,6 +1053,9 @@ public class ZkAclProbe {
         System.out.println(attempt("anonymous create " + probe, () -> anon.create(probe, new byte[0], ZooDefs.Ids.OPEN_ACL_UNSAFE, CreateMode.PERSISTENT)));
         System.out.println(attempt("super create " + probe, () -> su.create(probe, new byte[0], ZooDefs.Ids.OPEN_ACL_UNSAFE, CreateMode.PERSISTENT)));
         System.out.println(attempt("super delete " + probe, () -> su.delete(probe, -1)));
+        System.out.println(attempt("anonymous create " + neighbour, () -> anon.create(neighbour, new byte[0], ZooDefs.Ids.OPEN_ACL_UNSAFE, CreateMode.PERSISTENT)));
+        System.out.println(attempt("anonymous delete " + root, () -> anon.delete(root, -1)));
+        System.out.println(attempt("super delete " + neighbour, () -> su.delete(neighbour, -1)));
         anon.close();
         su.close();
     }
@@ -1063,13 +1069,14 @@ grep -q "^acl $root/c_" "$WORK/acl-probe.out" || die "no candidates under $root"
 # The super identity reads the ACLs: also proof that the chart's super digest reached the servers.
 bad=$(grep '^acl ' "$WORK/acl-probe.out" | grep -vF " $want_acl" || true)
 [[ -z "$bad" ]] || die "znodes without the ACL '$want_acl': $bad"
-for want in "anonymous delete $root/c_.* NOAUTH" "anonymous create .* NOAUTH" "super create .* ok" "super delete .* ok"; do
+for want in "anonymous delete $root/c_.* NOAUTH" "anonymous create $root/.* NOAUTH" "super create $root/.* ok" "super delete $root/.* ok" \
+  "anonymous create ${root%/*}/e2e-other-release ok" "anonymous delete $root NOAUTH"; do
   grep -qE "^$want$" "$WORK/acl-probe.out" || die "ACL probe: no line '$want'"
 done
 if grep -q '^anonymous setData' "$WORK/acl-probe.out"; then
   grep -qE '^anonymous setData .* NOAUTH$' "$WORK/acl-probe.out" || die "an anonymous client changed the fencing floor"
 fi
-note "auth on: the election path and all $(grep -c "^acl $root/c_" "$WORK/acl-probe.out") candidates carry digest:${digest_id%%:*}:<sha1>=cdrwa + world:anyone=r; anonymous delete/create: NOAUTH; the chart's super digest reached the servers (super create: ok)"
+note "auth on: the election path and all $(grep -c "^acl $root/c_" "$WORK/acl-probe.out") candidates carry digest:${digest_id%%:*}:<sha1>=cdrwa + world:anyone=r; anonymous delete/create under it: NOAUTH; anonymous create beside it (another release's path): ok, delete of it: NOAUTH; the chart's super digest reached the servers (super create: ok)"
 "$HELM" uninstall "$RELEASE" --kubeconfig "$KCFG" --namespace "$NS" --wait --timeout 2m >/dev/null || die "helm uninstall (auth) failed"
 for f in "$PIDS"/election-*.pid; do [[ -f "$f" ]] && stop_pid "$f" 10; done
 [[ -n "$(k get secret "$RELEASE-zk-auth" -o name 2>/dev/null)" ]] || die "the generated credentials Secret did not survive helm uninstall (helm.sh/resource-policy: keep)"
