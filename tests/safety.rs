@@ -13,7 +13,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::faults::{Arrivals, Strace};
+use common::faults::{Arrivals, Strace, main_thread_exited};
 use common::group::{Group, TRANSITIONS};
 use common::proxy::{FaultProxy, Mode};
 use common::wait_until;
@@ -112,6 +112,87 @@ fn a_leader_with_a_hung_fsync_steps_down_and_its_write_never_lands_later() {
         std::thread::sleep(Duration::from_millis(200));
     }
     drop(strace);
+    g.wait_more_files_of(newest_token(&g), 3, Duration::from_secs(10));
+    let order = arrivals.finish();
+    assert_no_old_file_after_successor(&order, old_token);
+    g.stop_all();
+    g.assert_invariants();
+}
+
+#[test]
+#[ignore = "needs root and strace: run by scripts/test.sh as root"]
+fn a_leader_whose_rename_hangs_abandons_its_session_and_never_wedges() {
+    assert!(is_root(), "run as root");
+    // Given two replicas with a leader
+    let zk = ZkCluster::standalone();
+    let mut g = Group::new(&zk.connect_string());
+    g.spawn(2);
+    let leader = g.wait_leader(Duration::from_secs(20));
+    let old_token = newest_token(&g);
+    let arrivals = Arrivals::watch(g.files_dir());
+    // When its rename (the commit, made holding the commit gate) hangs 30 s
+    let hang = Duration::from_secs(30);
+    let strace = Strace::delay(g.replica(leader).pid(), "renameat2", hang);
+    let hung_at = Instant::now();
+    // Then another replica writes within session + 3 x leader-timeout + 1 s,
+    // plus what abandoning costs: the bounded wait for the gate (at most
+    // the lease left, 0 here, or 100 ms), the server's expiry tick (200 ms)
+    // and the successor's claim and first write (honest slack: 0.6 s)
+    let bound = Duration::from_millis(2000 + 3 * 200 + 1000 + 600);
+    let ok = wait_until(Duration::from_secs(25), Duration::from_millis(10), || {
+        g.newest_record().is_some_and(|r| r.token > old_token)
+    });
+    let took = hung_at.elapsed();
+    assert!(ok, "nobody took over\n{}", g.logs());
+    eprintln!("successor wrote {took:?} after the hang began");
+    assert!(
+        took <= bound,
+        "takeover took {took:?}, more than {bound:?}\n{}",
+        g.logs()
+    );
+    // And the hung replica is not wedged: it left Leader, and a SIGTERM
+    // ends it within 2 s while its rename still hangs (its main thread
+    // exits; the process is reaped once the kernel lets go of the thread
+    // stuck in the rename, here when strace detaches)
+    let r = g.replica(leader);
+    let down = r.metric(TRANSITIONS, &[("from", "leader"), ("to", "failover")]);
+    assert!(down.is_some_and(|n| n >= 1.0), "{down:?}\n{}", g.logs());
+    let abandoned = r
+        .wait_for_line("abandoning the ZooKeeper session", Duration::ZERO)
+        .unwrap_or_else(|| panic!("the abandonment is logged\n{}", g.logs()));
+    // (and the session was abandoned, not closed: its nodes stayed until the
+    // server expired it, at least session - ping interval (2 s - 2/3 s)
+    // after the abandonment; a close would have let the successor write
+    // within milliseconds)
+    let ms = |t: &str| election::cmd::verify::parse_time_ms(t).unwrap();
+    let abandoned_ms = ms(abandoned.split_whitespace().next().unwrap());
+    let first_new = g
+        .records()
+        .into_iter()
+        .find(|rec| rec.token > old_token)
+        .unwrap();
+    let waited = ms(&first_new.written_at) - abandoned_ms;
+    eprintln!("successor's first write {waited} ms after the abandonment");
+    assert!(waited >= 1300, "{waited} ms\n{}", g.logs());
+    assert!(hung_at.elapsed() < hang - Duration::from_secs(5));
+    let signalled = Instant::now();
+    r.signal(libc::SIGTERM);
+    let exited = wait_until(Duration::from_secs(10), Duration::from_millis(5), || {
+        main_thread_exited(r.pid())
+    });
+    let exit_took = signalled.elapsed();
+    eprintln!("SIGTERM: main thread exited after {exit_took:?}");
+    assert!(exited, "SIGTERM did not end it\n{}", g.logs());
+    assert!(
+        exit_took <= Duration::from_secs(2),
+        "SIGTERM took {exit_took:?}\n{}",
+        g.logs()
+    );
+    drop(strace);
+    let status = r.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", g.logs());
+    // And no file of the old leadership landed after the successor's first
+    // (its temp file was removed by the successor before its first write)
     g.wait_more_files_of(newest_token(&g), 3, Duration::from_secs(10));
     let order = arrivals.finish();
     assert_no_old_file_after_successor(&order, old_token);

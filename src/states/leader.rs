@@ -20,9 +20,12 @@
 //! counts as a failure and no new one starts while it hangs. The file is
 //! committed (renamed into place) only through the leadership's
 //! [`CommitGate`], while the lease is valid, the session connected and our
-//! node not seen deleted. Every way out of Leader first closes the gate,
-//! which waits for a commit in flight: no file of this leadership can land
-//! after we gave up the session or the writer node.
+//! node not seen deleted. Every way out of Leader first closes the gate
+//! and waits for a commit in flight: no file of this leadership can land
+//! after we gave up the session or the writer node. That wait is bounded
+//! (by what is left of the lease, at least session/20); a commit that hangs
+//! past it makes the leader abandon its session without closing it, so a
+//! successor starts only once the server expired it, as after a crash.
 //!
 //! **Failures.** A disconnection revokes the lease at once (suspended); the
 //! same session reconnecting resumes after a fresh confirmation. Write
@@ -41,7 +44,7 @@ use zookeeper_client::{EventType, SessionState, WatchedEvent};
 
 use crate::files::{self, CommitGate, FileError, FileKey, LeaderRecord};
 use crate::lease::{Lease, Stamp};
-use crate::machine::{Cause, Context, Reason, Recovery, State, Step};
+use crate::machine::{Cause, Context, Outcome, Reason, Recovery, State, Step, StopRequest};
 use crate::zk::session::{Health, Liveness, gave_up, on_state, until_deadline};
 use crate::zk::{self, ClaimError, ZkSession, is_live_candidate};
 
@@ -59,6 +62,11 @@ type NodeWatch = std::pin::Pin<Box<dyn std::future::Future<Output = WatchedEvent
 
 /// How many times a claim is tried before Failover.
 const CLAIM_ATTEMPTS: u32 = 5;
+
+/// The least time leaving Leader waits for a commit in flight, as a
+/// fraction of the session timeout (100 ms for 2 s), when the lease has
+/// less left.
+const COMMIT_GRACE_DIVISOR: u32 = 20;
 
 /// What confirming leadership found.
 enum Confirm {
@@ -211,8 +219,8 @@ impl Leader<'_> {
         }
     }
 
-    /// Leaves Leader: closes the commit gate (waiting for a commit in
-    /// flight), then gives up the writer node or the session.
+    /// Leaves Leader: closes the commit gate (waiting, bounded, for a
+    /// commit in flight), then gives up the writer node or the session.
     async fn leave(self, exit: Exit) -> Step {
         let Leader {
             ctx,
@@ -222,10 +230,14 @@ impl Leader<'_> {
             mut lease,
             ..
         } = self;
+        // A commit in flight passed its checks under the lease: a healthy
+        // rename ends long before the lease does.
+        let bound = lease
+            .remaining()
+            .max(session.timeout() / COMMIT_GRACE_DIVISOR);
         lease.revoke();
-        let closing = tokio::task::spawn_blocking(move || gate.close());
-        if closing.await.is_err() {
-            warn!("closing the commit gate failed");
+        if !close_gate(&gate, bound).await {
+            return abandon(ctx, session, recovery, exit, bound);
         }
         match exit {
             Exit::Stop => Step::stop(ctx, Some(session)),
@@ -655,6 +667,66 @@ async fn wait_write(writing: &mut Option<InFlight>) -> WriteEnd {
     tokio::select! {
         r = &mut w.handle => WriteEnd::Done(r),
         _ = tokio::time::sleep_until(deadline), if !overdue => WriteEnd::Overdue,
+    }
+}
+
+/// Closes `gate` and waits, at most `bound`, until no commit runs; false
+/// if one still does (it hangs).
+async fn close_gate(gate: &CommitGate, bound: Duration) -> bool {
+    gate.close();
+    let deadline = Instant::now() + bound;
+    while !gate.is_idle() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    true
+}
+
+/// Leaves Leader while a commit of this leadership hangs (a rename on a
+/// hung mount): it may still land, so neither the writer node nor the
+/// candidate node may go before the server expires the session. Closing
+/// the session would delete both at once and let a successor write within
+/// milliseconds; abandoning it (no close request, no more pings) makes the
+/// successor wait for the expiry, as after a crash, and by then the
+/// successor removes our temp file before its first write, so a rename
+/// that has not reached the file system yet fails. Then on to Failover
+/// (or out, when stopping): the daemon is not wedged.
+fn abandon(
+    ctx: &Context,
+    session: ZkSession,
+    recovery: Recovery,
+    exit: Exit,
+    waited: Duration,
+) -> Step {
+    let sid = session.id_hex();
+    error!(session_id = %sid, waited = ?waited,
+        "a commit hangs in file-dir holding the commit gate; abandoning the ZooKeeper session without closing it (its nodes go when the server expires it)");
+    // Not remembered as abandoned: the next Attempter would delete its
+    // node and shorten the successor's wait.
+    session.abandon();
+    match exit {
+        Exit::Stop => {
+            let outcome = match ctx.stop_request() {
+                Some(StopRequest::Release) => Outcome::Released,
+                _ => Outcome::Stopped,
+            };
+            // Not released: the node goes only with the session's expiry.
+            ctx.board.stopped(false);
+            Step::Exit(outcome)
+        }
+        Exit::Failover(why) | Exit::Attempter(why) => Step::failover(
+            None,
+            recovery,
+            Reason {
+                cause: why.cause,
+                detail: format!(
+                    "{}; a commit hangs holding the commit gate: session {sid} abandoned",
+                    why.detail
+                ),
+            },
+        ),
     }
 }
 

@@ -47,9 +47,31 @@ impl Strace {
 
 impl Drop for Strace {
     fn drop(&mut self) {
-        // SIGTERM: strace detaches cleanly and the tracee runs on.
+        // SIGTERM: strace detaches cleanly and the tracee runs on. A strace
+        // whose tracee died inside a delayed syscall does not always end
+        // on it (it was seen to wait for minutes): SIGKILL after 2 s.
         unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let ended = wait_until(Duration::from_secs(2), Duration::from_millis(10), || {
+            self.0.try_wait().is_ok_and(|s| s.is_some())
+        });
+        if !ended {
+            let _ = self.0.kill();
+        }
         let _ = self.0.wait();
+    }
+}
+
+/// Whether the main thread of process `pid` has exited (it is a zombie, or
+/// gone). A process that called `exit` while another of its threads is
+/// stuck in a system call stays a zombie until that call returns or is
+/// aborted: this is what "it exited" can mean then.
+pub fn main_thread_exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state == "Z" || state == "X"),
     }
 }
 
