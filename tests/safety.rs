@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::faults::{Arrivals, Strace, main_thread_exited};
-use common::group::{Group, TRANSITIONS};
+use common::group::{Group, TRANSITIONS, partitioned_pair};
 use common::proxy::{FaultProxy, Mode};
 use common::wait_until;
 use common::zk::ZkCluster;
@@ -566,6 +566,69 @@ fn a_low_connect_timeout_does_not_disconnect_a_healthy_leader_on_a_slower_link()
     assert_eq!(disconnected, Some(0.0), "{}", g.logs());
     assert_eq!(g.newest_record().unwrap().token, token, "{}", g.logs());
     proxy.set_mode(Mode::Pass);
+    g.stop_all();
+    g.assert_invariants();
+}
+
+#[test]
+fn confirmations_slower_than_a_quarter_session_never_let_the_leader_write() {
+    // Given a leader r0 behind a proxy and r1 waiting, connected directly
+    let zk = ZkCluster::standalone();
+    let proxy = FaultProxy::start(zk.server_addr(0));
+    let g = partitioned_pair(&zk, &proxy);
+    let token = newest_token(&g);
+    let fenced_before = g.writes_fenced(0);
+    // When r0's round trip grows to 600 ms (300 ms each way): above the
+    // confirmation bound (session/4 = 500 ms), under the lease (session/2),
+    // and no trouble for the session (pings still arrive in time)
+    proxy.set_mode(Mode::Delay(Duration::from_millis(300)));
+    // Then once a confirmation sent before the change has run out its
+    // lease (1 s), r0 writes no file more
+    std::thread::sleep(Duration::from_secs(1));
+    let seq_of = |g: &Group| {
+        g.records()
+            .iter()
+            .filter(|r| r.token == token)
+            .map(|r| r.seq)
+            .max()
+            .unwrap_or(0)
+    };
+    let last_seq = seq_of(&g);
+    // it counts each slow confirmation as a fenced write and a failure,
+    // and after max-write-failures (3) steps down to Failover
+    let r0 = g.replica(0);
+    r0.wait_metric(
+        TRANSITIONS,
+        &[("from", "leader"), ("to", "failover")],
+        |n| n >= 1.0,
+        Duration::from_secs(10),
+    );
+    let fenced = g.writes_fenced(0) - fenced_before;
+    assert!(fenced >= 3.0, "fenced {fenced}\n{}", g.logs());
+    let stepped_down = r0
+        .wait_for_line(
+            |l: &str| l.contains("from=leader to=failover"),
+            Duration::ZERO,
+        )
+        .unwrap();
+    assert!(
+        stepped_down.contains("cause=write-failures")
+            && stepped_down.contains("leadership not confirmed"),
+        "{stepped_down}"
+    );
+    // and r1 leads afterwards (r0's close reaches the server, slowly)
+    let ok = wait_until(Duration::from_secs(10), Duration::from_millis(20), || {
+        g.newest_record().is_some_and(|r| r.node_id == "r1")
+    });
+    assert!(ok, "r1 did not take over\n{}", g.logs());
+    assert_eq!(
+        seq_of(&g),
+        last_seq,
+        "r0 wrote on a slow link\n{}",
+        g.logs()
+    );
+    proxy.set_mode(Mode::Pass);
+    let mut g = g;
     g.stop_all();
     g.assert_invariants();
 }

@@ -69,6 +69,7 @@ const CLAIM_ATTEMPTS: u32 = 5;
 const COMMIT_GRACE_DIVISOR: u32 = 20;
 
 /// What confirming leadership found.
+#[derive(Debug)]
 enum Confirm {
     /// Confirmed; the lease is extended.
     Held,
@@ -613,25 +614,17 @@ impl Leader<'_> {
         let sync = client.sync(path);
         let stat = client.check_stat(path);
         let answer = tokio::time::timeout(max_rtt, async { (sync.await, stat.await) }).await;
-        let sid = self.session.id();
-        match answer {
-            Err(_) => Confirm::Unknown(format!("no answer within {max_rtt:?}")),
-            Ok((_, Ok(None))) | Ok((Err(zookeeper_client::Error::NoNode), _)) => {
-                Confirm::Lost(format!("leader node {path} lost"))
-            }
-            Ok((_, Ok(Some(stat)))) if !is_live_candidate(stat.ephemeral_owner, sid) => {
-                Confirm::Lost(format!("leader node {path} is not ours"))
-            }
-            Ok((Err(e), _)) => Confirm::Unknown(format!("sync failed: {e}")),
-            Ok((_, Err(e))) => Confirm::Unknown(e.to_string()),
-            Ok((Ok(()), Ok(Some(_)))) if sent.elapsed() > max_rtt => Confirm::Unknown(format!(
-                "the answer took {:?}, longer than {max_rtt:?}",
-                sent.elapsed()
-            )),
-            Ok((Ok(()), Ok(Some(_)))) => {
+        let Ok((synced, stat)) = answer else {
+            return Confirm::Unknown(format!("no answer within {max_rtt:?}"));
+        };
+        let owner = stat.map(|s| s.map(|s| s.ephemeral_owner));
+        match classify(synced, owner, sent.elapsed(), max_rtt, self.session.id()) {
+            Confirm::Held => {
                 self.lease.confirm(sent);
                 Confirm::Held
             }
+            Confirm::Lost(why) => Confirm::Lost(format!("{why}: {path}")),
+            unknown => unknown,
         }
     }
 
@@ -667,6 +660,35 @@ async fn wait_write(writing: &mut Option<InFlight>) -> WriteEnd {
     tokio::select! {
         r = &mut w.handle => WriteEnd::Done(r),
         _ = tokio::time::sleep_until(deadline), if !overdue => WriteEnd::Overdue,
+    }
+}
+
+/// What an answer to a confirmation (`sync`, then the owner of our node
+/// from a `stat`: `None` when it does not exist) proves, given how long the
+/// round trip took. Only a good answer within `max_rtt` holds leadership;
+/// a node that is gone or not ours is lost however late we hear it (a
+/// deleted node never comes back); anything else is unknown, in particular
+/// a stat that says "ours" after a failed sync (the server may be cut off
+/// from the quorum).
+fn classify(
+    synced: Result<(), zookeeper_client::Error>,
+    owner: Result<Option<i64>, zookeeper_client::Error>,
+    elapsed: Duration,
+    max_rtt: Duration,
+    sid: i64,
+) -> Confirm {
+    use zookeeper_client::Error::NoNode;
+    match (synced, owner) {
+        (Err(NoNode), _) | (_, Ok(None)) => Confirm::Lost("leader node lost".into()),
+        (_, Ok(Some(owner))) if !is_live_candidate(owner, sid) => {
+            Confirm::Lost("leader node is not ours".into())
+        }
+        (Err(e), _) => Confirm::Unknown(format!("sync failed: {e}")),
+        (Ok(()), Err(e)) => Confirm::Unknown(format!("stat failed: {e}")),
+        (Ok(()), Ok(Some(_))) if elapsed > max_rtt => Confirm::Unknown(format!(
+            "the answer took {elapsed:?}, longer than {max_rtt:?}"
+        )),
+        (Ok(()), Ok(Some(_))) => Confirm::Held,
     }
 }
 
@@ -768,6 +790,73 @@ mod tests {
         assert_eq!(choose_token(5, u64::MAX, None), None);
         assert_eq!(choose_token(5, 0, Some(u64::MAX)), None);
         assert_eq!(choose_token(u64::MAX, 0, None), Some(u64::MAX));
+    }
+
+    const SID: i64 = 0x1234;
+    const RTT: Duration = Duration::from_millis(500);
+    const FAST: Duration = Duration::from_millis(20);
+
+    fn failed() -> zookeeper_client::Error {
+        zookeeper_client::Error::ConnectionLoss
+    }
+
+    #[test]
+    fn a_quick_good_answer_holds_leadership() {
+        let c = classify(Ok(()), Ok(Some(SID)), FAST, RTT, SID);
+        assert!(matches!(c, Confirm::Held), "{c:?}");
+    }
+
+    #[test]
+    fn a_good_answer_slower_than_max_round_trip_proves_nothing() {
+        let c = classify(Ok(()), Ok(Some(SID)), RTT + FAST, RTT, SID);
+        assert!(matches!(c, Confirm::Unknown(_)), "{c:?}");
+        let c = classify(Ok(()), Ok(Some(SID)), RTT, RTT, SID);
+        assert!(
+            matches!(c, Confirm::Held),
+            "the bound itself still counts: {c:?}"
+        );
+    }
+
+    #[test]
+    fn a_failed_sync_is_unknown_even_when_the_stat_says_ours() {
+        let c = classify(Err(failed()), Ok(Some(SID)), FAST, RTT, SID);
+        assert!(matches!(c, Confirm::Unknown(_)), "{c:?}");
+    }
+
+    #[test]
+    fn a_failed_stat_is_unknown() {
+        let c = classify(Ok(()), Err(failed()), FAST, RTT, SID);
+        assert!(matches!(c, Confirm::Unknown(_)), "{c:?}");
+        let c = classify(Err(failed()), Err(failed()), FAST, RTT, SID);
+        assert!(matches!(c, Confirm::Unknown(_)), "{c:?}");
+    }
+
+    #[test]
+    fn a_node_gone_is_lost_however_late_the_answer() {
+        for elapsed in [FAST, RTT * 3] {
+            let c = classify(Ok(()), Ok(None), elapsed, RTT, SID);
+            assert!(matches!(c, Confirm::Lost(_)), "{c:?}");
+            let c = classify(
+                Err(zookeeper_client::Error::NoNode),
+                Err(failed()),
+                elapsed,
+                RTT,
+                SID,
+            );
+            assert!(matches!(c, Confirm::Lost(_)), "{c:?}");
+            let c = classify(Err(failed()), Ok(None), elapsed, RTT, SID);
+            assert!(matches!(c, Confirm::Lost(_)), "{c:?}");
+        }
+    }
+
+    #[test]
+    fn a_node_owned_by_another_session_or_none_is_lost() {
+        for owner in [SID + 1, 0] {
+            let c = classify(Ok(()), Ok(Some(owner)), FAST, RTT, SID);
+            assert!(matches!(c, Confirm::Lost(_)), "{owner}: {c:?}");
+        }
+        let c = classify(Err(failed()), Ok(Some(SID + 1)), FAST, RTT, SID);
+        assert!(matches!(c, Confirm::Lost(_)), "{c:?}");
     }
 
     #[test]
