@@ -632,3 +632,85 @@ fn confirmations_slower_than_a_quarter_session_never_let_the_leader_write() {
     g.stop_all();
     g.assert_invariants();
 }
+
+/// Puts a leader file of `token` (seq 1, from a node "planted") into
+/// `dir`, atomically, as a newer leadership would.
+fn plant_leader_file(dir: &std::path::Path, token: u64) -> FileKey {
+    let key = FileKey { token, seq: 1 };
+    let record = election::files::LeaderRecord {
+        node_id: "planted".into(),
+        token,
+        seq: 1,
+        written_at: election::files::now_rfc3339(),
+        session_id: "0x0".into(),
+        znode: "/planted".into(),
+    };
+    let temp = dir.join("planted.tmp");
+    std::fs::write(&temp, serde_json::to_vec(&record).unwrap()).unwrap();
+    std::fs::rename(&temp, dir.join(key.file_name())).unwrap();
+    key
+}
+
+#[test]
+fn a_leader_whose_writes_are_all_superseded_steps_down_and_tokens_jump_above() {
+    // Given two replicas with a leader
+    let zk = ZkCluster::standalone();
+    let mut g = Group::new(&zk.connect_string());
+    g.spawn(2);
+    let leader = g.wait_leader(Duration::from_secs(20));
+    let old_token = newest_token(&g);
+    let fenced_before = g.writes_fenced(leader);
+    let arrivals = Arrivals::watch(g.files_dir());
+    // When a file of a much newer leadership appears in file-dir
+    let planted = plant_leader_file(&g.files_dir(), old_token + 1000);
+    // Then every later write of the leader is refused at the commit point
+    // (superseded), counted as fenced and as a failure, and after
+    // max-write-failures (3) it steps down with cause write-failures
+    let r = g.replica(leader);
+    r.wait_metric(
+        TRANSITIONS,
+        &[("from", "leader"), ("to", "failover")],
+        |n| n >= 1.0,
+        Duration::from_secs(10),
+    );
+    let fenced = g.writes_fenced(leader) - fenced_before;
+    assert!(fenced >= 3.0, "fenced {fenced}\n{}", g.logs());
+    let stepped_down = r
+        .wait_for_line(
+            |l: &str| l.contains("from=leader to=failover"),
+            Duration::ZERO,
+        )
+        .unwrap();
+    assert!(
+        stepped_down.contains("cause=write-failures")
+            && stepped_down.contains("belongs to a newer leadership"),
+        "{stepped_down}"
+    );
+    // And writing resumes only with a token above the planted one: one
+    // more than the newest token on disk (the claim reads file-dir)
+    let ok = wait_until(Duration::from_secs(20), Duration::from_millis(20), || {
+        newest_token(&g) > planted.token
+    });
+    assert!(ok, "nobody wrote above the planted token\n{}", g.logs());
+    let new_token = newest_token(&g);
+    assert_eq!(new_token, planted.token + 1, "{}", g.logs());
+    g.wait_more_files_of(new_token, 3, Duration::from_secs(10));
+    let order = arrivals.finish();
+    eprintln!("files in order of arrival: {order:?}");
+    let at = order.iter().position(|k| *k == planted).unwrap();
+    // (a write whose check ran just before the planting may still land:
+    // its check and its rename are microseconds apart)
+    let late = order[at..].iter().filter(|k| k.token == old_token).count();
+    assert!(
+        late <= 1,
+        "{late} old files after the planted one: {order:?}"
+    );
+    assert!(
+        order
+            .iter()
+            .all(|k| k.token <= old_token || k.token >= planted.token),
+        "a token between the old and the planted one: {order:?}"
+    );
+    g.stop_all();
+    g.assert_invariants();
+}
