@@ -714,3 +714,92 @@ fn a_leader_whose_writes_are_all_superseded_steps_down_and_tokens_jump_above() {
     g.stop_all();
     g.assert_invariants();
 }
+
+#[test]
+fn a_fencing_floor_at_the_last_token_stops_the_leader_from_writing() {
+    // Given a fencing floor of u64::MAX: no token is left above it
+    let zk = ZkCluster::standalone();
+    let fencing = format!("{ROOT}/fencing");
+    plant(
+        &zk,
+        &fencing,
+        u64::MAX.to_string().as_bytes(),
+        CreateMode::Persistent,
+        Acls::anyone_all(),
+    );
+    // When a replica starts
+    let mut g = Group::new(&zk.connect_string());
+    g.spawn(1);
+    // Then it fails closed: Failover with fencing-error (no saturated token
+    // shared with an earlier leadership), three times, and no file
+    let r = g.replica(0);
+    r.wait_status(
+        |s| s.state == "failover" && s.cause == "fencing-error",
+        Duration::from_secs(20),
+    );
+    r.wait_metric(
+        TRANSITIONS,
+        &[("from", "leader"), ("to", "failover")],
+        |n| n >= 3.0,
+        Duration::from_secs(20),
+    );
+    assert!(
+        r.output().contains("fencing tokens exhausted"),
+        "{}",
+        g.logs()
+    );
+    assert!(g.records().is_empty(), "{:?}", g.records());
+    g.stop_all();
+}
+
+#[test]
+#[ignore = "needs root and strace: run by scripts/test.sh as root"]
+fn a_failed_directory_fsync_after_a_rename_never_reuses_the_file_name() {
+    assert!(is_root(), "run as root");
+    // Given a leader
+    let zk = ZkCluster::standalone();
+    let mut g = Group::new(&zk.connect_string());
+    g.spawn(1);
+    g.wait_leader(Duration::from_secs(20));
+    let token = newest_token(&g);
+    let r = g.replica(0);
+    let since = r.line_count();
+    // When the fsync of file-dir after a rename fails with EIO once (the
+    // file is in place, its name taken)
+    let strace = Strace::inject(r.pid(), "fsync", "error=EIO:when=1", Some(&g.files_dir()));
+    let failed = r
+        .wait_for_new_line(
+            since,
+            "syncing the directory failed",
+            Duration::from_secs(10),
+        )
+        .unwrap_or_else(|| panic!("no directory fsync failed\n{}", g.logs()));
+    drop(strace);
+    eprintln!("{failed}");
+    let name = failed
+        .split(|c: char| c == '/' || c.is_whitespace())
+        .find_map(FileKey::parse)
+        .unwrap_or_else(|| panic!("no file named in {failed}"));
+    // Then that file stays, the next write of the leadership uses seq + 1,
+    // and no write fails on a name already taken
+    assert!(g.files_dir().join(name.file_name()).exists(), "{name:?}");
+    g.wait_more_files_of(token, 3, Duration::from_secs(10));
+    let next = FileKey {
+        token: name.token,
+        seq: name.seq + 1,
+    };
+    assert!(
+        g.files_dir().join(next.file_name()).exists(),
+        "{next:?}\n{}",
+        g.logs()
+    );
+    let out = r.output();
+    assert!(
+        !out.contains("File exists") && !out.contains("cannot rename"),
+        "{out}"
+    );
+    let errors = r.metric("election_write_errors_total", &[]);
+    assert!(errors.is_some_and(|n| n >= 1.0), "{errors:?}");
+    g.stop_all();
+    g.assert_invariants();
+}

@@ -4,6 +4,7 @@
 //! arrival order shows it).
 
 use std::collections::BTreeSet;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,19 +18,31 @@ use super::wait_until;
 pub struct Strace(Child);
 
 impl Strace {
+    /// Delays every `syscall` of `pid` by `delay` (before it runs).
     pub fn delay(pid: u32, syscall: &str, delay: Duration) -> Strace {
-        let child = Command::new("strace")
+        Strace::inject(
+            pid,
+            syscall,
+            &format!("delay_enter={}", delay.as_micros()),
+            None,
+        )
+    }
+
+    /// Tampers with `syscall` of `pid` as strace's `-e inject=` `action`
+    /// says (`error=EIO:when=1`, say; `when` counts per thread), only for
+    /// calls on `path` (a file descriptor of it included) if given.
+    pub fn inject(pid: u32, syscall: &str, action: &str, path: Option<&Path>) -> Strace {
+        let mut cmd = Command::new("strace");
+        cmd.args(["-f", "-qq", "-o", "/dev/null", "-p", &pid.to_string()]);
+        if let Some(path) = path {
+            cmd.arg("-P").arg(path);
+        }
+        let child = cmd
             .args([
-                "-f",
-                "-qq",
-                "-o",
-                "/dev/null",
-                "-p",
-                &pid.to_string(),
                 "-e",
                 &format!("trace={syscall}"),
                 "-e",
-                &format!("inject={syscall}:delay_enter={}", delay.as_micros()),
+                &format!("inject={syscall}:{action}"),
             ])
             .stdin(Stdio::null())
             .spawn()
