@@ -202,6 +202,68 @@ fn a_leader_whose_rename_hangs_abandons_its_session_and_never_wedges() {
 
 #[test]
 #[ignore = "needs root and strace: run by scripts/test.sh as root"]
+fn sigterm_while_the_leaders_rename_hangs_exits_at_once_without_releasing() {
+    assert!(is_root(), "run as root");
+    // Given two replicas with a leader whose rename hangs 30 s, and whose
+    // write has already overrun its lease
+    let zk = ZkCluster::standalone();
+    let mut g = Group::new(&zk.connect_string());
+    g.spawn(2);
+    let leader = g.wait_leader(Duration::from_secs(20));
+    let old_token = newest_token(&g);
+    let r = g.replica(leader);
+    let since = r.line_count();
+    let strace = Strace::delay(r.pid(), "renameat2", Duration::from_secs(30));
+    r.wait_for_new_line(
+        since,
+        "did not finish within the lease",
+        Duration::from_secs(10),
+    )
+    .unwrap_or_else(|| panic!("no write overran\n{}", g.logs()));
+    // When it gets a SIGTERM (the first one: that used to hang)
+    let signalled = Instant::now();
+    let signalled_ms = election::board::unix_ms(std::time::SystemTime::now()) as i64;
+    r.signal(libc::SIGTERM);
+    // Then its main thread exits within 2 s (abandoning the session)
+    let exited = wait_until(Duration::from_secs(10), Duration::from_millis(5), || {
+        main_thread_exited(r.pid())
+    });
+    let took = signalled.elapsed();
+    eprintln!("SIGTERM: main thread exited after {took:?}");
+    assert!(
+        exited && took <= Duration::from_secs(2),
+        "{took:?}\n{}",
+        g.logs()
+    );
+    assert!(
+        r.output().contains("abandoning the ZooKeeper session"),
+        "{}",
+        g.logs()
+    );
+    // And the successor starts only once that session expired (a clean
+    // close would have let it write within milliseconds)
+    let ok = wait_until(Duration::from_secs(10), Duration::from_millis(10), || {
+        g.newest_record().is_some_and(|r| r.token > old_token)
+    });
+    assert!(ok, "nobody took over\n{}", g.logs());
+    let first_new = g
+        .records()
+        .into_iter()
+        .find(|rec| rec.token > old_token)
+        .unwrap();
+    let waited =
+        election::cmd::verify::parse_time_ms(&first_new.written_at).unwrap() - signalled_ms;
+    eprintln!("successor's first write {waited} ms after the SIGTERM");
+    assert!(waited >= 1300, "{waited} ms\n{}", g.logs());
+    drop(strace);
+    let status = g.replica(leader).wait_exit(Duration::from_secs(10));
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", g.logs());
+    g.stop_all();
+    g.assert_invariants();
+}
+
+#[test]
+#[ignore = "needs root and strace: run by scripts/test.sh as root"]
 fn a_leader_whose_writes_are_always_fenced_steps_down() {
     assert!(is_root(), "run as root");
     // Given two replicas with a leader
