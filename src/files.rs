@@ -294,13 +294,17 @@ pub fn remove_stale_temp_files(dir: &Path) -> usize {
 
 /// The commit point of one leadership, shared by the leader and its
 /// blocking writers. A commit (the final checks and the rename) runs while
-/// holding the gate; [`CommitGate::close`] waits for a commit in flight and
-/// makes every later one fail. A leader closes its gate before it gives up
-/// its session or its writer node, so no write of its leadership can land
-/// after a successor could have started.
+/// holding the gate. [`CommitGate::close`] makes every later commit fail at
+/// once; [`CommitGate::is_idle`] then tells whether a commit that started
+/// before is still running. A leader closes its gate and waits until it is
+/// idle before it gives up its session or its writer node, so no write of
+/// its leadership can land after a successor could have started. The wait
+/// is the leader's to bound: a commit can hang (a rename on a hung mount),
+/// and closing never blocks.
 #[derive(Debug, Default)]
 pub struct CommitGate {
-    closed: std::sync::Mutex<bool>,
+    closed: std::sync::atomic::AtomicBool,
+    held: std::sync::Mutex<()>,
 }
 
 impl CommitGate {
@@ -311,31 +315,36 @@ impl CommitGate {
 
     /// Runs `commit` unless the gate is closed, holding the gate meanwhile.
     fn commit<T>(&self, commit: impl FnOnce() -> Result<T, FileError>) -> Result<T, FileError> {
-        let closed = self
-            .closed
+        let _held = self
+            .held
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if *closed {
+        // Read while holding: a close that found the gate idle happened
+        // before we took it, so we see it.
+        if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(FileError::NotLeader);
         }
         commit()
     }
 
-    /// Closes the gate. Blocks while a commit is in flight, so call it
-    /// from a blocking thread.
+    /// Closes the gate: no commit starts after this returns. Does not wait
+    /// for a commit in flight (see [`CommitGate::is_idle`]).
     pub fn close(&self) {
-        *self
-            .closed
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = true;
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether no commit is running now. Once the gate is closed and idle,
+    /// no file of its leadership can land any more.
+    pub fn is_idle(&self) -> bool {
+        !matches!(
+            self.held.try_lock(),
+            Err(std::sync::TryLockError::WouldBlock)
+        )
     }
 
     /// Whether the gate is closed.
     pub fn is_closed(&self) -> bool {
-        *self
-            .closed
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.closed.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
@@ -344,11 +353,12 @@ impl CommitGate {
 ///
 /// The temp file is created exclusively (never through a symlink, with a
 /// random suffix), written and fsynced. Then, holding `gate`, the commit
-/// point: `still_leader` must answer true, no file of a newer token may
-/// exist, and the rename must not replace an existing file. A temp file
-/// that is not committed is removed. After the rename the directory is
-/// fsynced; if that fails the file is visible all the same
-/// ([`FileError::is_committed`]), so its name must not be used again.
+/// point: no file of a newer token may exist, `still_leader` must answer
+/// true (asked last, right before the rename), and the rename must not
+/// replace an existing file. A temp file that is not committed is
+/// removed. After the rename the directory is fsynced; if that fails the
+/// file is visible all the same ([`FileError::is_committed`]), so its name
+/// must not be used again.
 pub fn write_atomic(
     dir: &Path,
     device: u64,
@@ -380,13 +390,15 @@ pub fn write_atomic(
         });
     }
     let committed = gate.commit(|| {
-        if !still_leader() {
-            return Err(FileError::NotLeader);
-        }
         if let Some(newer) = newest_token_above(dir, key.token)? {
             return Err(FileError::Superseded {
                 path: dir.join(newer.file_name()),
             });
+        }
+        // Last, right before the rename: a directory listing that hung
+        // must not be followed by a rename under a lease that ran out.
+        if !still_leader() {
+            return Err(FileError::NotLeader);
         }
         rename_no_replace(&temp_path, &final_path).map_err(|source| FileError::Rename {
             path: final_path.clone(),
@@ -585,6 +597,30 @@ mod tests {
             write_atomic(dir.path(), dev, key(1, 2), &record(1, 2), &gate, || true).unwrap_err();
         assert!(matches!(err, FileError::NotLeader), "{err}");
         assert_eq!(list(dir.path()).unwrap(), vec![key(1, 1)]);
+    }
+
+    #[test]
+    fn closing_never_blocks_and_the_gate_is_busy_while_a_commit_runs() {
+        let gate = std::sync::Arc::new(CommitGate::new());
+        assert!(gate.is_idle());
+        let (entered, wait_entered) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let g = gate.clone();
+        let commit = std::thread::spawn(move || {
+            g.commit(|| {
+                entered.send(()).unwrap();
+                released.recv().unwrap();
+                Ok(())
+            })
+        });
+        wait_entered.recv().unwrap();
+        // A hung commit: closing returns at once, the gate stays busy.
+        gate.close();
+        assert!(gate.is_closed() && !gate.is_idle());
+        release.send(()).unwrap();
+        commit.join().unwrap().unwrap();
+        assert!(gate.is_idle());
+        assert!(matches!(gate.commit(|| Ok(())), Err(FileError::NotLeader)));
     }
 
     #[test]

@@ -41,6 +41,10 @@ fn main() -> ExitCode {
             Command::Verify(args) => verify_cmd(args),
         }
     });
+    // A blocking thread stuck in a hung file system call (a leader's
+    // abandoned write, see states::leader) must not hold the exit: dropping
+    // the runtime would wait for it.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     match result {
         Ok(code) => code,
         Err(e) => {

@@ -13,8 +13,8 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::faults::{Arrivals, Strace};
-use common::group::{Group, TRANSITIONS};
+use common::faults::{Arrivals, Strace, main_thread_exited};
+use common::group::{Group, TRANSITIONS, partitioned_pair};
 use common::proxy::{FaultProxy, Mode};
 use common::wait_until;
 use common::zk::ZkCluster;
@@ -115,6 +115,149 @@ fn a_leader_with_a_hung_fsync_steps_down_and_its_write_never_lands_later() {
     g.wait_more_files_of(newest_token(&g), 3, Duration::from_secs(10));
     let order = arrivals.finish();
     assert_no_old_file_after_successor(&order, old_token);
+    g.stop_all();
+    g.assert_invariants();
+}
+
+#[test]
+#[ignore = "needs root and strace: run by scripts/test.sh as root"]
+fn a_leader_whose_rename_hangs_abandons_its_session_and_never_wedges() {
+    assert!(is_root(), "run as root");
+    // Given two replicas with a leader
+    let zk = ZkCluster::standalone();
+    let mut g = Group::new(&zk.connect_string());
+    g.spawn(2);
+    let leader = g.wait_leader(Duration::from_secs(20));
+    let old_token = newest_token(&g);
+    let arrivals = Arrivals::watch(g.files_dir());
+    // When its rename (the commit, made holding the commit gate) hangs 30 s
+    let hang = Duration::from_secs(30);
+    let strace = Strace::delay(g.replica(leader).pid(), "renameat2", hang);
+    let hung_at = Instant::now();
+    // Then another replica writes within session + 3 x leader-timeout + 1 s,
+    // plus what abandoning costs: the bounded wait for the gate (at most
+    // the lease left, 0 here, or 100 ms), the server's expiry tick (200 ms)
+    // and the successor's claim and first write (honest slack: 0.6 s)
+    let bound = Duration::from_millis(2000 + 3 * 200 + 1000 + 600);
+    let ok = wait_until(Duration::from_secs(25), Duration::from_millis(10), || {
+        g.newest_record().is_some_and(|r| r.token > old_token)
+    });
+    let took = hung_at.elapsed();
+    assert!(ok, "nobody took over\n{}", g.logs());
+    eprintln!("successor wrote {took:?} after the hang began");
+    assert!(
+        took <= bound,
+        "takeover took {took:?}, more than {bound:?}\n{}",
+        g.logs()
+    );
+    // And the hung replica is not wedged: it left Leader, and a SIGTERM
+    // ends it within 2 s while its rename still hangs (its main thread
+    // exits; the process is reaped once the kernel lets go of the thread
+    // stuck in the rename, here when strace detaches)
+    let r = g.replica(leader);
+    let down = r.metric(TRANSITIONS, &[("from", "leader"), ("to", "failover")]);
+    assert!(down.is_some_and(|n| n >= 1.0), "{down:?}\n{}", g.logs());
+    let abandoned = r
+        .wait_for_line("abandoning the ZooKeeper session", Duration::ZERO)
+        .unwrap_or_else(|| panic!("the abandonment is logged\n{}", g.logs()));
+    // (and the session was abandoned, not closed: its nodes stayed until the
+    // server expired it, at least session - ping interval (2 s - 2/3 s)
+    // after the abandonment; a close would have let the successor write
+    // within milliseconds)
+    let ms = |t: &str| election::cmd::verify::parse_time_ms(t).unwrap();
+    let abandoned_ms = ms(abandoned.split_whitespace().next().unwrap());
+    let first_new = g
+        .records()
+        .into_iter()
+        .find(|rec| rec.token > old_token)
+        .unwrap();
+    let waited = ms(&first_new.written_at) - abandoned_ms;
+    eprintln!("successor's first write {waited} ms after the abandonment");
+    assert!(waited >= 1300, "{waited} ms\n{}", g.logs());
+    assert!(hung_at.elapsed() < hang - Duration::from_secs(5));
+    let signalled = Instant::now();
+    r.signal(libc::SIGTERM);
+    let exited = wait_until(Duration::from_secs(10), Duration::from_millis(5), || {
+        main_thread_exited(r.pid())
+    });
+    let exit_took = signalled.elapsed();
+    eprintln!("SIGTERM: main thread exited after {exit_took:?}");
+    assert!(exited, "SIGTERM did not end it\n{}", g.logs());
+    assert!(
+        exit_took <= Duration::from_secs(2),
+        "SIGTERM took {exit_took:?}\n{}",
+        g.logs()
+    );
+    drop(strace);
+    let status = r.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", g.logs());
+    // And no file of the old leadership landed after the successor's first
+    // (its temp file was removed by the successor before its first write)
+    g.wait_more_files_of(newest_token(&g), 3, Duration::from_secs(10));
+    let order = arrivals.finish();
+    assert_no_old_file_after_successor(&order, old_token);
+    g.stop_all();
+    g.assert_invariants();
+}
+
+#[test]
+#[ignore = "needs root and strace: run by scripts/test.sh as root"]
+fn sigterm_while_the_leaders_rename_hangs_exits_at_once_without_releasing() {
+    assert!(is_root(), "run as root");
+    // Given two replicas with a leader whose rename hangs 30 s, and whose
+    // write has already overrun its lease
+    let zk = ZkCluster::standalone();
+    let mut g = Group::new(&zk.connect_string());
+    g.spawn(2);
+    let leader = g.wait_leader(Duration::from_secs(20));
+    let old_token = newest_token(&g);
+    let r = g.replica(leader);
+    let since = r.line_count();
+    let strace = Strace::delay(r.pid(), "renameat2", Duration::from_secs(30));
+    r.wait_for_new_line(
+        since,
+        "did not finish within the lease",
+        Duration::from_secs(10),
+    )
+    .unwrap_or_else(|| panic!("no write overran\n{}", g.logs()));
+    // When it gets a SIGTERM (the first one: that used to hang)
+    let signalled = Instant::now();
+    let signalled_ms = election::board::unix_ms(std::time::SystemTime::now()) as i64;
+    r.signal(libc::SIGTERM);
+    // Then its main thread exits within 2 s (abandoning the session)
+    let exited = wait_until(Duration::from_secs(10), Duration::from_millis(5), || {
+        main_thread_exited(r.pid())
+    });
+    let took = signalled.elapsed();
+    eprintln!("SIGTERM: main thread exited after {took:?}");
+    assert!(
+        exited && took <= Duration::from_secs(2),
+        "{took:?}\n{}",
+        g.logs()
+    );
+    assert!(
+        r.output().contains("abandoning the ZooKeeper session"),
+        "{}",
+        g.logs()
+    );
+    // And the successor starts only once that session expired (a clean
+    // close would have let it write within milliseconds)
+    let ok = wait_until(Duration::from_secs(10), Duration::from_millis(10), || {
+        g.newest_record().is_some_and(|r| r.token > old_token)
+    });
+    assert!(ok, "nobody took over\n{}", g.logs());
+    let first_new = g
+        .records()
+        .into_iter()
+        .find(|rec| rec.token > old_token)
+        .unwrap();
+    let waited =
+        election::cmd::verify::parse_time_ms(&first_new.written_at).unwrap() - signalled_ms;
+    eprintln!("successor's first write {waited} ms after the SIGTERM");
+    assert!(waited >= 1300, "{waited} ms\n{}", g.logs());
+    drop(strace);
+    let status = g.replica(leader).wait_exit(Duration::from_secs(10));
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", g.logs());
     g.stop_all();
     g.assert_invariants();
 }
@@ -485,6 +628,240 @@ fn a_low_connect_timeout_does_not_disconnect_a_healthy_leader_on_a_slower_link()
     assert_eq!(disconnected, Some(0.0), "{}", g.logs());
     assert_eq!(g.newest_record().unwrap().token, token, "{}", g.logs());
     proxy.set_mode(Mode::Pass);
+    g.stop_all();
+    g.assert_invariants();
+}
+
+#[test]
+fn confirmations_slower_than_a_quarter_session_never_let_the_leader_write() {
+    // Given a leader r0 behind a proxy and r1 waiting, connected directly
+    let zk = ZkCluster::standalone();
+    let proxy = FaultProxy::start(zk.server_addr(0));
+    let g = partitioned_pair(&zk, &proxy);
+    let token = newest_token(&g);
+    let fenced_before = g.writes_fenced(0);
+    // When r0's round trip grows to 600 ms (300 ms each way): above the
+    // confirmation bound (session/4 = 500 ms), under the lease (session/2),
+    // and no trouble for the session (pings still arrive in time)
+    proxy.set_mode(Mode::Delay(Duration::from_millis(300)));
+    // Then once a confirmation sent before the change has run out its
+    // lease (1 s), r0 writes no file more
+    std::thread::sleep(Duration::from_secs(1));
+    let seq_of = |g: &Group| {
+        g.records()
+            .iter()
+            .filter(|r| r.token == token)
+            .map(|r| r.seq)
+            .max()
+            .unwrap_or(0)
+    };
+    let last_seq = seq_of(&g);
+    // it counts each slow confirmation as a fenced write and a failure,
+    // and after max-write-failures (3) steps down to Failover
+    let r0 = g.replica(0);
+    r0.wait_metric(
+        TRANSITIONS,
+        &[("from", "leader"), ("to", "failover")],
+        |n| n >= 1.0,
+        Duration::from_secs(10),
+    );
+    let fenced = g.writes_fenced(0) - fenced_before;
+    assert!(fenced >= 3.0, "fenced {fenced}\n{}", g.logs());
+    let stepped_down = r0
+        .wait_for_line(
+            |l: &str| l.contains("from=leader to=failover"),
+            Duration::ZERO,
+        )
+        .unwrap();
+    assert!(
+        stepped_down.contains("cause=write-failures")
+            && stepped_down.contains("leadership not confirmed"),
+        "{stepped_down}"
+    );
+    // and r1 leads afterwards (r0's close reaches the server, slowly)
+    let ok = wait_until(Duration::from_secs(10), Duration::from_millis(20), || {
+        g.newest_record().is_some_and(|r| r.node_id == "r1")
+    });
+    assert!(ok, "r1 did not take over\n{}", g.logs());
+    assert_eq!(
+        seq_of(&g),
+        last_seq,
+        "r0 wrote on a slow link\n{}",
+        g.logs()
+    );
+    proxy.set_mode(Mode::Pass);
+    let mut g = g;
+    g.stop_all();
+    g.assert_invariants();
+}
+
+/// Puts a leader file of `token` (seq 1, from a node "planted") into
+/// `dir`, atomically, as a newer leadership would.
+fn plant_leader_file(dir: &std::path::Path, token: u64) -> FileKey {
+    let key = FileKey { token, seq: 1 };
+    let record = election::files::LeaderRecord {
+        node_id: "planted".into(),
+        token,
+        seq: 1,
+        written_at: election::files::now_rfc3339(),
+        session_id: "0x0".into(),
+        znode: "/planted".into(),
+    };
+    let temp = dir.join("planted.tmp");
+    std::fs::write(&temp, serde_json::to_vec(&record).unwrap()).unwrap();
+    std::fs::rename(&temp, dir.join(key.file_name())).unwrap();
+    key
+}
+
+#[test]
+fn a_leader_whose_writes_are_all_superseded_steps_down_and_tokens_jump_above() {
+    // Given two replicas with a leader
+    let zk = ZkCluster::standalone();
+    let mut g = Group::new(&zk.connect_string());
+    g.spawn(2);
+    let leader = g.wait_leader(Duration::from_secs(20));
+    let old_token = newest_token(&g);
+    let fenced_before = g.writes_fenced(leader);
+    let arrivals = Arrivals::watch(g.files_dir());
+    // When a file of a much newer leadership appears in file-dir
+    let planted = plant_leader_file(&g.files_dir(), old_token + 1000);
+    // Then every later write of the leader is refused at the commit point
+    // (superseded), counted as fenced and as a failure, and after
+    // max-write-failures (3) it steps down with cause write-failures
+    let r = g.replica(leader);
+    r.wait_metric(
+        TRANSITIONS,
+        &[("from", "leader"), ("to", "failover")],
+        |n| n >= 1.0,
+        Duration::from_secs(10),
+    );
+    let fenced = g.writes_fenced(leader) - fenced_before;
+    assert!(fenced >= 3.0, "fenced {fenced}\n{}", g.logs());
+    let stepped_down = r
+        .wait_for_line(
+            |l: &str| l.contains("from=leader to=failover"),
+            Duration::ZERO,
+        )
+        .unwrap();
+    assert!(
+        stepped_down.contains("cause=write-failures")
+            && stepped_down.contains("belongs to a newer leadership"),
+        "{stepped_down}"
+    );
+    // And writing resumes only with a token above the planted one: one
+    // more than the newest token on disk (the claim reads file-dir)
+    let ok = wait_until(Duration::from_secs(20), Duration::from_millis(20), || {
+        newest_token(&g) > planted.token
+    });
+    assert!(ok, "nobody wrote above the planted token\n{}", g.logs());
+    let new_token = newest_token(&g);
+    assert_eq!(new_token, planted.token + 1, "{}", g.logs());
+    g.wait_more_files_of(new_token, 3, Duration::from_secs(10));
+    let order = arrivals.finish();
+    eprintln!("files in order of arrival: {order:?}");
+    let at = order.iter().position(|k| *k == planted).unwrap();
+    // (a write whose check ran just before the planting may still land:
+    // its check and its rename are microseconds apart)
+    let late = order[at..].iter().filter(|k| k.token == old_token).count();
+    assert!(
+        late <= 1,
+        "{late} old files after the planted one: {order:?}"
+    );
+    assert!(
+        order
+            .iter()
+            .all(|k| k.token <= old_token || k.token >= planted.token),
+        "a token between the old and the planted one: {order:?}"
+    );
+    g.stop_all();
+    g.assert_invariants();
+}
+
+#[test]
+fn a_fencing_floor_at_the_last_token_stops_the_leader_from_writing() {
+    // Given a fencing floor of u64::MAX: no token is left above it
+    let zk = ZkCluster::standalone();
+    let fencing = format!("{ROOT}/fencing");
+    plant(
+        &zk,
+        &fencing,
+        u64::MAX.to_string().as_bytes(),
+        CreateMode::Persistent,
+        Acls::anyone_all(),
+    );
+    // When a replica starts
+    let mut g = Group::new(&zk.connect_string());
+    g.spawn(1);
+    // Then it fails closed: Failover with fencing-error (no saturated token
+    // shared with an earlier leadership), three times, and no file
+    let r = g.replica(0);
+    r.wait_status(
+        |s| s.state == "failover" && s.cause == "fencing-error",
+        Duration::from_secs(20),
+    );
+    r.wait_metric(
+        TRANSITIONS,
+        &[("from", "leader"), ("to", "failover")],
+        |n| n >= 3.0,
+        Duration::from_secs(20),
+    );
+    assert!(
+        r.output().contains("fencing tokens exhausted"),
+        "{}",
+        g.logs()
+    );
+    assert!(g.records().is_empty(), "{:?}", g.records());
+    g.stop_all();
+}
+
+#[test]
+#[ignore = "needs root and strace: run by scripts/test.sh as root"]
+fn a_failed_directory_fsync_after_a_rename_never_reuses_the_file_name() {
+    assert!(is_root(), "run as root");
+    // Given a leader
+    let zk = ZkCluster::standalone();
+    let mut g = Group::new(&zk.connect_string());
+    g.spawn(1);
+    g.wait_leader(Duration::from_secs(20));
+    let token = newest_token(&g);
+    let r = g.replica(0);
+    let since = r.line_count();
+    // When the fsync of file-dir after a rename fails with EIO once (the
+    // file is in place, its name taken)
+    let strace = Strace::inject(r.pid(), "fsync", "error=EIO:when=1", Some(&g.files_dir()));
+    let failed = r
+        .wait_for_new_line(
+            since,
+            "syncing the directory failed",
+            Duration::from_secs(10),
+        )
+        .unwrap_or_else(|| panic!("no directory fsync failed\n{}", g.logs()));
+    drop(strace);
+    eprintln!("{failed}");
+    let name = failed
+        .split(|c: char| c == '/' || c.is_whitespace())
+        .find_map(FileKey::parse)
+        .unwrap_or_else(|| panic!("no file named in {failed}"));
+    // Then that file stays, the next write of the leadership uses seq + 1,
+    // and no write fails on a name already taken
+    assert!(g.files_dir().join(name.file_name()).exists(), "{name:?}");
+    g.wait_more_files_of(token, 3, Duration::from_secs(10));
+    let next = FileKey {
+        token: name.token,
+        seq: name.seq + 1,
+    };
+    assert!(
+        g.files_dir().join(next.file_name()).exists(),
+        "{next:?}\n{}",
+        g.logs()
+    );
+    let out = r.output();
+    assert!(
+        !out.contains("File exists") && !out.contains("cannot rename"),
+        "{out}"
+    );
+    let errors = r.metric("election_write_errors_total", &[]);
+    assert!(errors.is_some_and(|n| n >= 1.0), "{errors:?}");
     g.stop_all();
     g.assert_invariants();
 }

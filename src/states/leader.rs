@@ -20,9 +20,12 @@
 //! counts as a failure and no new one starts while it hangs. The file is
 //! committed (renamed into place) only through the leadership's
 //! [`CommitGate`], while the lease is valid, the session connected and our
-//! node not seen deleted. Every way out of Leader first closes the gate,
-//! which waits for a commit in flight: no file of this leadership can land
-//! after we gave up the session or the writer node.
+//! node not seen deleted. Every way out of Leader first closes the gate
+//! and waits for a commit in flight: no file of this leadership can land
+//! after we gave up the session or the writer node. That wait is bounded
+//! (by what is left of the lease, at least session/20); a commit that hangs
+//! past it makes the leader abandon its session without closing it, so a
+//! successor starts only once the server expired it, as after a crash.
 //!
 //! **Failures.** A disconnection revokes the lease at once (suspended); the
 //! same session reconnecting resumes after a fresh confirmation. Write
@@ -41,7 +44,7 @@ use zookeeper_client::{EventType, SessionState, WatchedEvent};
 
 use crate::files::{self, CommitGate, FileError, FileKey, LeaderRecord};
 use crate::lease::{Lease, Stamp};
-use crate::machine::{Cause, Context, Reason, Recovery, State, Step};
+use crate::machine::{Cause, Context, Outcome, Reason, Recovery, State, Step, StopRequest};
 use crate::zk::session::{Health, Liveness, gave_up, on_state, until_deadline};
 use crate::zk::{self, ClaimError, ZkSession, is_live_candidate};
 
@@ -60,7 +63,13 @@ type NodeWatch = std::pin::Pin<Box<dyn std::future::Future<Output = WatchedEvent
 /// How many times a claim is tried before Failover.
 const CLAIM_ATTEMPTS: u32 = 5;
 
+/// The least time leaving Leader waits for a commit in flight, as a
+/// fraction of the session timeout (100 ms for 2 s), when the lease has
+/// less left.
+const COMMIT_GRACE_DIVISOR: u32 = 20;
+
 /// What confirming leadership found.
+#[derive(Debug)]
 enum Confirm {
     /// Confirmed; the lease is extended.
     Held,
@@ -211,8 +220,8 @@ impl Leader<'_> {
         }
     }
 
-    /// Leaves Leader: closes the commit gate (waiting for a commit in
-    /// flight), then gives up the writer node or the session.
+    /// Leaves Leader: closes the commit gate (waiting, bounded, for a
+    /// commit in flight), then gives up the writer node or the session.
     async fn leave(self, exit: Exit) -> Step {
         let Leader {
             ctx,
@@ -222,10 +231,14 @@ impl Leader<'_> {
             mut lease,
             ..
         } = self;
+        // A commit in flight passed its checks under the lease: a healthy
+        // rename ends long before the lease does.
+        let bound = lease
+            .remaining()
+            .max(session.timeout() / COMMIT_GRACE_DIVISOR);
         lease.revoke();
-        let closing = tokio::task::spawn_blocking(move || gate.close());
-        if closing.await.is_err() {
-            warn!("closing the commit gate failed");
+        if !close_gate(&gate, bound).await {
+            return abandon(ctx, session, recovery, exit, bound);
         }
         match exit {
             Exit::Stop => Step::stop(ctx, Some(session)),
@@ -601,25 +614,17 @@ impl Leader<'_> {
         let sync = client.sync(path);
         let stat = client.check_stat(path);
         let answer = tokio::time::timeout(max_rtt, async { (sync.await, stat.await) }).await;
-        let sid = self.session.id();
-        match answer {
-            Err(_) => Confirm::Unknown(format!("no answer within {max_rtt:?}")),
-            Ok((_, Ok(None))) | Ok((Err(zookeeper_client::Error::NoNode), _)) => {
-                Confirm::Lost(format!("leader node {path} lost"))
-            }
-            Ok((_, Ok(Some(stat)))) if !is_live_candidate(stat.ephemeral_owner, sid) => {
-                Confirm::Lost(format!("leader node {path} is not ours"))
-            }
-            Ok((Err(e), _)) => Confirm::Unknown(format!("sync failed: {e}")),
-            Ok((_, Err(e))) => Confirm::Unknown(e.to_string()),
-            Ok((Ok(()), Ok(Some(_)))) if sent.elapsed() > max_rtt => Confirm::Unknown(format!(
-                "the answer took {:?}, longer than {max_rtt:?}",
-                sent.elapsed()
-            )),
-            Ok((Ok(()), Ok(Some(_)))) => {
+        let Ok((synced, stat)) = answer else {
+            return Confirm::Unknown(format!("no answer within {max_rtt:?}"));
+        };
+        let owner = stat.map(|s| s.map(|s| s.ephemeral_owner));
+        match classify(synced, owner, sent.elapsed(), max_rtt, self.session.id()) {
+            Confirm::Held => {
                 self.lease.confirm(sent);
                 Confirm::Held
             }
+            Confirm::Lost(why) => Confirm::Lost(format!("{why}: {path}")),
+            unknown => unknown,
         }
     }
 
@@ -655,6 +660,95 @@ async fn wait_write(writing: &mut Option<InFlight>) -> WriteEnd {
     tokio::select! {
         r = &mut w.handle => WriteEnd::Done(r),
         _ = tokio::time::sleep_until(deadline), if !overdue => WriteEnd::Overdue,
+    }
+}
+
+/// What an answer to a confirmation (`sync`, then the owner of our node
+/// from a `stat`: `None` when it does not exist) proves, given how long the
+/// round trip took. Only a good answer within `max_rtt` holds leadership;
+/// a node that is gone or not ours is lost however late we hear it (a
+/// deleted node never comes back); anything else is unknown, in particular
+/// a stat that says "ours" after a failed sync (the server may be cut off
+/// from the quorum).
+fn classify(
+    synced: Result<(), zookeeper_client::Error>,
+    owner: Result<Option<i64>, zookeeper_client::Error>,
+    elapsed: Duration,
+    max_rtt: Duration,
+    sid: i64,
+) -> Confirm {
+    use zookeeper_client::Error::NoNode;
+    match (synced, owner) {
+        (Err(NoNode), _) | (_, Ok(None)) => Confirm::Lost("leader node lost".into()),
+        (_, Ok(Some(owner))) if !is_live_candidate(owner, sid) => {
+            Confirm::Lost("leader node is not ours".into())
+        }
+        (Err(e), _) => Confirm::Unknown(format!("sync failed: {e}")),
+        (Ok(()), Err(e)) => Confirm::Unknown(format!("stat failed: {e}")),
+        (Ok(()), Ok(Some(_))) if elapsed > max_rtt => Confirm::Unknown(format!(
+            "the answer took {elapsed:?}, longer than {max_rtt:?}"
+        )),
+        (Ok(()), Ok(Some(_))) => Confirm::Held,
+    }
+}
+
+/// Closes `gate` and waits, at most `bound`, until no commit runs; false
+/// if one still does (it hangs).
+async fn close_gate(gate: &CommitGate, bound: Duration) -> bool {
+    gate.close();
+    let deadline = Instant::now() + bound;
+    while !gate.is_idle() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    true
+}
+
+/// Leaves Leader while a commit of this leadership hangs (a rename on a
+/// hung mount): it may still land, so neither the writer node nor the
+/// candidate node may go before the server expires the session. Closing
+/// the session would delete both at once and let a successor write within
+/// milliseconds; abandoning it (no close request, no more pings) makes the
+/// successor wait for the expiry, as after a crash, and by then the
+/// successor removes our temp file before its first write, so a rename
+/// that has not reached the file system yet fails. Then on to Failover
+/// (or out, when stopping): the daemon is not wedged.
+fn abandon(
+    ctx: &Context,
+    session: ZkSession,
+    recovery: Recovery,
+    exit: Exit,
+    waited: Duration,
+) -> Step {
+    let sid = session.id_hex();
+    error!(session_id = %sid, waited = ?waited,
+        "a commit hangs in file-dir holding the commit gate; abandoning the ZooKeeper session without closing it (its nodes go when the server expires it)");
+    // Not remembered as abandoned: the next Attempter would delete its
+    // node and shorten the successor's wait.
+    session.abandon();
+    match exit {
+        Exit::Stop => {
+            let outcome = match ctx.stop_request() {
+                Some(StopRequest::Release) => Outcome::Released,
+                _ => Outcome::Stopped,
+            };
+            // Not released: the node goes only with the session's expiry.
+            ctx.board.stopped(false);
+            Step::Exit(outcome)
+        }
+        Exit::Failover(why) | Exit::Attempter(why) => Step::failover(
+            None,
+            recovery,
+            Reason {
+                cause: why.cause,
+                detail: format!(
+                    "{}; a commit hangs holding the commit gate: session {sid} abandoned",
+                    why.detail
+                ),
+            },
+        ),
     }
 }
 
@@ -696,6 +790,73 @@ mod tests {
         assert_eq!(choose_token(5, u64::MAX, None), None);
         assert_eq!(choose_token(5, 0, Some(u64::MAX)), None);
         assert_eq!(choose_token(u64::MAX, 0, None), Some(u64::MAX));
+    }
+
+    const SID: i64 = 0x1234;
+    const RTT: Duration = Duration::from_millis(500);
+    const FAST: Duration = Duration::from_millis(20);
+
+    fn failed() -> zookeeper_client::Error {
+        zookeeper_client::Error::ConnectionLoss
+    }
+
+    #[test]
+    fn a_quick_good_answer_holds_leadership() {
+        let c = classify(Ok(()), Ok(Some(SID)), FAST, RTT, SID);
+        assert!(matches!(c, Confirm::Held), "{c:?}");
+    }
+
+    #[test]
+    fn a_good_answer_slower_than_max_round_trip_proves_nothing() {
+        let c = classify(Ok(()), Ok(Some(SID)), RTT + FAST, RTT, SID);
+        assert!(matches!(c, Confirm::Unknown(_)), "{c:?}");
+        let c = classify(Ok(()), Ok(Some(SID)), RTT, RTT, SID);
+        assert!(
+            matches!(c, Confirm::Held),
+            "the bound itself still counts: {c:?}"
+        );
+    }
+
+    #[test]
+    fn a_failed_sync_is_unknown_even_when_the_stat_says_ours() {
+        let c = classify(Err(failed()), Ok(Some(SID)), FAST, RTT, SID);
+        assert!(matches!(c, Confirm::Unknown(_)), "{c:?}");
+    }
+
+    #[test]
+    fn a_failed_stat_is_unknown() {
+        let c = classify(Ok(()), Err(failed()), FAST, RTT, SID);
+        assert!(matches!(c, Confirm::Unknown(_)), "{c:?}");
+        let c = classify(Err(failed()), Err(failed()), FAST, RTT, SID);
+        assert!(matches!(c, Confirm::Unknown(_)), "{c:?}");
+    }
+
+    #[test]
+    fn a_node_gone_is_lost_however_late_the_answer() {
+        for elapsed in [FAST, RTT * 3] {
+            let c = classify(Ok(()), Ok(None), elapsed, RTT, SID);
+            assert!(matches!(c, Confirm::Lost(_)), "{c:?}");
+            let c = classify(
+                Err(zookeeper_client::Error::NoNode),
+                Err(failed()),
+                elapsed,
+                RTT,
+                SID,
+            );
+            assert!(matches!(c, Confirm::Lost(_)), "{c:?}");
+            let c = classify(Err(failed()), Ok(None), elapsed, RTT, SID);
+            assert!(matches!(c, Confirm::Lost(_)), "{c:?}");
+        }
+    }
+
+    #[test]
+    fn a_node_owned_by_another_session_or_none_is_lost() {
+        for owner in [SID + 1, 0] {
+            let c = classify(Ok(()), Ok(Some(owner)), FAST, RTT, SID);
+            assert!(matches!(c, Confirm::Lost(_)), "{owner}: {c:?}");
+        }
+        let c = classify(Err(failed()), Ok(Some(SID + 1)), FAST, RTT, SID);
+        assert!(matches!(c, Confirm::Lost(_)), "{c:?}");
     }
 
     #[test]

@@ -473,6 +473,21 @@ impl ZkSession {
         }
     }
 
+    /// Stops the client without closing the session: its ephemeral nodes
+    /// stay until the server expires the session, one session timeout
+    /// after it last heard from us, as after a crash. For a leader that
+    /// cannot tell whether a commit of its leadership may still land (see
+    /// `states::leader`): a successor must not start sooner than that.
+    pub fn abandon(self) {
+        let ZkSession { client, thread, .. } = self;
+        // Dropping the last handle of a client sends the close request;
+        // this one is never dropped (a few hundred bytes, once per
+        // abandoned session). Ending the session thread drops its runtime
+        // and with it the session task and its connection.
+        std::mem::forget(client);
+        drop(thread);
+    }
+
     /// Closes the session (its ephemeral nodes vanish at once on the server)
     /// and waits, at most `bound`, until the client reports it closed.
     /// Dropping a client and exiting at once would lose the close request.

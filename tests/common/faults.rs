@@ -4,6 +4,7 @@
 //! arrival order shows it).
 
 use std::collections::BTreeSet;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,19 +18,31 @@ use super::wait_until;
 pub struct Strace(Child);
 
 impl Strace {
+    /// Delays every `syscall` of `pid` by `delay` (before it runs).
     pub fn delay(pid: u32, syscall: &str, delay: Duration) -> Strace {
-        let child = Command::new("strace")
+        Strace::inject(
+            pid,
+            syscall,
+            &format!("delay_enter={}", delay.as_micros()),
+            None,
+        )
+    }
+
+    /// Tampers with `syscall` of `pid` as strace's `-e inject=` `action`
+    /// says (`error=EIO:when=1`, say; `when` counts per thread), only for
+    /// calls on `path` (a file descriptor of it included) if given.
+    pub fn inject(pid: u32, syscall: &str, action: &str, path: Option<&Path>) -> Strace {
+        let mut cmd = Command::new("strace");
+        cmd.args(["-f", "-qq", "-o", "/dev/null", "-p", &pid.to_string()]);
+        if let Some(path) = path {
+            cmd.arg("-P").arg(path);
+        }
+        let child = cmd
             .args([
-                "-f",
-                "-qq",
-                "-o",
-                "/dev/null",
-                "-p",
-                &pid.to_string(),
                 "-e",
                 &format!("trace={syscall}"),
                 "-e",
-                &format!("inject={syscall}:delay_enter={}", delay.as_micros()),
+                &format!("inject={syscall}:{action}"),
             ])
             .stdin(Stdio::null())
             .spawn()
@@ -47,9 +60,31 @@ impl Strace {
 
 impl Drop for Strace {
     fn drop(&mut self) {
-        // SIGTERM: strace detaches cleanly and the tracee runs on.
+        // SIGTERM: strace detaches cleanly and the tracee runs on. A strace
+        // whose tracee died inside a delayed syscall does not always end
+        // on it (it was seen to wait for minutes): SIGKILL after 2 s.
         unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let ended = wait_until(Duration::from_secs(2), Duration::from_millis(10), || {
+            self.0.try_wait().is_ok_and(|s| s.is_some())
+        });
+        if !ended {
+            let _ = self.0.kill();
+        }
         let _ = self.0.wait();
+    }
+}
+
+/// Whether the main thread of process `pid` has exited (it is a zombie, or
+/// gone). A process that called `exit` while another of its threads is
+/// stuck in a system call stays a zombie until that call returns or is
+/// aborted: this is what "it exited" can mean then.
+pub fn main_thread_exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state == "Z" || state == "X"),
     }
 }
 

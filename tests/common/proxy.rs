@@ -258,7 +258,9 @@ impl Connection {
                 return Ok(());
             }
             let mode = *self.mode.borrow();
-            let due = Instant::now() + mode.delay();
+            // Counted from when a chunk is read, not from the top of the
+            // loop: after an idle wait the delay would shrink to nothing.
+            let due = || Instant::now() + mode.delay();
             let server_due = to_server.front().map(|(t, _)| *t);
             let client_due = to_client.front().map(|(t, _)| *t);
             tokio::select! {
@@ -289,7 +291,7 @@ impl Connection {
                     };
                     match mode {
                         Mode::Blackhole => lost = true,
-                        _ => to_server.push_back((due, item)),
+                        _ => to_server.push_back((due(), item)),
                     }
                 }
                 r = self.server.read(&mut server_buf), if server_open => {
@@ -302,7 +304,7 @@ impl Connection {
                     };
                     match mode {
                         Mode::Blackhole | Mode::HalfOpen => lost = true,
-                        _ => to_client.push_back((due, item)),
+                        _ => to_client.push_back((due(), item)),
                     }
                 }
             }
