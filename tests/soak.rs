@@ -9,16 +9,30 @@
 //! ```sh
 //! SOAK_FAULTS=300 SOAK_SEED=42 cargo test --release --test soak -- --nocapture
 //! ```
+//!
+//! `SOAK_KINDS=N` draws from the first N fault kinds only, which replays a
+//! seed of an older soak with fewer kinds (12 before "leader node deleted"
+//! and the slowed fsync were added).
+//!
+//! Every leader SIGTERM is also timed, from the signal to the successor's
+//! first file, and classed by what stood next in the queue at the signal.
+//! A live candidate takes over within [`CLEAN_HANDOVER_BOUND`]. The node of
+//! a candidate that was killed (or a session its replica abandoned) stays
+//! in the queue until ZooKeeper expires its session, and only then can the
+//! live candidate behind it lead: nothing but that session's expiry may
+//! remove it (see docs/reliability.md), so those handovers are bounded by
+//! one session timeout plus slack ([`dead_ahead_bound`]) and reported on a
+//! line of their own.
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime};
 
 use election::board::unix_ms;
 
 use common::faults::{Arrivals, Strace, late_arrivals};
-use common::group::Group;
+use common::group::{Group, SESSION};
 use common::proxy::{FaultProxy, Mode, connect_string};
 use common::wait_until;
 use common::zk::ZkCluster;
@@ -42,6 +56,58 @@ const FAULTS: [&str; 14] = [
     "leader fsync 1.5 s for 3 s",
 ];
 
+/// Bound on a leader SIGTERM's handover (signal to the successor's first
+/// file) when a live candidate is next in the queue. It takes tens of ms;
+/// the rest is slack for a loaded 2-core machine running three ZooKeeper
+/// servers besides. Waiting out a session (2 s) cannot hide under it.
+const CLEAN_HANDOVER_BOUND: Duration = Duration::from_secs(1);
+
+/// Bound on the same when a dead candidate's node is next: that session
+/// expires at most one session timeout (plus a 200 ms server tick) after
+/// its last renewal, which came before the signal; 1 s is slack.
+fn dead_ahead_bound() -> Duration {
+    humantime::parse_duration(SESSION).unwrap() + Duration::from_secs(1)
+}
+
+/// The "fault" table label of a leader SIGTERM with a dead node next.
+const SIGTERM_DEAD_AHEAD: &str = "leader SIGTERM, a dead candidate's node next in the queue";
+/// The same with no candidate queued at the signal.
+const SIGTERM_NOBODY: &str = "leader SIGTERM, no other candidate queued yet";
+
+/// What stood right behind the leader's node when it got SIGTERM.
+enum Next {
+    /// A live candidate (the node of a running replica's current session).
+    Live,
+    /// Nodes of sessions no running replica holds, up to the first live
+    /// one: each stays until ZooKeeper expires its session.
+    Dead(Vec<String>),
+    /// No other node (the other replicas still in Init or Failover).
+    Nobody,
+}
+
+impl std::fmt::Display for Next {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Next::Live => f.write_str("a live candidate"),
+            Next::Dead(nodes) => write!(f, "dead nodes {}", nodes.join(", ")),
+            Next::Nobody => f.write_str("nobody"),
+        }
+    }
+}
+
+/// A leader SIGTERM, as the soak saw it at the signal.
+struct Sigterm {
+    /// When it was sent, unix ms.
+    at: i64,
+    /// The stopped leadership's token.
+    token: u64,
+    next: Next,
+    /// The stopped leader's log from the signal on.
+    leader_log: Vec<String>,
+    /// Per running replica, how many log lines it had at the signal.
+    marks: Vec<(usize, usize)>,
+}
+
 struct Soak {
     zk: ZkCluster,
     /// Per slot, one proxy per ZooKeeper server.
@@ -49,7 +115,12 @@ struct Soak {
     g: Group,
     /// Replica index -> proxy slot.
     slot_of: Vec<usize>,
-    seed: u64,
+    /// How to reproduce this run (`SOAK_SEED=…`, with `SOAK_KINDS=…` if set).
+    repro: String,
+    /// Sessions of the replicas the soak killed, and when (unix ms).
+    killed: HashMap<i64, i64>,
+    /// The leader SIGTERM just injected, timed once its successor writes.
+    sigterm: Option<Sigterm>,
 }
 
 impl Soak {
@@ -67,6 +138,120 @@ impl Soak {
 
     fn leader(&self) -> usize {
         self.g.wait_leader(Duration::from_secs(30))
+    }
+
+    /// The session replica `i` holds now, from its `/status`.
+    fn session_of(&self, i: usize) -> Option<i64> {
+        let hex = self.g.replica(i).status()?.session_id?;
+        u64::from_str_radix(hex.trim_start_matches("0x"), 16)
+            .ok()
+            .map(|s| s as i64)
+    }
+
+    /// Kills replica `i` (SIGKILL) and notes its session as dead.
+    fn kill(&mut self, i: usize) {
+        if let Some(sid) = self.session_of(i) {
+            self.killed.insert(sid, unix_ms(SystemTime::now()) as i64);
+        }
+        self.g.replica(i).signal(libc::SIGKILL);
+    }
+
+    /// The candidate nodes in queue order, each with its session (from its
+    /// name) and its `ephemeralOwner`.
+    fn queue(&self) -> Vec<(election::zk::Candidate, i64)> {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let client = common::zk_client(&self.zk.connect_string()).await;
+            let mut queue = Vec::new();
+            if let Ok(children) = client.list_children("/election/test").await {
+                for c in election::zk::order_candidates(&children) {
+                    let path = format!("/election/test/{}", c.name);
+                    if let Ok(Some(stat)) = client.check_stat(&path).await {
+                        queue.push((c, stat.ephemeral_owner));
+                    }
+                }
+            }
+            common::close_client(client).await;
+            queue
+        })
+    }
+
+    /// What stands behind `leader`'s node in the queue now.
+    fn next_behind(&self, leader: usize) -> Next {
+        let live: Vec<i64> = self
+            .running()
+            .into_iter()
+            .filter(|&i| i != leader)
+            .filter_map(|i| self.session_of(i))
+            .collect();
+        let own = self.session_of(leader);
+        let queue = self.queue();
+        let start = queue
+            .iter()
+            .position(|(c, _)| Some(c.session) == own)
+            .map_or(0, |p| p + 1);
+        let mut dead = Vec::new();
+        for (c, owner) in &queue[start.min(queue.len())..] {
+            if *owner == c.session && live.contains(&c.session) {
+                break;
+            }
+            let killed = self
+                .killed
+                .get(&c.session)
+                .map(|at| {
+                    format!(
+                        " (killed {} ms before the signal)",
+                        unix_ms(SystemTime::now()) as i64 - at
+                    )
+                })
+                .unwrap_or_default();
+            dead.push(format!("{}{killed}", c.name));
+        }
+        match (dead.is_empty(), queue.len() > start) {
+            (true, true) => Next::Live,
+            (true, false) => Next::Nobody,
+            (false, _) => Next::Dead(dead),
+        }
+    }
+
+    /// SIGTERM to the leader, noting what stood behind it.
+    fn stop_leader(&mut self, leader: usize) {
+        let next = self.next_behind(leader);
+        let token = self.g.newest_record().map_or(0, |r| r.token);
+        let marks = self
+            .running()
+            .into_iter()
+            .map(|i| (i, self.g.replica(i).line_count()))
+            .collect();
+        let mark = self.g.replica(leader).line_count();
+        let at = unix_ms(SystemTime::now()) as i64;
+        self.g.replica(leader).signal(libc::SIGTERM);
+        self.g.replica(leader).wait_exit(Duration::from_secs(10));
+        let leader_log = self.g.replica(leader).lines()[mark..].to_vec();
+        self.sigterm = Some(Sigterm {
+            at,
+            token,
+            next,
+            leader_log,
+            marks,
+        });
+        self.replace(leader);
+    }
+
+    /// The logs around a SIGTERM: the old leader's and each replica's
+    /// from the signal on.
+    fn logs_since(&self, t: &Sigterm) -> String {
+        let mut out = format!("--- the stopped leader ---\n{}\n", t.leader_log.join("\n"));
+        for &(i, mark) in &t.marks {
+            if let Some(Some(r)) = self.g.replicas.get(i) {
+                let lines = r.lines();
+                out.push_str(&format!(
+                    "--- r{i} from the signal on ---\n{}\n",
+                    lines[mark.min(lines.len())..].join("\n")
+                ));
+            }
+        }
+        out
     }
 
     fn replace(&mut self, i: usize) {
@@ -105,13 +290,10 @@ impl Soak {
         let leader = self.leader();
         match fault {
             0 => {
-                self.g.replica(leader).signal(libc::SIGKILL);
+                self.kill(leader);
                 self.replace(leader);
             }
-            1 => {
-                self.g.replica(leader).signal(libc::SIGTERM);
-                self.replace(leader);
-            }
+            1 => self.stop_leader(leader),
             2 => {
                 self.g.replica(leader).signal(libc::SIGSTOP);
                 std::thread::sleep(Duration::from_secs(3));
@@ -124,7 +306,7 @@ impl Soak {
                     .filter(|&i| i != leader)
                     .collect();
                 let victim = others[rng.random_range(0..others.len())];
-                self.g.replica(victim).signal(libc::SIGKILL);
+                self.kill(victim);
                 self.replace(victim);
             }
             4 => self.link_fault(leader, Mode::Blackhole),
@@ -204,7 +386,12 @@ fn a_seeded_soak_of_random_faults_keeps_one_writer_and_always_recovers() {
                 .unwrap()
                 .as_millis() as u64
         });
-    eprintln!("soak: {faults} faults, SOAK_SEED={seed}");
+    let kinds: usize = std::env::var("SOAK_KINDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(FAULTS.len())
+        .clamp(1, FAULTS.len());
+    eprintln!("soak: {faults} faults of {kinds} kinds, SOAK_SEED={seed}");
     let mut rng = StdRng::seed_from_u64(seed);
 
     let zk = ZkCluster::ensemble(3);
@@ -215,7 +402,13 @@ fn a_seeded_soak_of_random_faults_keeps_one_writer_and_always_recovers() {
         proxies,
         g,
         slot_of: Vec::new(),
-        seed,
+        repro: if kinds < FAULTS.len() {
+            format!("SOAK_SEED={seed} SOAK_KINDS={kinds}")
+        } else {
+            format!("SOAK_SEED={seed}")
+        },
+        killed: HashMap::new(),
+        sigterm: None,
     };
     for slot in 0..3 {
         soak.spawn_in_slot(slot);
@@ -228,11 +421,14 @@ fn a_seeded_soak_of_random_faults_keeps_one_writer_and_always_recovers() {
     // Per fault kind: (the longest stretch without any file around the
     // fault, the time from the fault's end to the next file).
     let mut recoveries: BTreeMap<&str, Vec<(Duration, Duration)>> = BTreeMap::new();
+    // Leader SIGTERM handovers by what was next in the queue.
+    let mut handovers: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
     let ms_of = |r: &election::files::LeaderRecord| {
         election::cmd::verify::parse_time_ms(&r.written_at).unwrap()
     };
     for n in 0..faults {
-        let fault = rng.random_range(0..FAULTS.len());
+        let fault = rng.random_range(0..kinds);
+        eprintln!("soak: #{n} {}", FAULTS[fault]);
         let before = soak.g.newest_record().map(|r| (r.token, r.seq));
         soak.inject(fault, &mut rng);
         let ended = unix_ms(SystemTime::now()) as i64;
@@ -242,9 +438,9 @@ fn a_seeded_soak_of_random_faults_keeps_one_writer_and_always_recovers() {
         });
         assert!(
             ok,
-            "fault #{n} ({}) : no leader wrote within 30 s; reproduce with SOAK_SEED={}\n{}",
+            "fault #{n} ({}) : no leader wrote within 30 s; reproduce with {}\n{}",
             FAULTS[fault],
-            soak.seed,
+            soak.repro,
             soak.g.logs()
         );
         // Files in write order from the last one before the fault to the
@@ -268,25 +464,59 @@ fn a_seeded_soak_of_random_faults_keeps_one_writer_and_always_recovers() {
             .unwrap_or(0)
             .max(0);
         let after_end = times[end_index] - ended;
-        recoveries.entry(FAULTS[fault]).or_default().push((
+        let mut kind = FAULTS[fault];
+        if let Some(t) = soak.sigterm.take() {
+            // Signal to the successor's first file (it has written: the
+            // old leader exited before the fault ended).
+            let first = soak
+                .g
+                .records()
+                .into_iter()
+                .find(|r| r.token > t.token)
+                .expect("the successor wrote");
+            let took = ms_of(&first) - t.at;
+            let (bound, class) = match &t.next {
+                Next::Live => (CLEAN_HANDOVER_BOUND, FAULTS[fault]),
+                Next::Dead(_) => (dead_ahead_bound(), SIGTERM_DEAD_AHEAD),
+                Next::Nobody => (Duration::from_secs(30), SIGTERM_NOBODY),
+            };
+            eprintln!(
+                "soak: #{n} leader SIGTERM: handover {took} ms; next in the queue: {}",
+                t.next
+            );
+            if took > CLEAN_HANDOVER_BOUND.as_millis() as i64 {
+                eprintln!("{}", soak.logs_since(&t));
+            }
+            assert!(
+                took <= bound.as_millis() as i64,
+                "fault #{n} (leader SIGTERM): the successor's first file came {took} ms after the signal \
+                 (bound {bound:?}; next in the queue: {}); reproduce with {}\n{}",
+                t.next,
+                soak.repro,
+                soak.logs_since(&t)
+            );
+            kind = class;
+            handovers.entry(class).or_default().push(took);
+        }
+        recoveries.entry(kind).or_default().push((
             Duration::from_millis(gap as u64),
             Duration::from_millis(after_end.max(0) as u64),
         ));
         let late = late_arrivals(&arrivals.so_far());
         assert!(
             late.is_empty(),
-            "fault #{n} ({}): old-leadership files landed after a newer leadership's: {late:?}; reproduce with SOAK_SEED={}\n{}",
+            "fault #{n} ({}): old-leadership files landed after a newer leadership's: {late:?}; reproduce with {}\n{}",
             FAULTS[fault],
-            soak.seed,
+            soak.repro,
             soak.g.logs()
         );
         let report = election::cmd::verify::check(&soak.g.files_dir(), None).unwrap();
         assert!(
             report.is_clean(),
-            "fault #{n} ({}): {:?}; reproduce with SOAK_SEED={}\n{}",
+            "fault #{n} ({}): {:?}; reproduce with {}\n{}",
             FAULTS[fault],
             report.violations,
-            soak.seed,
+            soak.repro,
             soak.g.logs()
         );
     }
@@ -311,6 +541,16 @@ fn a_seeded_soak_of_random_faults_keeps_one_writer_and_always_recovers() {
             ms(from_start[from_start.len() - 1]),
             ms(from_end[from_end.len() / 2]),
             ms(from_end[from_end.len() - 1]),
+        );
+    }
+    eprintln!("leader SIGTERM, signal to the successor's first file:");
+    for (class, times) in &mut handovers {
+        times.sort();
+        eprintln!(
+            "  {class}: {} runs, median {} ms, max {} ms",
+            times.len(),
+            times[times.len() / 2],
+            times[times.len() - 1]
         );
     }
 }
