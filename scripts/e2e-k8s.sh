@@ -657,7 +657,8 @@ event_list() {
   k get events.events.k8s.io -o jsonpath='{range .items[*]}{.regarding.name}={.reason} {.metadata.name} {.series.count}{"\n"}{end}' | grep -E "^$RELEASE-[0-9]+=" || true
 }
 events_before=$(event_list)
-changed_events() { diff <(sort <<<"$events_before") <(event_list | sort) | sed -n 's/^> //p'; }
+# (diff exits 1 when it finds a change: not a failure here)
+changed_events() { diff <(sort <<<"$events_before") <(event_list | sort) | sed -n 's/^> //p' || true; }
 new_events() { changed_events | cut -d' ' -f1; }
 t0=$(now_ms)
 for p in "${ZK_PODS[@]}"; do stop_pid "$PIDS/zk-$p.pid" 5; done
