@@ -142,7 +142,8 @@ pub struct RunArgs {
 
     /// Post each transition as an `events.k8s.io/v1` Event on the Pod (and
     /// `StaleLabelCorrected` on a relabelled sibling): needs `create` on
-    /// `events.k8s.io` events. `false` posts none.
+    /// `events.k8s.io` events, and `patch` (a repeat is counted in the
+    /// first Event's series). `false` posts none.
     #[arg(long, env = "ELECTION_POD_EVENTS", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub pod_events: bool,
 

@@ -539,6 +539,92 @@ fn with_pod_events_off_no_event_is_posted() {
     g.assert_invariants();
 }
 
+/// The requests about Events with reason `reason`, as (method, status).
+fn event_requests(api: &FakeApi, reason: &str) -> Vec<(String, Option<u16>)> {
+    api.requests()
+        .into_iter()
+        .filter(|r| r.path.contains("/events") && r.body["reason"] == reason)
+        .map(|r| (r.method, r.status))
+        .collect()
+}
+
+/// Needs the fake: the requests themselves (a POST, then a PATCH, not a
+/// second POST); the e2e shows the series of repeated Failover Events on a
+/// real API server.
+#[test]
+fn a_repeated_event_becomes_one_event_with_a_series_count() {
+    // Given election-0 leading, and a stale sibling it relabels, which
+    // posts StaleLabelCorrected on the sibling
+    let zk = ZkCluster::standalone();
+    let api = FakeApi::start();
+    stale_sibling(&api, "election-1", "0", "2020-01-01T00:00:00Z");
+    let mut g = Group::new(&zk.connect_string());
+    lead_as_election_0(&mut g, &api);
+    g.extra.extend(["--pod-uid", "uid-0"].map(String::from));
+    g.spawn(1);
+    assert_eq!(g.wait_leader(ELECTION), 0);
+    let ok = wait_until(ELECTION, POLL, || {
+        event_requests(&api, "StaleLabelCorrected") == [("POST".into(), Some(201))]
+    });
+    assert!(
+        ok,
+        "{:?}\n{}",
+        event_requests(&api, "StaleLabelCorrected"),
+        g.logs()
+    );
+    let first = api.events(NS);
+    // When the sibling claims to lead again with the same stale token, and
+    // is relabelled again: the same reason and note on the same Pod
+    stale_sibling(&api, "election-1", "0", "2020-01-01T00:00:00Z");
+    let ok = wait_until(ELECTION, POLL, || {
+        event_requests(&api, "StaleLabelCorrected").len() == 2
+    });
+    assert!(ok, "{}", g.logs());
+    g.stop_all();
+    // Then the repeat was a PATCH of the first Event, not a second object
+    assert_eq!(
+        event_requests(&api, "StaleLabelCorrected"),
+        [("POST".into(), Some(201)), ("PATCH".into(), Some(200))]
+    );
+    let stale: Vec<_> = api
+        .events(NS)
+        .into_iter()
+        .filter(|e| e["reason"] == "StaleLabelCorrected")
+        .collect();
+    assert_eq!(stale.len(), 1, "{stale:?}");
+    let ev = &stale[0];
+    let was = first
+        .iter()
+        .find(|e| e["reason"] == "StaleLabelCorrected")
+        .unwrap();
+    // And that Event counts two in its series, keeps its name and note,
+    // and names the sibling, reported by election-0
+    assert_eq!(ev["series"]["count"], 2, "{ev}");
+    assert!(ev["series"]["lastObservedTime"].is_string(), "{ev}");
+    assert_eq!(ev["metadata"]["name"], was["metadata"]["name"]);
+    assert_eq!(ev["note"], was["note"]);
+    assert!(
+        ev["note"].as_str().unwrap().contains("fencing token 0 <"),
+        "{ev}"
+    );
+    assert_eq!(ev["regarding"]["name"], "election-1");
+    assert_eq!(ev["reportingController"], "election.zookeeper/daemon");
+    assert_eq!(ev["reportingInstance"], "election-0");
+    // And the Events of its own transitions are one object per reason
+    let own: Vec<_> = api
+        .events(NS)
+        .into_iter()
+        .filter(|e| e["regarding"]["name"] == "election-0")
+        .map(|e| e["reason"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(own.contains(&"BecameLeader".to_owned()), "{own:?}");
+    let mut unique = own.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), own.len(), "{own:?}");
+    g.assert_invariants();
+}
+
 /// Needs the fake: the body of the PUT (what a real server stores is
 /// checked by the e2e; that the labels came from the daemon's own body is
 /// not visible there).

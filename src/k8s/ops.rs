@@ -5,12 +5,17 @@
 //! every API call bounded, failures logged and counted, never anything fed
 //! back into the election.
 //!
-//! - **Events** (`events.k8s.io/v1`, `create`): one per transition, on the
-//!   replica's own Pod (`BecameLeader`, `LostLeadership`, `SteppedDown`,
-//!   `Failover`, `Candidate`, `Reconnecting`, `Stopping`), and
-//!   `StaleLabelCorrected` on a sibling the leader relabelled. Posted with a
-//!   plain `Api<Event>`: kube-runtime's recorder would add a dependency tree
-//!   for what is one `create` call.
+//! - **Events** (`events.k8s.io/v1`, `create` and `patch`): one per
+//!   transition, on the replica's own Pod (`BecameLeader`,
+//!   `LostLeadership`, `SteppedDown`, `Failover`, `Candidate`,
+//!   `Reconnecting`, `Stopping`), and `StaleLabelCorrected` on a sibling
+//!   the leader relabelled. Published through kube-runtime's [`Recorder`]:
+//!   a reason that repeats on the same Pod within its window (6 minutes
+//!   since the last one) does not create another object but patches the
+//!   first one into an Event series (`series.count`, `lastObservedTime`;
+//!   `kubectl get events` shows `x3 over 40s`), so a flapping replica does
+//!   not flood the namespace. The series keeps the note of its first Event;
+//!   the log has every transition.
 //! - **Stale labels** (`list` on pods): a replica killed without a last
 //!   patch keeps `election-state=leader`. While leading, the daemon lists
 //!   the election's Pods labelled leader and decides by fencing token
@@ -38,14 +43,14 @@
 //!   keeps its metadata; it creates the Lease only when it is absent, and
 //!   if that is refused (403) it says so once and only reads afterwards.
 //! - **Events** can be switched off (`--pod-events false`) where the Role
-//!   does not grant `create` on `events.k8s.io` events.
+//!   does not grant `create` and `patch` on `events.k8s.io` events.
 
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::events::{Event as RuntimeEvent, EventType, Recorder, Reporter};
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::watch;
@@ -131,24 +136,36 @@ impl Helpers {
     }
 }
 
-/// Reason, type and whether a transition is worth an Event.
-pub fn reason(t: &Transition) -> (&'static str, &'static str) {
+/// Reason and type of a transition's Event.
+pub fn reason(t: &Transition) -> (&'static str, EventType) {
+    use EventType::{Normal, Warning};
     use StateName::*;
     match (t.from, t.to) {
-        (_, Leader) => ("BecameLeader", "Normal"),
-        (Leader, Stopping) => ("SteppedDown", "Normal"),
-        (Leader, _) => ("LostLeadership", "Warning"),
-        (_, Failover) => ("Failover", "Warning"),
-        (_, Attempter) => ("Candidate", "Normal"),
-        (_, Init) => ("Reconnecting", "Normal"),
-        (_, Stopping) => ("Stopping", "Normal"),
+        (_, Leader) => ("BecameLeader", Normal),
+        (Leader, Stopping) => ("SteppedDown", Normal),
+        (Leader, _) => ("LostLeadership", Warning),
+        (_, Failover) => ("Failover", Warning),
+        (_, Attempter) => ("Candidate", Normal),
+        (_, Init) => ("Reconnecting", Normal),
+        (_, Stopping) => ("Stopping", Normal),
     }
 }
 
-/// An `events.k8s.io/v1` Event about a Pod.
-pub fn event_for(pod: &PodRef, regarding: &PodRef, reason: &str, kind: &str, note: &str) -> Event {
-    let now = k8s_openapi::jiff::Timestamp::now();
-    let suffix = format!("{:x}", now.as_nanosecond());
+/// The reference an Event names its Pod by (uid included: `kubectl
+/// describe pod` matches Events by uid).
+pub fn pod_reference(pod: &PodRef) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        name: Some(pod.name.clone()),
+        namespace: Some(pod.namespace.clone()),
+        uid: pod.uid.clone(),
+        ..Default::default()
+    }
+}
+
+/// An Event for the recorder; the note is cut to the API's 1 kB.
+pub fn event_for(reason: &str, kind: EventType, note: &str) -> RuntimeEvent {
     let mut note = note.to_owned();
     if note.len() > 1000 {
         let cut = (0..=1000)
@@ -157,39 +174,39 @@ pub fn event_for(pod: &PodRef, regarding: &PodRef, reason: &str, kind: &str, not
             .unwrap_or(0);
         note.truncate(cut);
     }
-    serde_json::from_value(json!({
-        "metadata": {"name": format!("{}.{suffix}", regarding.name), "namespace": regarding.namespace},
-        "eventTime": now.to_string(),
-        "reportingController": CONTROLLER,
-        "reportingInstance": pod.name,
-        "action": reason,
-        "reason": reason,
-        "type": kind,
-        "note": note,
-        "regarding": {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "name": regarding.name,
-            "namespace": regarding.namespace,
-            "uid": regarding.uid,
-        },
-    }))
-    .expect("a well-formed Event")
+    RuntimeEvent {
+        type_: kind,
+        reason: reason.to_owned(),
+        note: Some(note),
+        action: reason.to_owned(),
+        secondary: None,
+    }
 }
 
-async fn post(api: &mut Option<Api<Event>>, ns: &str, ev: &Event) -> Result<(), KubeError> {
-    if api.is_none() {
-        *api = Some(Api::namespaced(client().await?, ns));
+/// Publishes `ev` about `regarding`, reported by our Pod: a new Event
+/// object (`create`), or the next count of the series of an identical
+/// recent one (`patch`). The recorder is built on first use, like the
+/// client.
+async fn post(
+    recorder: &mut Option<Recorder>,
+    pod: &PodRef,
+    regarding: &PodRef,
+    ev: &RuntimeEvent,
+) -> Result<(), KubeError> {
+    if recorder.is_none() {
+        let reporter = Reporter {
+            controller: CONTROLLER.into(),
+            instance: Some(pod.name.clone()),
+        };
+        *recorder = Some(Recorder::new(client().await?, reporter));
     }
-    let api = api.as_ref().expect("set above");
-    bounded("event", api.create(&PostParams::default(), ev))
-        .await
-        .map(|_| ())
+    let recorder = recorder.as_ref().expect("set above");
+    bounded("event", recorder.publish(ev, &pod_reference(regarding))).await
 }
 
 async fn events(ctx: Context, pod: PodRef, handled: watch::Sender<Option<StateName>>) {
     let mut rx = ctx.board.transitions();
-    let mut api = None;
+    let mut recorder = None;
     loop {
         let t = match rx.recv().await {
             Ok(t) => t,
@@ -204,9 +221,9 @@ async fn events(ctx: Context, pod: PodRef, handled: watch::Sender<Option<StateNa
         };
         let (reason, kind) = reason(&t);
         let note = format!("{} -> {}: {}", t.from, t.to, t.why);
-        let ev = event_for(&pod, &pod, reason, kind, &note);
+        let ev = event_for(reason, kind, &note);
         // Best effort, one attempt: a late Event tells a wrong story.
-        match post(&mut api, &pod.namespace, &ev).await {
+        match post(&mut recorder, &pod, &pod, &ev).await {
             Ok(()) => {
                 ctx.board.metrics.kube_events.inc();
                 debug!(reason, "event posted");
@@ -297,7 +314,7 @@ async fn until_leading_with_token(rx: &mut watch::Receiver<crate::board::Snapsho
 async fn stale(ctx: Context, pod: PodRef, selector: String, resend: Resend) {
     let mut rx = ctx.board.subscribe();
     let mut api: Option<Api<Pod>> = None;
-    let mut events_api = None;
+    let mut recorder = None;
     let selector = format!("{selector},{STATE_LABEL}=leader");
     // Resends in a row without seeing our Pod listed, in this leadership.
     let mut resent = (0, 0u32);
@@ -315,7 +332,7 @@ async fn stale(ctx: Context, pod: PodRef, selector: String, resend: Resend) {
         if resent.0 != ours.since_ms {
             resent = (ours.since_ms, 0);
         }
-        match correct(&ctx, &pod, &selector, ours, &mut api, &mut events_api).await {
+        match correct(&ctx, &pod, &selector, ours, &mut api, &mut recorder).await {
             Ok(true) => resent.1 = 0,
             // Our own Pod does not say leader: something relabelled it,
             // and the labeller would not notice before our next transition.
@@ -351,7 +368,7 @@ async fn correct(
     selector: &str,
     ours: Ours,
     api: &mut Option<Api<Pod>>,
-    events_api: &mut Option<Api<Event>>,
+    recorder: &mut Option<Recorder>,
 ) -> Result<bool, KubeError> {
     if api.is_none() {
         *api = Some(Api::namespaced(client().await?, &pod.namespace));
@@ -409,9 +426,9 @@ async fn correct(
                     "{} leads; {name} was still labelled leader ({why}): relabelled {STALE}",
                     pod.name
                 );
-                let ev = event_for(pod, &regarding, "StaleLabelCorrected", "Normal", &note);
+                let ev = event_for("StaleLabelCorrected", EventType::Normal, &note);
                 if ctx.cfg.pod_events
-                    && let Err(e) = post(events_api, &pod.namespace, &ev).await
+                    && let Err(e) = post(recorder, pod, &regarding, &ev).await
                 {
                     warn!(error = %e, "cannot post event");
                 }
@@ -642,7 +659,10 @@ mod tests {
         };
         use StateName::*;
         assert_eq!(reason(&t(Attempter, Leader)).0, "BecameLeader");
-        assert_eq!(reason(&t(Leader, Failover)), ("LostLeadership", "Warning"));
+        assert_eq!(
+            reason(&t(Leader, Failover)),
+            ("LostLeadership", EventType::Warning)
+        );
         assert_eq!(reason(&t(Leader, Stopping)).0, "SteppedDown");
         assert_eq!(reason(&t(Init, Failover)).0, "Failover");
         assert_eq!(reason(&t(Init, Attempter)).0, "Candidate");
@@ -655,11 +675,14 @@ mod tests {
             namespace: "ns".into(),
             uid: Some("u-1".into()),
         };
-        let ev = event_for(&pod, &pod, "BecameLeader", "Normal", &"x".repeat(2000));
-        let r = ev.regarding.unwrap();
+        let r = pod_reference(&pod);
         assert_eq!(r.uid.as_deref(), Some("u-1"));
         assert_eq!(r.kind.as_deref(), Some("Pod"));
-        assert!(ev.note.unwrap().len() <= 1000);
-        assert!(ev.metadata.name.unwrap().starts_with("election-0."));
+        assert_eq!(r.api_version.as_deref(), Some("v1"));
+        assert_eq!(r.namespace.as_deref(), Some("ns"));
+        let ev = event_for("BecameLeader", EventType::Normal, &"é".repeat(1000));
+        let note = ev.note.unwrap();
+        assert!(note.len() <= 1000 && note.ends_with('é'));
+        assert_eq!(ev.action, "BecameLeader");
     }
 }

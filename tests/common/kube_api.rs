@@ -13,7 +13,11 @@
 //! - `GET /api/v1/namespaces/{ns}/pods?labelSelector=k=v,...`: the Pods
 //!   stored so far (patched, or seeded with [`FakeApi::put_pod`]) whose
 //!   labels match (equality selectors only).
-//! - `POST /apis/events.k8s.io/v1/namespaces/{ns}/events`: 201.
+//! - `POST /apis/events.k8s.io/v1/namespaces/{ns}/events` and `PATCH
+//!   .../events/{name}` (a merge patch: what kube-runtime's recorder sends
+//!   to count a repeat in the Event's series): Events as stored (409 on a
+//!   second POST of a name, 404 on a PATCH of an absent one), read back with
+//!   [`FakeApi::events`].
 //! - `GET`/`PUT /apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}`
 //!   and `POST .../leases`: Leases as stored (404 when absent; seeded with
 //!   [`FakeApi::put_lease`]).
@@ -111,6 +115,8 @@ struct State {
     pods: std::collections::HashMap<String, Value>,
     /// The stored Leases by path.
     leases: std::collections::HashMap<String, Value>,
+    /// The stored Events by path.
+    events: std::collections::HashMap<String, Value>,
     /// Calls answered with a failure whatever the mode: (method, path, status).
     injected: Vec<(String, String, u16)>,
     /// A handle on every accepted connection, to shut them down on drop.
@@ -142,6 +148,7 @@ impl FakeApi {
                 requests: Vec::new(),
                 pods: Default::default(),
                 leases: Default::default(),
+                events: Default::default(),
                 injected: Vec::new(),
                 connections: Vec::new(),
             }),
@@ -254,7 +261,22 @@ impl FakeApi {
             .insert(lease_path(namespace, name), lease);
     }
 
-    /// The Lease as stored, if any.
+    /// The Events of `namespace` as stored (series patches merged), oldest
+    /// first.
+    pub fn events(&self, namespace: &str) -> Vec<Value> {
+        let prefix = format!("/apis/events.k8s.io/v1/namespaces/{namespace}/events/");
+        let shared = self.shared.lock();
+        let mut events: Vec<Value> = shared
+            .events
+            .iter()
+            .filter(|(p, _)| p.starts_with(&prefix))
+            .map(|(_, e)| e.clone())
+            .collect();
+        events.sort_by(|a, b| a["eventTime"].as_str().cmp(&b["eventTime"].as_str()));
+        events
+    }
+
+    /// The Lease `name` as stored, if any.
     pub fn lease(&self, namespace: &str, name: &str) -> Option<Value> {
         self.shared
             .lock()
@@ -656,7 +678,46 @@ fn answer(request: &Request, path: &str, body: &Value, shared: &Shared) -> (u16,
             }
             (200, pod.clone())
         }
-        ("POST", ["apis", "events.k8s.io", "v1", "namespaces", _, "events"]) => (201, body.clone()),
+        (
+            "POST",
+            [
+                "apis",
+                "events.k8s.io",
+                "v1",
+                "namespaces",
+                namespace,
+                "events",
+            ],
+        ) => {
+            let name = body["metadata"]["name"].as_str().unwrap_or_default();
+            let key = format!("{path}/{name}");
+            if name.is_empty() || state.events.contains_key(&key) {
+                return (
+                    409,
+                    status_body(409, "AlreadyExists", "events already exists"),
+                );
+            }
+            let mut event = body.clone();
+            event["metadata"]["namespace"] = json!(namespace);
+            event["metadata"]["resourceVersion"] = json!("1");
+            state.events.insert(key, event.clone());
+            (201, event)
+        }
+        ("PATCH", ["apis", "events.k8s.io", "v1", "namespaces", _, "events", _]) => {
+            let kind = request.header("content-type").unwrap_or("");
+            if !kind.starts_with("application/merge-patch+json") {
+                return (
+                    415,
+                    status_body(415, "UnsupportedMediaType", "unsupported patch type"),
+                );
+            }
+            let Some(event) = state.events.get_mut(path) else {
+                return not_found();
+            };
+            merge_patch(event, body);
+            bump(event);
+            (200, event.clone())
+        }
         (
             "POST",
             [
