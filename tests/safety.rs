@@ -571,23 +571,31 @@ fn an_impostor_named_after_our_session_never_makes_us_delete_our_node() {
     g.assert_invariants();
 }
 
-#[test]
-fn a_fencing_node_holding_garbage_stops_the_leader_from_writing() {
-    // Given a fencing node whose content is not a token
+/// A fencing node that leaves no usable token: content that is not a
+/// token (refused, not read as 0), or the last token (u64::MAX: a
+/// saturating token would be shared with an earlier leadership).
+#[rstest::rstest]
+#[case::garbage(b"not-a-number".to_vec(), "fencing node")]
+#[case::last_token(u64::MAX.to_string().into_bytes(), "fencing tokens exhausted")]
+fn a_fencing_node_without_a_usable_token_stops_the_leader_from_writing(
+    #[case] content: Vec<u8>,
+    #[case] says: &str,
+) {
+    // Given such a fencing node
     let zk = ZkCluster::standalone();
     let fencing = format!("{ROOT}/fencing");
     plant(
         &zk,
         &fencing,
-        b"not-a-number",
+        &content,
         CreateMode::Persistent,
         Acls::anyone_all(),
     );
     // When a replica starts
     let mut g = Group::new(&zk.connect_string());
     g.spawn(1);
-    // Then it refuses to guess a token: it says why (in /status), and
-    // writes nothing over three attempts to lead
+    // Then it fails closed and says why (in /status and its log): Failover
+    // with fencing-error, three times, and no file
     let r = g.replica(0);
     r.wait_status(
         |s| s.state == "failover" && s.cause == "fencing-error",
@@ -599,6 +607,7 @@ fn a_fencing_node_holding_garbage_stops_the_leader_from_writing() {
         |n| n >= 3.0,
         Duration::from_secs(20),
     );
+    assert!(r.output().contains(says), "{}", g.logs());
     assert!(g.records().is_empty(), "{:?}", g.records());
     g.stop_all();
 }
@@ -775,43 +784,6 @@ fn a_leader_whose_writes_are_all_superseded_steps_down_and_tokens_jump_above() {
     );
     g.stop_all();
     g.assert_invariants();
-}
-
-#[test]
-fn a_fencing_floor_at_the_last_token_stops_the_leader_from_writing() {
-    // Given a fencing floor of u64::MAX: no token is left above it
-    let zk = ZkCluster::standalone();
-    let fencing = format!("{ROOT}/fencing");
-    plant(
-        &zk,
-        &fencing,
-        u64::MAX.to_string().as_bytes(),
-        CreateMode::Persistent,
-        Acls::anyone_all(),
-    );
-    // When a replica starts
-    let mut g = Group::new(&zk.connect_string());
-    g.spawn(1);
-    // Then it fails closed: Failover with fencing-error (no saturated token
-    // shared with an earlier leadership), three times, and no file
-    let r = g.replica(0);
-    r.wait_status(
-        |s| s.state == "failover" && s.cause == "fencing-error",
-        Duration::from_secs(20),
-    );
-    r.wait_metric(
-        TRANSITIONS,
-        &[("from", "leader"), ("to", "failover")],
-        |n| n >= 3.0,
-        Duration::from_secs(20),
-    );
-    assert!(
-        r.output().contains("fencing tokens exhausted"),
-        "{}",
-        g.logs()
-    );
-    assert!(g.records().is_empty(), "{:?}", g.records());
-    g.stop_all();
 }
 
 #[test]
