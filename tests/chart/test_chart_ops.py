@@ -18,6 +18,14 @@ def test_notes_warn_when_the_zookeeper_image_is_not_the_official_one():
     assert "its own zoo.cfg" in notes and "syncLimit x tickTime" in notes
 
 
+def test_notes_warn_while_zookeeper_credentials_are_off():
+    notes = notes_of()
+    assert "ZooKeeper credentials are off" in notes and "--set zookeeper.auth.enabled=true" in notes
+    assert "NetworkPolicy admits only this" in notes
+    assert "NetworkPolicy" not in notes_of("networkPolicy.enabled=false").split("ZooKeeper credentials are off")[1].split("NOTE:")[0]
+    assert "ZooKeeper credentials are off" not in notes_of("zookeeper.auth.enabled=true")
+
+
 def test_notes_warn_when_alerts_select_series_nobody_scrapes():
     assert "serviceMonitor.enabled is false" in notes_of("prometheusRule.enabled=true")
     assert "serviceMonitor.enabled is false" not in notes_of("prometheusRule.enabled=true", "serviceMonitor.enabled=true")

@@ -13,6 +13,15 @@ from the ZOO_* variables (tickTime {{ .Values.zookeeper.tickTime }}, syncLimit {
 ships its own zoo.cfg or entrypoint ignores them: check that its syncLimit x tickTime stays
 below election.zkSessionTimeout ({{ .Values.election.zkSessionTimeout }}), which the election's lease logic assumes.
 {{- end }}
+{{- if not .Values.zookeeper.auth.enabled }}
+
+NOTE: ZooKeeper credentials are off (zookeeper.auth.enabled=false): the election's znodes are
+open to the world, so any client that reaches the ensemble{{ if and .Values.zookeeper.enabled .Values.networkPolicy.enabled }} (the NetworkPolicy admits only this
+release's pods, where the cluster's network enforces NetworkPolicies){{ end }} could delete the leader's
+node or rewrite the fencing floor. Turn them on with helm upgrade {{ .Release.Name }} ./charts/election
+-n {{ .Release.Namespace }} --reuse-values --set zookeeper.auth.enabled=true (a Secret is generated once), or
+give zookeeper.auth.existingSecret.
+{{- end }}
 {{- if and .Values.prometheusRule.enabled (not .Values.serviceMonitor.enabled) (not .Values.prometheusRule.selector) }}
 
 NOTE: the PrometheusRule selects {{ include "election.metricsSelector" . }}, the labels the
