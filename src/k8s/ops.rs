@@ -272,6 +272,13 @@ pub struct Claim<'a> {
     pub since: Option<&'a str>,
 }
 
+impl Claim<'_> {
+    /// The claim's fencing token, when it parses as one.
+    pub fn parsed_token(&self) -> Option<u64> {
+        self.token.and_then(|t| t.trim().parse().ok())
+    }
+}
+
 /// Our leadership, to compare a claim with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ours {
@@ -291,7 +298,7 @@ pub struct Ours {
 /// the wall clocks: it is stale if it started before our leadership (or
 /// carries no parsable start at all: no daemon wrote it).
 pub fn claim_is_stale(claim: Claim<'_>, ours: Ours) -> bool {
-    if let Some(theirs) = claim.token.and_then(|t| t.trim().parse::<u64>().ok()) {
+    if let Some(theirs) = claim.parsed_token() {
         return ours.token.is_some_and(|ours| theirs < ours);
     }
     let Some(since) = claim.since else {
@@ -413,11 +420,9 @@ async fn correct(
                     namespace: pod.namespace.clone(),
                     uid: meta.uid.clone(),
                 };
-                let why = match claim.token {
-                    Some(t) if t.trim().parse::<u64>().is_ok() => {
-                        format!("fencing token {t} < ours {}", ours.token.unwrap_or(0))
-                    }
-                    _ => format!(
+                let why = match claim.parsed_token() {
+                    Some(t) => format!("fencing token {t} < ours {}", ours.token.unwrap_or(0)),
+                    None => format!(
                         "no fencing token; labelled since {}, before our leadership",
                         claim.since.unwrap_or("?")
                     ),
