@@ -86,6 +86,15 @@ impl Context {
         self.stop_request.get().copied()
     }
 
+    /// How a stop ends the daemon: released on a release request,
+    /// stopped otherwise.
+    pub fn stop_outcome(&self) -> Outcome {
+        match self.stop_request() {
+            Some(StopRequest::Release) => Outcome::Released,
+            _ => Outcome::Stopped,
+        }
+    }
+
     /// Remembers a session whose close was not acknowledged (bounded list).
     pub fn abandoned(&self, session: i64) {
         let mut list = self
@@ -361,15 +370,10 @@ impl Step {
 
     /// To Stopping on a stop request (its kind decides the outcome).
     pub fn stop(ctx: &Context, session: Option<ZkSession>) -> Step {
-        let (outcome, why) = match ctx.stop_request() {
-            Some(StopRequest::Release) => (
-                Outcome::Released,
-                Cause::Released.because("release requested"),
-            ),
-            _ => (
-                Outcome::Stopped,
-                Cause::StopRequested.because("stop requested"),
-            ),
+        let outcome = ctx.stop_outcome();
+        let why = match outcome {
+            Outcome::Released => Cause::Released.because("release requested"),
+            _ => Cause::StopRequested.because("stop requested"),
         };
         Step::Next(State::Stopping { session, outcome }, why)
     }

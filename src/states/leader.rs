@@ -44,7 +44,7 @@ use zookeeper_client::{EventType, SessionState, WatchedEvent};
 
 use crate::files::{self, CommitGate, FileError, FileKey, LeaderRecord};
 use crate::lease::{Lease, Stamp};
-use crate::machine::{Cause, Context, Outcome, Reason, Recovery, State, Step, StopRequest};
+use crate::machine::{Cause, Context, Reason, Recovery, State, Step};
 use crate::zk::session::{Health, Liveness, gave_up, on_state, until_deadline};
 use crate::zk::{self, ClaimError, ZkSession, is_live_candidate};
 
@@ -730,13 +730,9 @@ fn abandon(
     session.abandon();
     match exit {
         Exit::Stop => {
-            let outcome = match ctx.stop_request() {
-                Some(StopRequest::Release) => Outcome::Released,
-                _ => Outcome::Stopped,
-            };
             // Not released: the node goes only with the session's expiry.
             ctx.board.stopped(false);
-            Step::Exit(outcome)
+            Step::Exit(ctx.stop_outcome())
         }
         Exit::Failover(why) | Exit::Attempter(why) => Step::failover(
             None,
