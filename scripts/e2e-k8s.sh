@@ -51,8 +51,15 @@
 #      helm install with zookeeper.auth.enabled=true and a super digest:
 #      one leader, every znode of the election path carries the digest ACL,
 #      an anonymous client gets NOAUTH
-#   8. kubectl apply --server-side -k manifests/ (restricted Pod Security
-#      namespace): accepted, pods created and scheduled
+#   8. kubectl apply --server-side -f manifests/election.yaml (the Namespace
+#      first in the file; restricted Pod Security): accepted, pods created
+#      and scheduled
+#   9. manifests/ under two kustomize overlays that set only `namespace:`
+#      (tenant-a, tenant-b; scripts/lib-e2e-overlays.sh): both apply, their
+#      cluster-scoped policy objects are the same ones; in each namespace a
+#      replica's pod-bound token labels its own pod (200) and is refused a
+#      sibling's image (403, the policy's message) and the other tenant's
+#      pods (403, RBAC)
 #
 # Everything it starts is stopped on exit, failure included; E2E_TIMEOUT
 # (default 600 s) bounds the run. Without Go or Java it prints SKIPPED and
@@ -66,6 +73,8 @@ cd "$(dirname "$0")/.."
 source scripts/lib-chart.sh
 # shellcheck source=scripts/lib-zk.sh
 source scripts/lib-zk.sh
+# shellcheck source=scripts/lib-e2e-overlays.sh
+source scripts/lib-e2e-overlays.sh
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/election-e2e-k8s.XXXXXX")
 export ELECTION_K8S_DIR=$WORK/cluster
@@ -1103,15 +1112,18 @@ for f in "$PIDS"/election-*.pid; do [[ -f "$f" ]] && stop_pid "$f" 10; done
 k delete secret "$RELEASE-zk-auth" zk-super >/dev/null
 log "helm uninstall kept $RELEASE-zk-auth (resource-policy keep: the ZooKeeper ACLs name it); deleted by the harness"
 
-step "8. kubectl apply --server-side -k manifests/"
+step "8. kubectl apply --server-side -f manifests/election.yaml"
 for f in "$PIDS"/zk-*.pid; do [[ -f "$f" ]] && stop_pid "$f" 5; done
-kc apply --server-side -k manifests/ | sed 's/^/   /'
+kc apply --server-side -f manifests/election.yaml | sed 's/^/   /'
 wait_pods_running "$SEL" 3 60
 wait_pods_running "$ZK_SEL" 3 60
 k get pods -o wide
 kc get namespace "$NS" -o jsonpath='{.metadata.labels.pod-security\.kubernetes\.io/enforce}' | grep -qx restricted \
   || die "namespace $NS is not Pod Security restricted"
 log "manifests/ accepted under Pod Security 'restricted'; pods created and scheduled"
+
+step "9. manifests/ under kustomize overlays with only namespace: tenant-a, tenant-b"
+e2e_namespace_overlays "$PWD/manifests"
 
 step "numbers"
 for n in "${NUMBERS[@]}"; do echo "   $n"; done

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Brings election up on a local kind cluster, idempotently:
 #   1. creates the kind cluster (reuses it when it exists),
-#   2. builds the image and loads it into the cluster (`kind load`),
+#   2. builds the image and loads it into the cluster (`docker save` of the
+#      nodes' platform, then `kind load image-archive`: lib-kind.sh load_image),
 #   3. `helm upgrade --install --wait` of charts/election,
 #   4. waits until exactly one pod is labelled election-state=leader.
 #
@@ -33,7 +34,7 @@ docker build --tag election:build .
 IMAGE_TAG=${IMAGE_TAG:-dev-$(docker image inspect --format '{{.Id}}' election:build | sed 's/^sha256://' | cut -c1-12)}
 docker tag election:build "election:$IMAGE_TAG"
 log "loading election:$IMAGE_TAG into $KIND_CLUSTER"
-kind load docker-image "election:$IMAGE_TAG" --name "$KIND_CLUSTER"
+load_image "election:$IMAGE_TAG"
 
 log "installing the chart (release $RELEASE, namespace $NAMESPACE)"
 "$HELM" upgrade --install "$RELEASE" "$CHART" \

@@ -32,6 +32,30 @@ k() { kubectl --context "$CONTEXT" --namespace "$NAMESPACE" "$@"; }
 
 cluster_exists() { kind get clusters 2>/dev/null | grep -qx "$KIND_CLUSTER"; }
 
+# Loads a local image into every node of the kind cluster through an image
+# archive: `docker save` of the nodes' platform, then `kind load
+# image-archive`. `kind load docker-image` fails with Docker Engine 29+ and
+# its containerd image store ("ctr: content digest ... not found"): it saves
+# the image for every platform of its index, and the blobs of the platforms
+# that were never pulled or built are not there. A docker without `save
+# --platform` (before 28) has the classic store, one platform per image.
+load_image() { # image
+  local image=$1 platform archive
+  platform=$(kubectl --context "$CONTEXT" get nodes \
+    -o jsonpath='{.items[0].status.nodeInfo.operatingSystem}/{.items[0].status.nodeInfo.architecture}')
+  [[ "$platform" == */?* ]] || { log "cannot read the platform of the nodes of $KIND_CLUSTER: '$platform'"; return 1; }
+  archive=$(mktemp "${TMPDIR:-/tmp}/election-image.XXXXXX.tar")
+  if docker image save --help 2>/dev/null | grep -q -- '--platform'; then
+    log "docker save $image for $platform -> $archive"
+    docker image save --platform "$platform" --output "$archive" "$image" || { rm -f "$archive"; return 1; }
+  else
+    log "docker save $image -> $archive (this docker has no save --platform: one platform per image)"
+    docker image save --output "$archive" "$image" || { rm -f "$archive"; return 1; }
+  fi
+  kind load image-archive "$archive" --name "$KIND_CLUSTER" || { rm -f "$archive"; return 1; }
+  rm -f "$archive"
+}
+
 # Milliseconds since the epoch (bash 5's EPOCHREALTIME, else whole seconds).
 now_ms() {
   if [[ -n "${EPOCHREALTIME:-}" ]]; then

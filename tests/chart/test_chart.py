@@ -274,7 +274,9 @@ def test_the_admission_policy_binds_to_the_service_account_and_the_namespace(hel
     assert spec["matchConstraints"]["resourceRules"][0]["operations"] == ["UPDATE"]
     sa = m.election["spec"]["template"]["spec"]["serviceAccountName"]
     (cond,) = spec["matchConditions"]
-    assert f"'system:serviceaccount:{NAMESPACE}:{sa}'" in cond["expression"]
+    # The account of the pod's own namespace, not a rendered one (issue 17,
+    # item 1; tests/chart/test_chart_rbac_overlays.py).
+    assert cond["expression"] == f"request.userInfo.username == 'system:serviceaccount:' + request.namespace + ':' + '{sa}'"
     exprs = " ".join(v["expression"] for v in spec["validations"])
     assert "object.spec == oldObject.spec" in exprs
     assert "authentication.kubernetes.io/pod-name" in " ".join(v["expression"] for v in spec["variables"])

@@ -99,7 +99,8 @@ Name of the election ServiceAccount.
 {{- if .Values.serviceAccount.create }}
 {{- default (include "election.fullname" .) .Values.serviceAccount.name }}
 {{- else }}
-{{- default "default" .Values.serviceAccount.name }}
+{{- /* The schema requires a name: never the namespace's `default`. */}}
+{{- .Values.serviceAccount.name }}
 {{- end }}
 {{- end }}
 
@@ -322,6 +323,20 @@ ValidatingAdmissionPolicy (Kubernetes >= 1.30). Prints "true" or nothing.
 {{- if and .Values.kubernetes.labelPod .Values.kubernetes.admissionPolicy.enabled (.Capabilities.APIVersions.Has "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy") -}}
 true
 {{- end -}}
+{{- end }}
+
+{{/*
+Name of the cluster-scoped ValidatingAdmissionPolicy and its binding:
+<namespace>-<fullname>-pods, unique per namespace and release; with
+kubernetes.admissionPolicy.anyNamespace <fullname>-pods, the same objects
+for every namespace the rendered bundle is moved to.
+*/}}
+{{- define "election.admissionPolicyName" -}}
+{{- if .Values.kubernetes.admissionPolicy.anyNamespace }}
+{{- printf "%s-pods" (include "election.fullname" .) }}
+{{- else }}
+{{- printf "%s-%s-pods" .Release.Namespace (include "election.fullname" .) }}
+{{- end }}
 {{- end }}
 
 {{/*

@@ -22,6 +22,14 @@ node or rewrite the fencing floor. Turn them on with helm upgrade {{ .Release.Na
 -n {{ .Release.Namespace }} --reuse-values --set zookeeper.auth.enabled=true (a Secret is generated once), or
 give zookeeper.auth.existingSecret.
 {{- end }}
+{{- if and .Values.kubernetes.labelPod (not (include "election.admissionPolicy" .)) }}
+
+NOTE: no ValidatingAdmissionPolicy was installed ({{ if .Values.kubernetes.admissionPolicy.enabled }}it needs Kubernetes >= 1.30, whose API
+server serves admissionregistration.k8s.io/v1 ValidatingAdmissionPolicy{{ else }}kubernetes.admissionPolicy.enabled=false{{ end }}). The Role
+names the pods {{ include "election.fullname" . }}-0..{{ sub (int .Values.replicaCount) 1 }} instead, so a replica's token may patch only this release's pods,
+but anything a patch can change on them (labels, annotations, a container image). Change the
+replica count with helm upgrade --set replicaCount=N: a pod added by kubectl scale is not in the Role.
+{{- end }}
 {{- if and .Values.prometheusRule.enabled (not .Values.serviceMonitor.enabled) (not .Values.prometheusRule.selector) }}
 
 NOTE: the PrometheusRule selects {{ include "election.metricsSelector" . }}, the labels the
