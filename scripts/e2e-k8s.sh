@@ -1017,17 +1017,18 @@ max_zxid() {
 # helm upgrade starts 5 servers with one server list; the 3 old ones keep
 # their data, so the election path and the fencing floor survive.
 day2_resize_with_a_planned_stop() {
-  local token0 token1 t0 t_stop p zxid0 zxid1
+  local token0 token1 t0 t_stop p zxid0 zxid1 pods=()
   step "6d. ZooKeeper 3 -> 5 servers by the documented planned stop"
   token0=$(k get pod "$leader" -o jsonpath='{.metadata.annotations.election/fencing-token}')
   [[ "$token0" =~ ^[0-9]+$ ]] || die "$leader has no fencing token: '$token0'"
   # The ensemble's last transaction id (epoch << 32 | counter): a new, empty
   # ensemble would start again at epoch 1.
   zxid0=$(max_zxid)
+  # (the pods before the scale: kwok deletes them at once)
+  read -r -a pods <<<"$(k get pods -l "$SEL" -o jsonpath='{.items[*].metadata.name}')"
   t0=$(now_ms)
   k scale statefulset "$RELEASE" --replicas=0 >/dev/null
-  for p in $(k get pods -l "$SEL" -o jsonpath='{.items[*].metadata.name}'); do stop_like_kubelet "$p" & done
-  wait
+  for p in "${pods[@]}"; do stop_like_kubelet "$p"; done
   deadline=$((SECONDS + 60))
   while [[ -n "$(k get pods -l "$SEL" -o name)" ]]; do
     ((SECONDS < deadline)) || die "election pods left 60 s after kubectl scale --replicas=0: $(k get pods -l "$SEL" -o name)"
@@ -1065,7 +1066,7 @@ day2_resize_with_a_planned_stop() {
 # the same helm upgrade; the new StatefulSet adopts the pods and replaces
 # them one at a time. Here persistence.mode shared -> perReplica.
 day2_switch_persistence_mode() {
-  local t0 ms p uid deadline lease0 lease1 pv shared_dir files
+  local t0 ms p uid deadline lease0 lease1 pv shared_dir files prestop=()
   step "6e. persistence.mode shared -> perReplica by the documented procedure (--cascade=orphan, helm upgrade)"
   pv=$(k get pvc "$RELEASE-files" -o jsonpath='{.spec.volumeName}')
   shared_dir=$(kc get pv "$pv" -o jsonpath='{.spec.hostPath.path}')
@@ -1087,7 +1088,12 @@ day2_switch_persistence_mode() {
       ((SECONDS < deadline)) || die "$p was not replaced within 90 s of the upgrade"
       sleep 0.1
     done
-    stop_like_kubelet "$p"
+    # The kubelet's part for the old pod (its object may already be
+    # replaced): preStop, SIGTERM, the process exits on its own.
+    mapfile -d '' prestop <"$WORK/pods/$p/prestop"
+    "${prestop[@]}" >/dev/null || die "$p: its preStop command failed"
+    stop_pid "$PIDS/$p.pid" 10
+    log "harness: $p replaced by the new StatefulSet: preStop (election release) and SIGTERM"
     until [[ "$(k get pod "$p" -o jsonpath='{.metadata.uid} {.spec.nodeName} {.status.phase}' 2>/dev/null)" =~ ^([0-9a-f-]+)\ kwok-node-[0-9]+\ Running$ \
       && "${BASH_REMATCH[1]}" != "$uid" ]]; do
       ((SECONDS < deadline)) || die "$p was not recreated within 90 s"
