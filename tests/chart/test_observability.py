@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 
 import pytest
-from conftest import CHART, ROOT
+import yaml
+from conftest import CHART, ROOT, find_helms
 
 CUSTOM = CHART / "ci" / "custom-values.yaml"
 DASHBOARD = CHART / "dashboards" / "election.json"
@@ -45,6 +47,7 @@ def test_prometheus_rule_has_the_alerts_the_issue_asks_for(helm, manifests):
         "ElectionReplicaStuckInFailover",
         "ElectionPodLabelPatchErrors",
         "ElectionZooKeeperQuorumLost",
+        "ElectionLeadershipFlapping",
     }
     for name, r in rules.items():
         assert r["labels"]["severity"] in {"critical", "warning"}, name
@@ -81,6 +84,17 @@ def test_leader_not_writing_defaults_to_three_leader_timeouts_and_a_margin(helm,
     m = manifests(helm, sets=("prometheusRule.enabled=true", f"election.leaderTimeout={leader_timeout}"))
     expr = rules_of(m)["ElectionLeaderNotWriting"]["expr"]
     assert f"> {bound}\n" in expr, expr
+
+
+def test_flapping_is_more_acquisitions_than_a_rollout_and_a_crash_within_the_window(helm, manifests):
+    m = manifests(helm, sets=("prometheusRule.enabled=true",))
+    expr = rules_of(m)["ElectionLeadershipFlapping"]["expr"]
+    assert "increase(election_leadership_acquisitions_total{" in expr and "[30m]" in expr and expr.endswith("> 2.5"), expr
+    m = manifests(
+        helm, sets=("prometheusRule.enabled=true", "prometheusRule.flappingAcquisitions=4", "prometheusRule.flappingWindow=1h")
+    )
+    expr = rules_of(m)["ElectionLeadershipFlapping"]["expr"]
+    assert "[1h]" in expr and expr.endswith("> 4.5"), expr
 
 
 def test_the_rule_is_a_monitoring_coreos_com_object_in_the_release_namespace(helm, manifests):
@@ -133,7 +147,44 @@ def test_dashboard_config_map_carries_the_sidecar_label_and_the_file(helm, manif
     assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
     (name,) = cm["data"]
     assert name.endswith(".json")
-    assert json.loads(cm["data"][name]) == json.loads(DASHBOARD.read_text())
+    shipped = json.loads(cm["data"][name])
+    # The file, but for the release's own uid and title.
+    assert {k: v for k, v in shipped.items() if k not in ("uid", "title")} == {
+        k: v for k, v in json.loads(DASHBOARD.read_text()).items() if k not in ("uid", "title")
+    }
+    assert shipped["title"] == "Election election/election"
+
+
+def dashboard_uid(helm: str, release: str, namespace: str) -> str:
+    out = subprocess.run(
+        [find_helms()[helm], "template", release, str(CHART), "--namespace", namespace]
+        + ["--set", "grafanaDashboard.enabled=true", "--show-only", "templates/grafana-dashboard.yaml"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    (cm,) = [d for d in yaml.safe_load_all(out.stdout) if d]
+    return json.loads(cm["data"]["election.json"])["uid"]
+
+
+def test_each_release_gets_its_own_dashboard_uid(helm):
+    # Grafana keys dashboards by uid: one fixed uid would let the second
+    # release's ConfigMap overwrite the first one's dashboard.
+    uids = {
+        (release, namespace): dashboard_uid(helm, release, namespace)
+        for release, namespace in [
+            ("election", "election"),
+            ("election", "payments"),
+            ("orders", "election"),
+            ("a-b", "c"),
+            ("b", "c-a"),
+            ("r" * 30, "n" * 60),
+        ]
+    }
+    assert len(set(uids.values())) == len(uids), uids
+    for key, uid in uids.items():
+        assert re.fullmatch(r"[a-z0-9-]{1,40}", uid), (key, uid)
+    assert dashboard_uid(helm, "election", "election") == uids[("election", "election")]
 
 
 def test_dashboard_labels_and_annotations_follow_the_values(helm, manifests):

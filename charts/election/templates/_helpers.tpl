@@ -52,6 +52,19 @@ app.kubernetes.io/component: election
 {{- end }}
 
 {{/*
+Labels of the election pods: the selector labels and what the user sets
+(commonLabels; podLabels are added by the template). Nothing derived from
+the chart's version: a chart bump that changes nothing in the pods must not
+restart them.
+*/}}
+{{- define "election.podLabels" -}}
+{{ include "election.selectorLabels" . }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
 Labels of the election resources.
 */}}
 {{- define "election.labels" -}}
@@ -81,6 +94,17 @@ Selector labels of the ZooKeeper pods.
 app.kubernetes.io/name: {{ include "election.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: zookeeper
+{{- end }}
+
+{{/*
+Labels of the ZooKeeper pods: the selector labels and commonLabels, as
+election.podLabels.
+*/}}
+{{- define "election.zookeeper.podLabels" -}}
+{{ include "election.zookeeper.selectorLabels" . }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -131,6 +155,16 @@ The port the election pods connect to on the bundled servers: 2281 (TLS,
 */}}
 {{- define "election.zookeeper.clientPort" -}}
 {{- ternary 2281 2181 .Values.zookeeper.tls.enabled }}
+{{- end }}
+
+{{/*
+Whether the bundled servers serve their own metrics (ZooKeeper's Prometheus
+metrics provider on port 7000) for a ServiceMonitor: "true" or nothing.
+*/}}
+{{- define "election.zookeeper.metrics" -}}
+{{- if and .Values.zookeeper.enabled .Values.serviceMonitor.enabled (dig "metrics" "enabled" true .Values.zookeeper) -}}
+true
+{{- end -}}
 {{- end }}
 
 {{/*
@@ -238,6 +272,21 @@ PromQL label matchers of this release's election series (without braces).
 {{- end }}
 
 {{/*
+A Kubernetes memory quantity ("512Mi", "1Gi", "1G", "536870912") in whole
+MiB, rounded down. Fails on a form it cannot read.
+*/}}
+{{- define "election.quantityMi" -}}
+{{- $q := toString . }}
+{{- $factor := dict "" 1.0 "Ki" 1024.0 "Mi" 1048576.0 "Gi" 1073741824.0 "Ti" 1099511627776.0 "k" 1000.0 "M" 1000000.0 "G" 1000000000.0 "T" 1000000000000.0 }}
+{{- if not (regexMatch `^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$` $q) }}
+{{- fail (printf "cannot read the memory quantity %q: use a number with an optional Ki, Mi, Gi, Ti, k, M, G or T suffix" $q) }}
+{{- end }}
+{{- $number := regexFind `^[0-9]+(\.[0-9]+)?` $q }}
+{{- $unit := trimPrefix $number $q }}
+{{- divf (mulf (float64 $number) (get $factor $unit)) 1048576.0 | floor | int }}
+{{- end }}
+
+{{/*
 storageClassName value of a claim: "" for "-" (no dynamic provisioning), the
 quoted class otherwise, nothing when empty (the cluster's default class).
 */}}
@@ -275,15 +324,45 @@ clamped to [2, 20] x tickTime. */}}
 {{- $tick := int .Values.zookeeper.tickTime }}
 {{- $syncMs := mul (int .Values.zookeeper.syncLimit) $tick }}
 {{- $sessionMs := include "election.durationMs" .Values.election.zkSessionTimeout | int }}
-{{- $grantedMs := min (max $sessionMs (mul 2 $tick)) (mul 20 $tick) }}
+{{- /* The servers clamp a requested timeout to [minSessionTimeout,
+maxSessionTimeout], by default [2, 20] x tickTime; extraConfig may set either. */}}
+{{- $minMs := mul 2 $tick }}
+{{- $maxMs := mul 20 $tick }}
+{{- range .Values.zookeeper.extraConfig }}
+{{- if regexMatch "^minSessionTimeout=" . }}
+{{- $minMs = regexReplaceAll "^minSessionTimeout=" . "" | int }}
+{{- else if regexMatch "^maxSessionTimeout=" . }}
+{{- $maxMs = regexReplaceAll "^maxSessionTimeout=" . "" | int }}
+{{- end }}
+{{- end }}
+{{- $grantedMs := min (max $sessionMs $minMs) $maxMs }}
 {{- if ge $syncMs $grantedMs }}
-{{- fail (printf "zookeeper.syncLimit x zookeeper.tickTime (%d x %dms = %dms) must be shorter than the ZooKeeper session timeout (election.zkSessionTimeout %s, granted as %dms after clamping to [2, 20] x tickTime): a follower cut off from the ZooKeeper leader could vouch for an expired session. Lower zookeeper.syncLimit or zookeeper.tickTime, or raise election.zkSessionTimeout" (int .Values.zookeeper.syncLimit) $tick $syncMs .Values.election.zkSessionTimeout $grantedMs) }}
+{{- fail (printf "zookeeper.syncLimit x zookeeper.tickTime (%d x %dms = %dms) must be shorter than the ZooKeeper session timeout (election.zkSessionTimeout %s, granted as %dms after clamping to [minSessionTimeout %dms, maxSessionTimeout %dms]): a follower cut off from the ZooKeeper leader could vouch for an expired session. Lower zookeeper.syncLimit or zookeeper.tickTime, or raise election.zkSessionTimeout (and maxSessionTimeout in zookeeper.extraConfig, if set)" (int .Values.zookeeper.syncLimit) $tick $syncMs .Values.election.zkSessionTimeout $grantedMs $minMs $maxMs) }}
+{{- end }}
+{{- /* An even ensemble needs a larger quorum and tolerates no more failed
+servers than the odd one below it (4 servers: quorum 3, one failure). */}}
+{{- $servers := int .Values.zookeeper.replicas }}
+{{- if eq (mod $servers 2) 0 }}
+{{- fail (printf "zookeeper.replicas is %d: an even ensemble tolerates no more failed servers than %d servers do, and needs a larger quorum (%d); use an odd number (1, 3, 5, 7)" $servers (sub $servers 1) (add (div $servers 2) 1)) }}
+{{- end }}
+{{- /* The JVM needs memory beyond its heap: GC structures grow with the heap
+(G1: 18% of a 256 MiB heap, measured), thread stacks, metaspace, code cache
+and Netty's direct buffers do not (33 MiB idle, measured; more under load).
+Below the limit the kernel kills the server (OOMKilled), not the JVM. */}}
+{{- with (.Values.zookeeper.resources.limits | default dict).memory }}
+{{- $limitMi := include "election.quantityMi" . | int }}
+{{- $heapMi := int $.Values.zookeeper.heapMb }}
+{{- $needMi := add $heapMi (div $heapMi 4) 96 }}
+{{- if gt $needMi $limitMi }}
+{{- fail (printf "zookeeper.heapMb (%d MiB) does not fit zookeeper.resources.limits.memory (%s = %d MiB): the JVM needs the heap plus a quarter of it (GC structures) plus 96 MiB (threads, metaspace, code cache, direct buffers) = %d MiB. Lower zookeeper.heapMb to at most %d or raise the limit to at least %dMi" $heapMi (toString .) $limitMi $needMi (div (mul (sub $limitMi 96) 4) 5) $needMi) }}
+{{- end }}
 {{- end }}
 {{- end }}
 {{- $releaseMs := include "election.durationMs" .Values.election.releaseTimeout | int }}
 {{- if lt (mul (int .Values.terminationGracePeriodSeconds) 1000) (add $releaseMs 5000) }}
 {{- fail (printf "terminationGracePeriodSeconds (%d) must exceed election.releaseTimeout (%s) by at least 5 seconds, or the kubelet kills the daemon during its release" (int .Values.terminationGracePeriodSeconds) .Values.election.releaseTimeout) }}
 {{- end }}
+{{- include "election.liveChecks" . }}
 {{- end }}
 
 {{/*
