@@ -46,6 +46,11 @@
 #      election-3 labels itself, one leader, the Lease's spec kept; back to
 #      3: election-3 stopped through its preStop path. 6b: the same with the
 #      admission policy off: the Role names election-3 only while it exists
+#   6c. rollouts that change the pod template (scripts/e2e-rollout.sh),
+#      3 and 5 replicas, twice each: with the chart's leaderLast (its hook
+#      pod's `election rollout` run for real) exactly one leader change
+#      (BecameLeader Events, leaseTransitions), every pod on the update
+#      revision, one leader; then RollingUpdate's count for comparison
 #   7. helm uninstall: no Lease, RBAC, admission policy nor object left
 #      (except the ZooKeeper volumes that StatefulSets keep by design). 7b:
 #      helm install with zookeeper.auth.enabled=true and a super digest:
@@ -66,6 +71,8 @@ cd "$(dirname "$0")/.."
 source scripts/lib-chart.sh
 # shellcheck source=scripts/lib-zk.sh
 source scripts/lib-zk.sh
+# shellcheck source=scripts/e2e-rollout.sh
+source scripts/e2e-rollout.sh
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/election-e2e-k8s.XXXXXX")
 export ELECTION_K8S_DIR=$WORK/cluster
@@ -852,8 +859,8 @@ expect_can no patch statefulsets/election
 helm_upgrade() {
   local t0
   t0=$(now_ms)
-  "$HELM" upgrade "$RELEASE" "$CHART" --kubeconfig "$KCFG" --namespace "$NS" --reuse-values "$@" --wait --timeout 3m \
-    >"$WORK/helm-upgrade.out" 2>&1 || die "helm upgrade --reuse-values $* failed: $(cat "$WORK/helm-upgrade.out")"
+  helm_hooked "$WORK/helm-upgrade.out" upgrade "$RELEASE" "$CHART" --kubeconfig "$KCFG" --namespace "$NS" --reuse-values "$@" --wait --timeout 3m \
+    || die "helm upgrade --reuse-values $* failed: $(cat "$WORK/helm-upgrade.out")"
   echo $(($(now_ms) - t0))
 }
 # The kubelet's part when a pod is deleted (here by the StatefulSet
@@ -882,8 +889,8 @@ stop_like_kubelet() { # pod
 helm_downscale() {
   local up rc=0 t0
   t0=$(now_ms)
-  "$HELM" upgrade "$RELEASE" "$CHART" --kubeconfig "$KCFG" --namespace "$NS" --reuse-values --set replicaCount=3 \
-    --wait --timeout 3m >"$WORK/helm-upgrade.out" 2>&1 &
+  helm_hooked "$WORK/helm-upgrade.out" upgrade "$RELEASE" "$CHART" --kubeconfig "$KCFG" --namespace "$NS" --reuse-values --set replicaCount=3 \
+    --wait --timeout 3m &
   up=$!
   stop_like_kubelet election-3
   wait "$up" || rc=$?
@@ -951,6 +958,9 @@ ms=$(helm_upgrade --set kubernetes.admissionPolicy.enabled=true)
   || die "the admission policy did not come back"
 leader=$(wait_one_leader 3 30)
 log "helm upgrade --set kubernetes.admissionPolicy.enabled=true: $ms ms; policy back, one leader ($leader)"
+
+step "6c. rollouts changing the pod template: leader changes with the chart's leaderLast, and with RollingUpdate"
+rollout_step
 
 step "7. helm uninstall"
 "$HELM" uninstall "$RELEASE" --kubeconfig "$KCFG" --namespace "$NS" --wait --timeout 2m || die "helm uninstall failed"

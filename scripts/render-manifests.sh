@@ -22,7 +22,10 @@ mkdir -p "$out"
   echo "# Apply with: kubectl apply -k manifests/"
   # Rendered for Kubernetes >= 1.30: the ValidatingAdmissionPolicy is in (helm
   # template cannot ask an API server whether it serves them).
-  render_chart "$helm" --skip-tests --api-versions admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy
+  # RollingUpdate: `kubectl apply` runs no Helm hook, so the leader-last
+  # rollout hook (rollout.strategy=leaderLast) would never restart a pod.
+  render_chart "$helm" --skip-tests --api-versions admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy \
+    --set rollout.strategy=RollingUpdate
 } >"$out/election.yaml"
 
 cat >"$out/namespace.yaml" <<'YAML'
