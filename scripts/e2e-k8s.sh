@@ -71,8 +71,6 @@ cd "$(dirname "$0")/.."
 source scripts/lib-chart.sh
 # shellcheck source=scripts/lib-zk.sh
 source scripts/lib-zk.sh
-# shellcheck source=scripts/e2e-rollout.sh
-source scripts/e2e-rollout.sh
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/election-e2e-k8s.XXXXXX")
 export ELECTION_K8S_DIR=$WORK/cluster
@@ -90,6 +88,9 @@ PIDS=$WORK/pids
 mkdir -p "$PIDS" "$WORK/logs" "$WORK/pv"
 START_ALL=$(now_ms)
 NUMBERS=()
+# The rollout hook's player and step 6c (uses the settings above).
+# shellcheck source=scripts/e2e-rollout.sh
+source scripts/e2e-rollout.sh
 
 skip() {
   echo

@@ -148,10 +148,11 @@ lease_transitions() { k get lease "$RELEASE" -o jsonpath='{.spec.leaseTransition
 
 # Every election pod carries the StatefulSet's update revision.
 all_on_update_revision() {
-  local update
+  local update revisions
   update=$(k get statefulset "$RELEASE" -o jsonpath='{.status.updateRevision}')
   [[ -n "$update" ]] || return 1
-  [[ -z "$(k get pods -l "$SEL" -o jsonpath='{range .items[*]}{.metadata.labels.controller-revision-hash}{"\n"}{end}' | grep -vx "$update")" ]]
+  revisions=$(k get pods -l "$SEL" -o jsonpath='{range .items[*]}{.metadata.labels.controller-revision-hash}{"\n"}{end}')
+  ! grep -qvx "$update" <<<"$revisions"
 }
 
 # Each election pod has a live process started for its current uid.
@@ -163,25 +164,25 @@ processes_current() {
   done < <(election_pods)
 }
 
-ROLLOUT_SERIAL=0
 # One helm upgrade that changes the pod template; prints
 # "<leader changes> <leaseTransitions delta> <ms> <leader before> <leader after>".
 rollout_once() { # replicas helm-set-args...
-  local n=$1 t0 ev0 lt0 l0 l1 deadline ms
+  local n=$1 t0 ev0 lt0 l0 l1 deadline ms serial
   shift
-  ROLLOUT_SERIAL=$((ROLLOUT_SERIAL + 1))
+  # (run in $(...): a counter would not survive the call; the clock does)
+  serial=$(now_ms)
   l0=$(wait_one_leader "$n" 60)
   ev0=$(became_leader_total)
   lt0=$(lease_transitions)
   t0=$(now_ms)
   helm_hooked "$WORK/helm-rollout.out" upgrade "$RELEASE" "$CHART" --kubeconfig "$KCFG" --namespace "$NS" --reuse-values \
-    --set-string "podAnnotations.e2e-rollout=$ROLLOUT_SERIAL" "$@" --wait --timeout 5m \
-    || die "helm upgrade (rollout $ROLLOUT_SERIAL, $*) failed: $(cat "$WORK/helm-rollout.out")"
+    --set-string "podAnnotations.e2e-rollout=$serial" "$@" --wait --timeout 5m \
+    || die "helm upgrade (rollout $serial, $*) failed: $(cat "$WORK/helm-rollout.out")"
   # RollingUpdate returns as soon as kwok says the pods are Ready: wait for
   # the processes too.
   deadline=$((SECONDS + 120))
   until all_on_update_revision && [[ $(k get pods -l "$SEL" -o name | wc -l) -eq $n ]] && processes_current; do
-    ((SECONDS < deadline)) || die "rollout $ROLLOUT_SERIAL: pods not all on the update revision after 120 s"
+    ((SECONDS < deadline)) || die "rollout $serial: pods not all on the update revision after 120 s"
     sleep 0.3
   done
   l1=$(wait_one_leader "$n" 90)
@@ -189,12 +190,12 @@ rollout_once() { # replicas helm-set-args...
   # The new leader writes the Lease at once; its Event goes out alongside.
   deadline=$((SECONDS + 15))
   until [[ "$(k get lease "$RELEASE" -o jsonpath='{.spec.holderIdentity}')" == "$l1" ]]; do
-    ((SECONDS < deadline)) || die "rollout $ROLLOUT_SERIAL: the Lease does not name $l1"
+    ((SECONDS < deadline)) || die "rollout $serial: the Lease does not name $l1"
     sleep 0.2
   done
   sleep 3
-  all_on_update_revision || die "rollout $ROLLOUT_SERIAL: a pod left the update revision"
-  [[ "$(leaders)" == "$l1" ]] || die "rollout $ROLLOUT_SERIAL: leaders now '$(leaders)', not $l1 alone"
+  all_on_update_revision || die "rollout $serial: a pod left the update revision"
+  [[ "$(leaders)" == "$l1" ]] || die "rollout $serial: leaders now '$(leaders)', not $l1 alone"
   echo "$(($(became_leader_total) - ev0)) $(($(lease_transitions) - lt0)) $ms $l0 $l1"
 }
 
@@ -235,6 +236,8 @@ rollout_step() {
   done
   helm_hooked "$WORK/helm-rollout.out" upgrade "$RELEASE" "$CHART" --kubeconfig "$KCFG" --namespace "$NS" --reuse-values \
     --set replicaCount=3 --wait --timeout 3m || die "helm upgrade --set replicaCount=3 failed: $(cat "$WORK/helm-rollout.out")"
+  # (the harness's current leader, for the steps that follow)
+  # shellcheck disable=SC2034
   leader=$(wait_one_leader 3 60)
   kubelet_loop_stop
   k get pods -L election-state
