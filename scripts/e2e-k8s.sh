@@ -45,14 +45,19 @@
 #   6. helm upgrade --reuse-values --set replicaCount=4: the Role unchanged,
 #      election-3 labels itself, one leader, the Lease's spec kept; back to
 #      3: election-3 stopped through its preStop path. 6b: the same with the
-#      admission policy off: the Role names election-3 only while it exists.
-#      6c: upgrades refused at render time (lookup) with the chart's message,
+#      admission policy off: the Role names election-3 only while it exists
+#   6c. rollouts that change the pod template (scripts/e2e-rollout.sh),
+#      3 and 5 replicas, twice each: with the chart's leaderLast (its hook
+#      pod's `election rollout` run for real) exactly one leader change
+#      (BecameLeader Events, leaseTransitions), every pod on the update
+#      revision, one leader; then RollingUpdate's count for comparison
+#      6d: upgrades refused at render time (lookup) with the chart's message,
 #      revision and StatefulSets unchanged: zookeeper.replicas 3 -> 5 on the
 #      running ensemble, persistence.mode shared -> perReplica, ZooKeeper
-#      volumes 1Gi -> 2Gi. 6d: the documented resize, a planned stop
+#      volumes 1Gi -> 2Gi. 6e: the documented resize, a planned stop
 #      (election and ZooKeeper scaled to 0, helm upgrade to 5 servers): one
 #      leader again, ZooKeeper's data (last zxid) and the fencing token kept.
-#      6e: persistence.mode shared -> perReplica by the documented procedure
+#      6f (not run yet): persistence.mode shared -> perReplica by the documented procedure
 #      (kubectl delete statefulset --cascade=orphan, helm upgrade): the pods
 #      replaced one by one, each mounts its own claim, one leader; the shared
 #      claim deleted, its Retain volume Released with the files
@@ -102,6 +107,9 @@ PIDS=$WORK/pids
 mkdir -p "$PIDS" "$WORK/logs" "$WORK/pv"
 START_ALL=$(now_ms)
 NUMBERS=()
+# The rollout hook's player and step 6c (uses the settings above).
+# shellcheck source=scripts/e2e-rollout.sh
+source scripts/e2e-rollout.sh
 
 skip() {
   echo
@@ -871,8 +879,8 @@ expect_can no patch statefulsets/election
 helm_upgrade() {
   local t0
   t0=$(now_ms)
-  "$HELM" upgrade "$RELEASE" "$CHART" --kubeconfig "$KCFG" --namespace "$NS" --reuse-values "$@" --wait --timeout 3m \
-    >"$WORK/helm-upgrade.out" 2>&1 || die "helm upgrade --reuse-values $* failed: $(cat "$WORK/helm-upgrade.out")"
+  helm_hooked "$WORK/helm-upgrade.out" upgrade "$RELEASE" "$CHART" --kubeconfig "$KCFG" --namespace "$NS" --reuse-values "$@" --wait --timeout 3m \
+    || die "helm upgrade --reuse-values $* failed: $(cat "$WORK/helm-upgrade.out")"
   echo $(($(now_ms) - t0))
 }
 # The kubelet's part when a pod is deleted (here by the StatefulSet
@@ -901,8 +909,8 @@ stop_like_kubelet() { # pod
 helm_downscale() {
   local up rc=0 t0
   t0=$(now_ms)
-  "$HELM" upgrade "$RELEASE" "$CHART" --kubeconfig "$KCFG" --namespace "$NS" --reuse-values --set replicaCount=3 \
-    --wait --timeout 3m >"$WORK/helm-upgrade.out" 2>&1 &
+  helm_hooked "$WORK/helm-upgrade.out" upgrade "$RELEASE" "$CHART" --kubeconfig "$KCFG" --namespace "$NS" --reuse-values --set replicaCount=3 \
+    --wait --timeout 3m &
   up=$!
   stop_like_kubelet election-3
   wait "$up" || rc=$?
@@ -971,8 +979,11 @@ ms=$(helm_upgrade --set kubernetes.admissionPolicy.enabled=true)
 leader=$(wait_one_leader 3 30)
 log "helm upgrade --set kubernetes.admissionPolicy.enabled=true: $ms ms; policy back, one leader ($leader)"
 
+step "6c. rollouts changing the pod template: leader changes with the chart's leaderLast, and with RollingUpdate"
+rollout_step
+
 # ======================================================================
-# 6c. Day 2 (issue 17, items 4 and 9): upgrades the chart refuses on a live
+# 6d-6f. Day 2 (issue 17, items 4 and 9): upgrades the chart refuses on a live
 # release, at render time (lookup), and the documented resize of ZooKeeper.
 helm_revision() { "$HELM" list --kubeconfig "$KCFG" --namespace "$NS" --filter "^$RELEASE\$" -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["revision"])'; }
 # generation (bumped by every spec change) and replicas of both StatefulSets
@@ -998,7 +1009,7 @@ expect_refused_upgrade() {
 }
 
 day2_refused_upgrades() {
-  step "6c. upgrades refused on the live release: resizing the running ensemble, changing claim templates"
+  step "6d. upgrades refused on the live release: resizing the running ensemble, changing claim templates"
   expect_refused_upgrade "3 running ZooKeeper servers -> 5" \
     "zookeeper.replicas: the running ensemble $RELEASE-zookeeper has 3 servers and this upgrade asks for 5" \
     --set zookeeper.replicas=5
@@ -1027,7 +1038,7 @@ max_zxid() {
 # their data, so the election path and the fencing floor survive.
 day2_resize_with_a_planned_stop() {
   local token0 token1 t0 t_stop p zxid0 zxid1 pods=()
-  step "6d. ZooKeeper 3 -> 5 servers by the documented planned stop"
+  step "6e. ZooKeeper 3 -> 5 servers by the documented planned stop"
   token0=$(k get pod "$leader" -o jsonpath='{.metadata.annotations.election/fencing-token}')
   [[ "$token0" =~ ^[0-9]+$ ]] || die "$leader has no fencing token: '$token0'"
   # The ensemble's last transaction id (epoch << 32 | counter): a new, empty
@@ -1076,7 +1087,7 @@ day2_resize_with_a_planned_stop() {
 # them one at a time. Here persistence.mode shared -> perReplica.
 day2_switch_persistence_mode() {
   local t0 ms p uid deadline lease0 lease1 pv shared_dir files prestop=()
-  step "6e. persistence.mode shared -> perReplica by the documented procedure (--cascade=orphan, helm upgrade)"
+  step "6f. persistence.mode shared -> perReplica by the documented procedure (--cascade=orphan, helm upgrade)"
   pv=$(k get pvc "$RELEASE-files" -o jsonpath='{.spec.volumeName}')
   shared_dir=$(kc get pv "$pv" -o jsonpath='{.spec.hostPath.path}')
   [[ -n "$(find "$shared_dir" -type f)" ]] || die "the shared claim $RELEASE-files holds no files"

@@ -16,13 +16,14 @@ out=${1:-manifests}
 helm=$(any_helm)
 mkdir -p "$out"
 
-# The two chart values a rendered bundle needs (docs/kubernetes.md,
+# The chart values a rendered bundle needs (docs/kubernetes.md,
 # "Upgrading and operating"):
 #   - kubernetes.admissionPolicy.anyNamespace: the policy and binding name no
 #     namespace, so a kustomize `namespace:` overlay moves the policy's
 #     subject with the pods, and two overlays apply the same two objects;
 #   - kubernetes.admissionPolicy.podNamesInRole: the Role names the pods, the
-#     safe fallback where the policy's kinds are refused (Kubernetes < 1.30).
+#     safe fallback where the policy's kinds are refused (Kubernetes < 1.30);
+#   - rollout.strategy=RollingUpdate: no Helm hook runs under kubectl apply.
 # Helm does not manage these files: the `app.kubernetes.io/managed-by: Helm`
 # label every chart object carries is dropped.
 {
@@ -45,8 +46,11 @@ metadata:
 YAML
   # Rendered for Kubernetes >= 1.30: the ValidatingAdmissionPolicy is in (helm
   # template cannot ask an API server whether it serves them).
+  # RollingUpdate: `kubectl apply` runs no Helm hook, so the leader-last
+  # rollout hook (rollout.strategy=leaderLast) would never restart a pod.
   render_chart "$helm" --skip-tests --api-versions admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy \
     --set kubernetes.admissionPolicy.anyNamespace=true --set kubernetes.admissionPolicy.podNamesInRole=true \
+    --set rollout.strategy=RollingUpdate \
     | sed '/^ *app\.kubernetes\.io\/managed-by: Helm$/d'
 } >"$out/election.yaml"
 rm -f "$out/namespace.yaml"

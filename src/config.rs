@@ -1,6 +1,6 @@
 //! Command line and environment configuration.
 //!
-//! One clap derive tree: `election run|release|status|verify`. Every flag of
+//! One clap derive tree: `election run|release|status|verify|rollout`. Every flag of
 //! `run` can also come from `ELECTION_<FLAG_IN_UPPER_SNAKE>`; a flag given on
 //! the command line wins over the environment. Values are checked while they
 //! are parsed, so bad input ends with clap's exit code 2 and a one-line
@@ -38,6 +38,11 @@ pub enum Command {
     /// Check the leader files of a file-dir: partial or unreadable files,
     /// fencing tokens going backwards, overlapping leaderships, long gaps.
     Verify(crate::cmd::verify::VerifyArgs),
+    /// Restart the Pods of an `OnDelete` election StatefulSet onto its new
+    /// revision with one leader change: followers first, one at a time,
+    /// each waited for until Ready and back in the election, the leader
+    /// last (the chart's post-upgrade hook).
+    Rollout(crate::cmd::rollout::RolloutArgs),
 }
 
 /// Log output format.

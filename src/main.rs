@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use election::cmd::{release, run, status, verify};
+use election::cmd::{release, rollout, run, status, verify};
 use election::config::{Cli, Command, LogFormat};
 use election::telemetry;
 
@@ -12,11 +12,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let format = match &cli.command {
         Command::Run(args) => args.log_format,
+        Command::Rollout(args) => args.log_format,
         _ => LogFormat::Text,
     };
     // The client library logs every connection at info; keep it for warnings.
     let default_filter = match &cli.command {
         Command::Run(_) => "info,zookeeper_client=warn",
+        // Each step of a rollout is a line of its hook's log.
+        Command::Rollout(_) => "info",
         _ => "warn",
     };
     telemetry::init(format, default_filter);
@@ -39,6 +42,7 @@ fn main() -> ExitCode {
             Command::Release(args) => release::run(args).await,
             Command::Status(args) => status::run(args).await,
             Command::Verify(args) => verify_cmd(args),
+            Command::Rollout(args) => rollout::run(args).await,
         }
     });
     // A blocking thread stuck in a hung file system call (a leader's

@@ -1,9 +1,11 @@
 //! Kubernetes: the Pod labeller (the `election-state` label and status
 //! annotations on our own Pod) and the operational helpers (Events,
-//! stale-label correction, the Lease mirror).
+//! stale-label correction, the Lease mirror), and the decision of
+//! `election rollout`.
 
 pub mod labeller;
 pub mod ops;
+pub mod rollout;
 
 use std::time::Duration;
 

@@ -116,7 +116,7 @@ def api(tmp_path_factory):
 def leader_check_command() -> list[str]:
     """The command and args of the test pod's checking container, as rendered."""
     docs = render(sorted(find_helms())[0])
-    (test_pod,) = [d for d in docs if d["kind"] == "Pod"]
+    (test_pod,) = [d for d in docs if d["kind"] == "Pod" and d["metadata"]["annotations"]["helm.sh/hook"] == "test"]
     (check,) = test_pod["spec"]["containers"]
     assert check["name"] == "exactly-one-leader"
     return check["command"] + check["args"]

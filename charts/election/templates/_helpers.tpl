@@ -428,3 +428,14 @@ The election pods' selector as a label-selector string (k=v,k=v).
 {{- end }}
 {{- join "," $sel }}
 {{- end }}
+
+{{/*
+Whether rollouts go leader last (rollout.strategy=leaderLast: an OnDelete
+StatefulSet and the rollout hook). Needs the pod labels, which tell the hook
+who leads. Prints "true" or nothing.
+*/}}
+{{- define "election.leaderLast" -}}
+{{- if and (eq .Values.rollout.strategy "leaderLast") .Values.kubernetes.labelPod -}}
+true
+{{- end }}
+{{- end }}
