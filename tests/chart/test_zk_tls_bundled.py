@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import socket
 import ssl
 import subprocess
@@ -27,11 +26,9 @@ from pathlib import Path
 import pytest
 
 from conftest import Manifests, find_helms, render
+from zk_local import classpath, four_letters, free_port, keystore_lines, make_certs, map_paths, missing
 
-ZK_JAR = Path("/usr/share/java/zookeeper.jar")
-# Debian's zookeeper.jar names netty-handler and -transport in its manifest
-# but not what the Netty server also needs.
-EXTRA_JARS = ("slf4j-simple", "netty-codec", "netty-resolver", "netty-transport-native-unix-common")
+pytestmark = pytest.mark.skipif(missing() is not None, reason=missing() or "")
 
 TLS_SETS = (
     "zookeeper.tls.enabled=true",
@@ -41,24 +38,6 @@ TLS_SETS = (
 )
 
 
-def _missing() -> str | None:
-    if not ZK_JAR.is_file():
-        return "Debian's zookeeper package is not installed (cargo xtask tools installs it)"
-    for tool in ("java", "openssl"):
-        if shutil.which(tool) is None:
-            return f"{tool} not found"
-    return None
-
-
-pytestmark = pytest.mark.skipif(_missing() is not None, reason=_missing() or "")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def zk_env(helm: str) -> tuple[dict[str, str], str]:
     """The ZooKeeper container's plain env values and its command script."""
     m = Manifests(render(helm, sets=TLS_SETS))
@@ -66,47 +45,6 @@ def zk_env(helm: str) -> tuple[dict[str, str], str]:
     c = next(c for c in sts["spec"]["template"]["spec"]["containers"] if c["name"] == "zookeeper")
     env = {e["name"]: e["value"] for e in c["env"] if "value" in e}
     return env, c["command"][-1]
-
-
-def make_certs(d: Path) -> None:
-    """A CA and one certificate for 127.0.0.1 with server and client usages,
-    written as the Secret's keys (ca.crt, tls.crt, tls.key; PKCS#8 key)."""
-    d.mkdir(parents=True)
-
-    def run(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
-
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=zk-test-ca",
-        "-keyout", "ca.key", "-out", "ca.crt")
-    run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=election-zookeeper", "-keyout", "tls.key",
-        "-out", "tls.csr")
-    (d / "ext.cnf").write_text(
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n"
-    )
-    run("x509", "-req", "-in", "tls.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
-        "-extfile", "ext.cnf", "-out", "tls.crt")
-
-
-def map_paths(text: str, certs: Path, keystore: Path) -> str:
-    """The Secret's and the key store's mount paths mapped to local dirs."""
-    return re.sub(r"/zk-tls(-keystore)?/", lambda m: f"{keystore if m.group(1) else certs}/", text)
-
-
-def keystore_lines(command: str, certs: Path, keystore: Path) -> str:
-    """The command's key store lines (key check, assembly), paths mapped."""
-    lines = [l.strip() for l in command.splitlines() if "/zk-tls/tls.key" in l]
-    assert len(lines) == 2, f"expected the key check and the key store assembly in the command: {lines}"
-    return map_paths("\n".join(lines), certs, keystore)
-
-
-def four_letters(port: int, word: bytes, context: ssl.SSLContext | None = None) -> str:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
-        sock = context.wrap_socket(raw, server_hostname="127.0.0.1") if context else raw
-        sock.sendall(word)
-        out = b""
-        while chunk := sock.recv(4096):
-            out += chunk
-        return out.decode(errors="replace")
 
 
 class Ensemble:
@@ -129,9 +67,6 @@ class Ensemble:
             assert m.group(3) == "127.0.0.1", f"with TLS the plain port must listen on loopback only: {line!r}"
             assert int(m.group(1)) == i + 1
             lines.append(f"server.{i + 1}=127.0.0.1:{peer[i][0]}:{peer[i][1]};127.0.0.1:{{plain{i}}}")
-        classpath = ":".join(
-            [str(ZK_JAR)] + [p for j in EXTRA_JARS if (p := f"/usr/share/java/{j}.jar") and Path(p).is_file()]
-        )
         for i in range(n):
             d = tmp / f"zk{i}"
             (d / "data").mkdir(parents=True)
@@ -160,7 +95,7 @@ class Ensemble:
             log = open(d / "zookeeper.log", "wb")
             self.procs.append(
                 subprocess.Popen(
-                    ["java", "-Xmx128m", "-cp", classpath, "org.apache.zookeeper.server.quorum.QuorumPeerMain",
+                    ["java", "-Xmx128m", "-cp", classpath(), "org.apache.zookeeper.server.quorum.QuorumPeerMain",
                      str(d / "zoo.cfg")],
                     stdout=log, stderr=subprocess.STDOUT, cwd=d,
                 )

@@ -151,10 +151,31 @@ Pod names of the election StatefulSet, one per line: what the Role may touch.
 
 {{/*
 The port the election pods connect to on the bundled servers: 2281 (TLS,
-`secureClientPort`) with zookeeper.tls.enabled, else 2181.
+`secureClientPort`) when they use TLS, else 2181.
 */}}
 {{- define "election.zookeeper.clientPort" -}}
-{{- ternary 2281 2181 .Values.zookeeper.tls.enabled }}
+{{- ternary 2281 2181 (eq (include "election.zookeeper.clientsUseTls" .) "true") }}
+{{- end }}
+
+{{/*
+"true" when the replicas reach ZooKeeper over TLS: with zookeeper.tls.enabled,
+except at step 1 of zookeeper.tls.migration (the bundled servers open their
+TLS port first; the replicas move at step 2). Else "".
+*/}}
+{{- define "election.zookeeper.clientsUseTls" -}}
+{{- $t := .Values.zookeeper.tls }}
+{{- if and $t.enabled (not (and .Values.zookeeper.enabled (eq (int $t.migration) 1))) }}true{{ end }}
+{{- end }}
+
+{{/*
+"true" when the bundled servers' plain client port 2181 is open to the
+replicas (all addresses, Services, NetworkPolicy): without TLS, and at steps
+1 and 2 of zookeeper.tls.migration, while replicas may still dial it. Else ""
+(2181 listens on loopback only, for the probes).
+*/}}
+{{- define "election.zookeeper.plainOpen" -}}
+{{- $t := .Values.zookeeper.tls }}
+{{- if or (not $t.enabled) (has (int $t.migration) (list 1 2)) }}true{{ end }}
 {{- end }}
 
 {{/*
@@ -195,8 +216,16 @@ what authenticates is the certificate chain to the release's CA.
   (printf "ssl.clientAuth=%s" (ternary "need" "none" $t.clientCertificate))
   "ssl.clientHostnameVerification=false" }}
 {{- if $t.quorum }}
+{{- /* A migration from plain text (see zookeeper.tls.migration): at step 1
+the servers still dial their peers in plain text but accept TLS too
+(portUnification), at step 2 they dial TLS and still accept plain text, from
+step 3 on TLS only. Each step's servers understand the previous step's. */}}
+{{- $step := int $t.migration }}
+{{- $lines = append $lines (printf "sslQuorum=%t" (ne $step 1)) }}
+{{- if has $step (list 1 2) }}
+{{- $lines = append $lines "portUnification=true" }}
+{{- end }}
 {{- $lines = concat $lines (list
-  "sslQuorum=true"
   "ssl.quorum.keyStore.location=/zk-tls-keystore/keystore.pem"
   "ssl.quorum.keyStore.type=PEM"
   "ssl.quorum.trustStore.location=/zk-tls/ca.crt"
@@ -230,14 +259,14 @@ search path), so rendered manifests can be moved to another namespace.
 Server list of the bundled ensemble in the official image's ZOO_SERVERS form:
 "server.<myid>=<host>:2888:3888;2181 ...", myid = pod ordinal + 1. With TLS
 the plain client port listens on loopback only (for the probes' `ruok` and
-`srvr`); clients use the TLS port.
+`srvr`; during a migration on all addresses); clients use the TLS port.
 */}}
 {{- define "election.zookeeper.zooServers" -}}
 {{- $zk := include "election.zookeeper.fullname" . }}
 {{- $headless := include "election.zookeeper.headless" . }}
 {{- $servers := list }}
 {{- range $i := until (int .Values.zookeeper.replicas) }}
-{{- $servers = append $servers (printf "server.%d=%s-%d.%s:2888:3888;%s2181" (add $i 1) $zk $i $headless (ternary "127.0.0.1:" "" $.Values.zookeeper.tls.enabled)) }}
+{{- $servers = append $servers (printf "server.%d=%s-%d.%s:2888:3888;%s2181" (add $i 1) $zk $i $headless (ternary "" "127.0.0.1:" (eq (include "election.zookeeper.plainOpen" $) "true"))) }}
 {{- end }}
 {{- join " " $servers }}
 {{- end }}
@@ -312,6 +341,9 @@ message that says what to change.
 {{- end }}
 {{- if and .Values.zookeeper.auth.superDigestSecret (not .Values.zookeeper.enabled) }}
 {{- fail "zookeeper.auth.superDigestSecret configures the bundled ZooKeeper; an external ensemble's super identity is set on its servers" }}
+{{- end }}
+{{- if and (ne (int .Values.zookeeper.tls.migration) 0) (not (and .Values.zookeeper.enabled .Values.zookeeper.tls.enabled)) }}
+{{- fail "zookeeper.tls.migration steps the bundled ensemble from plain text to TLS: it needs zookeeper.enabled and zookeeper.tls.enabled (an external ensemble's ports are in zookeeper.servers)" }}
 {{- end }}
 {{- if and .Values.persistence.existingClaim (eq .Values.persistence.mode "perReplica") }}
 {{- fail "persistence.existingClaim only works with persistence.mode=shared" }}
