@@ -837,3 +837,80 @@ fn a_failed_directory_fsync_after_a_rename_never_reuses_the_file_name() {
     g.stop_all();
     g.assert_invariants();
 }
+
+/// Renames the first leader temp file that appears in `dir` to its final
+/// name (`leader_<token>_<seq>.json`, from the temp name) and returns
+/// that key: the effect of a rename whose first transmission took effect
+/// on an NFS server, before the retransmit answers ENOENT.
+fn publish_the_next_temp_file(dir: &std::path::Path, timeout: Duration) -> Option<FileKey> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            // .leader_<token>_<seq>.<pid>.<random>.tmp
+            let Some(stem) = name
+                .strip_prefix(election::files::TEMP_PREFIX)
+                .and_then(|s| s.split('.').next())
+            else {
+                continue;
+            };
+            let Some((token, seq)) = stem.split_once('_') else {
+                continue;
+            };
+            let (Ok(token), Ok(seq)) = (token.parse(), seq.parse()) else {
+                continue;
+            };
+            let key = FileKey { token, seq };
+            if std::fs::rename(entry.path(), dir.join(key.file_name())).is_ok() {
+                return Some(key);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    None
+}
+
+#[test]
+#[ignore = "needs root and strace: run by scripts/test.sh as root"]
+fn a_rename_that_took_effect_but_reported_enoent_never_reuses_the_file_name() {
+    assert!(is_root(), "run as root");
+    // Given a leader
+    let zk = ZkCluster::standalone();
+    let mut g = Group::new(&zk.connect_string());
+    g.spawn(1);
+    g.wait_leader(Duration::from_secs(20));
+    let token = newest_token(&g);
+    let r = g.replica(0);
+    // When one of its renames takes effect but answers ENOENT, as an NFS
+    // retransmit of a rename that already happened does: each rename waits
+    // 300 ms before it runs, and meanwhile the temp file is moved to its
+    // final name, so the call that follows finds no source
+    let strace = Strace::delay(r.pid(), "renameat2", Duration::from_millis(300));
+    let published = publish_the_next_temp_file(&g.files_dir(), Duration::from_secs(10));
+    let published = published.unwrap_or_else(|| panic!("no temp file seen\n{}", g.logs()));
+    let ok = wait_until(Duration::from_secs(5), Duration::from_millis(20), || {
+        r.output().contains("No such file or directory") || r.output().contains("took effect")
+    });
+    drop(strace);
+    assert!(ok, "the rename did not answer ENOENT\n{}", g.logs());
+    eprintln!("published {published:?} behind the leader's back");
+    // Then the file counts as published: the leadership goes on with
+    // seq + 1, no write fails on a name already taken, and it never steps
+    // down for it
+    g.wait_more_files_of(token, 5, Duration::from_secs(10));
+    let next = FileKey {
+        token: published.token,
+        seq: published.seq + 1,
+    };
+    assert!(
+        g.files_dir().join(next.file_name()).exists(),
+        "{next:?}\n{}",
+        g.logs()
+    );
+    let out = r.output();
+    assert!(!out.contains("File exists"), "{out}");
+    let failovers = r.metric(TRANSITIONS, &[("to", "failover")]);
+    assert_eq!(failovers, Some(0.0), "{}", g.logs());
+    g.stop_all();
+    g.assert_invariants();
+}
