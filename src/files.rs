@@ -49,6 +49,13 @@ pub enum FileError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The rename reported an error, and a different file holds the
+    /// name: it is taken, and must not be tried again.
+    #[error("cannot rename into {path} ({source}): the name is taken by another file")]
+    NameTaken {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// Listing the directory failed.
     #[error("cannot list file-dir {path}: {source}")]
     List {
@@ -89,7 +96,10 @@ pub enum FileError {
 impl FileError {
     /// Whether the file became visible despite the error (its name is used).
     pub fn is_committed(&self) -> bool {
-        matches!(self, FileError::SyncDir { .. })
+        matches!(
+            self,
+            FileError::SyncDir { .. } | FileError::NameTaken { .. }
+        )
     }
 
     /// Whether the write was refused at the commit point because leadership
@@ -400,10 +410,24 @@ pub fn write_atomic(
         if !still_leader() {
             return Err(FileError::NotLeader);
         }
-        rename_no_replace(&temp_path, &final_path).map_err(|source| FileError::Rename {
-            path: final_path.clone(),
-            source,
-        })
+        match rename_no_replace(&temp_path, &final_path) {
+            Ok(()) => Ok(()),
+            Err(source) => match after_failed_rename(read_prefix(&final_path, body.len()), &body) {
+                RenameAftermath::Published => {
+                    tracing::warn!(file = %final_path.display(), error = %source,
+                        "the rename reported an error but took effect: the file is published");
+                    Ok(())
+                }
+                RenameAftermath::NameTaken => Err(FileError::NameTaken {
+                    path: final_path.clone(),
+                    source,
+                }),
+                RenameAftermath::NotDone => Err(FileError::Rename {
+                    path: final_path.clone(),
+                    source,
+                }),
+            },
+        }
     });
     if let Err(e) = committed {
         let _ = fs::remove_file(&temp_path);
@@ -414,6 +438,55 @@ pub fn write_atomic(
         source,
     })?;
     Ok(final_path)
+}
+
+/// What a rename that reported an error left behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RenameAftermath {
+    /// The final name holds our content: the rename took effect (an NFS
+    /// client retransmits a rename whose answer was lost, and the server
+    /// answers the retransmit `ENOENT`, the source being gone).
+    Published,
+    /// Another file holds the final name: it is taken.
+    NameTaken,
+    /// Nothing under the final name: the rename did not happen.
+    NotDone,
+}
+
+/// Decides what a failed rename did from what the final name holds now
+/// (`None`: nothing) and the content we meant to publish. Our content is
+/// unique to this write (it carries the token, the seq and the time).
+pub fn after_failed_rename(found: Option<Vec<u8>>, ours: &[u8]) -> RenameAftermath {
+    match found {
+        Some(found) if found == ours => RenameAftermath::Published,
+        Some(_) => RenameAftermath::NameTaken,
+        None => RenameAftermath::NotDone,
+    }
+}
+
+/// Up to `len + 1` bytes of the regular file `path` (never through a
+/// symlink); `None` when there is none. An unreadable file counts as
+/// present: its name is taken.
+fn read_prefix(path: &Path, len: usize) -> Option<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(path);
+    let file = match file {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(_) => return Some(Vec::new()),
+    };
+    if !file.metadata().is_ok_and(|m| m.is_file()) {
+        return Some(Vec::new());
+    }
+    let mut found = Vec::with_capacity(len + 1);
+    match file.take(len as u64 + 1).read_to_end(&mut found) {
+        Ok(_) => Some(found),
+        Err(_) => Some(Vec::new()),
+    }
 }
 
 /// The newest leader file whose token is above `token`, if any.
@@ -574,6 +647,38 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_rename_is_judged_by_what_the_final_name_holds() {
+        let ours = b"{\"seq\":3}\n".to_vec();
+        assert_eq!(
+            after_failed_rename(Some(ours.clone()), &ours),
+            RenameAftermath::Published
+        );
+        assert_eq!(
+            after_failed_rename(Some(b"{\"seq\":3} other\n".to_vec()), &ours),
+            RenameAftermath::NameTaken
+        );
+        assert_eq!(
+            after_failed_rename(Some(Vec::new()), &ours),
+            RenameAftermath::NameTaken
+        );
+        assert_eq!(after_failed_rename(None, &ours), RenameAftermath::NotDone);
+    }
+
+    #[test]
+    fn a_name_taken_by_a_foreign_file_is_an_error_that_uses_the_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = ensure_writable_dir(dir.path()).unwrap();
+        let gate = CommitGate::new();
+        let taken = dir.path().join(key(1, 1).file_name());
+        std::fs::write(&taken, b"not ours").unwrap();
+        let err =
+            write_atomic(dir.path(), dev, key(1, 1), &record(1, 1), &gate, || true).unwrap_err();
+        assert!(matches!(err, FileError::NameTaken { .. }), "{err}");
+        assert!(err.is_committed(), "the next write must use the next seq");
+        assert_eq!(std::fs::read(&taken).unwrap(), b"not ours");
+    }
+
+    #[test]
     fn a_write_that_loses_leadership_before_commit_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let dev = ensure_writable_dir(dir.path()).unwrap();
@@ -630,10 +735,13 @@ mod tests {
         let gate = CommitGate::new();
         let path = write_atomic(dir.path(), dev, key(4, 1), &record(4, 1), &gate, || true).unwrap();
         let before = std::fs::read_to_string(&path).unwrap();
-        let err =
-            write_atomic(dir.path(), dev, key(4, 1), &record(4, 1), &gate, || true).unwrap_err();
+        let other = LeaderRecord {
+            node_id: "n2".into(),
+            ..record(4, 1)
+        };
+        let err = write_atomic(dir.path(), dev, key(4, 1), &other, &gate, || true).unwrap_err();
         assert!(
-            matches!(&err, FileError::Rename { source, .. }
+            matches!(&err, FileError::NameTaken { source, .. }
             if source.kind() == std::io::ErrorKind::AlreadyExists),
             "{err}"
         );

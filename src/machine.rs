@@ -25,7 +25,8 @@ use tracing::{Instrument, info, info_span};
 use crate::board::{Board, StateName};
 use crate::config::RunArgs;
 use crate::states::{attempter, failover, init, leader, stopping};
-use crate::zk::ZkSession;
+use crate::zk::{Origin, ZkSession};
+use zookeeper_client::SessionInfo;
 
 /// Everything the states share.
 #[derive(Debug, Clone)]
@@ -43,10 +44,12 @@ pub struct Context {
     /// The device file-dir was on at the first successful Init; the leader
     /// writes nowhere else (a vanished mount must not swallow files).
     pub file_dir_device: Arc<OnceLock<u64>>,
-    /// Sessions of this process given up without an acknowledged close:
-    /// their candidate nodes linger until the server expires them, and
-    /// Attempter deletes them so they do not delay a handover.
-    pub abandoned_sessions: Arc<Mutex<Vec<i64>>>,
+    /// Sessions of this process given up without the server's word (no
+    /// acknowledged close, no `Expired` from a server): their nodes may
+    /// linger until the server expires them. Attempter deletes them, the
+    /// leader clears their writer node at once (their commit gate was
+    /// closed), and Stopping closes them for real.
+    pub abandoned_sessions: Arc<Mutex<Vec<(SessionInfo, Origin)>>>,
 }
 
 /// What asked the daemon to stop.
@@ -95,25 +98,38 @@ impl Context {
         }
     }
 
-    /// Remembers a session whose close was not acknowledged (bounded list).
-    pub fn abandoned(&self, session: i64) {
+    /// Remembers a session given up without the server's word (bounded
+    /// list), with how to connect it again.
+    pub fn abandoned(&self, session: SessionInfo, origin: Origin) {
         let mut list = self
             .abandoned_sessions
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if !list.contains(&session) {
-            list.push(session);
+        if !list.iter().any(|(s, _)| s.id() == session.id()) {
+            list.push((session, origin));
         }
         let excess = list.len().saturating_sub(16);
         list.drain(..excess);
     }
 
-    /// The sessions [`Context::abandoned`] remembers.
+    /// The ids of the sessions [`Context::abandoned`] remembers.
     pub fn abandoned_list(&self) -> Vec<i64> {
         self.abandoned_sessions
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+            .iter()
+            .map(|(s, _)| s.id().0)
+            .collect()
+    }
+
+    /// Takes the sessions [`Context::abandoned`] remembers.
+    pub fn take_abandoned(&self) -> Vec<(SessionInfo, Origin)> {
+        std::mem::take(
+            &mut *self
+                .abandoned_sessions
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 }
 

@@ -837,3 +837,194 @@ fn a_failed_directory_fsync_after_a_rename_never_reuses_the_file_name() {
     g.stop_all();
     g.assert_invariants();
 }
+
+/// Renames the first leader temp file that appears in `dir` to its final
+/// name (`leader_<token>_<seq>.json`, from the temp name) and returns
+/// that key: the effect of a rename whose first transmission took effect
+/// on an NFS server, before the retransmit answers ENOENT.
+fn publish_the_next_temp_file(dir: &std::path::Path, timeout: Duration) -> Option<FileKey> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            // .leader_<token>_<seq>.<pid>.<random>.tmp
+            let Some(stem) = name
+                .strip_prefix(election::files::TEMP_PREFIX)
+                .and_then(|s| s.split('.').next())
+            else {
+                continue;
+            };
+            let Some((token, seq)) = stem.split_once('_') else {
+                continue;
+            };
+            let (Ok(token), Ok(seq)) = (token.parse(), seq.parse()) else {
+                continue;
+            };
+            let key = FileKey { token, seq };
+            if std::fs::rename(entry.path(), dir.join(key.file_name())).is_ok() {
+                return Some(key);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    None
+}
+
+#[test]
+#[ignore = "needs root and strace: run by scripts/test.sh as root"]
+fn a_rename_that_took_effect_but_reported_enoent_never_reuses_the_file_name() {
+    assert!(is_root(), "run as root");
+    // Given a leader
+    let zk = ZkCluster::standalone();
+    let mut g = Group::new(&zk.connect_string());
+    g.spawn(1);
+    g.wait_leader(Duration::from_secs(20));
+    let token = newest_token(&g);
+    let r = g.replica(0);
+    // When one of its renames takes effect but answers ENOENT, as an NFS
+    // retransmit of a rename that already happened does: each rename waits
+    // 300 ms before it runs, and meanwhile the temp file is moved to its
+    // final name, so the call that follows finds no source
+    let strace = Strace::delay(r.pid(), "renameat2", Duration::from_millis(300));
+    let published = publish_the_next_temp_file(&g.files_dir(), Duration::from_secs(10));
+    let published = published.unwrap_or_else(|| panic!("no temp file seen\n{}", g.logs()));
+    let ok = wait_until(Duration::from_secs(5), Duration::from_millis(20), || {
+        r.output().contains("No such file or directory") || r.output().contains("took effect")
+    });
+    drop(strace);
+    assert!(ok, "the rename did not answer ENOENT\n{}", g.logs());
+    eprintln!("published {published:?} behind the leader's back");
+    // Then the file counts as published: the leadership goes on with
+    // seq + 1, no write fails on a name already taken, and it never steps
+    // down for it
+    g.wait_more_files_of(token, 5, Duration::from_secs(10));
+    let next = FileKey {
+        token: published.token,
+        seq: published.seq + 1,
+    };
+    assert!(
+        g.files_dir().join(next.file_name()).exists(),
+        "{next:?}\n{}",
+        g.logs()
+    );
+    let out = r.output();
+    assert!(!out.contains("File exists"), "{out}");
+    let failovers = r.metric(TRANSITIONS, &[("to", "failover")]);
+    assert_eq!(failovers, Some(0.0), "{}", g.logs());
+    g.stop_all();
+    g.assert_invariants();
+}
+
+/// The candidate nodes under the election path, straight from the server
+/// (not through any proxy).
+fn candidates_on_server(zk: &ZkCluster) -> Vec<String> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client = common::zk_client(&zk.connect_string()).await;
+        let children = client.list_children(ROOT).await.unwrap_or_default();
+        common::close_client(client).await;
+        children
+            .into_iter()
+            .filter(|c| c.starts_with("c_"))
+            .collect()
+    })
+}
+
+/// A leader r0, and a candidate r1 that reaches ZooKeeper only through
+/// `proxy`, with an admin listener; after r1's link turned half-open (the
+/// server hears every packet, so it keeps r1's session; r1's client hears
+/// nothing and declares the session expired on its own clock), once r1
+/// left Attempter for that. Returns the group, r1's admin address and the
+/// node the server still holds for r1's old session.
+fn candidate_whose_client_declared_expiry(
+    zk: &ZkCluster,
+    proxy: &FaultProxy,
+) -> (Group, String, String) {
+    let mut g = Group::new(&zk.connect_string());
+    g.spawn(1);
+    g.wait_leader(Duration::from_secs(20));
+    let before = candidates_on_server(zk);
+    g.servers = proxy.addr().to_string();
+    let admin = format!("127.0.0.1:{}", common::free_port());
+    g.extra = vec!["--admin-addr".into(), admin.clone()];
+    g.spawn(1);
+    let r1 = g.replica(1);
+    r1.wait_status(
+        |s| s.state == "attempter" && s.znode.is_some(),
+        Duration::from_secs(20),
+    );
+    let node = candidates_on_server(zk)
+        .into_iter()
+        .find(|c| !before.contains(c))
+        .expect("r1's node");
+    let since = r1.line_count();
+    proxy.set_mode(Mode::HalfOpen);
+    let left = r1
+        .wait_for_new_line(since, "to=failover", Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("r1 never left Attempter\n{}", g.logs()));
+    assert!(left.contains("Expired"), "{left}");
+    assert!(
+        candidates_on_server(zk).contains(&node),
+        "the server still holds r1's node (its session is alive there)\n{}",
+        g.logs()
+    );
+    (g, admin, node)
+}
+
+#[test]
+fn release_after_a_client_declared_expiry_never_answers_released_while_the_server_holds_the_node() {
+    // Given a candidate whose client declared its session expired while
+    // the server still holds it (a half-open link)
+    let zk = ZkCluster::standalone();
+    let proxy = FaultProxy::start(zk.server_addr(0));
+    let (mut g, admin, node) = candidate_whose_client_declared_expiry(&zk, &proxy);
+    // When the preStop hook releases it
+    let out = Command::new(env!("CARGO_BIN_EXE_election"))
+        .args(["release", "--admin-addr", &admin, "--timeout", "20s"])
+        .output()
+        .expect("run `election release`");
+    let answer = String::from_utf8_lossy(&out.stdout).into_owned();
+    let held = candidates_on_server(&zk).contains(&node);
+    eprintln!(
+        "release answered {:?} {answer:?}; node held: {held}",
+        out.status.code()
+    );
+    // Then it answers "released" only if the node is really gone
+    assert!(
+        !(out.status.success() && held),
+        "answered released while the server holds {node}\n{}",
+        g.logs()
+    );
+    proxy.set_mode(Mode::Pass);
+    g.stop_all();
+}
+
+#[test]
+fn after_a_client_declared_expiry_the_replica_never_queues_behind_its_own_ghost() {
+    // Given a candidate whose client declared its session expired while
+    // the server still holds it (a half-open link)
+    let zk = ZkCluster::standalone();
+    let proxy = FaultProxy::start(zk.server_addr(0));
+    let (mut g, _admin, node) = candidate_whose_client_declared_expiry(&zk, &proxy);
+    // When the link heals
+    proxy.set_mode(Mode::Pass);
+    // Then r1 queues again with a new session, and never behind the node
+    // of its old session (sampled from the server every 10 ms): the old
+    // session was closed, or its node removed, first
+    let mut queued_behind_ghost = Vec::new();
+    let ok = wait_until(Duration::from_secs(30), Duration::from_millis(10), || {
+        let now = candidates_on_server(&zk);
+        if now.contains(&node) && now.len() > 2 {
+            queued_behind_ghost = now.clone();
+        }
+        !now.contains(&node) && now.len() == 2
+    });
+    assert!(ok, "r1 never queued again\n{}", g.logs());
+    assert!(
+        queued_behind_ghost.is_empty(),
+        "r1 queued behind the node of its own old session: {queued_behind_ghost:?}\n{}",
+        g.logs()
+    );
+    g.stop_all();
+    g.assert_invariants();
+}

@@ -28,7 +28,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     )
     .await?;
     let rows = read(&session, &args.zk_root).await;
-    session.close(Duration::from_secs(1)).await;
+    let _ = session.close(Duration::from_secs(1)).await;
     let rows = rows?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);

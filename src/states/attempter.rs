@@ -207,12 +207,16 @@ impl Attempter<'_> {
             }
         };
         tokio::pin!(woken);
+        let mut woke_up = false;
         loop {
             let then = tokio::select! {
-                woke = &mut woken => match woke {
-                    Some((event, predecessor)) => on_node_event(&event, &predecessor),
-                    None => Then::LookAgain,
-                },
+                woke = &mut woken, if !woke_up => {
+                    woke_up = true;
+                    match woke {
+                        Some((event, predecessor)) => on_node_event(&event, &predecessor),
+                        None => Then::LookAgain,
+                    }
+                }
                 state = self.session.state_changed() => self.on_session_change(state),
                 _ = until_deadline(&self.live) => Then::Leave(Exit::Failover(gave_up())),
                 // Only the heartbeat: /healthz sees a waiting candidate alive.
@@ -241,10 +245,10 @@ impl Attempter<'_> {
 fn on_node_event(event: &WatchedEvent, predecessor: &str) -> Then {
     debug!(event = ?event.event_type, path = %event.path, "predecessor changed");
     match event.event_type {
-        // Only terminal session states reach node watchers.
-        EventType::Session => Then::Leave(Exit::Failover(
-            Cause::SessionLost.because(format!("session {:?}", event.session_state)),
-        )),
+        // Only terminal session states reach node watchers. The client
+        // also reports them on its own clock: the session's state decides
+        // (it may be resumed, then the next round watches again).
+        EventType::Session => Then::KeepWaiting,
         EventType::NodeDeleted => {
             info!(predecessor = %predecessor, "predecessor left; re-checking");
             Then::LookAgain

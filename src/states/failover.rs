@@ -24,13 +24,15 @@ const BASE: Duration = Duration::from_millis(100);
 pub async fn run(ctx: &Context, session: Option<ZkSession>, recovery: Recovery) -> Step {
     ctx.board.beat();
     if let Some(session) = session {
-        let id = session.id();
+        let info = session.info();
+        let origin = session.origin().clone();
         let closed = session.close(Duration::from_millis(500)).await;
-        info!(closed, "old ZooKeeper session dropped");
-        if !closed {
-            // Its node lingers until the server expires it: the next
-            // Attempter deletes it rather than queue behind it.
-            ctx.abandoned(id);
+        info!(?closed, "old ZooKeeper session dropped");
+        if !closed.is_settled() {
+            // Its nodes may linger until the server expires it: the next
+            // Attempter deletes them rather than queue behind them, and
+            // Stopping tries to close it for real.
+            ctx.abandoned(info, origin);
         }
     }
     let give_up = ctx.cfg.failover_give_up;

@@ -176,6 +176,7 @@ impl Leader<'_> {
         };
         let mut tick = tokio::time::interval(self.ctx.cfg.leader_timeout);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut rewatch = false;
         loop {
             self.ctx.board.beat();
             tokio::select! {
@@ -185,6 +186,14 @@ impl Leader<'_> {
                     let was_connected = self.live.is_connected();
                     if let Some(exit) = self.on_session_change(state).await {
                         return exit;
+                    }
+                    if rewatch && self.live.is_connected() {
+                        // Resumed with a new client: watch our node again.
+                        rewatch = false;
+                        node_watch = match self.watch_node().await {
+                            Ok(w) => w,
+                            Err(exit) => return exit,
+                        };
                     }
                     if !was_connected && self.live.is_connected() {
                         // Back after a suspension: write at once (the tick
@@ -200,7 +209,14 @@ impl Leader<'_> {
                         self.node_gone.store(true, Ordering::SeqCst);
                         return Exit::Attempter(Cause::LeadershipLost.because("leader node deleted"));
                     }
-                    // A data change or a session event: look again.
+                    if ev.event_type == EventType::Session {
+                        // The client reported the session over; the
+                        // session's state decides (it may be resumed).
+                        rewatch = true;
+                        node_watch = Box::pin(std::future::pending());
+                        continue;
+                    }
+                    // A data change: look again.
                     node_watch = match self.watch_node().await {
                         Ok(w) => w,
                         Err(exit) => return exit,
@@ -312,6 +328,15 @@ impl Leader<'_> {
                     self.release_own_writer().await?;
                 }
                 Err(ClaimError::WriterHeld { owner: 0 }) => {}
+                // A session of this process given up without the server's
+                // word: it left Leader through its closed commit gate, so
+                // no file of it can land; no lock-delay.
+                Err(ClaimError::WriterHeld { owner })
+                    if self.ctx.abandoned_list().contains(&owner) =>
+                {
+                    info!(owner = %format!("{owner:#x}"), "clearing the writer node of a session this replica abandoned");
+                    self.release_writer_of(owner).await?;
+                }
                 Err(ClaimError::WriterHeld { owner }) => self.lock_delay(owner).await?,
                 Err(ClaimError::Rejected(zookeeper_client::Error::BadVersion)) => {
                     info!("token floor changed while claiming; trying again");
@@ -378,11 +403,12 @@ impl Leader<'_> {
     }
 
     async fn release_own_writer(&self) -> Result<(), Exit> {
-        let release = zk::delete_writer_of(
-            self.session.client(),
-            &self.ctx.cfg.zk_root,
-            self.session.id(),
-        );
+        self.release_writer_of(self.session.id()).await
+    }
+
+    /// Deletes the writer node if `owner` holds it.
+    async fn release_writer_of(&self, owner: i64) -> Result<(), Exit> {
+        let release = zk::delete_writer_of(self.session.client(), &self.ctx.cfg.zk_root, owner);
         self.session.bounded(release).await.map_err(|e| {
             Exit::Failover(
                 Cause::ZookeeperError.because(format!("cannot remove our old writer node: {e}")),

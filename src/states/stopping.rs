@@ -12,7 +12,7 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use crate::machine::{Context, Outcome, Step};
-use crate::zk::ZkSession;
+use crate::zk::{self, ZkSession};
 
 /// Bound on closing the session.
 const CLOSE_BOUND: Duration = Duration::from_secs(2);
@@ -23,15 +23,29 @@ pub async fn run(ctx: &Context, session: Option<ZkSession>, outcome: Outcome) ->
     let mut released = true;
     if let Some(session) = session {
         let id = session.id_hex();
-        if session.close(CLOSE_BOUND).await {
-            info!(session_id = %id, "ZooKeeper session closed; candidate node released");
+        let closed = session.close(CLOSE_BOUND).await;
+        if closed.is_settled() {
+            info!(session_id = %id, ?closed, "ZooKeeper session closed; candidate node released");
         } else {
             released = false;
             warn!(session_id = %id, bound = ?CLOSE_BOUND,
                 "session close not acknowledged; the node expires with the session");
         }
     }
-    // `election release` answers "released" only for an acknowledged close.
+    // Sessions given up earlier without the server's word may still hold
+    // nodes: close them for real, or say so.
+    for (info, origin) in ctx.take_abandoned() {
+        let id = format!("{:#x}", info.id().0 as u64);
+        let closed = zk::settle(&origin, info, CLOSE_BOUND).await;
+        if closed.is_settled() {
+            info!(session_id = %id, ?closed, "an abandoned session is closed");
+        } else {
+            released = false;
+            warn!(session_id = %id, "an abandoned session may still hold our node until the server expires it");
+        }
+    }
+    // `election release` answers "released" only when every session of
+    // ours is known closed or expired.
     ctx.board.stopped(released);
     Step::Exit(outcome)
 }

@@ -21,9 +21,10 @@ pub mod session;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
 use tracing::{info, warn};
 use zookeeper_client::{
-    Acl, Acls, CheckWriteError, Client, CreateMode, SessionState, Stat, StateWatcher,
+    Acl, Acls, CheckWriteError, Client, CreateMode, SessionInfo, SessionState, Stat, StateWatcher,
 };
 
 use crate::zk::access::{ZkSecurity, is_open_to_world};
@@ -180,14 +181,165 @@ pub fn standing(ordered: &[Candidate], session: i64) -> (Standing, Vec<Candidate
     (standing, extra)
 }
 
-/// How long, in session timeouts, the client keeps reconnecting an
-/// established session before it reports `Expired` by itself. The server
-/// decides whether a session expired: one that restarts with its data
-/// restores its sessions with a fresh timeout, so the client must keep
-/// trying well past one session timeout (the library's default is 7/5) to
-/// find its session alive. A bound remains so that a client whose servers
-/// never come back ends by itself. See `docs/design.md`.
+/// How long, in session timeouts since the disconnection, a session is
+/// kept while no server answers: the client reports `Expired` on its own
+/// after `7/5` of the session timeout, and the daemon then resumes it
+/// ([`session::Resumption`]) up to this bound. The server decides whether a
+/// session expired: one that restarts with its data restores its sessions
+/// with a fresh timeout. See `docs/design.md`.
 pub const CLIENT_EXPIRY_FACTOR: u32 = 6;
+
+/// How a session ended, as far as the server is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closed {
+    /// The server acknowledged our close: its nodes are gone.
+    Acknowledged,
+    /// The server said the session expired: its nodes are gone.
+    Expired,
+    /// No server said anything: the session, and its nodes, may still be
+    /// alive there until the server expires it.
+    Unknown,
+}
+
+impl Closed {
+    /// Whether the session's nodes are known to be gone.
+    pub fn is_settled(self) -> bool {
+        self != Closed::Unknown
+    }
+}
+
+/// What connecting needs, kept to connect the same session again.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    /// Connect string.
+    pub servers: String,
+    /// Requested session timeout.
+    pub session_timeout: Duration,
+    /// Credentials and TLS.
+    pub security: ZkSecurity,
+}
+
+impl Origin {
+    /// Connects (a new session, or `session` again) on a session thread:
+    /// one pass over the servers.
+    async fn connect(
+        &self,
+        session: Option<SessionInfo>,
+    ) -> Result<(Client, SessionThread), ZkError> {
+        // fail_eagerly: one pass over the servers, then an error, so that
+        // our own backoff (not the client's tight loop) paces the retries.
+        let connector = Client::connector()
+            .with_session_timeout(self.session_timeout)
+            .with_connection_timeout(session::connection_timeout(self.session_timeout))
+            .with_fail_eagerly();
+        let connector = match session {
+            Some(info) => connector.with_session(info),
+            None => connector,
+        };
+        let connector = self.security.apply(connector)?;
+        SessionThread::connect(connector, &self.servers, self.security.tls.is_some())
+            .await
+            .map_err(|cause| ZkError::Connect {
+                servers: self.servers.clone(),
+                cause,
+            })
+    }
+}
+
+/// Connects `info` again and closes it for real, within `bound`: for a
+/// session the client gave up on, which the server may still hold.
+pub async fn settle(origin: &Origin, info: SessionInfo, bound: Duration) -> Closed {
+    let id = info.id().0;
+    let attempt = tokio::time::timeout(bound, origin.connect(Some(info))).await;
+    match attempt {
+        Ok(Ok((client, thread))) if client.session_id().0 == id => {
+            let closed = close_client(client, thread, bound).await;
+            info!(session_id = %format!("{:#x}", id as u64), ?closed, "reconnected a session the client had given up on, to close it");
+            closed
+        }
+        // Another session: ours is unknown to the server.
+        Ok(Ok(_)) => Closed::Expired,
+        Ok(Err(e))
+            if e.client_error()
+                .is_some_and(|e| matches!(e, zookeeper_client::Error::SessionExpired)) =>
+        {
+            Closed::Expired
+        }
+        _ => Closed::Unknown,
+    }
+}
+
+/// Drops `client` (which sends the close request) and waits, at most
+/// `bound`, for the client to report it closed.
+async fn close_client(client: Client, _thread: SessionThread, bound: Duration) -> Closed {
+    let mut states = client.state_watcher();
+    match client.state() {
+        SessionState::Closed => return Closed::Acknowledged,
+        SessionState::Expired => return Closed::Unknown,
+        _ => {}
+    }
+    drop(client);
+    let ended = tokio::time::timeout(bound, async {
+        loop {
+            match states.changed().await {
+                SessionState::Closed => return Closed::Acknowledged,
+                SessionState::Expired | SessionState::AuthFailed => return Closed::Unknown,
+                _ => {}
+            }
+        }
+    });
+    ended.await.unwrap_or(Closed::Unknown)
+}
+
+/// How a resumption (see [`session::Resumption`]) ended.
+enum Resumed {
+    Connected(Client, SessionThread),
+    Expired,
+    GaveUp(String),
+}
+
+/// A resumption running in the background: aborted when dropped.
+struct ResumeTask(tokio::task::JoinHandle<Resumed>);
+
+impl Drop for ResumeTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Connects `info` again until a server decides, or [`session::Resumption`]
+/// gives up.
+async fn resume(origin: Origin, info: SessionInfo, disconnected_at: Instant) -> Resumed {
+    let mut rules = session::Resumption::new(disconnected_at, origin.session_timeout);
+    let conn_timeout = session::connection_timeout(origin.session_timeout);
+    let id = info.id().0;
+    loop {
+        let started = Instant::now();
+        let attempt = tokio::time::timeout(
+            origin.session_timeout * 2,
+            origin.connect(Some(info.clone())),
+        )
+        .await;
+        let failed = match attempt {
+            Ok(Ok((client, thread))) if client.session_id().0 == id => {
+                return Resumed::Connected(client, thread);
+            }
+            // The server handed out another session (ZooKeeper never
+            // does; some compatible servers do): ours is over there.
+            Ok(Ok(_)) => session::Attempt::Expired,
+            Ok(Err(e)) => match e.client_error() {
+                Some(c) => session::classify(c, started.elapsed(), conn_timeout),
+                None => session::Attempt::Unanswered,
+            },
+            Err(_) => session::Attempt::Unanswered,
+        };
+        match rules.after(failed, Instant::now()) {
+            session::Verdict::Retry => tokio::time::sleep(rules.pause()).await,
+            session::Verdict::Expired => return Resumed::Expired,
+            session::Verdict::GiveUp(why) => return Resumed::GaveUp(why),
+        }
+    }
+}
 
 /// Longest wait for a close acknowledgement while disconnected.
 const DISCONNECTED_CLOSE_BOUND: Duration = Duration::from_millis(500);
@@ -197,6 +349,14 @@ pub struct ZkSession {
     client: Client,
     states: StateWatcher,
     thread: SessionThread,
+    /// How to connect this session again.
+    origin: Origin,
+    /// Since when the session is disconnected, as its states said.
+    disconnected_at: Option<Instant>,
+    /// A resumption in flight (the client reported `Expired`).
+    resuming: Option<ResumeTask>,
+    /// Whether the server said the session expired (set by a resumption).
+    server_expired: bool,
     /// ACL of every node of the election (see [`crate::zk::access`]).
     acl: Vec<Acl>,
     /// ACL of a missing parent above the election path, shared with others.
@@ -295,38 +455,30 @@ impl ZkSession {
         connect_timeout: Duration,
         security: &ZkSecurity,
     ) -> Result<ZkSession, ZkError> {
-        // fail_eagerly: one pass over the servers, then an error, so that our own
-        // backoff (not the client's tight loop) paces the retries.
-        // `connect_timeout` bounds establishing a session only: as the
-        // client's idle timeout a low value would suspend a healthy leader.
-        // An idle session (a waiting candidate) pings after a third of the
-        // session timeout, as the Java client does, and counts its
-        // connection lost after two thirds without a byte: a candidate's
-        // whole traffic at rest is that ping. The leader is never idle (it
-        // confirms before every write), and its safety never depends on
-        // noticing a disconnection early (its lease does not).
-        let connector = Client::connector()
-            .with_session_timeout(session_timeout)
-            .with_session_expired_timeout(session_timeout * CLIENT_EXPIRY_FACTOR)
-            .with_ping_interval(session_timeout / 3)
-            .with_fail_eagerly();
-        let connector = security.apply(connector)?;
-        let connect = SessionThread::connect(connector, servers, security.tls.is_some());
-        let (client, thread) = tokio::time::timeout(connect_timeout, connect)
+        // `connect_timeout` bounds establishing a session only. The ping
+        // cadence and the connection timeout come from
+        // `session::connection_timeout`; the leader's safety never depends
+        // on noticing a disconnection early (its lease does not).
+        let origin = Origin {
+            servers: servers.into(),
+            session_timeout,
+            security: security.clone(),
+        };
+        let (client, thread) = tokio::time::timeout(connect_timeout, origin.connect(None))
             .await
             .map_err(|_| ZkError::ConnectTimeout {
                 servers: servers.into(),
                 timeout: connect_timeout,
-            })?
-            .map_err(|cause| ZkError::Connect {
-                servers: servers.into(),
-                cause,
-            })?;
+            })??;
         let states = client.state_watcher();
         Ok(ZkSession {
             client,
             states,
             thread,
+            origin,
+            disconnected_at: None,
+            resuming: None,
+            server_expired: false,
             acl: security.acl(),
             parent_acl: security.parent_acl(),
             authenticated: security.credentials.is_some(),
@@ -363,9 +515,69 @@ impl ZkSession {
         self.client.state_watcher()
     }
 
-    /// Waits for the next session state change.
+    /// The session's id and password, to connect it again.
+    pub fn info(&self) -> SessionInfo {
+        self.client.session().clone()
+    }
+
+    /// How this session was connected.
+    pub fn origin(&self) -> &Origin {
+        &self.origin
+    }
+
+    /// Waits for the next session state change. When the client reports
+    /// `Expired`, which it also does on its own clock, the session is
+    /// resumed in the background (see [`session::Resumption`]) and this
+    /// reports what the server decided: `SyncConnected` when the session
+    /// came back (with a new client: watches set before are gone), or
+    /// `Expired`. Cancel safe.
     pub async fn state_changed(&mut self) -> SessionState {
-        self.states.changed().await
+        loop {
+            if let Some(task) = self.resuming.as_mut() {
+                let outcome = (&mut task.0)
+                    .await
+                    .unwrap_or_else(|e| Resumed::GaveUp(format!("resumption failed: {e}")));
+                self.resuming = None;
+                let sid = self.id_hex();
+                return match outcome {
+                    Resumed::Connected(client, thread) => {
+                        info!(session_id = %sid, "the server still held the session the client had given up on; resumed");
+                        self.states = client.state_watcher();
+                        self.client = client;
+                        self.thread = thread;
+                        self.disconnected_at = None;
+                        SessionState::SyncConnected
+                    }
+                    Resumed::Expired => {
+                        info!(session_id = %sid, "the server confirmed that the session expired");
+                        self.server_expired = true;
+                        SessionState::Expired
+                    }
+                    Resumed::GaveUp(why) => {
+                        warn!(session_id = %sid, why, "gave the session up without the server's word: it may still be alive there");
+                        SessionState::Expired
+                    }
+                };
+            }
+            let state = self.states.changed().await;
+            match state {
+                SessionState::Disconnected => {
+                    self.disconnected_at.get_or_insert_with(Instant::now);
+                }
+                SessionState::SyncConnected | SessionState::ConnectedReadOnly => {
+                    self.disconnected_at = None;
+                }
+                SessionState::Expired if !self.server_expired => {
+                    info!(session_id = %self.id_hex(), "the client reported the session expired; asking the server");
+                    let since = *self.disconnected_at.get_or_insert_with(Instant::now);
+                    let task = resume(self.origin.clone(), self.info(), since);
+                    self.resuming = Some(ResumeTask(tokio::spawn(task)));
+                    continue;
+                }
+                _ => {}
+            }
+            return state;
+        }
     }
 
     /// Runs `request`, giving up after one session timeout with
@@ -491,40 +703,37 @@ impl ZkSession {
     /// Closes the session (its ephemeral nodes vanish at once on the server)
     /// and waits, at most `bound`, until the client reports it closed.
     /// Dropping a client and exiting at once would lose the close request.
-    /// The session thread ends when this returns, whatever the client did.
-    pub async fn close(self, bound: Duration) -> bool {
+    /// A session the client reported `Expired` without the server's word
+    /// is connected again to be closed for real ([`settle`]). The session
+    /// thread ends when this returns, whatever the client did.
+    pub async fn close(self, bound: Duration) -> Closed {
         let ZkSession {
             client,
-            mut states,
-            thread: _thread,
+            thread,
+            origin,
+            resuming,
+            server_expired,
             ..
         } = self;
-        let already_over = matches!(
-            client.state(),
-            SessionState::Closed | SessionState::Expired | SessionState::AuthFailed
-        );
-        // A disconnected client delivers the close only if it reconnects
-        // soon; do not hold a stopping daemon for long on that chance.
-        let bound = match client.state() {
-            SessionState::Disconnected => bound.min(DISCONNECTED_CLOSE_BOUND),
-            _ => bound,
-        };
-        drop(client);
-        if already_over {
-            return true;
+        drop(resuming);
+        if server_expired {
+            return Closed::Expired;
         }
-        tokio::time::timeout(bound, async {
-            loop {
-                if matches!(
-                    states.changed().await,
-                    SessionState::Closed | SessionState::Expired | SessionState::AuthFailed
-                ) {
-                    return;
-                }
+        match client.state() {
+            SessionState::Closed | SessionState::AuthFailed => Closed::Acknowledged,
+            SessionState::Expired => {
+                let info = client.session().clone();
+                drop((client, thread));
+                settle(&origin, info, bound).await
             }
-        })
-        .await
-        .is_ok()
+            // A disconnected client delivers the close only if it
+            // reconnects soon; do not hold a stopping daemon for long on
+            // that chance.
+            SessionState::Disconnected => {
+                close_client(client, thread, bound.min(DISCONNECTED_CLOSE_BOUND)).await
+            }
+            _ => close_client(client, thread, bound).await,
+        }
     }
 }
 

@@ -1,13 +1,16 @@
-//! Session health shared by Attempter and Leader.
+//! Session health shared by Attempter and Leader, and the daemon's
+//! policy for a session the client gave up on.
 //!
 //! The client reports `Disconnected` when its server goes quiet, then keeps
-//! reconnecting with the same session. Whether the session is still alive
-//! is the server's call: it answers `Expired` when it dropped the session,
-//! and a server that restarted with its data restores its sessions with a
-//! fresh timeout. So a disconnected session is kept (suspended: a leader
-//! does not write until it confirms its node again) until the server says
-//! `Expired`, or the client gives up by itself after
-//! [`CLIENT_EXPIRY_FACTOR`] session timeouts.
+//! reconnecting with the same session for `7/5` of the session timeout
+//! (upstream's rule), then reports `Expired` on its own clock. Whether the
+//! session is still alive is the server's call: a server that restarted
+//! with its data restores its sessions with a fresh timeout. So a session
+//! the client reported `Expired` is *resumed*: the daemon connects again
+//! with the same session ([`crate::zk::ZkSession`], upstream's
+//! `Connector::with_session`) and lets the server decide, under the rules
+//! of [`Resumption`]. A session given up without the server's word may be
+//! alive there: it is never taken for closed.
 //!
 //! The daemon still keeps its own clock, as a safety net against a client
 //! that never reports anything: after [`GIVE_UP_FACTOR`] session timeouts
@@ -34,6 +37,124 @@ pub const GIVE_UP_CAUSE: &str = "disconnected for 8 session timeouts (safety net
 /// Why a state leaves when the safety net gives its session up.
 pub fn gave_up() -> Reason {
     Cause::SessionLost.because(GIVE_UP_CAUSE)
+}
+
+/// The client's connection timeout for a session of `session_timeout`
+/// (upstream's `Connector::with_connection_timeout`): an idle connection
+/// pings after `3/8` of it and counts as lost after all of it without a
+/// byte from the server. Upstream honours it only up to `3/5` of the
+/// negotiated session timeout (above, it falls back to its default,
+/// `2/5`): so `3/5`, a ping every `9/40` of the session timeout (450 ms
+/// for 2 s) and a connection lost after `3/5`. The one place the ping
+/// cadence is chosen.
+pub fn connection_timeout(session_timeout: Duration) -> Duration {
+    session_timeout * 3 / 5
+}
+
+/// How long, in session timeouts since the disconnection, the daemon
+/// keeps resuming a session while no server can be reached at all.
+pub const RESUME_FACTOR: u32 = CLIENT_EXPIRY_FACTOR;
+
+/// How one attempt to resume a session (connect with its id and
+/// password, one pass over the servers) ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attempt {
+    /// A server answered `Expired` (or handed out another session): the
+    /// session is over, its nodes are gone.
+    Expired,
+    /// Every server failed at connect (down, refused port): nobody holds a
+    /// connection that could keep the session alive.
+    Down,
+    /// A server took the connection and closed it unanswered at once: not
+    /// serving yet (no quorum, still loading).
+    Refused,
+    /// A server took the connection and did not answer in time: the link
+    /// may be half-open, and then our attempts keep the session alive.
+    Unanswered,
+}
+
+/// What to do after a failed attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Try again after a pause.
+    Retry,
+    /// The server said the session is over.
+    Expired,
+    /// Stop trying: the session may still be alive on the server.
+    GiveUp(String),
+}
+
+/// The daemon's rules for resuming a session the client gave up on:
+///
+/// 1. a server answers `Expired`: over;
+/// 2. no server reachable at all: retry until [`RESUME_FACTOR`] session
+///    timeouts since the disconnection (a server restarting with its data
+///    restores the session);
+/// 3. servers refuse (close the connect request unanswered): retry for half
+///    a session timeout from the first refusal, then give up;
+/// 4. a server takes the connection and answers nothing: give up at once
+///    (the client already waited `7/5` of the session timeout, and on a
+///    half-open link every attempt keeps the session alive on the server).
+#[derive(Debug, Clone)]
+pub struct Resumption {
+    disconnected_at: Instant,
+    refused_since: Option<Instant>,
+    timeout: Duration,
+}
+
+impl Resumption {
+    /// For a session of `timeout` disconnected since `disconnected_at`.
+    pub fn new(disconnected_at: Instant, timeout: Duration) -> Resumption {
+        Resumption {
+            disconnected_at,
+            refused_since: None,
+            timeout,
+        }
+    }
+
+    /// What to do after `attempt` failed at `now`.
+    pub fn after(&mut self, attempt: Attempt, now: Instant) -> Verdict {
+        let disconnected = now.saturating_duration_since(self.disconnected_at);
+        match attempt {
+            Attempt::Expired => Verdict::Expired,
+            Attempt::Unanswered => {
+                Verdict::GiveUp("a server took the connection but did not answer".into())
+            }
+            Attempt::Refused => {
+                let since = *self.refused_since.get_or_insert(now);
+                if now.saturating_duration_since(since) >= self.timeout / 2 {
+                    Verdict::GiveUp("servers refused the session for half a session timeout".into())
+                } else {
+                    Verdict::Retry
+                }
+            }
+            Attempt::Down if disconnected >= self.timeout * RESUME_FACTOR => Verdict::GiveUp(
+                format!("no server reachable for {RESUME_FACTOR} session timeouts"),
+            ),
+            Attempt::Down => Verdict::Retry,
+        }
+    }
+
+    /// The pause before the next attempt: between half and all of a tenth
+    /// of the session timeout (jittered, so replicas do not come back in
+    /// step).
+    pub fn pause(&self) -> Duration {
+        let cap = self.timeout / 10;
+        cap / 2 + cap.mul_f64(rand::random::<f64>() / 2.0)
+    }
+}
+
+/// Classifies a failed resume attempt from the client's error and how
+/// long the attempt took (`conn_timeout`: the client's connection timeout).
+pub fn classify(e: &zookeeper_client::Error, took: Duration, conn_timeout: Duration) -> Attempt {
+    use zookeeper_client::Error;
+    match e {
+        Error::SessionExpired | Error::SessionMoved => Attempt::Expired,
+        // The fork's change 3: every server failed at connect.
+        e if e.to_string().contains("last connection error") => Attempt::Down,
+        Error::NoHosts | Error::ConnectionLoss if took < conn_timeout => Attempt::Refused,
+        _ => Attempt::Unanswered,
+    }
 }
 
 /// What a session state change means for the daemon.
@@ -155,6 +276,64 @@ mod tests {
     #[test]
     fn the_give_up_cause_names_the_factor() {
         assert!(GIVE_UP_CAUSE.contains(&format!("{GIVE_UP_FACTOR} session timeouts")));
+    }
+
+    #[test]
+    fn resuming_waits_for_servers_that_are_down_but_not_for_silent_ones() {
+        let t = Duration::from_secs(2);
+        let t0 = Instant::now();
+        let mut r = Resumption::new(t0, t);
+        assert_eq!(r.after(Attempt::Down, t0 + t * 2), Verdict::Retry);
+        assert!(matches!(
+            r.after(Attempt::Down, t0 + t * RESUME_FACTOR),
+            Verdict::GiveUp(_)
+        ));
+        assert_eq!(r.after(Attempt::Expired, t0 + t), Verdict::Expired);
+        assert!(matches!(
+            r.after(Attempt::Unanswered, t0 + t),
+            Verdict::GiveUp(_)
+        ));
+    }
+
+    #[test]
+    fn refusals_are_tolerated_for_half_a_session_timeout() {
+        let t = Duration::from_secs(2);
+        let t0 = Instant::now();
+        let mut r = Resumption::new(t0, t);
+        assert_eq!(r.after(Attempt::Refused, t0 + t * 2), Verdict::Retry);
+        assert_eq!(
+            r.after(Attempt::Refused, t0 + t * 2 + t / 4),
+            Verdict::Retry
+        );
+        assert!(matches!(
+            r.after(Attempt::Refused, t0 + t * 2 + t / 2),
+            Verdict::GiveUp(_)
+        ));
+        let p = r.pause();
+        assert!(p >= t / 20 && p <= t / 10, "{p:?}");
+    }
+
+    #[test]
+    fn resume_errors_are_classified() {
+        use zookeeper_client::Error;
+        let ct = Duration::from_millis(1200);
+        let quick = Duration::from_millis(5);
+        assert_eq!(
+            classify(&Error::SessionExpired, quick, ct),
+            Attempt::Expired
+        );
+        let down =
+            Error::UnexpectedError("no available hosts; last connection error: x: refused".into());
+        assert_eq!(classify(&down, quick, ct), Attempt::Down);
+        assert_eq!(classify(&Error::NoHosts, quick, ct), Attempt::Refused);
+        assert_eq!(classify(&Error::NoHosts, ct, ct), Attempt::Unanswered);
+        assert_eq!(classify(&Error::Timeout, quick, ct), Attempt::Unanswered);
+    }
+
+    #[test]
+    fn the_connection_timeout_stays_where_upstream_honours_it() {
+        let t = Duration::from_secs(2);
+        assert!(connection_timeout(t) <= t * 3 / 5);
     }
 
     #[test]

@@ -7,7 +7,8 @@
 #
 # PRISTINE_CRATE_DIR defaults to cargo's unpacked copy of
 # zookeeper-client 0.11.2 (~/.cargo/registry/src/*/zookeeper-client-0.11.2,
-# there after any `cargo build` of the upstream crate). TESTED_CRATE=dir
+# there after any `cargo build` of the upstream crate; fetched from
+# crates.io with `cargo fetch` when missing). TESTED_CRATE=dir
 # runs the tests against another copy of the crate (e.g. the pristine one,
 # to see them fail). SKIP_TESTS=1 only checks the patches.
 set -euo pipefail
@@ -15,14 +16,28 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 vendor=$(cd "$here/../zookeeper-client" && pwd)
 lock=$(cd "$here/../.." && pwd)/Cargo.lock
-pristine=${1:-$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/zookeeper-client-0.11.2 2>/dev/null | head -1)}
+find_pristine() {
+    ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/zookeeper-client-0.11.2 2>/dev/null | head -1
+}
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+pristine=${1:-$(find_pristine)}
+if [[ -z "${1:-}" && -z "$pristine" ]]; then
+    # The daemon's build never downloads the crate (it is patched in):
+    # fetch it from crates.io, the only network this script uses.
+    mkdir -p "$work/fetch/src"
+    printf '[package]\nname = "fetch-pristine"\nversion = "0.0.0"\nedition = "2021"\n[dependencies]\nzookeeper-client = "=0.11.2"\n[workspace]\n' \
+        > "$work/fetch/Cargo.toml"
+    touch "$work/fetch/src/lib.rs"
+    (cd "$work/fetch" && cargo fetch --quiet)
+    pristine=$(find_pristine)
+fi
 if [[ -z "$pristine" || ! -f "$pristine/src/lib.rs" ]]; then
     echo "no pristine zookeeper-client 0.11.2: pass its directory" >&2
     exit 2
 fi
-
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
 
 # 1. The patches apply in order to the pristine crate, without fuzz.
 cp -r "$pristine" "$work/crate"

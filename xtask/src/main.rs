@@ -41,7 +41,9 @@ cargo xtask <task>: the project's tasks
                      (scripts/e2e-k8s.sh; default: helm 4, then helm 3);
                      required: a missing Go or Java fails it, as in `test`
   bench [NAME]       cargo bench (NAME: failover or scale), ZooKeeper ensured
-  lint               cargo fmt --check and clippy -D warnings on the workspace
+  lint               cargo fmt --check, clippy -D warnings on the workspace, and
+                     vendor/zookeeper-client-patches/check.sh (vendored client =
+                     pristine crate + patches; the patches' tests)
   help               this list
 
 Scripts users run (scripts/):
@@ -209,10 +211,15 @@ fn bench(args: &[String]) -> Result<()> {
     run(&mut cmd)
 }
 
-/// What CI checks before the tests: formatting, and clippy on every target
-/// of the workspace (the xtask included) with warnings as errors.
+/// What CI checks before the tests: formatting, clippy on every target
+/// of the workspace (the xtask included) with warnings as errors, and that
+/// the vendored zookeeper-client is the pristine crate plus its patches
+/// (with the tests of the patches).
 fn lint() -> Result<()> {
     run(cargo().args(["fmt", "--all", "--check"]))?;
+    run(Command::new("bash")
+        .arg("vendor/zookeeper-client-patches/check.sh")
+        .current_dir(cmd::root()))?;
     run(cargo().args([
         "clippy",
         "--workspace",

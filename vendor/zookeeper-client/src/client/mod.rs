@@ -1548,8 +1548,6 @@ pub struct Connector {
     server_version: Version,
     session_timeout: Duration,
     connection_timeout: Duration,
-    session_expired_timeout: Duration,
-    ping_interval: Duration,
 }
 
 impl Connector {
@@ -1567,8 +1565,6 @@ impl Connector {
             server_version: Version(u32::MAX, u32::MAX, u32::MAX),
             session_timeout: Duration::ZERO,
             connection_timeout: Duration::ZERO,
-            session_expired_timeout: Duration::ZERO,
-            ping_interval: Duration::ZERO,
         }
     }
 
@@ -1594,34 +1590,6 @@ impl Connector {
     /// Defaults to `2/5` of session timeout.
     pub fn with_connection_timeout(mut self, timeout: Duration) -> Self {
         self.connection_timeout = timeout;
-        self
-    }
-
-    /// Specifies how long the client keeps reconnecting an established
-    /// session, counted from the last reply of a server, before it reports
-    /// [SessionState::Expired] on its own.
-    ///
-    /// Defaults to `7/5` of the negotiated session timeout. Only a server
-    /// can tell whether a session expired: one that restarts with its data
-    /// restores its sessions with a fresh timeout, so a client that keeps
-    /// trying longer finds its session alive after an outage, and the server
-    /// answers [SessionState::Expired] when it is not.
-    pub fn with_session_expired_timeout(mut self, timeout: Duration) -> Self {
-        self.session_expired_timeout = timeout;
-        self
-    }
-
-    /// Specifies how long an idle connection waits before it pings
-    /// the server (at most a third of the negotiated session timeout); the
-    /// connection is then declared lost after twice that without a byte
-    /// from the server.
-    ///
-    /// Defaults to `3/8` of the connection timeout (`3/20` of the session
-    /// timeout without one). The Java client pings after a third of the
-    /// session timeout: a client with many idle sessions (election
-    /// candidates) sends less than half the pings that way.
-    pub fn with_ping_interval(mut self, interval: Duration) -> Self {
-        self.ping_interval = interval;
         self
     }
 
@@ -1781,9 +1749,7 @@ impl Connector {
             .with_readonly(self.readonly)
             .with_detached(self.detached)
             .with_session_timeout(self.session_timeout)
-            .with_connection_timeout(self.connection_timeout)
-            .with_session_expired_timeout(self.session_expired_timeout)
-            .with_ping_interval(self.ping_interval);
+            .with_connection_timeout(self.connection_timeout);
         #[cfg(feature = "tls")]
         let builder = builder.with_tls(self.tls);
         #[cfg(any(feature = "sasl-digest-md5", feature = "sasl-gssapi"))]

@@ -58,8 +58,6 @@ pub struct Builder {
     session: Option<SessionInfo>,
     session_timeout: Duration,
     connection_timeout: Duration,
-    session_expired_timeout: Duration,
-    ping_interval: Duration,
 }
 
 impl Builder {
@@ -97,16 +95,6 @@ impl Builder {
         Self { connection_timeout, ..self }
     }
 
-    /// See `Connector::with_session_expired_timeout`; zero keeps the default.
-    pub fn with_session_expired_timeout(self, session_expired_timeout: Duration) -> Self {
-        Self { session_expired_timeout, ..self }
-    }
-
-    /// See `Connector::with_ping_interval`; zero keeps the default.
-    pub fn with_ping_interval(self, ping_interval: Duration) -> Self {
-        Self { ping_interval, ..self }
-    }
-
     pub fn build(self, requester: Weak<mpsc::UnboundedSender<Request>>) -> Result<Session, Error> {
         let session = match self.session {
             Some(session) => {
@@ -123,7 +111,7 @@ impl Builder {
         };
         if self.session_timeout < Duration::ZERO {
             return Err(Error::BadArguments(&"session timeout must not be negative"));
-        } else if self.connection_timeout < Duration::ZERO || self.session_expired_timeout < Duration::ZERO {
+        } else if self.connection_timeout < Duration::ZERO {
             return Err(Error::BadArguments(&"connection timeout must not be negative"));
         }
         #[cfg(feature = "tls")]
@@ -141,13 +129,9 @@ impl Builder {
             detached: self.detached,
 
             configured_connection_timeout: self.connection_timeout,
-            configured_session_expired_timeout: self.session_expired_timeout,
-            configured_ping_interval: self.ping_interval,
 
             last_zxid: session.last_zxid,
             last_recv: now,
-            refused_since: None,
-            unanswered: false,
             last_connect_error: None,
             last_send: now,
             last_ping: None,
@@ -181,18 +165,9 @@ pub struct Session {
     connector: Connector,
 
     configured_connection_timeout: Duration,
-    configured_session_expired_timeout: Duration,
-    /// See `Connector::with_ping_interval`.
-    configured_ping_interval: Duration,
 
     last_zxid: i64,
     last_recv: Instant,
-    /// Since when reachable servers close our connect requests
-    /// unanswered, in the current reconnection.
-    refused_since: Option<Instant>,
-    /// Whether a server took our connection but did not answer
-    /// the connect request in time, in the current reconnection.
-    unanswered: bool,
     /// Why the last connection attempt failed (a refused port, a
     /// TLS handshake that rejected the server's certificate), reported
     /// with `NoHosts` instead of nothing.
@@ -459,63 +434,8 @@ impl Session {
         self.tick_timeout = tick;
         self.ping_timeout = Duration::from_secs(10).min(3 * tick);
         self.connector.set_timeout(8 * tick);
-        // A configured ping interval replaces the derived one (at
-        // most a third of the negotiated session timeout), and the
-        // connection is declared lost only after two of them without a byte
-        // from the server (the Java client's ratio).
-        if !self.configured_ping_interval.is_zero() {
-            let ping = self.configured_ping_interval.min(session_timeout / 3);
-            self.ping_timeout = ping;
-            self.connector.set_timeout((8 * tick).max(2 * ping));
-        }
         self.session_timeout = session_timeout.max(self.connector.timeout());
-        self.session_expired_timeout = if self.configured_session_expired_timeout.is_zero() {
-            self.session_timeout * 7 / 5
-        } else {
-            self.configured_session_expired_timeout
-        };
-    }
-
-    /// With a configured client-side expiry (see
-    /// `Connector::with_session_expired_timeout`), whether reachable servers
-    /// have refused to reconnect this session for half a session timeout.
-    ///
-    /// A server closes a connect request unanswered when it is not serving
-    /// yet, or when it is behind the last zxid this client has seen: then it
-    /// never answers `Expired`, even when it lost the session with its data
-    /// (a server restarted empty). A server that serves and keeps refusing
-    /// cannot hold this session, so the client stops waiting for it.
-    fn refused_too_long(&self) -> bool {
-        !self.configured_session_expired_timeout.is_zero()
-            && self.session.id.0 != 0
-            && self.refused_since.is_some_and(|since| since.elapsed() >= self.session_timeout / 2)
-    }
-
-    /// With a configured client-side expiry, whether a server that
-    /// took our connection left the connect request unanswered, and the
-    /// default client-side expiry (`7/5` of the session timeout since the
-    /// last reply) has passed. Such a link may be half-open: the server
-    /// hears our attempts, each one keeps the session alive there, and it
-    /// would never answer `Expired`. The longer configured expiry is meant
-    /// for servers that are down or refusing, not for this.
-    fn unanswered_too_long(&self) -> bool {
-        !self.configured_session_expired_timeout.is_zero()
-            && self.unanswered
-            && Instant::now() >= self.last_recv + self.session_timeout * 7 / 5
-    }
-
-    /// The longest pause between two attempts to reconnect an
-    /// established session: a quarter of the connection timeout, with
-    /// jitter (between half and all of it). The backoff alone doubles
-    /// without bound and is only capped by the time left before the
-    /// client-side expiry; a client that keeps a session through a server
-    /// restart must find the server soon after it answers again.
-    fn max_reconnect_delay(&self) -> Duration {
-        if self.session.id.0 == 0 {
-            return Duration::MAX;
-        }
-        let cap = self.connector.timeout() / 4;
-        cap / 2 + cap.mul_f64(fastrand::f64() / 2.0)
+        self.session_expired_timeout = self.session_timeout * 7 / 5;
     }
 
     fn complete_connect(&mut self) {
@@ -592,7 +512,6 @@ impl Session {
                 },
                 now = tick.as_mut() => {
                     if now >= self.last_recv + self.connector.timeout() {
-                        self.unanswered = true; // See `unanswered_too_long`
                         return Err(Error::with_message(format!("no response from connection in {}ms", self.connector.timeout().as_millis())));
                     }
                 },
@@ -723,8 +642,7 @@ impl Session {
         buf: &mut Vec<u8>,
         depot: &mut Depot,
     ) -> Result<Connection, Error> {
-        let max_delay = deadline.timeout().min(self.max_reconnect_delay());
-        let Some(endpoint) = endpoints.next(max_delay).await else {
+        let Some(endpoint) = endpoints.next(deadline.timeout()).await else {
             return Err(Error::NoHosts);
         };
         let mut conn = match self.connector.connect(endpoint, deadline).await {
@@ -751,13 +669,6 @@ impl Session {
         self.last_ping = None;
         self.change_state(SessionState::Disconnected);
         match self.serve_connecting(&mut conn, buf, depot).await {
-            Err(Error::ConnectionLoss) => {
-                // The server took the connection and closed it without an
-                // answer: not serving yet, or behind the zxid we have seen.
-                warn!("server {} closed our connect request unanswered", endpoint);
-                self.refused_since.get_or_insert_with(Instant::now);
-                Err(Error::ConnectionLoss)
-            },
             Err(err) => {
                 warn!("fails to establish session to {} due to {}", endpoint, err);
                 Err(err)
@@ -784,8 +695,6 @@ impl Session {
             endpoints.endpoints()
         );
         let mut deadline = Deadline::until(self.last_recv + session_timeout);
-        self.refused_since = None;
-        self.unanswered = false;
         self.last_connect_error = None;
         let mut last_error = match self.start_once(endpoints, &mut deadline, buf, depot).await {
             Err(err) => err,
@@ -793,12 +702,6 @@ impl Session {
         };
         while !last_error.is_terminated() {
             if deadline.elapsed() {
-                return Err(Error::Timeout);
-            }
-            if self.refused_too_long() {
-                return Err(Error::SessionExpired);
-            }
-            if self.unanswered_too_long() {
                 return Err(Error::Timeout);
             }
             // Give the executor a turn between two attempts, so that
