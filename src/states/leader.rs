@@ -142,7 +142,7 @@ pub async fn run(
     };
     let mut me = Leader {
         live: Liveness::new(session.timeout(), session.state()),
-        lease: Lease::new(session.timeout()),
+        lease: Lease::new(session.timeout(), tick_time(ctx, &session)),
         ctx,
         session,
         leadership,
@@ -156,8 +156,22 @@ pub async fn run(
         writing: None,
         pruning: Arc::new(AtomicBool::new(false)),
     };
-    let exit = me.lead().await;
+    let exit = match me.lease.bound() {
+        b if b.is_zero() => Exit::Failover(Cause::ZookeeperError.because(format!(
+            "the negotiated session timeout {:?} leaves no lease with tickTime {:?}: \
+             ZooKeeper may expire the session before a confirmation could be used \
+             (raise --zk-session-timeout or the servers' minSessionTimeout, or check --zk-tick-time)",
+            me.session.timeout(),
+            tick_time(ctx, &me.session)
+        ))),
+        _ => me.lead().await,
+    };
     me.leave(exit).await
+}
+
+/// The servers' tickTime the lease is sized for.
+fn tick_time(ctx: &Context, session: &ZkSession) -> Duration {
+    crate::lease::assumed_tick_time(session.timeout(), ctx.cfg.zk_tick_time)
 }
 
 impl Leader<'_> {
@@ -761,8 +775,9 @@ pub fn choose_token(czxid: u64, floor: u64, newest_on_disk: Option<u64>) -> Opti
 
 /// Bound used by tests to wait out a lock-delay: the longest a successor
 /// waits for a writer node that was not released.
-pub fn lock_delay_bound(session_timeout: Duration) -> Duration {
-    let lease = Lease::new(session_timeout);
+pub fn lock_delay_bound(session_timeout: Duration, tick_time: Option<Duration>) -> Duration {
+    let tick = crate::lease::assumed_tick_time(session_timeout, tick_time);
+    let lease = Lease::new(session_timeout, tick);
     lease.bound() + lease.max_round_trip()
 }
 
@@ -858,7 +873,8 @@ mod tests {
     #[test]
     fn the_lock_delay_outlasts_any_lease_of_the_previous_leader() {
         let s = Duration::from_secs(2);
-        assert!(lock_delay_bound(s) > Lease::new(s).bound());
-        assert!(lock_delay_bound(s) < s);
+        let tick = Duration::from_millis(200);
+        assert!(lock_delay_bound(s, Some(tick)) > Lease::new(s, tick).bound());
+        assert!(lock_delay_bound(s, Some(tick)) < s);
     }
 }

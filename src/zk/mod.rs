@@ -189,6 +189,22 @@ pub fn standing(ordered: &[Candidate], session: i64) -> (Standing, Vec<Candidate
 /// never come back ends by itself. See `docs/design.md`.
 pub const CLIENT_EXPIRY_FACTOR: u32 = 6;
 
+/// How long an idle connection waits before it pings: a third of the
+/// session timeout, as the Java client does (a candidate's whole traffic
+/// at rest is that ping).
+pub fn ping_interval(session_timeout: Duration) -> Duration {
+    session_timeout / 3
+}
+
+/// The longest the client leaves its connection silent: it pings once
+/// [`ping_interval`] has passed since it last sent anything, checked on its
+/// own tick (a twentieth of the session timeout, the crate's tick when no
+/// connection timeout is set). The lease is sized from this (see
+/// [`crate::lease::earliest_expiry`]): change both together.
+pub fn longest_silence(session_timeout: Duration) -> Duration {
+    ping_interval(session_timeout) + session_timeout / 20
+}
+
 /// Longest wait for a close acknowledgement while disconnected.
 const DISCONNECTED_CLOSE_BOUND: Duration = Duration::from_millis(500);
 
@@ -308,7 +324,7 @@ impl ZkSession {
         let connector = Client::connector()
             .with_session_timeout(session_timeout)
             .with_session_expired_timeout(session_timeout * CLIENT_EXPIRY_FACTOR)
-            .with_ping_interval(session_timeout / 3)
+            .with_ping_interval(ping_interval(session_timeout))
             .with_fail_eagerly();
         let connector = security.apply(connector)?;
         let connect = SessionThread::connect(connector, servers, security.tls.is_some());
