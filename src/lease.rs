@@ -147,6 +147,22 @@ pub fn lease_bound(session_timeout: Duration, tick_time: Duration) -> Option<Dur
         .filter(|b| !b.is_zero())
 }
 
+/// How long a new leader waits for a writer node held by another live
+/// session (Chubby's lock-delay): until any lease its holder can have has
+/// run out. Its holder recorded its lease bound in the node (`holder`); a
+/// node that does not say (an older version) counts as the lease of the
+/// longest session a server grants by default, 20 ticks of `tick_time`.
+/// Our own bound counts too, and half as much again for the round trip
+/// that confirmed the holder's last lease.
+pub fn lock_delay(own: Duration, holder: Option<Duration>, tick_time: Duration) -> Duration {
+    let holder = holder.unwrap_or_else(|| {
+        let longest = tick_time * 20;
+        lease_bound(longest, tick_time).unwrap_or(longest / 2)
+    });
+    let lease = own.max(holder);
+    lease + lease / 2
+}
+
 /// The earliest moment, after a confirmation sent at `t0`, at which
 /// ZooKeeper may expire the session, as an offset from `t0`: a follower
 /// reports a session's activity to the ZooKeeper leader only in its ping
@@ -181,6 +197,17 @@ mod tests {
             Some(ms(1266) + Duration::from_nanos(666_667))
         );
         assert_eq!(lease_bound(Duration::from_secs(2), TICK), Some(ms(1000)));
+    }
+
+    #[test]
+    fn the_lock_delay_waits_for_the_longer_of_both_leases() {
+        let s = Duration::from_secs;
+        // A 4 s successor (lease 2 s) behind a 20 s holder (lease 10 s).
+        assert_eq!(lock_delay(s(2), Some(s(10)), TICK), s(15));
+        assert_eq!(lock_delay(s(10), Some(s(2)), TICK), s(15));
+        // A holder that did not say: the longest default session, 20 ticks.
+        let unknown = lock_delay(s(2), None, s(1));
+        assert_eq!(unknown, s(15), "20 s session: lease 10 s");
     }
 
     #[test]

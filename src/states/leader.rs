@@ -30,7 +30,9 @@
 //! **Failures.** A disconnection revokes the lease at once (suspended); the
 //! same session reconnecting resumes after a fresh confirmation. Write
 //! errors, overruns and writes fenced while connected count towards
-//! max-write-failures, after which the leader steps down (Failover).
+//! max-write-failures, after which the leader steps down (Failover). A
+//! write still running one session timeout after it started ends the
+//! leadership at once, whatever leader-timeout and max-write-failures are.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -95,6 +97,9 @@ struct InFlight {
     key: FileKey,
     /// When it must have finished (end of the lease it started under).
     deadline: Instant,
+    /// When it started: one session timeout later a write still running
+    /// ends the leadership ([`WriteEnd::Hung`]).
+    started: Instant,
     /// Already counted as a failure for overrunning its deadline.
     overdue: bool,
 }
@@ -103,6 +108,8 @@ struct InFlight {
 enum WriteEnd {
     Done(Result<Result<PathBuf, FileError>, tokio::task::JoinError>),
     Overdue,
+    /// Still running one session timeout after it started: the disk hangs.
+    Hung,
 }
 
 /// Leader's data.
@@ -190,6 +197,7 @@ impl Leader<'_> {
         };
         let mut tick = tokio::time::interval(self.ctx.cfg.leader_timeout);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let hang_after = self.session.timeout();
         loop {
             self.ctx.board.beat();
             tokio::select! {
@@ -220,7 +228,7 @@ impl Leader<'_> {
                         Err(exit) => return exit,
                     };
                 }
-                end = wait_write(&mut self.writing) => {
+                end = wait_write(&mut self.writing, hang_after) => {
                     if let Some(exit) = self.on_write_end(end) {
                         return exit;
                     }
@@ -312,6 +320,7 @@ impl Leader<'_> {
                 root,
                 &self.leadership.path,
                 token,
+                self.lease.bound(),
                 version,
             );
             let claimed = tokio::time::timeout(self.session.timeout(), claim)
@@ -321,12 +330,14 @@ impl Leader<'_> {
                 )));
             match claimed {
                 Ok(()) => return Ok(token),
-                Err(ClaimError::WriterHeld { owner }) if owner == self.session.id() => {
+                Err(ClaimError::WriterHeld { owner, .. }) if owner == self.session.id() => {
                     // Ours from an earlier leadership of this session.
                     self.release_own_writer().await?;
                 }
-                Err(ClaimError::WriterHeld { owner: 0 }) => {}
-                Err(ClaimError::WriterHeld { owner }) => self.lock_delay(owner).await?,
+                Err(ClaimError::WriterHeld { owner: 0, .. }) => {}
+                Err(ClaimError::WriterHeld { owner, lease }) => {
+                    self.lock_delay(owner, lease).await?
+                }
                 Err(ClaimError::Rejected(zookeeper_client::Error::BadVersion)) => {
                     info!("token floor changed while claiming; trying again");
                 }
@@ -405,11 +416,13 @@ impl Leader<'_> {
     }
 
     /// Waits until the writer node of session `owner` goes, or until any
-    /// lease its leader could hold has run out, then clears it.
-    async fn lock_delay(&self, owner: i64) -> Result<(), Exit> {
+    /// lease its leader could hold (`lease`, as it recorded it) has run
+    /// out, then clears it.
+    async fn lock_delay(&self, owner: i64, lease: Option<Duration>) -> Result<(), Exit> {
         let root = self.ctx.cfg.zk_root.as_str();
-        let bound = self.lease.bound() + self.lease.max_round_trip();
-        warn!(owner = %format!("{owner:#x}"), wait_at_most = ?bound,
+        let tick = tick_time(self.ctx, &self.session);
+        let bound = crate::lease::lock_delay(self.lease.bound(), lease, tick);
+        warn!(owner = %format!("{owner:#x}"), holder_lease = ?lease, wait_at_most = ?bound,
             "the previous leader did not release the writer node; waiting before the first write");
         let path = zk::child_path(root, zk::WRITER_NODE);
         let started = Instant::now();
@@ -564,6 +577,7 @@ impl Leader<'_> {
             handle,
             key,
             deadline: Instant::now() + self.lease.remaining(),
+            started: Instant::now(),
             overdue: false,
         });
     }
@@ -577,6 +591,16 @@ impl Leader<'_> {
                 w.overdue = true;
                 self.ctx.board.metrics.write_errors.inc();
                 return self.failed("the write did not finish within the lease");
+            }
+            WriteEnd::Hung => {
+                // Whatever leader-timeout and max-write-failures say: this
+                // leadership cannot write, a replica with a working disk can.
+                let why = format!(
+                    "a write hangs for {:?} (one session timeout): the disk is stuck",
+                    self.session.timeout()
+                );
+                error!(why, "write failed");
+                return Some(Exit::Failover(Cause::WriteFailures.because(why)));
             }
             WriteEnd::Done(r) => {
                 self.writing = None;
@@ -664,16 +688,19 @@ impl Leader<'_> {
     }
 }
 
-/// Waits for the write in flight to end or overrun; pending without one.
-async fn wait_write(writing: &mut Option<InFlight>) -> WriteEnd {
+/// Waits for the write in flight to end, overrun its lease, or hang for
+/// `hang_after` since it started; pending without one.
+async fn wait_write(writing: &mut Option<InFlight>, hang_after: Duration) -> WriteEnd {
     let Some(w) = writing.as_mut() else {
         return std::future::pending().await;
     };
     let overdue = w.overdue;
     let deadline = w.deadline;
+    let hung = w.started + hang_after;
     tokio::select! {
         r = &mut w.handle => WriteEnd::Done(r),
         _ = tokio::time::sleep_until(deadline), if !overdue => WriteEnd::Overdue,
+        _ = tokio::time::sleep_until(hung), if overdue => WriteEnd::Hung,
     }
 }
 
@@ -778,7 +805,7 @@ pub fn choose_token(czxid: u64, floor: u64, newest_on_disk: Option<u64>) -> Opti
 pub fn lock_delay_bound(session_timeout: Duration, tick_time: Option<Duration>) -> Duration {
     let tick = crate::lease::assumed_tick_time(session_timeout, tick_time);
     let lease = Lease::new(session_timeout, tick);
-    lease.bound() + lease.max_round_trip()
+    crate::lease::lock_delay(lease.bound(), Some(lease.bound()), tick)
 }
 
 #[cfg(test)]
