@@ -85,6 +85,15 @@ pub struct RunArgs {
     #[arg(long, env = "ELECTION_ZK_SESSION_TIMEOUT", default_value = "6s", value_parser = parse_positive_duration)]
     pub zk_session_timeout: Duration,
 
+    /// tickTime of the ZooKeeper servers (the largest in the ensemble). A
+    /// follower passes a session's activity on to the ZooKeeper leader
+    /// every half tick, so the leader's lease is sized to end before the
+    /// earliest expiry that allows (docs/design.md) [default: half the
+    /// negotiated session timeout, the largest tickTime of a server with
+    /// the default minSessionTimeout of 2 ticks]
+    #[arg(long, env = "ELECTION_ZK_TICK_TIME", value_parser = parse_positive_duration)]
+    pub zk_tick_time: Option<Duration>,
+
     /// Upper bound for establishing a ZooKeeper session in Init.
     #[arg(long, env = "ELECTION_ZK_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_positive_duration)]
     pub zk_connect_timeout: Duration,

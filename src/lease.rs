@@ -1,10 +1,13 @@
 //! The leader's lease: how long a confirmation from ZooKeeper lets it write.
 //!
 //! ZooKeeper expires a session no earlier than one session timeout after it
-//! last heard from the client. A leader that sent a confirming request at
-//! `t0` and got a good answer therefore still owns its node until at least
-//! `t0 + session timeout`; it allows itself only half of that, which leaves
-//! room for server ticks, fsync time and clock-rate differences.
+//! last heard from the client, but "heard" means the ZooKeeper leader: a
+//! follower passes a session's activity on only every `tickTime / 2`. A
+//! leader that sent a confirming request at `t0` and got a good answer
+//! therefore still owns its node until at least [`earliest_expiry`] after
+//! `t0`; its lease ([`lease_bound`]) ends a twentieth of the session
+//! timeout before that, and never later than half the session timeout.
+//! The arithmetic is in `docs/design.md` (the margin of the lease).
 //!
 //! Time is kept on two clocks, and the lease holds only while both agree:
 //! the monotonic clock ([`tokio::time::Instant`], which tests can pause) and
@@ -66,10 +69,13 @@ pub struct Lease {
 }
 
 impl Lease {
-    /// A lease for a session with this negotiated timeout; initially not held.
-    pub fn new(session_timeout: Duration) -> Lease {
+    /// A lease for a session with this negotiated timeout on servers whose
+    /// tickTime is at most `tick_time` ([`assumed_tick_time`]); initially
+    /// not held. Its bound is zero (it never lets anyone write) when the
+    /// session is too short for that tickTime ([`lease_bound`]).
+    pub fn new(session_timeout: Duration, tick_time: Duration) -> Lease {
         Lease {
-            bound: session_timeout / 2,
+            bound: lease_bound(session_timeout, tick_time).unwrap_or_default(),
             valid_until: None,
         }
     }
@@ -118,13 +124,130 @@ impl Lease {
     }
 }
 
+/// Part of the session timeout kept between the end of the lease and the
+/// earliest expiry (clock rates, a late timer; 300 ms for 6 s).
+const MARGIN_DIVISOR: u32 = 20;
+
+/// The tickTime the lease is sized for: the configured one
+/// (`--zk-tick-time`), or else half the negotiated session timeout, the
+/// largest tickTime of a server that granted it with the default
+/// `minSessionTimeout` of two ticks.
+pub fn assumed_tick_time(session_timeout: Duration, configured: Option<Duration>) -> Duration {
+    configured.unwrap_or(session_timeout / 2)
+}
+
+/// How long a confirmation lets the leader write: the earliest expiry less
+/// a margin of a twentieth of the session timeout, and at most half the
+/// session timeout. `None` when nothing is left (a session timeout too
+/// short for the servers' tickTime).
+pub fn lease_bound(session_timeout: Duration, tick_time: Duration) -> Option<Duration> {
+    earliest_expiry(session_timeout, tick_time)?
+        .checked_sub(session_timeout / MARGIN_DIVISOR)
+        .map(|b| b.min(session_timeout / 2))
+        .filter(|b| !b.is_zero())
+}
+
+/// How long a new leader waits for a writer node held by another live
+/// session (Chubby's lock-delay): until any lease its holder can have has
+/// run out. Its holder recorded its lease bound in the node (`holder`); a
+/// node that does not say (an older version) counts as the lease of the
+/// longest session a server grants by default, 20 ticks of `tick_time`.
+/// Our own bound counts too, and half as much again for the round trip
+/// that confirmed the holder's last lease.
+pub fn lock_delay(own: Duration, holder: Option<Duration>, tick_time: Duration) -> Duration {
+    let holder = holder.unwrap_or_else(|| {
+        let longest = tick_time * 20;
+        lease_bound(longest, tick_time).unwrap_or(longest / 2)
+    });
+    let lease = own.max(holder);
+    lease + lease / 2
+}
+
+/// The earliest moment, after a confirmation sent at `t0`, at which
+/// ZooKeeper may expire the session, as an offset from `t0`: a follower
+/// reports a session's activity to the ZooKeeper leader only in its ping
+/// replies (every `tick_time / 2`), so if it dies right after answering,
+/// the leader last heard of the session from the client's packet before,
+/// up to [`crate::zk::session::longest_silence`] earlier, and we count one report
+/// period more. `None` when that is not after `t0` at all.
+pub fn earliest_expiry(session_timeout: Duration, tick_time: Duration) -> Option<Duration> {
+    session_timeout
+        .checked_sub(crate::zk::session::longest_silence(session_timeout))?
+        .checked_sub(tick_time / 2)
+        .filter(|d| !d.is_zero())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// The test harness's tickTime: leases of half the session timeout.
+    const TICK: Duration = Duration::from_millis(200);
+
+    #[test]
+    fn the_chart_default_and_a_stock_server_get_the_documented_leases() {
+        // docs/design.md, "The margin of the lease".
+        let ms = Duration::from_millis;
+        let s6 = Duration::from_secs(6);
+        assert_eq!(lease_bound(s6, ms(1000)), Some(ms(3000)));
+        assert_eq!(lease_bound(s6, ms(2000)), Some(ms(2900)));
+        assert_eq!(lease_bound(s6, assumed_tick_time(s6, None)), Some(ms(2400)));
+        assert_eq!(
+            lease_bound(Duration::from_secs(4), ms(2000)),
+            Some(ms(1600))
+        );
+        assert_eq!(lease_bound(Duration::from_secs(2), TICK), Some(ms(1000)));
+    }
+
+    #[test]
+    fn the_lock_delay_waits_for_the_longer_of_both_leases() {
+        let s = Duration::from_secs;
+        // A 4 s successor (lease 2 s) behind a 20 s holder (lease 10 s).
+        assert_eq!(lock_delay(s(2), Some(s(10)), TICK), s(15));
+        assert_eq!(lock_delay(s(10), Some(s(2)), TICK), s(15));
+        // A holder that did not say: the longest default session, 20 ticks.
+        let unknown = lock_delay(s(2), None, s(1));
+        assert_eq!(unknown, s(15), "20 s session: lease 10 s");
+    }
+
+    #[test]
+    fn a_session_too_short_for_the_tick_time_gets_no_lease() {
+        let lease = Lease::new(Duration::from_secs(1), Duration::from_secs(2));
+        assert_eq!(lease.bound(), Duration::ZERO);
+        let mut lease = lease;
+        lease.confirm(Stamp::now());
+        assert!(!lease.is_valid());
+    }
+
+    /// Session timeouts a server with this tickTime grants by default
+    /// (`[2, 20] x tickTime`), in 100 ms steps.
+    fn granted(tick: Duration) -> impl Iterator<Item = Duration> {
+        let (lo, hi) = (tick.as_millis() as u64 * 2, tick.as_millis() as u64 * 20);
+        (lo..=hi).step_by(100).map(Duration::from_millis)
+    }
+
+    #[test]
+    fn the_lease_ends_before_the_server_can_expire_the_session_for_every_granted_timeout() {
+        // The chart's ZooKeeper (1 s), a stock server (2 s), the tests' (200 ms), a slow one.
+        for tick in [200, 1000, 2000, 3000].map(Duration::from_millis) {
+            for t in granted(tick) {
+                let expiry = earliest_expiry(t, tick);
+                // Told the tickTime, and left to assume it (half the session).
+                for assumed in [tick, assumed_tick_time(t, None)] {
+                    let lease = Lease::new(t, assumed);
+                    assert!(
+                        expiry.is_some_and(|e| e > lease.bound() && !lease.bound().is_zero()),
+                        "session {t:?}, tickTime {tick:?} (assumed {assumed:?}): lease {:?}, earliest expiry {expiry:?}",
+                        lease.bound()
+                    );
+                }
+            }
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_confirmation_is_valid_for_half_the_session_timeout() {
-        let mut lease = Lease::new(Duration::from_secs(2));
+        let mut lease = Lease::new(Duration::from_secs(2), TICK);
         assert!(!lease.is_valid());
         lease.confirm(Stamp::now());
         assert!(lease.is_valid());
@@ -136,7 +259,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_lease_counts_from_when_the_request_was_sent() {
-        let mut lease = Lease::new(Duration::from_secs(2));
+        let mut lease = Lease::new(Duration::from_secs(2), TICK);
         let sent = Stamp::now();
         // The answer took 900 ms to come back: only 100 ms are left.
         tokio::time::advance(Duration::from_millis(900)).await;
@@ -148,7 +271,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn revoking_ends_the_lease_at_once_and_late_answers_do_not_shorten_it() {
-        let mut lease = Lease::new(Duration::from_secs(2));
+        let mut lease = Lease::new(Duration::from_secs(2), TICK);
         let early = Stamp::now();
         tokio::time::advance(Duration::from_millis(300)).await;
         lease.confirm(Stamp::now());
@@ -165,7 +288,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_frozen_process_wakes_up_without_a_lease() {
-        let mut lease = Lease::new(Duration::from_secs(6));
+        let mut lease = Lease::new(Duration::from_secs(6), TICK);
         lease.confirm(Stamp::now());
         // SIGSTOP for 10 s: monotonic time keeps running.
         tokio::time::advance(Duration::from_secs(10)).await;
@@ -176,7 +299,7 @@ mod tests {
     fn the_boot_clock_alone_can_end_a_lease() {
         // A suspend stops the monotonic clock but not CLOCK_BOOTTIME: model
         // it with a stamp whose boot time lies a whole lease in the past.
-        let mut lease = Lease::new(Duration::from_secs(2));
+        let mut lease = Lease::new(Duration::from_secs(2), TICK);
         let now = Stamp::now();
         let suspended = Stamp {
             mono: now.mono,
@@ -188,7 +311,7 @@ mod tests {
 
     #[test]
     fn round_trips_longer_than_a_quarter_session_are_not_trusted() {
-        let lease = Lease::new(Duration::from_secs(2));
+        let lease = Lease::new(Duration::from_secs(2), TICK);
         assert_eq!(lease.max_round_trip(), Duration::from_millis(500));
     }
 }

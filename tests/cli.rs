@@ -144,6 +144,7 @@ fn help_documents_every_flag_with_its_env_name_and_default() {
         ("--file-dir", "ELECTION_FILE_DIR"),
         ("--storage-capacity", "ELECTION_STORAGE_CAPACITY"),
         ("--zk-session-timeout", "ELECTION_ZK_SESSION_TIMEOUT"),
+        ("--zk-tick-time", "ELECTION_ZK_TICK_TIME"),
         ("--zk-root", "ELECTION_ZK_ROOT"),
         ("--node-id", "ELECTION_NODE_ID"),
         ("--log-format", "ELECTION_LOG_FORMAT"),

@@ -30,7 +30,9 @@
 //! **Failures.** A disconnection revokes the lease at once (suspended); the
 //! same session reconnecting resumes after a fresh confirmation. Write
 //! errors, overruns and writes fenced while connected count towards
-//! max-write-failures, after which the leader steps down (Failover).
+//! max-write-failures, after which the leader steps down (Failover). A
+//! write still running one session timeout after it started ends the
+//! leadership at once, whatever leader-timeout and max-write-failures are.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -95,6 +97,9 @@ struct InFlight {
     key: FileKey,
     /// When it must have finished (end of the lease it started under).
     deadline: Instant,
+    /// When it started: one session timeout later a write still running
+    /// ends the leadership ([`WriteEnd::Hung`]).
+    started: Instant,
     /// Already counted as a failure for overrunning its deadline.
     overdue: bool,
 }
@@ -103,6 +108,8 @@ struct InFlight {
 enum WriteEnd {
     Done(Result<Result<PathBuf, FileError>, tokio::task::JoinError>),
     Overdue,
+    /// Still running one session timeout after it started: the disk hangs.
+    Hung,
 }
 
 /// Leader's data.
@@ -142,7 +149,7 @@ pub async fn run(
     };
     let mut me = Leader {
         live: Liveness::new(session.timeout(), session.state()),
-        lease: Lease::new(session.timeout()),
+        lease: Lease::new(session.timeout(), tick_time(ctx, &session)),
         ctx,
         session,
         leadership,
@@ -156,8 +163,22 @@ pub async fn run(
         writing: None,
         pruning: Arc::new(AtomicBool::new(false)),
     };
-    let exit = me.lead().await;
+    let exit = match me.lease.bound() {
+        b if b.is_zero() => Exit::Failover(Cause::ZookeeperError.because(format!(
+            "the negotiated session timeout {:?} leaves no lease with tickTime {:?}: \
+             ZooKeeper may expire the session before a confirmation could be used \
+             (raise --zk-session-timeout or the servers' minSessionTimeout, or check --zk-tick-time)",
+            me.session.timeout(),
+            tick_time(ctx, &me.session)
+        ))),
+        _ => me.lead().await,
+    };
     me.leave(exit).await
+}
+
+/// The servers' tickTime the lease is sized for.
+fn tick_time(ctx: &Context, session: &ZkSession) -> Duration {
+    crate::lease::assumed_tick_time(session.timeout(), ctx.cfg.zk_tick_time)
 }
 
 impl Leader<'_> {
@@ -177,6 +198,7 @@ impl Leader<'_> {
         let mut tick = tokio::time::interval(self.ctx.cfg.leader_timeout);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut rewatch = false;
+        let hang_after = self.session.timeout();
         loop {
             self.ctx.board.beat();
             tokio::select! {
@@ -222,7 +244,7 @@ impl Leader<'_> {
                         Err(exit) => return exit,
                     };
                 }
-                end = wait_write(&mut self.writing) => {
+                end = wait_write(&mut self.writing, hang_after) => {
                     if let Some(exit) = self.on_write_end(end) {
                         return exit;
                     }
@@ -314,6 +336,7 @@ impl Leader<'_> {
                 root,
                 &self.leadership.path,
                 token,
+                self.lease.bound(),
                 version,
             );
             let claimed = tokio::time::timeout(self.session.timeout(), claim)
@@ -323,21 +346,23 @@ impl Leader<'_> {
                 )));
             match claimed {
                 Ok(()) => return Ok(token),
-                Err(ClaimError::WriterHeld { owner }) if owner == self.session.id() => {
+                Err(ClaimError::WriterHeld { owner, .. }) if owner == self.session.id() => {
                     // Ours from an earlier leadership of this session.
                     self.release_own_writer().await?;
                 }
-                Err(ClaimError::WriterHeld { owner: 0 }) => {}
+                Err(ClaimError::WriterHeld { owner: 0, .. }) => {}
                 // A session of this process given up without the server's
                 // word: it left Leader through its closed commit gate, so
                 // no file of it can land; no lock-delay.
-                Err(ClaimError::WriterHeld { owner })
+                Err(ClaimError::WriterHeld { owner, .. })
                     if self.ctx.abandoned_list().contains(&owner) =>
                 {
                     info!(owner = %format!("{owner:#x}"), "clearing the writer node of a session this replica abandoned");
                     self.release_writer_of(owner).await?;
                 }
-                Err(ClaimError::WriterHeld { owner }) => self.lock_delay(owner).await?,
+                Err(ClaimError::WriterHeld { owner, lease }) => {
+                    self.lock_delay(owner, lease).await?
+                }
                 Err(ClaimError::Rejected(zookeeper_client::Error::BadVersion)) => {
                     info!("token floor changed while claiming; trying again");
                 }
@@ -417,11 +442,13 @@ impl Leader<'_> {
     }
 
     /// Waits until the writer node of session `owner` goes, or until any
-    /// lease its leader could hold has run out, then clears it.
-    async fn lock_delay(&self, owner: i64) -> Result<(), Exit> {
+    /// lease its leader could hold (`lease`, as it recorded it) has run
+    /// out, then clears it.
+    async fn lock_delay(&self, owner: i64, lease: Option<Duration>) -> Result<(), Exit> {
         let root = self.ctx.cfg.zk_root.as_str();
-        let bound = self.lease.bound() + self.lease.max_round_trip();
-        warn!(owner = %format!("{owner:#x}"), wait_at_most = ?bound,
+        let tick = tick_time(self.ctx, &self.session);
+        let bound = crate::lease::lock_delay(self.lease.bound(), lease, tick);
+        warn!(owner = %format!("{owner:#x}"), holder_lease = ?lease, wait_at_most = ?bound,
             "the previous leader did not release the writer node; waiting before the first write");
         let path = zk::child_path(root, zk::WRITER_NODE);
         let started = Instant::now();
@@ -576,6 +603,7 @@ impl Leader<'_> {
             handle,
             key,
             deadline: Instant::now() + self.lease.remaining(),
+            started: Instant::now(),
             overdue: false,
         });
     }
@@ -589,6 +617,16 @@ impl Leader<'_> {
                 w.overdue = true;
                 self.ctx.board.metrics.write_errors.inc();
                 return self.failed("the write did not finish within the lease");
+            }
+            WriteEnd::Hung => {
+                // Whatever leader-timeout and max-write-failures say: this
+                // leadership cannot write, a replica with a working disk can.
+                let why = format!(
+                    "a write hangs for {:?} (one session timeout): the disk is stuck",
+                    self.session.timeout()
+                );
+                error!(why, "write failed");
+                return Some(Exit::Failover(Cause::WriteFailures.because(why)));
             }
             WriteEnd::Done(r) => {
                 self.writing = None;
@@ -676,16 +714,19 @@ impl Leader<'_> {
     }
 }
 
-/// Waits for the write in flight to end or overrun; pending without one.
-async fn wait_write(writing: &mut Option<InFlight>) -> WriteEnd {
+/// Waits for the write in flight to end, overrun its lease, or hang for
+/// `hang_after` since it started; pending without one.
+async fn wait_write(writing: &mut Option<InFlight>, hang_after: Duration) -> WriteEnd {
     let Some(w) = writing.as_mut() else {
         return std::future::pending().await;
     };
     let overdue = w.overdue;
     let deadline = w.deadline;
+    let hung = w.started + hang_after;
     tokio::select! {
         r = &mut w.handle => WriteEnd::Done(r),
         _ = tokio::time::sleep_until(deadline), if !overdue => WriteEnd::Overdue,
+        _ = tokio::time::sleep_until(hung), if overdue => WriteEnd::Hung,
     }
 }
 
@@ -787,9 +828,10 @@ pub fn choose_token(czxid: u64, floor: u64, newest_on_disk: Option<u64>) -> Opti
 
 /// Bound used by tests to wait out a lock-delay: the longest a successor
 /// waits for a writer node that was not released.
-pub fn lock_delay_bound(session_timeout: Duration) -> Duration {
-    let lease = Lease::new(session_timeout);
-    lease.bound() + lease.max_round_trip()
+pub fn lock_delay_bound(session_timeout: Duration, tick_time: Option<Duration>) -> Duration {
+    let tick = crate::lease::assumed_tick_time(session_timeout, tick_time);
+    let lease = Lease::new(session_timeout, tick);
+    crate::lease::lock_delay(lease.bound(), Some(lease.bound()), tick)
 }
 
 #[cfg(test)]
@@ -884,7 +926,8 @@ mod tests {
     #[test]
     fn the_lock_delay_outlasts_any_lease_of_the_previous_leader() {
         let s = Duration::from_secs(2);
-        assert!(lock_delay_bound(s) > Lease::new(s).bound());
-        assert!(lock_delay_bound(s) < s);
+        let tick = Duration::from_millis(200);
+        assert!(lock_delay_bound(s, Some(tick)) > Lease::new(s, tick).bound());
+        assert!(lock_delay_bound(s, Some(tick)) < s);
     }
 }

@@ -778,9 +778,10 @@ pub struct BadFloor {
 /// Why claiming a leadership's token failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClaimError {
-    /// Another session holds the writer node.
+    /// Another session holds the writer node; `lease` is the longest lease
+    /// its holder recorded there (`None`: unreadable, or an older version).
     #[error("the writer node is held by session {owner:#x}")]
-    WriterHeld { owner: i64 },
+    WriterHeld { owner: i64, lease: Option<Duration> },
     /// Our candidate node is gone, or the floor changed under us.
     #[error("claim rejected: {0}")]
     Rejected(zookeeper_client::Error),
@@ -812,15 +813,46 @@ pub fn parse_token_floor(data: &[u8]) -> Result<u64, BadFloor> {
         })
 }
 
+/// What the writer node holds: the leadership's token and its lease
+/// bound, which a successor that finds the node waits out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriterData {
+    /// The leadership's fencing token.
+    pub token: u64,
+    /// The holder's lease bound, in milliseconds.
+    pub lease_ms: u64,
+}
+
+impl WriterData {
+    /// The writer node's content for `token` and `lease`.
+    pub fn encode(token: u64, lease: Duration) -> Vec<u8> {
+        let data = WriterData {
+            token,
+            lease_ms: u64::try_from(lease.as_millis()).unwrap_or(u64::MAX),
+        };
+        serde_json::to_vec(&data).unwrap_or_default()
+    }
+
+    /// The holder's lease bound, from the writer node's content; `None`
+    /// for anything else (an older version wrote only the token).
+    pub fn lease_of(data: &[u8]) -> Option<Duration> {
+        serde_json::from_slice::<WriterData>(data)
+            .ok()
+            .map(|d| Duration::from_millis(d.lease_ms))
+    }
+}
+
 /// Claims a leadership in one multi-op: checks that our candidate node
 /// `own` still exists, raises the token floor to `token` (only if nobody
-/// changed it since we read `version`) and creates the writer node.
+/// changed it since we read `version`) and creates the writer node, which
+/// records `lease`, our lease bound.
 pub async fn claim_leadership(
     client: &Client,
     acls: Acls<'_>,
     root: &str,
     own: &str,
     token: u64,
+    lease: Duration,
     version: Option<i32>,
 ) -> Result<(), ClaimError> {
     let path = child_path(root, FENCING_NODE);
@@ -841,7 +873,7 @@ pub async fn claim_leadership(
     writer
         .add_create(
             &writer_path,
-            data.as_bytes(),
+            &WriterData::encode(token, lease),
             &CreateMode::Ephemeral.with_acls(acls),
         )
         .map_err(ClaimError::Request)?;
@@ -850,12 +882,16 @@ pub async fn claim_leadership(
         Err(CheckWriteError::OperationFailed {
             index: 1,
             source: zookeeper_client::Error::NodeExists,
-        }) => match client.check_stat(&writer_path).await {
-            Ok(Some(stat)) => Err(ClaimError::WriterHeld {
+        }) => match client.get_data(&writer_path).await {
+            Ok((data, stat)) => Err(ClaimError::WriterHeld {
                 owner: stat.ephemeral_owner,
+                lease: WriterData::lease_of(&data),
             }),
             // Gone in between: the caller tries again.
-            Ok(None) => Err(ClaimError::WriterHeld { owner: 0 }),
+            Err(zookeeper_client::Error::NoNode) => Err(ClaimError::WriterHeld {
+                owner: 0,
+                lease: None,
+            }),
             Err(e) => Err(ClaimError::Request(e)),
         },
         Err(CheckWriteError::RequestFailed { source }) => Err(ClaimError::Request(source)),
@@ -978,6 +1014,18 @@ mod tests {
         assert!(parse_token_floor(b"\x00garbage").is_err());
         assert!(parse_token_floor(b"").is_err());
         assert!(parse_token_floor(b"-1").is_err());
+    }
+
+    #[test]
+    fn the_writer_node_records_the_lease_and_older_contents_say_nothing() {
+        let data = WriterData::encode(42, Duration::from_millis(2900));
+        assert_eq!(
+            WriterData::lease_of(&data),
+            Some(Duration::from_millis(2900))
+        );
+        // What versions before the lease was recorded wrote: the token.
+        assert_eq!(WriterData::lease_of(b"42"), None);
+        assert_eq!(WriterData::lease_of(b"\x00garbage"), None);
     }
 
     #[test]

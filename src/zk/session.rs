@@ -51,6 +51,18 @@ pub fn connection_timeout(session_timeout: Duration) -> Duration {
     session_timeout * 3 / 5
 }
 
+/// The longest the client leaves its connection silent: it pings on its
+/// tick (`1/8` of the connection timeout) once `3/8` of it has passed since
+/// it last sent anything, so `1/2` of the connection timeout, `3/10` of the
+/// session timeout. When the server negotiates a shorter session than we
+/// asked for, upstream falls back to a tick of `1/20` of it and a silence
+/// of `1/5`; a longer one keeps ours: `3/10` of the negotiated timeout
+/// bounds all three. The lease is sized from this (see
+/// [`crate::lease::earliest_expiry`]): change both together.
+pub fn longest_silence(session_timeout: Duration) -> Duration {
+    connection_timeout(session_timeout) / 2
+}
+
 /// How long, in session timeouts since the disconnection, the daemon
 /// keeps resuming a session while no server can be reached at all.
 pub const RESUME_FACTOR: u32 = CLIENT_EXPIRY_FACTOR;

@@ -817,3 +817,12 @@ def test_notes_say_an_image_without_a_registry_needs_kind_up_or_a_push():
     assert "has no registry part" in notes("image.repository=library/election")
     for repo in ("ghcr.io/example/election", "localhost:5000/election", "localhost/election"):
         assert "has no registry part" not in notes(f"image.repository={repo}"), repo
+
+
+def test_the_lease_is_sized_for_the_bundled_zookeepers_tick_time(helm, manifests):
+    """docs/design.md, "The margin of the lease": the daemon needs the servers' tickTime."""
+    env = env_values(container(manifests(helm, sets=("zookeeper.tickTime=500",)).election, "election"))
+    assert env["ELECTION_ZK_TICK_TIME"] == "500ms"
+    external = manifests(helm, sets=("zookeeper.enabled=false", "zookeeper.servers={zk:2181}"))
+    # An external ensemble's tickTime is not known: the daemon assumes half the session.
+    assert "ELECTION_ZK_TICK_TIME" not in env_of(container(external.election, "election"))

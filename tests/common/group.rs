@@ -18,6 +18,9 @@ use super::{free_port, wait_until};
 
 /// Session timeout the groups run with.
 pub const SESSION: &str = "2s";
+/// The harness's ZooKeeper tickTime (`tests/common/zk.rs`), told to the
+/// replicas so that their leases are those of a 200 ms tick.
+pub const TICK_TIME: &str = "200ms";
 /// Leader write interval the groups run with.
 pub const LEADER_TIMEOUT: &str = "200ms";
 /// The metric counting state transitions by `from` and `to`.
@@ -62,6 +65,8 @@ impl Group {
             "/election/test",
             "--zk-session-timeout",
             SESSION,
+            "--zk-tick-time",
+            TICK_TIME,
             "--leader-timeout",
             LEADER_TIMEOUT,
             "--attempter-timeout",
