@@ -279,6 +279,13 @@ clamped to [2, 20] x tickTime. */}}
 {{- fail (printf "zookeeper.syncLimit x zookeeper.tickTime (%d x %dms = %dms) must be shorter than the ZooKeeper session timeout (election.zkSessionTimeout %s, granted as %dms after clamping to [2, 20] x tickTime): a follower cut off from the ZooKeeper leader could vouch for an expired session. Lower zookeeper.syncLimit or zookeeper.tickTime, or raise election.zkSessionTimeout" (int .Values.zookeeper.syncLimit) $tick $syncMs .Values.election.zkSessionTimeout $grantedMs) }}
 {{- end }}
 {{- end }}
+{{- /* The daemon's lower bounds (src/config/bounds.rs): it exits 2 below them. */}}
+{{- range $key, $minMs := dict "leaderTimeout" 100 "attempterTimeout" 100 "zkSessionTimeout" 1000 "zkConnectTimeout" 100 "failoverMaxBackoff" 100 "releaseTimeout" 100 }}
+{{- $value := get $.Values.election $key }}
+{{- if lt (include "election.durationMs" $value | int) $minMs }}
+{{- fail (printf "election.%s (%s) must be at least %dms: the daemon refuses less" $key $value $minMs) }}
+{{- end }}
+{{- end }}
 {{- $releaseMs := include "election.durationMs" .Values.election.releaseTimeout | int }}
 {{- if lt (mul (int .Values.terminationGracePeriodSeconds) 1000) (add $releaseMs 5000) }}
 {{- fail (printf "terminationGracePeriodSeconds (%d) must exceed election.releaseTimeout (%s) by at least 5 seconds, or the kubelet kills the daemon during its release" (int .Values.terminationGracePeriodSeconds) .Values.election.releaseTimeout) }}
