@@ -19,7 +19,8 @@ fn main() -> ExitCode {
         Command::Run(_) => "info,zookeeper_client=warn",
         _ => "warn",
     };
-    telemetry::init(format, default_filter);
+    // Kept to the end of main: dropping it flushes the queued log lines.
+    let _log = telemetry::init(format, default_filter);
     // One thread runs the whole daemon: every task is I/O bound, and file
     // writes go to the blocking pool. It keeps the idle footprint small.
     let runtime = match tokio::runtime::Builder::new_current_thread()
