@@ -47,6 +47,8 @@ pub struct Context {
     /// their candidate nodes linger until the server expires them, and
     /// Attempter deletes them so they do not delay a handover.
     pub abandoned_sessions: Arc<Mutex<Vec<i64>>>,
+    /// Init's file-dir check, one at a time (read by `/healthz`).
+    pub dir_check: Arc<init::DirCheck>,
 }
 
 /// What asked the daemon to stop.
@@ -71,6 +73,7 @@ impl Context {
             stop_request: Arc::new(OnceLock::new()),
             file_dir_device: Arc::new(OnceLock::new()),
             abandoned_sessions: Arc::new(Mutex::new(Vec::new())),
+            dir_check: Arc::new(init::DirCheck::default()),
         }
     }
 

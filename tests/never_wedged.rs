@@ -12,7 +12,7 @@ use std::os::fd::AsRawFd as _;
 use std::process::{Child, ChildStderr, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::group::Group;
+use common::group::{Group, TRANSITIONS};
 use common::kube_api::http_get;
 use common::observe;
 use common::proxy::{FaultProxy, Mode};
@@ -183,4 +183,176 @@ fn sigterm_while_the_claim_of_a_new_leader_hangs_exits_at_once() {
     eprintln!("SIGTERM during the claim to exit: {took:?}");
     assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", g.logs());
     assert!(took <= Duration::from_secs(3), "{took:?}\n{}", g.logs());
+}
+
+/// Threads of `pid` inside a `mkdir` (or `mkdirat`) system call now.
+fn threads_in_mkdir(pid: u32) -> usize {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("syscall")).is_ok_and(|s| {
+                let nr = s
+                    .split_whitespace()
+                    .next()
+                    .and_then(|n| n.parse::<i64>().ok());
+                nr == Some(libc::SYS_mkdir) || nr == Some(libc::SYS_mkdirat)
+            })
+        })
+        .count()
+}
+
+#[test]
+#[ignore = "needs root and strace: run by scripts/test.sh as root"]
+fn a_hung_file_dir_check_is_never_started_twice_and_fails_healthz() {
+    assert!(unsafe { libc::geteuid() } == 0, "run as root");
+    // Given a replica whose ZooKeeper refuses connections, so that it
+    // keeps going through Init (a file-dir check, then the connect)
+    let zk = ZkCluster::standalone();
+    let proxy = FaultProxy::start(zk.server_addr(0));
+    proxy.set_mode(Mode::Refuse);
+    let mut g = Group::new(&proxy.addr().to_string());
+    // Liveness bound: 2 x the longest wait (the 2 s session) + 5 s = 9 s.
+    g.extra = ["--zk-connect-timeout", "1s"].map(String::from).to_vec();
+    let bound = Duration::from_secs(9);
+    g.spawn(1);
+    let r = g.replica(0);
+    r.wait_metric(
+        TRANSITIONS,
+        &[("to", "failover")],
+        |n| n >= 1.0,
+        Duration::from_secs(20),
+    );
+    // When file-dir hangs (every mkdir of it waits 60 s) and ZooKeeper is back
+    let strace = common::faults::Strace::inject(
+        r.pid(),
+        "mkdir,mkdirat",
+        "delay_enter=60000000",
+        Some(&g.files_dir()),
+    );
+    proxy.set_mode(Mode::Pass);
+    let hung_at = Instant::now();
+    let inits = r.metric(TRANSITIONS, &[("to", "init")]).unwrap_or(0.0);
+    // Then /healthz answers 503 within the liveness bound (+ one backoff
+    // and the poll), while Init keeps retrying on the one hung check
+    let mut most_hung = 0;
+    let mut answer = None;
+    let failed = wait_until(Duration::from_secs(30), Duration::from_millis(100), || {
+        most_hung = most_hung.max(threads_in_mkdir(r.pid()));
+        answer = http_get(r.http_addr(), "/healthz");
+        answer.as_ref().is_some_and(|a| a.status == 503)
+    });
+    let took = hung_at.elapsed();
+    eprintln!(
+        "/healthz 503 after {took:?}: {answer:?}; at most {most_hung} thread(s) in the hung mkdir so far"
+    );
+    assert!(failed, "/healthz never failed: {answer:?}\n{}", g.logs());
+    assert!(
+        took <= bound + Duration::from_secs(2),
+        "{took:?}\n{}",
+        g.logs()
+    );
+    assert!(
+        answer.unwrap().body.contains("file-dir check"),
+        "{}",
+        g.logs()
+    );
+    let retried = r.metric(TRANSITIONS, &[("to", "init")]).unwrap_or(0.0) - inits;
+    assert!(retried >= 4.0, "only {retried} Init retries\n{}", g.logs());
+    // And the blocking threads are not used up: one hung check, not one per retry
+    most_hung = most_hung.max(threads_in_mkdir(r.pid()));
+    eprintln!("{retried} Init retries, at most {most_hung} thread(s) in the hung mkdir");
+    assert_eq!(most_hung, 1, "{}", g.logs());
+    // And when file-dir answers again, the same check ends, /healthz is
+    // 200 again and the replica leads
+    drop(strace);
+    g.wait_leader(Duration::from_secs(20));
+    assert_eq!(healthz(r.http_addr()), Some(200));
+    g.stop_all();
+    g.assert_invariants();
+}
+
+/// Mounts a fresh tmpfs on `dir` (a new device id each time).
+fn mount_tmpfs(dir: &std::path::Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let ok = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(dir)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "mount a tmpfs on {}", dir.display());
+}
+
+fn unmount(dir: &std::path::Path) {
+    let _ = Command::new("umount")
+        .arg("-l")
+        .arg(dir)
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Unmounts everything mounted on a directory when dropped.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        for _ in 0..3 {
+            unmount(&self.0);
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs root to mount a tmpfs: run by scripts/test.sh as root"]
+fn a_file_dir_remounted_on_another_device_fails_healthz_and_a_restart_recovers() {
+    assert!(unsafe { libc::geteuid() } == 0, "run as root");
+    // Given a leader writing into a volume
+    let zk = ZkCluster::standalone();
+    let mut g = Group::new(&zk.connect_string());
+    let dir = g.files_dir();
+    mount_tmpfs(&dir);
+    let _mounted = Mounted(dir.clone());
+    // Liveness bound: 2 x the longest wait (the 2 s session) + 5 s = 9 s.
+    g.extra = ["--zk-connect-timeout", "1s"].map(String::from).to_vec();
+    let bound = Duration::from_secs(9);
+    g.spawn(1);
+    g.wait_leader(Duration::from_secs(20));
+    // When another volume is mounted over it (a new device id: a freed
+    // tmpfs id would be handed out again, so the old one stays below)
+    mount_tmpfs(&dir);
+    let remounted = Instant::now();
+    // Then the replica refuses it (it pinned the device at start) and
+    // /healthz answers 503 within the liveness bound (+ the leader's
+    // three failed writes, a backoff and the poll)
+    let r = g.replica(0);
+    let mut answer = None;
+    let failed = wait_until(Duration::from_secs(30), Duration::from_millis(100), || {
+        answer = http_get(r.http_addr(), "/healthz");
+        answer.as_ref().is_some_and(|a| a.status == 503)
+    });
+    let took = remounted.elapsed();
+    eprintln!("/healthz 503 after {took:?}: {answer:?}");
+    assert!(failed, "/healthz never failed: {answer:?}\n{}", g.logs());
+    assert!(
+        took <= bound + Duration::from_secs(3),
+        "{took:?}\n{}",
+        g.logs()
+    );
+    assert!(
+        answer.unwrap().body.contains("another device"),
+        "{}",
+        g.logs()
+    );
+    assert!(
+        std::fs::read_dir(&dir).unwrap().next().is_none(),
+        "wrote into the new volume"
+    );
+    // And a restart (what the kubelet does) pins the new volume and leads
+    g.replicas[0].take().unwrap().kill();
+    g.spawn(1);
+    g.wait_leader(Duration::from_secs(20));
+    g.stop_all();
+    g.assert_invariants();
 }
