@@ -12,6 +12,12 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+mod bounds;
+pub use bounds::{
+    Bound, MIN_ATTEMPTER_TIMEOUT, MIN_FAILOVER_MAX_BACKOFF, MIN_LEADER_TIMEOUT,
+    MIN_RELEASE_TIMEOUT, MIN_ZK_CONNECT_TIMEOUT, MIN_ZK_SESSION_TIMEOUT,
+};
+
 use crate::zk::access::{AccessError, Credentials, TlsFiles, ZkSecurity};
 
 /// Leader election on Apache ZooKeeper: several replicas run, exactly one
@@ -61,15 +67,16 @@ pub struct RunArgs {
     #[arg(long, env = "ELECTION_ZK_SERVERS", value_parser = parse_zk_servers)]
     pub zk_servers: String,
 
-    /// Interval between two files written by the leader.
-    #[arg(long, env = "ELECTION_LEADER_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
+    /// Interval between two files written by the leader. At least 100ms:
+    /// each tick confirms leadership with ZooKeeper and writes a file.
+    #[arg(long, env = "ELECTION_LEADER_TIMEOUT", default_value = "10s", value_parser = MIN_LEADER_TIMEOUT.parser())]
     pub leader_timeout: Duration,
 
     /// Upper bound of one election round of a candidate (list the queue,
     /// create its node, watch its predecessor; capped by the session
     /// timeout); a slower round counts as failed and is retried. Candidates
-    /// do not poll: takeover is driven by ZooKeeper watches.
-    #[arg(long, env = "ELECTION_ATTEMPTER_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
+    /// do not poll: takeover is driven by ZooKeeper watches. At least 100ms.
+    #[arg(long, env = "ELECTION_ATTEMPTER_TIMEOUT", default_value = "10s", value_parser = MIN_ATTEMPTER_TIMEOUT.parser())]
     pub attempter_timeout: Duration,
 
     /// Directory the leader writes its files into (a PersistentVolume in Kubernetes).
@@ -81,8 +88,9 @@ pub struct RunArgs {
     pub storage_capacity: usize,
 
     /// ZooKeeper session timeout asked for (the server may clamp it). A leader
-    /// that cannot reach ZooKeeper stops writing long before it ends.
-    #[arg(long, env = "ELECTION_ZK_SESSION_TIMEOUT", default_value = "6s", value_parser = parse_positive_duration)]
+    /// that cannot reach ZooKeeper stops writing long before it ends. At
+    /// least 1s: the leader's lease is at most half of it.
+    #[arg(long, env = "ELECTION_ZK_SESSION_TIMEOUT", default_value = "6s", value_parser = MIN_ZK_SESSION_TIMEOUT.parser())]
     pub zk_session_timeout: Duration,
 
     /// tickTime of the ZooKeeper servers (the largest in the ensemble). A
@@ -94,8 +102,9 @@ pub struct RunArgs {
     #[arg(long, env = "ELECTION_ZK_TICK_TIME", value_parser = parse_positive_duration)]
     pub zk_tick_time: Option<Duration>,
 
-    /// Upper bound for establishing a ZooKeeper session in Init.
-    #[arg(long, env = "ELECTION_ZK_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_positive_duration)]
+    /// Upper bound for establishing a ZooKeeper session in Init (and for
+    /// one wait on its file-dir check). At least 100ms.
+    #[arg(long, env = "ELECTION_ZK_CONNECT_TIMEOUT", default_value = "5s", value_parser = MIN_ZK_CONNECT_TIMEOUT.parser())]
     pub zk_connect_timeout: Duration,
 
     /// ZooKeeper path of this election group; several groups can share one ensemble.
@@ -117,8 +126,9 @@ pub struct RunArgs {
     #[arg(long, env = "ELECTION_FAILOVER_GIVE_UP", default_value = "0s", value_parser = parse_duration)]
     pub failover_give_up: Duration,
 
-    /// Longest pause between two reconnection attempts in Failover.
-    #[arg(long, env = "ELECTION_FAILOVER_MAX_BACKOFF", default_value = "5s", value_parser = parse_positive_duration)]
+    /// Longest pause between two reconnection attempts in Failover. At
+    /// least 100ms, the first backoff step.
+    #[arg(long, env = "ELECTION_FAILOVER_MAX_BACKOFF", default_value = "5s", value_parser = MIN_FAILOVER_MAX_BACKOFF.parser())]
     pub failover_max_backoff: Duration,
 
     /// Consecutive failed file writes after which a leader gives up
@@ -230,8 +240,9 @@ pub struct ReleaseArgs {
     #[arg(long, env = "ELECTION_ADMIN_ADDR", default_value = "127.0.0.1:8081")]
     pub admin_addr: SocketAddr,
 
-    /// How long to wait for the daemon to release its ZooKeeper node.
-    #[arg(long, env = "ELECTION_RELEASE_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
+    /// How long to wait for the daemon to release its ZooKeeper node. At
+    /// least 100ms.
+    #[arg(long, env = "ELECTION_RELEASE_TIMEOUT", default_value = "10s", value_parser = MIN_RELEASE_TIMEOUT.parser())]
     pub timeout: Duration,
 }
 
@@ -246,8 +257,8 @@ pub struct StatusArgs {
     #[arg(long, env = "ELECTION_ZK_ROOT", default_value = "/election", value_parser = parse_zk_root)]
     pub zk_root: String,
 
-    /// Upper bound for reaching ZooKeeper.
-    #[arg(long, env = "ELECTION_ZK_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_positive_duration)]
+    /// Upper bound for reaching ZooKeeper. At least 100ms.
+    #[arg(long, env = "ELECTION_ZK_CONNECT_TIMEOUT", default_value = "5s", value_parser = MIN_ZK_CONNECT_TIMEOUT.parser())]
     pub zk_connect_timeout: Duration,
 
     /// Print JSON instead of a table.
@@ -297,6 +308,8 @@ pub enum InvalidValue {
     Zero,
     #[error("must be at most 24h")]
     TooLong,
+    #[error("must be at least {min}: {why}")]
+    TooShort { min: String, why: &'static str },
     #[error("`{0}` is not a whole number")]
     NotANumber(String),
     #[error("must be at least 1, got {0}")]

@@ -2,11 +2,14 @@
 //! /metrics, /status) and the loopback admin one (`--admin-addr`:
 //! POST /release for the preStop hook).
 //!
-//! - `/healthz` (liveness) answers 200 while the state machine loop keeps
-//!   beating: every state wakes up at least once per leader-timeout,
-//!   attempter-timeout, connect timeout or backoff. A loop stuck longer than
-//!   twice the longest of these (plus 5 s) answers 503, so the kubelet
-//!   restarts a wedged process. Leadership is not a health condition.
+//! - `/healthz` (liveness) answers 200 while the daemon can make progress:
+//!   its state machine loop keeps beating (every state wakes up at least
+//!   once per leader-timeout, attempter-timeout, connect timeout or
+//!   backoff), Init's file-dir check does not hang, and file-dir is on the
+//!   device it was on at start. Any of these stuck longer than twice the
+//!   longest of those waits (plus 5 s) answers 503, so the kubelet restarts
+//!   the process ([`liveness`]). Leadership and ZooKeeper are not health
+//!   conditions: a restart cannot bring ZooKeeper back.
 //! - `/readyz` (readiness) answers 200 in Attempter and Leader, i.e. when the
 //!   replica is a healthy candidate with a live session, 503 otherwise.
 //!
@@ -137,17 +140,45 @@ pub fn liveness_bound(ctx: &Context) -> Duration {
     longest * 2 + Duration::from_secs(5)
 }
 
+/// Whether the daemon can make progress without a restart: `Err` says
+/// what has been stuck longer than `bound`, the state machine loop
+/// (`quiet`: since its last beat), Init's file-dir check (`checking`:
+/// running for) or file-dir's device (`refused`: on another device than at
+/// start for).
+pub fn liveness(
+    quiet: Duration,
+    checking: Option<Duration>,
+    refused: Option<Duration>,
+    bound: Duration,
+) -> Result<(), String> {
+    if quiet > bound {
+        return Err(format!(
+            "state machine silent for {quiet:?} (bound {bound:?})"
+        ));
+    }
+    if let Some(d) = checking.filter(|d| *d > bound) {
+        return Err(format!(
+            "file-dir check running for {d:?} (bound {bound:?}): a hung mount?"
+        ));
+    }
+    if let Some(d) = refused.filter(|d| *d > bound) {
+        return Err(format!(
+            "file-dir on another device than at start for {d:?} (bound {bound:?}): a restart pins the volume mounted now"
+        ));
+    }
+    Ok(())
+}
+
 async fn healthz(State(ctx): State<Context>) -> Response {
-    let quiet = ctx.board.since_heartbeat();
-    let bound = liveness_bound(&ctx);
-    if quiet <= bound {
-        (StatusCode::OK, "ok\n").into_response()
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("state machine silent for {quiet:?} (bound {bound:?})\n"),
-        )
-            .into_response()
+    let verdict = liveness(
+        ctx.board.since_heartbeat(),
+        ctx.dir_check.running_for(),
+        ctx.dir_check.refused_for(),
+        liveness_bound(&ctx),
+    );
+    match verdict {
+        Ok(()) => (StatusCode::OK, "ok\n").into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response(),
     }
 }
 
@@ -235,6 +266,21 @@ mod tests {
         if addr.is_ipv6() {
             assert!(!socket2::SockRef::from(&listener).only_v6().unwrap());
         }
+    }
+
+    #[test]
+    fn liveness_fails_only_for_what_is_stuck_longer_than_the_bound() {
+        let s = Duration::from_secs;
+        let bound = s(25);
+        assert!(liveness(s(1), None, None, bound).is_ok());
+        // A check or a refusal within the bound is not stuck yet.
+        assert!(liveness(s(1), Some(s(25)), Some(s(25)), bound).is_ok());
+        let silent = liveness(s(26), None, None, bound).unwrap_err();
+        assert!(silent.contains("state machine silent"), "{silent}");
+        let hung = liveness(s(1), Some(s(26)), None, bound).unwrap_err();
+        assert!(hung.contains("file-dir check running"), "{hung}");
+        let moved = liveness(s(1), None, Some(s(26)), bound).unwrap_err();
+        assert!(moved.contains("another device"), "{moved}");
     }
 
     #[tokio::test]

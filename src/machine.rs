@@ -50,6 +50,8 @@ pub struct Context {
     /// leader clears their writer node at once (their commit gate was
     /// closed), and Stopping closes them for real.
     pub abandoned_sessions: Arc<Mutex<Vec<(SessionInfo, Origin)>>>,
+    /// Init's file-dir check, one at a time (read by `/healthz`).
+    pub dir_check: Arc<init::DirCheck>,
 }
 
 /// What asked the daemon to stop.
@@ -74,6 +76,7 @@ impl Context {
             stop_request: Arc::new(OnceLock::new()),
             file_dir_device: Arc::new(OnceLock::new()),
             abandoned_sessions: Arc::new(Mutex::new(Vec::new())),
+            dir_check: Arc::new(init::DirCheck::default()),
         }
     }
 

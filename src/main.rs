@@ -8,6 +8,14 @@ use election::cmd::{release, rollout, run, status, verify};
 use election::config::{Cli, Command, LogFormat};
 use election::telemetry;
 
+/// Threads of the blocking pool (started on demand). Its users, each
+/// holding at most one thread even when it hangs: Init's file-dir check (a
+/// hung one is waited for again, never started twice), the leader's write
+/// (no new one while one hangs), retention (one pass at a time) and the
+/// claim's read of file-dir. Twice that leaves room for what outlives its
+/// state: a write abandoned in a hung rename, a claim's read that timed out.
+const BLOCKING_THREADS: usize = 8;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let format = match &cli.command {
@@ -22,11 +30,12 @@ fn main() -> ExitCode {
         Command::Rollout(_) => "info",
         _ => "warn",
     };
-    telemetry::init(format, default_filter);
+    // Kept to the end of main: dropping it flushes the queued log lines.
+    let _log = telemetry::init(format, default_filter);
     // One thread runs the whole daemon: every task is I/O bound, and file
     // writes go to the blocking pool. It keeps the idle footprint small.
     let runtime = match tokio::runtime::Builder::new_current_thread()
-        .max_blocking_threads(4)
+        .max_blocking_threads(BLOCKING_THREADS)
         .enable_all()
         .build()
     {

@@ -137,6 +137,9 @@ pub struct Metrics {
     pub takeover_seconds: Histogram,
     /// ZooKeeper session state changes seen, by state.
     pub zk_session_events: Family<SessionLabels, Counter>,
+    /// Log lines dropped because stderr stalled: caught up at each scrape
+    /// with the log writer's own count ([`crate::telemetry::dropped_lines`]).
+    log_lines_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -173,6 +176,7 @@ impl Metrics {
             kube_label_resends: Counter::default(),
             takeover_seconds: Histogram::new(TAKEOVER_BUCKETS),
             zk_session_events: Family::default(),
+            log_lines_dropped: Counter::default(),
         };
         m.register()
     }
@@ -279,6 +283,11 @@ impl Metrics {
                 "Own Pod labels sent again while leading because the Pod was not labelled leader",
                 &self.kube_label_resends,
             ),
+            (
+                "election_log_lines_dropped_total",
+                "Log lines dropped because stderr did not take them (the daemon never waits for its log)",
+                &self.log_lines_dropped,
+            ),
         ] {
             counter(r, name, help, c.clone());
         }
@@ -342,10 +351,19 @@ impl Metrics {
                 .map_or(f64::NAN, |d| d.as_millis() as f64 / 1000.0),
         );
         self.fencing_token.set(now.token.unwrap_or(0));
+        catch_up(&self.log_lines_dropped, crate::telemetry::dropped_lines());
         let mut text = String::with_capacity(4096);
         prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry)
             .expect("writing to a String cannot fail");
         text
+    }
+}
+
+/// Raises `counter` to `total`, a count kept elsewhere (never lowers it).
+fn catch_up(counter: &Counter, total: u64) {
+    let behind = total.saturating_sub(counter.get());
+    if behind > 0 {
+        counter.inc_by(behind);
     }
 }
 
@@ -389,6 +407,19 @@ mod tests {
         }
         assert!(!text.contains("_total_total"), "{text}");
         assert!(!text.contains(".."), "{text}");
+    }
+
+    #[test]
+    fn a_count_kept_elsewhere_is_caught_up_and_never_lowered() {
+        let c = Counter::default();
+        catch_up(&c, 3);
+        assert_eq!(c.get(), 3);
+        catch_up(&c, 3);
+        assert_eq!(c.get(), 3);
+        catch_up(&c, 1);
+        assert_eq!(c.get(), 3);
+        catch_up(&c, 10);
+        assert_eq!(c.get(), 10);
     }
 
     #[test]

@@ -1,5 +1,13 @@
 //! Logging setup: one place, `RUST_LOG` filter (default `info`, with the ZooKeeper client library at `warn`), text or JSON.
 //!
+//! Logging never blocks the daemon: lines go through a bounded queue
+//! ([`QUEUED_LINES`]) to a writer thread of their own, which writes them to
+//! stderr. When stderr stalls (a full pipe nobody reads, a log shipper
+//! stuck, Docker's blocking log mode) the queue fills and further lines are
+//! dropped and counted ([`dropped_lines`], served as
+//! `election_log_lines_dropped_total`) instead of stopping the state
+//! machine, `/healthz` and the signal handler. See docs/design.md.
+//!
 //! The filter is a [`Targets`] list, `level` or `target=level` items joined
 //! by commas (`election=debug,info`): the part of the `RUST_LOG` syntax
 //! that names targets. Span and field directives (`target[span]=level`) are
@@ -7,18 +15,41 @@
 //! the daemon would keep resident for nothing.
 
 use std::io::IsTerminal;
+use std::sync::OnceLock;
 
+use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber. Logs go to stderr.
-pub fn init(format: LogFormat, default_filter: &str) {
+/// Lines waiting for the writer thread at most; more are dropped. Far
+/// more than the daemon logs in a burst (a transition logs a few), and
+/// about 100 KB at worst.
+pub const QUEUED_LINES: usize = 256;
+
+/// Counts the lines dropped because the queue was full.
+static DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
+
+/// The writer thread of the log: keep it until the process exits.
+/// Dropping it writes what is still queued, bounded (about 1.1 s at most,
+/// the crate's own bound, when stderr does not take it).
+#[must_use = "dropping it stops logging"]
+pub struct Guard(#[allow(dead_code)] WorkerGuard);
+
+/// Installs the global subscriber. Logs go to stderr, never blocking the
+/// caller (see the module doc).
+pub fn init(format: LogFormat, default_filter: &str) -> Guard {
     let filter = filter(std::env::var("RUST_LOG").ok().as_deref(), default_filter);
+    let (writer, guard) = NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(QUEUED_LINES)
+        .thread_name("log-writer")
+        .finish(std::io::stderr());
+    let _ = DROPPED.set(writer.error_counter());
     let builder = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         // Colours only for people: never into a pipe or a log collector.
         .with_ansi(std::io::stderr().is_terminal());
     let _ = match format {
@@ -32,6 +63,14 @@ pub fn init(format: LogFormat, default_filter: &str) {
             .with(filter)
             .try_init(),
     };
+    Guard(guard)
+}
+
+/// Log lines dropped so far because stderr did not take them in time.
+pub fn dropped_lines() -> u64 {
+    DROPPED
+        .get()
+        .map_or(0, |c| u64::try_from(c.dropped_lines()).unwrap_or(u64::MAX))
 }
 
 /// The filter `RUST_LOG` asks for, or `default_filter` when it is unset,

@@ -15,6 +15,33 @@ fn election(args: &[&str], envs: &[(&str, &str)]) -> Output {
     cmd.output().expect("binary runs")
 }
 
+/// [`election`] for arguments an old build may accept: a daemon that
+/// starts is killed after 10 s (then the exit code is not 2). Its
+/// listeners are off, so that parallel runs do not clash.
+fn election_bounded(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_election"));
+    cmd.args(args);
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("ELECTION_")) {
+        cmd.env_remove(k);
+    }
+    if args.first() == Some(&"run") {
+        cmd.envs([
+            ("ELECTION_HTTP_ADDR", "off"),
+            ("ELECTION_ADMIN_ADDR", "off"),
+        ]);
+    }
+    cmd.envs(envs.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("binary runs");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while child.try_wait().expect("wait").is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    child.wait_with_output().expect("binary output")
+}
+
 fn assert_usage_error(out: &Output, needle: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
@@ -207,4 +234,55 @@ fn status_against_an_unreachable_zookeeper_fails_clearly() {
         stderr.contains("error:") && stderr.contains(&servers),
         "{stderr}"
     );
+}
+
+#[rstest]
+#[case::leader_timeout("--leader-timeout", "1ns", "at least 100ms")]
+#[case::attempter_timeout("--attempter-timeout", "1ns", "at least 100ms")]
+#[case::session_timeout("--zk-session-timeout", "500ms", "at least 1s")]
+#[case::connect_timeout("--zk-connect-timeout", "10ms", "at least 100ms")]
+#[case::max_backoff("--failover-max-backoff", "1us", "at least 100ms")]
+fn durations_below_their_documented_lower_bound_are_refused(
+    #[case] flag: &str,
+    #[case] value: &str,
+    #[case] needle: &str,
+) {
+    let out = election_bounded(&["run", "--zk-servers", "127.0.0.1:1", flag, value], &[]);
+    assert_usage_error(&out, flag);
+    assert_usage_error(&out, needle);
+    // The same from the environment, and the bound is in --help.
+    let env = format!(
+        "ELECTION_{}",
+        flag.trim_start_matches("--")
+            .replace('-', "_")
+            .to_uppercase()
+    );
+    let out = election_bounded(
+        &["run"],
+        &[("ELECTION_ZK_SERVERS", "zk:2181"), (&env, value)],
+    );
+    assert_usage_error(&out, needle);
+    let help = election(&["run", "--help"], &[]);
+    let help = String::from_utf8_lossy(&help.stdout).replace('\n', " ");
+    let bound = needle.trim_start_matches("at least ");
+    let documented = help
+        .split("  --")
+        .find(|entry| entry.starts_with(flag.trim_start_matches("--")))
+        .is_some_and(|entry| entry.contains(&format!("At least {bound}")));
+    assert!(
+        documented,
+        "{flag}: `At least {bound}` not in its --help entry:\n{help}"
+    );
+}
+
+#[rstest]
+#[case::release_timeout(&["release", "--timeout", "1ms"], "--timeout")]
+#[case::status_connect_timeout(&["status", "--zk-servers", "zk:2181", "--zk-connect-timeout", "1ms"], "--zk-connect-timeout")]
+fn the_other_commands_refuse_durations_that_can_never_work(
+    #[case] args: &[&str],
+    #[case] flag: &str,
+) {
+    let out = election_bounded(args, &[]);
+    assert_usage_error(&out, flag);
+    assert_usage_error(&out, "at least 100ms");
 }

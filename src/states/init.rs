@@ -4,12 +4,127 @@
 //! a session within zk-connect-timeout; the election path must exist (it is
 //! created). Success leads to Attempter, any failure to Failover, a stop
 //! request to Stopping.
+//!
+//! The file-dir check runs on a blocking thread and is never abandoned: a
+//! check that hangs (a hung mount) is waited for again by the next Init
+//! instead of starting another, so retries never use up the blocking pool.
+//! A check running too long, or file-dir found on another device than at
+//! start, is what [`DirCheck`] reports to `/healthz` (see docs/design.md).
 
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::files;
+use crate::files::{self, FileError};
 use crate::machine::{Cause, Context, Recovery, State, Step};
 use crate::zk::ZkSession;
+
+/// Init's file-dir check: at most one at a time, and what `/healthz`
+/// needs to know about it.
+#[derive(Debug, Default)]
+pub struct DirCheck {
+    /// A check still running, left by an Init that stopped waiting for it.
+    running: Mutex<Option<JoinHandle<Result<u64, FileError>>>>,
+    /// Since when the current check runs.
+    started: Mutex<Option<Instant>>,
+    /// Since when file-dir is refused for being on another device.
+    refused: Mutex<Option<Instant>>,
+}
+
+impl DirCheck {
+    /// How long the current check has been running, if one is.
+    pub fn running_for(&self) -> Option<Duration> {
+        lock(&self.started).map(|t| t.elapsed())
+    }
+
+    /// How long file-dir has been on another device than at start.
+    pub fn refused_for(&self) -> Option<Duration> {
+        lock(&self.refused).map(|t| t.elapsed())
+    }
+
+    /// The check left running, or a new one.
+    fn take_or_start(&self, dir: &std::path::Path) -> JoinHandle<Result<u64, FileError>> {
+        if let Some(running) = lock(&self.running).take() {
+            return running;
+        }
+        *lock(&self.started) = Some(Instant::now());
+        let dir = dir.to_owned();
+        tokio::task::spawn_blocking(move || files::ensure_writable_dir(&dir))
+    }
+
+    /// Keeps a check that is still running for the next Init.
+    fn keep(&self, running: JoinHandle<Result<u64, FileError>>) {
+        *lock(&self.running) = Some(running);
+    }
+
+    /// The check ended; `on_device` says whether file-dir was where it was at start.
+    fn ended(&self, on_device: Option<bool>) {
+        *lock(&self.started) = None;
+        match on_device {
+            Some(true) => *lock(&self.refused) = None,
+            Some(false) => {
+                lock(&self.refused).get_or_insert_with(Instant::now);
+            }
+            None => {}
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Checks file-dir (bounded by zk-connect-timeout, never starting a
+/// second check while one hangs); its device, or the step to take.
+async fn check_dir(ctx: &Context, recovery: Recovery) -> Result<u64, Step> {
+    let check = &ctx.dir_check;
+    let mut running = check.take_or_start(&ctx.cfg.file_dir);
+    let bound = ctx.cfg.zk_connect_timeout;
+    let joined = tokio::select! {
+        joined = tokio::time::timeout(bound, &mut running) => joined,
+        _ = ctx.cancel.cancelled() => return Err(Step::stop(ctx, None)),
+    };
+    let fail = |why: String| Step::failover(None, recovery, Cause::FileDirError.because(why));
+    let device = match joined {
+        Err(_) => {
+            let running_for = check.running_for().unwrap_or_default();
+            check.keep(running);
+            warn!(
+                ?running_for,
+                "file-dir check still running (a hung mount?); waiting for it, not starting another"
+            );
+            return Err(fail(format!(
+                "file-dir check still running after {running_for:?}"
+            )));
+        }
+        Ok(Err(e)) => {
+            check.ended(None);
+            return Err(fail(e.to_string()));
+        }
+        Ok(Ok(Err(e))) => {
+            check.ended(None);
+            warn!(error = %e, "file-dir check failed");
+            return Err(fail(e.to_string()));
+        }
+        Ok(Ok(Ok(device))) => device,
+    };
+    // The device of the first successful check is the one the leader
+    // writes to for the life of the process.
+    let pinned = *ctx.file_dir_device.get_or_init(|| device);
+    check.ended(Some(pinned == device));
+    if pinned != device {
+        let why = format!(
+            "file-dir {} is on device {device:#x}, not {pinned:#x} as at start; is its volume mounted?",
+            ctx.cfg.file_dir.display()
+        );
+        warn!(why, "file-dir check failed");
+        return Err(fail(why));
+    }
+    Ok(device)
+}
 
 /// Runs Init.
 pub async fn run(ctx: &Context, recovery: Recovery) -> Step {
@@ -17,38 +132,8 @@ pub async fn run(ctx: &Context, recovery: Recovery) -> Step {
     if ctx.cancel.is_cancelled() {
         return Step::stop(ctx, None);
     }
-    // Off the runtime thread and bounded: a hung mount must not freeze the
-    // daemon (the check goes on in the background; a later Init retries).
-    let dir = ctx.cfg.file_dir.clone();
-    let checked = tokio::task::spawn_blocking(move || files::ensure_writable_dir(&dir));
-    let device = match tokio::time::timeout(ctx.cfg.zk_connect_timeout, checked).await {
-        Ok(Ok(Ok(device))) => device,
-        Ok(Ok(Err(e))) => {
-            warn!(error = %e, "file-dir check failed");
-            return Step::failover(None, recovery, Cause::FileDirError.because(e.to_string()));
-        }
-        Ok(Err(e)) => {
-            return Step::failover(None, recovery, Cause::FileDirError.because(e.to_string()));
-        }
-        Err(_) => {
-            warn!(bound = ?ctx.cfg.zk_connect_timeout, "file-dir check timed out");
-            return Step::failover(
-                None,
-                recovery,
-                Cause::FileDirError.because("file-dir check timed out"),
-            );
-        }
-    };
-    // The device of the first successful check is the one the leader
-    // writes to for the life of the process.
-    let pinned = *ctx.file_dir_device.get_or_init(|| device);
-    if pinned != device {
-        let why = format!(
-            "file-dir {} is on device {device:#x}, not {pinned:#x} as at start; is its volume mounted?",
-            ctx.cfg.file_dir.display()
-        );
-        warn!(why, "file-dir check failed");
-        return Step::failover(None, recovery, Cause::FileDirError.because(why));
+    if let Err(step) = check_dir(ctx, recovery).await {
+        return step;
     }
 
     ctx.board.metrics.zk_connect_attempts.inc();

@@ -184,14 +184,27 @@ fn tick_time(ctx: &Context, session: &ZkSession) -> Duration {
 impl Leader<'_> {
     /// Claims the leadership, then writes until something ends it.
     async fn lead(&mut self) -> Exit {
-        match self.claim().await {
+        // A stop request does not wait for the claim's requests (each
+        // bounded by a session timeout): a multi-op that lands anyway only
+        // created ephemeral nodes of this session, which Stopping's close
+        // removes, and no file is written before the claim returned.
+        let ctx = self.ctx;
+        let claimed = tokio::select! {
+            claimed = self.claim() => claimed,
+            _ = ctx.cancel.cancelled() => Err(Exit::Stop),
+        };
+        match claimed {
             Ok(token) => self.token = token,
             Err(exit) => return exit,
         }
         let sid = self.session.id_hex();
         info!(token = self.token, znode = %self.leadership.path, session_id = %sid, "leadership acquired");
         self.ctx.board.leading(&self.ctx.node_id, self.token);
-        let mut node_watch = match self.watch_node().await {
+        let watched = tokio::select! {
+            watched = self.watch_node() => watched,
+            _ = ctx.cancel.cancelled() => Err(Exit::Stop),
+        };
+        let mut node_watch = match watched {
             Ok(w) => w,
             Err(exit) => return exit,
         };

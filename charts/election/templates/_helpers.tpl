@@ -390,6 +390,13 @@ Below the limit the kernel kills the server (OOMKilled), not the JVM. */}}
 {{- end }}
 {{- end }}
 {{- end }}
+{{- /* The daemon's lower bounds (src/config/bounds.rs): it exits 2 below them. */}}
+{{- range $key, $minMs := dict "leaderTimeout" 100 "attempterTimeout" 100 "zkSessionTimeout" 1000 "zkConnectTimeout" 100 "failoverMaxBackoff" 100 "releaseTimeout" 100 }}
+{{- $value := get $.Values.election $key }}
+{{- if lt (include "election.durationMs" $value | int) $minMs }}
+{{- fail (printf "election.%s (%s) must be at least %dms: the daemon refuses less" $key $value $minMs) }}
+{{- end }}
+{{- end }}
 {{- $releaseMs := include "election.durationMs" .Values.election.releaseTimeout | int }}
 {{- if lt (mul (int .Values.terminationGracePeriodSeconds) 1000) (add $releaseMs 5000) }}
 {{- fail (printf "terminationGracePeriodSeconds (%d) must exceed election.releaseTimeout (%s) by at least 5 seconds, or the kubelet kills the daemon during its release" (int .Values.terminationGracePeriodSeconds) .Values.election.releaseTimeout) }}
