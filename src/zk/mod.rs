@@ -101,6 +101,55 @@ pub struct CandidateData {
     pub pid: u32,
 }
 
+/// The most candidate data read back: what a daemon writes is about 100
+/// bytes, a node may hold 1 MB written by anyone (without ACLs).
+pub const MAX_CANDIDATE_DATA: usize = 1024;
+
+/// Why a candidate node's data is not believed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadCandidateData {
+    /// More than any daemon writes.
+    #[error("{0} bytes, more than candidate data ({MAX_CANDIDATE_DATA} at most)")]
+    TooLarge(usize),
+    /// Not the JSON a daemon writes.
+    #[error("not candidate data: {0}")]
+    NotJson(String),
+    /// A node id no daemon accepts (see [`is_valid_node_id`]).
+    #[error("not a valid node id")]
+    BadNodeId,
+}
+
+impl CandidateData {
+    /// Reads a candidate node's data. Anyone may have written it, and it
+    /// ends up in `/status`, Pod annotations and `election status`: only
+    /// data a daemon could have written is accepted (bounded, a node id
+    /// that passes `--node-id`'s rules); a host name that would not is
+    /// dropped.
+    pub fn parse(data: &[u8]) -> Result<CandidateData, BadCandidateData> {
+        if data.len() > MAX_CANDIDATE_DATA {
+            return Err(BadCandidateData::TooLarge(data.len()));
+        }
+        let mut d: CandidateData =
+            serde_json::from_slice(data).map_err(|e| BadCandidateData::NotJson(e.to_string()))?;
+        if !is_valid_node_id(&d.node_id) {
+            return Err(BadCandidateData::BadNodeId);
+        }
+        if !is_valid_node_id(&d.host) {
+            d.host.clear();
+        }
+        Ok(d)
+    }
+}
+
+/// Whether `s` is a node id: 1 to 253 characters of `A-Z a-z 0-9 - _ .`,
+/// safe in logs, file contents, Kubernetes annotations and a terminal.
+pub fn is_valid_node_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
 /// A candidate znode, parsed from its name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
@@ -769,6 +818,45 @@ mod tests {
         assert!(parse_token_floor(b"\x00garbage").is_err());
         assert!(parse_token_floor(b"").is_err());
         assert!(parse_token_floor(b"-1").is_err());
+    }
+
+    #[test]
+    fn candidate_data_is_believed_only_when_a_daemon_could_have_written_it() {
+        let good = br#"{"node_id":"election-1","host":"election-1","pid":7}"#;
+        let d = CandidateData::parse(good).unwrap();
+        assert_eq!(
+            (d.node_id.as_str(), d.host.as_str(), d.pid),
+            ("election-1", "election-1", 7)
+        );
+        let odd_host = br#"{"node_id":"n","host":"a\u001b[31mb"}"#;
+        assert_eq!(CandidateData::parse(odd_host).unwrap().host, "");
+        let huge = format!(r#"{{"node_id":"{}"}}"#, "x".repeat(1_000_000));
+        assert_eq!(
+            CandidateData::parse(huge.as_bytes()),
+            Err(BadCandidateData::TooLarge(huge.len()))
+        );
+        for bad in [
+            r#"{"node_id":"a\nb"}"#.to_string(),
+            r#"{"node_id":"\u001b[2J"}"#.into(),
+            r#"{"node_id":"a b"}"#.into(),
+            r#"{"node_id":""}"#.into(),
+            format!(r#"{{"node_id":"{}"}}"#, "x".repeat(254)),
+        ] {
+            assert_eq!(
+                CandidateData::parse(bad.as_bytes()),
+                Err(BadCandidateData::BadNodeId),
+                "{bad}"
+            );
+        }
+        for garbage in [&b""[..], b"\xff\xfe", b"[1]", b"{\"host\":\"h\"}"] {
+            assert!(
+                matches!(
+                    CandidateData::parse(garbage),
+                    Err(BadCandidateData::NotJson(_))
+                ),
+                "{garbage:?}"
+            );
+        }
     }
 
     #[test]
