@@ -464,9 +464,15 @@ impl clap::builder::TypedValueParser for CredentialsParser {
 /// A readable file holding at least one PEM block. The content is read
 /// again at every connect (rotation), this only catches a wrong path early.
 pub fn parse_pem_file(s: &str) -> Result<PathBuf, InvalidValue> {
-    let text = std::fs::read_to_string(s).map_err(|source| InvalidValue::Unreadable {
-        path: s.to_owned(),
-        source,
+    let text = crate::zk::access::read_pem(std::path::Path::new(s)).map_err(|e| match e {
+        AccessError::Read { source, .. } => InvalidValue::Unreadable {
+            path: s.to_owned(),
+            source,
+        },
+        other => InvalidValue::Unreadable {
+            path: s.to_owned(),
+            source: std::io::Error::other(other.to_string()),
+        },
     })?;
     if !text.contains("-----BEGIN ") {
         return Err(InvalidValue::NoPem(s.to_owned()));

@@ -237,3 +237,88 @@ fn garbage_in_the_leaders_candidate_node_stays_out_of_status_and_annotations(
     g.stop_all();
     g.assert_invariants();
 }
+
+#[test]
+fn a_tls_file_swapped_for_a_fifo_never_stalls_the_daemon_or_sigterm() {
+    // Given a replica with TLS files, retrying a server that does not
+    // answer, so it reads the files at every connect
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args([
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=election-test",
+            "-keyout",
+        ])
+        .arg(dir.path().join("ca.key"))
+        .arg("-out")
+        .arg(&ca)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let servers = format!("127.0.0.1:{}", common::free_port());
+    let http = format!("127.0.0.1:{}", common::free_port());
+    let files = dir.path().join("files");
+    let r = common::replica::Replica::spawn(
+        &[
+            "run",
+            "--zk-servers",
+            &servers,
+            "--zk-tls-ca-file",
+            ca.to_str().unwrap(),
+            "--zk-connect-timeout",
+            "1s",
+            "--failover-max-backoff",
+            "200ms",
+            "--file-dir",
+            files.to_str().unwrap(),
+            "--node-id",
+            "r0",
+            "--http-addr",
+            &http,
+            "--admin-addr",
+            "off",
+        ],
+        &[],
+    );
+    r.wait_status(|s| s.state == "failover", Duration::from_secs(10));
+    // When the CA file becomes a FIFO that nobody writes (a read of it
+    // blocks forever)
+    std::fs::remove_file(&ca).unwrap();
+    let c = std::ffi::CString::new(ca.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    // Then the daemon keeps answering and says what is wrong with the file
+    let s = r.wait_status(
+        |s| s.cause_detail.contains("not a regular file"),
+        Duration::from_secs(10),
+    );
+    assert!(s.cause_detail.contains("ca.pem"), "{}", s.cause_detail);
+    for _ in 0..10 {
+        assert!(
+            r.status().is_some(),
+            "/status stopped answering\n{}",
+            r.output()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // And SIGTERM stops it at once, exit 0
+    assert!(r.signal(libc::SIGTERM));
+    let exit = r.wait_exit(Duration::from_secs(5));
+    assert_eq!(exit.and_then(|e| e.code()), Some(0), "{}", r.output());
+}

@@ -41,6 +41,9 @@ pub enum ZkError {
     /// The TLS files could not be read or parsed.
     #[error("ZooKeeper TLS settings: {0}")]
     Tls(#[from] access::AccessError),
+    /// The TLS files could not be read in time.
+    #[error("ZooKeeper TLS files: {0}")]
+    TlsRead(String),
     /// Establishing a session took longer than allowed.
     #[error("no ZooKeeper session with {servers} within {timeout:?}")]
     ConnectTimeout { servers: String, timeout: Duration },
@@ -83,7 +86,7 @@ impl ZkError {
             ZkError::Request { source, .. } => Some(source),
             ZkError::Connect { cause, .. } => Some(cause),
             ZkError::NotAuthorized { .. } => Some(&zookeeper_client::Error::NoAuth),
-            ZkError::Tls(_) | ZkError::ConnectTimeout { .. } => None,
+            ZkError::Tls(_) | ZkError::TlsRead(_) | ZkError::ConnectTimeout { .. } => None,
         }
     }
 }
@@ -327,6 +330,36 @@ impl SessionThread {
     }
 }
 
+/// Adds credentials and TLS to `connector`. The PEM files are read at
+/// every connect (a rotated certificate is picked up), on a thread of
+/// their own and for at most `bound`: a read that hangs (a hung mount)
+/// must not stall the runtime, which also serves SIGTERM and the probes.
+/// Such a thread stays blocked until its read returns.
+async fn apply_off_thread(
+    connector: zookeeper_client::Connector,
+    security: &ZkSecurity,
+    bound: Duration,
+) -> Result<zookeeper_client::Connector, ZkError> {
+    if security.tls.is_none() {
+        return Ok(security.apply(connector)?);
+    }
+    let (done, read) = tokio::sync::oneshot::channel();
+    let security = security.clone();
+    std::thread::Builder::new()
+        .name("zk-tls-read".into())
+        .spawn(move || {
+            let _ = done.send(security.apply(connector));
+        })
+        .map_err(|e| ZkError::TlsRead(format!("cannot start a thread: {e}")))?;
+    match tokio::time::timeout(bound, read).await {
+        Ok(Ok(applied)) => Ok(applied?),
+        Ok(Err(_)) => Err(ZkError::TlsRead("the reading thread ended".into())),
+        Err(_) => Err(ZkError::TlsRead(format!(
+            "reading the TLS files took longer than {bound:?} (a hung file system?)"
+        ))),
+    }
+}
+
 impl std::fmt::Debug for ZkSession {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ZkSession")
@@ -359,7 +392,7 @@ impl ZkSession {
             .with_session_expired_timeout(session_timeout * CLIENT_EXPIRY_FACTOR)
             .with_ping_interval(session_timeout / 3)
             .with_fail_eagerly();
-        let connector = security.apply(connector)?;
+        let connector = apply_off_thread(connector, security, connect_timeout).await?;
         let connect = SessionThread::connect(connector, servers, security.tls.is_some());
         let (client, thread) = tokio::time::timeout(connect_timeout, connect)
             .await
