@@ -2,6 +2,7 @@
 //! the Pod labeller: a [`Snapshot`] of its status published through a watch channel
 //! and the [`Metrics`] counters.
 
+use std::collections::HashSet;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -86,7 +87,26 @@ pub struct Snapshot {
     /// Set once Stopping is done, released or not.
     #[serde(default)]
     pub release_done: bool,
+    /// Files named like leader files that this replica refused to trust
+    /// since it started (the first [`REFUSED_LISTED`]).
+    pub refused_files: Vec<RefusedFile>,
 }
+
+/// A file named like a leader file whose token does not count (see
+/// [`crate::readback`]), as `/status` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RefusedFile {
+    /// Its name in file-dir.
+    pub file: String,
+    /// Why it is not trusted.
+    pub reason: String,
+}
+
+/// How many refused files `/status` lists.
+pub const REFUSED_LISTED: usize = 8;
+
+/// How many refused file names the board remembers, each reported once.
+const REFUSED_REMEMBERED: usize = 1024;
 
 impl Snapshot {
     fn new(node_id: &str) -> Snapshot {
@@ -103,6 +123,7 @@ impl Snapshot {
             last_write_ms: None,
             released: false,
             release_done: false,
+            refused_files: Vec::new(),
         }
     }
 
@@ -144,6 +165,8 @@ pub struct Board {
     /// When this replica entered Leader, until its first file of that
     /// leadership (`election_takeover_seconds`).
     took_over: Mutex<Option<Instant>>,
+    /// Names of the refused files reported so far.
+    refused: Mutex<HashSet<String>>,
 }
 
 impl Board {
@@ -158,6 +181,7 @@ impl Board {
             heartbeat_ms: AtomicU64::new(0),
             last_write: Mutex::new(None),
             took_over: Mutex::new(None),
+            refused: Mutex::new(HashSet::new()),
         }
     }
 
@@ -253,6 +277,26 @@ impl Board {
             s.released = released;
             s.release_done = true;
         });
+    }
+
+    /// Records a refused file; true the first time its name is seen, when
+    /// the caller logs it (up to [`REFUSED_REMEMBERED`] names).
+    pub fn refused_file(&self, file: &str, reason: &str) -> bool {
+        {
+            let mut seen = self.refused.lock().unwrap();
+            if seen.len() >= REFUSED_REMEMBERED || !seen.insert(file.to_owned()) {
+                return false;
+            }
+        }
+        self.update(|s| {
+            if s.refused_files.len() < REFUSED_LISTED {
+                s.refused_files.push(RefusedFile {
+                    file: file.to_owned(),
+                    reason: reason.to_owned(),
+                });
+            }
+        });
+        true
     }
 
     /// Records a ZooKeeper session state change.
@@ -402,6 +446,21 @@ mod tests {
         let as_str: Vec<&str> = Cause::ALL.iter().map(|c| c.as_str()).collect();
         assert_eq!(names, as_str);
         assert!(as_str.contains(&"first-in-queue"));
+    }
+
+    #[test]
+    fn each_refused_file_is_reported_once_and_the_list_is_bounded() {
+        let board = Board::new("n1");
+        assert!(board.refused_file("leader_a.json", "empty"));
+        assert!(!board.refused_file("leader_a.json", "empty"));
+        for i in 0..REFUSED_REMEMBERED * 2 {
+            board.refused_file(&format!("f{i}"), "x");
+        }
+        let listed = board.status().refused_files;
+        assert_eq!(listed.len(), REFUSED_LISTED);
+        assert_eq!(listed[0].file, "leader_a.json");
+        assert_eq!(board.refused.lock().unwrap().len(), REFUSED_REMEMBERED);
+        assert!(!board.refused_file("one-more", "x"), "bounded memory");
     }
 
     #[test]

@@ -43,6 +43,7 @@ pub enum Command {
     Status(StatusArgs),
     /// Check the leader files of a file-dir: partial or unreadable files,
     /// fencing tokens going backwards, overlapping leaderships, long gaps.
+    /// Exit 0 when clean, 1 on a violation or an unreadable directory.
     Verify(crate::cmd::verify::VerifyArgs),
     /// Restart the Pods of an `OnDelete` election StatefulSet onto its new
     /// revision with one leader change: followers first, one at a time,
@@ -434,11 +435,7 @@ pub fn parse_zk_root(s: &str) -> Result<String, InvalidValue> {
 
 /// A node id usable in logs, file contents and Kubernetes annotations.
 pub fn parse_node_id(s: &str) -> Result<String, InvalidValue> {
-    let ok = !s.is_empty()
-        && s.len() <= 253
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
+    if crate::zk::is_valid_node_id(s) {
         Ok(s.to_owned())
     } else {
         Err(InvalidValue::BadNodeId(s.to_owned()))
@@ -494,9 +491,15 @@ impl clap::builder::TypedValueParser for CredentialsParser {
 /// A readable file holding at least one PEM block. The content is read
 /// again at every connect (rotation), this only catches a wrong path early.
 pub fn parse_pem_file(s: &str) -> Result<PathBuf, InvalidValue> {
-    let text = std::fs::read_to_string(s).map_err(|source| InvalidValue::Unreadable {
-        path: s.to_owned(),
-        source,
+    let text = crate::zk::access::read_pem(std::path::Path::new(s)).map_err(|e| match e {
+        AccessError::Read { source, .. } => InvalidValue::Unreadable {
+            path: s.to_owned(),
+            source,
+        },
+        other => InvalidValue::Unreadable {
+            path: s.to_owned(),
+            source: std::io::Error::other(other.to_string()),
+        },
     })?;
     if !text.contains("-----BEGIN ") {
         return Err(InvalidValue::NoPem(s.to_owned()));

@@ -7,13 +7,17 @@
 //! whatever the wall clock does. The content is one JSON object
 //! ([`LeaderRecord`]). Files are written to a hidden temp file, fsynced,
 //! renamed into place and the directory fsynced: a reader never sees a
-//! partial file. Retention only ever touches names of this pattern.
+//! partial file. Retention only ever touches names of this pattern, and
+//! of those only files whose content is the record its name says
+//! ([`crate::readback`]); the same check decides whose token counts.
 
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+use crate::readback::{self, Refusal};
 
 /// Prefix of every leader file.
 pub const PREFIX: &str = "leader_";
@@ -242,9 +246,27 @@ pub fn list(dir: &Path) -> Result<Vec<FileKey>, FileError> {
     Ok(keys)
 }
 
-/// The highest fencing token found in `dir`, if any.
-pub fn max_token(dir: &Path) -> Result<Option<u64>, FileError> {
-    Ok(list(dir)?.last().map(|k| k.token))
+/// A file named like a leader file that is not trusted (see
+/// [`crate::readback`]): its token never counts, and it is never deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// Its name.
+    pub key: FileKey,
+    /// Why.
+    pub why: Refusal,
+}
+
+/// The highest fencing token of a trusted leader file in `dir`, if any,
+/// and the files above it that were refused (newest first).
+pub fn newest_trusted_token(dir: &Path) -> Result<(Option<u64>, Vec<Refused>), FileError> {
+    let mut refused = Vec::new();
+    for key in list(dir)?.into_iter().rev() {
+        match readback::read(dir, key) {
+            Ok(_) => return Ok((Some(key.token), refused)),
+            Err(why) => refused.push(Refused { key, why }),
+        }
+    }
+    Ok((None, refused))
 }
 
 /// Which files retention deletes: all but the newest `capacity`, and never
@@ -260,29 +282,64 @@ pub fn retention_victims(files: &[FileKey], capacity: usize, own_token: u64) -> 
         .collect()
 }
 
-/// Deletes what [`retention_victims`] chooses. Returns the number deleted
-/// and the first error met (deletion goes on past errors).
-pub fn prune(dir: &Path, capacity: usize, own_token: u64) -> (usize, Option<FileError>) {
+/// What one retention pass did.
+#[derive(Debug, Default)]
+pub struct Pruned {
+    /// Files deleted.
+    pub deleted: usize,
+    /// The first error met (deletion goes on past errors).
+    pub error: Option<FileError>,
+    /// Files left alone because they are not trusted leader files: victims
+    /// of retention, and any file with a token above ours.
+    pub refused: Vec<Refused>,
+}
+
+/// Deletes what [`retention_victims`] chooses, but only trusted leader
+/// files: a foreign file named like one is never deleted. Files with a
+/// token above `own_token` are checked too (a foreign one planted during a
+/// leadership is reported, and takes no place); a refused file below it
+/// that is not a victim is not read and takes a place.
+pub fn prune(dir: &Path, capacity: usize, own_token: u64) -> Pruned {
+    let mut pruned = Pruned::default();
     let files = match list(dir) {
         Ok(files) => files,
-        Err(e) => return (0, Some(e)),
+        Err(e) => {
+            pruned.error = Some(e);
+            return pruned;
+        }
     };
-    let mut deleted = 0;
-    let mut first_error = None;
-    for key in retention_victims(&files, capacity, own_token) {
+    // Refused files above our token take no place of `capacity` (else an
+    // empty file with the last token would cost us our newest file).
+    let (mut counted, mut above): (Vec<FileKey>, Vec<FileKey>) =
+        files.into_iter().partition(|k| k.token <= own_token);
+    above.retain(|&key| match readback::read(dir, key) {
+        Ok(_) => true,
+        Err(why) => {
+            pruned.refused.push(Refused { key, why });
+            false
+        }
+    });
+    counted.extend(above);
+    for key in retention_victims(&counted, capacity, own_token) {
+        if let Err(why) = readback::read(dir, key) {
+            pruned.refused.push(Refused { key, why });
+            continue;
+        }
         let path = dir.join(key.file_name());
         match fs::remove_file(&path) {
-            Ok(()) => deleted += 1,
+            Ok(()) => pruned.deleted += 1,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(source) => {
-                first_error.get_or_insert(FileError::Delete { path, source });
+                pruned
+                    .error
+                    .get_or_insert(FileError::Delete { path, source });
             }
         }
     }
-    if deleted > 0 {
+    if pruned.deleted > 0 {
         let _ = sync_dir(dir);
     }
-    (deleted, first_error)
+    pruned
 }
 
 /// Removes temp files left behind by an interrupted write of this process
@@ -489,9 +546,14 @@ fn read_prefix(path: &Path, len: usize) -> Option<Vec<u8>> {
     }
 }
 
-/// The newest leader file whose token is above `token`, if any.
+/// The newest trusted leader file whose token is above `token`, if any
+/// (a foreign file named like one does not supersede anybody).
 fn newest_token_above(dir: &Path, token: u64) -> Result<Option<FileKey>, FileError> {
-    Ok(list(dir)?.into_iter().rev().find(|k| k.token > token))
+    Ok(list(dir)?
+        .into_iter()
+        .rev()
+        .take_while(|k| k.token > token)
+        .find(|k| readback::read(dir, *k).is_ok()))
 }
 
 /// Creates a new file: exclusively, never through a symlink, mode 0644.
@@ -630,9 +692,9 @@ mod tests {
             })
             .unwrap();
         }
-        let (deleted, err) = prune(dir.path(), 2, 7);
-        assert!(err.is_none());
-        assert_eq!(deleted, 2);
+        let pruned = prune(dir.path(), 2, 7);
+        assert!(pruned.error.is_none());
+        assert_eq!(pruned.deleted, 2);
         assert_eq!(list(dir.path()).unwrap(), vec![key(7, 3), key(7, 4)]);
         assert!(dir.path().join("foreign.txt").exists());
         let text = std::fs::read_to_string(dir.path().join(key(7, 4).file_name())).unwrap();
@@ -764,6 +826,54 @@ mod tests {
         assert!(matches!(err, FileError::Superseded { .. }), "{err}");
         assert!(err.is_fenced());
         assert_eq!(list(dir.path()).unwrap(), vec![key(9, 1)]);
+    }
+
+    #[test]
+    fn foreign_files_named_like_leader_files_neither_count_nor_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = ensure_writable_dir(dir.path()).unwrap();
+        let gate = CommitGate::new();
+        for seq in 1..=3 {
+            write_atomic(dir.path(), dev, key(7, seq), &record(7, seq), &gate, || {
+                true
+            })
+            .unwrap();
+        }
+        let put = |k: FileKey, body: &[u8]| std::fs::write(dir.path().join(k.file_name()), body);
+        // An empty file with the last token, a copy under another name, and
+        // an old-looking one that retention would pick first.
+        put(key(u64::MAX, 1), b"").unwrap();
+        let copy = serde_json::to_vec(&record(7, 1)).unwrap();
+        put(key(100, 1), &copy).unwrap();
+        put(key(1, 1), b"x").unwrap();
+        let (newest, refused) = newest_trusted_token(dir.path()).unwrap();
+        assert_eq!(newest, Some(7));
+        let names: Vec<FileKey> = refused.iter().map(|r| r.key).collect();
+        assert_eq!(names, vec![key(u64::MAX, 1), key(100, 1)]);
+        assert!(matches!(refused[1].why, Refusal::NameMismatch { .. }));
+        // They supersede nobody: the leader of token 7 still commits.
+        write_atomic(dir.path(), dev, key(7, 4), &record(7, 4), &gate, || true).unwrap();
+        // Retention spares them and reports them.
+        let pruned = prune(dir.path(), 2, 7);
+        assert!(pruned.error.is_none());
+        let mut refused: Vec<FileKey> = pruned.refused.iter().map(|r| r.key).collect();
+        refused.sort();
+        assert_eq!(refused, vec![key(1, 1), key(100, 1), key(u64::MAX, 1)]);
+        assert_eq!(
+            list(dir.path()).unwrap(),
+            vec![
+                key(1, 1),
+                key(7, 3),
+                key(7, 4),
+                key(100, 1),
+                key(u64::MAX, 1)
+            ]
+        );
+        assert_eq!(pruned.deleted, 2);
+        assert_eq!(
+            std::fs::read(dir.path().join(key(u64::MAX, 1).file_name())).unwrap(),
+            b""
+        );
     }
 
     #[test]

@@ -4,8 +4,8 @@
 //! the state machine lives in [`machine`] with one module per state in
 //! [`states`]. [`board`] holds what the daemon publishes (the status
 //! snapshot, the [`metrics`], heartbeat); [`http`] and [`k8s`] serve it.
-//! Leader files follow the contract in [`files`]; [`zk`] holds the
-//! ZooKeeper recipe.
+//! Leader files follow the contract in [`files`] and are read back,
+//! bounded and checked, by [`readback`]; [`zk`] holds the ZooKeeper recipe.
 
 pub mod board;
 pub mod cmd;
@@ -16,6 +16,7 @@ pub mod k8s;
 pub mod lease;
 pub mod machine;
 pub mod metrics;
+pub mod readback;
 pub mod states;
 pub mod telemetry;
 pub mod zk;

@@ -286,3 +286,100 @@ fn the_other_commands_refuse_durations_that_can_never_work(
     assert_usage_error(&out, flag);
     assert_usage_error(&out, "at least 100ms");
 }
+
+/// Runs `election verify` on `dir`, killed after `within` (then `None`: it
+/// hung), with its heap limited to 64 MiB.
+fn verify_within(dir: &std::path::Path, within: std::time::Duration) -> Option<Output> {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_election"));
+    cmd.args(["verify", "--file-dir", dir.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    // 64 MiB of heap at most: reading a whole 100 MB file cannot fit.
+    // SAFETY: setrlimit is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 64 << 20,
+                rlim_max: 64 << 20,
+            };
+            if libc::setrlimit(libc::RLIMIT_DATA, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().expect("binary runs");
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        if child.try_wait().unwrap().is_some() {
+            return Some(child.wait_with_output().unwrap());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+fn leader_file(dir: &std::path::Path, token: u64, seq: u64, at: &str) {
+    let record = election::files::LeaderRecord {
+        node_id: "n".into(),
+        token,
+        seq,
+        written_at: at.into(),
+        session_id: "0x1".into(),
+        znode: "/e/c".into(),
+    };
+    let name = election::files::FileKey { token, seq }.file_name();
+    std::fs::write(dir.join(name), serde_json::to_vec(&record).unwrap()).unwrap();
+}
+
+#[test]
+fn verify_accepts_the_largest_token_without_a_false_overlap() {
+    let dir = tempfile::tempdir().unwrap();
+    leader_file(dir.path(), 7, 1, "2026-01-01T00:00:00.000Z");
+    leader_file(dir.path(), u64::MAX, 1, "2026-01-01T00:00:01.000Z");
+    leader_file(dir.path(), u64::MAX, 2, "2026-01-01T00:00:02.000Z");
+    let out = verify_within(dir.path(), std::time::Duration::from_secs(30)).expect("no hang");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("3 leader files, 2 leaderships"), "{stdout}");
+}
+
+#[rstest]
+#[case::huge_sparse_file("larger than")]
+#[case::fifo("not a regular file")]
+fn verify_refuses_what_is_not_a_small_regular_file_with_exit_1(#[case] needle: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    leader_file(dir.path(), 3, 1, "2026-01-01T00:00:00.000Z");
+    let name = election::files::FileKey { token: 4, seq: 1 }.file_name();
+    let path = dir.path().join(&name);
+    if needle == "larger than" {
+        // 100 MB, sparse: no disk, but all of it if read whole.
+        std::fs::File::create(&path)
+            .unwrap()
+            .set_len(100_000_000)
+            .unwrap();
+    } else {
+        let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    }
+    let out = verify_within(dir.path(), std::time::Duration::from_secs(30))
+        .expect("verify must not hang");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("bad_content") && stdout.contains(&name) && stdout.contains(needle),
+        "{stdout}"
+    );
+}

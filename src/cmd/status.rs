@@ -44,6 +44,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
                 "{:<4} {:<8} {:<20} {:<20} {}",
                 r.position,
                 if r.leader { "leader" } else { "waiting" },
+                // `?`: unreadable, or not data a daemon writes.
                 r.node_id.as_deref().unwrap_or("?"),
                 r.session_id,
                 r.znode
@@ -67,10 +68,9 @@ async fn read(session: &ZkSession, root: &str) -> anyhow::Result<Vec<Row>> {
         // ephemeral, or owned by another session than the name says): so
         // does this listing.
         let node_id = match client.get_data(&path).await {
+            // Written by anyone without ACLs: only a sane node id is shown.
             Ok((data, stat)) if is_live_candidate(stat.ephemeral_owner, c.session) => {
-                serde_json::from_slice::<CandidateData>(&data)
-                    .ok()
-                    .map(|d| d.node_id)
+                CandidateData::parse(&data).ok().map(|d| d.node_id)
             }
             Ok(_) | Err(zookeeper_client::Error::NoNode) => continue,
             Err(_) => None,

@@ -1,21 +1,24 @@
 //! The invariant checker behind `election verify`.
 //!
 //! Reads a file-dir and reports what would break the promise to users:
-//! leader files that are unreadable or partial, a name that disagrees with
-//! its content, fencing tokens going backwards in time, overlapping
+//! leader files that are unreadable, partial, not regular files or larger
+//! than a record (read as [`crate::readback`] does: bounded, never blocking
+//! on a FIFO), a name that disagrees with its content, fencing tokens going backwards in time, overlapping
 //! leaderships (a file of an older token written after the first file of a
 //! newer token), and gaps between files longer than a bound. Times compared
 //! are the `written_at` wall-clock stamps, so a stepped system clock can show
 //! up as an overlap: check NTP before blaming the election.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
 use serde::Serialize;
 
-use crate::files::{self, FileKey, LeaderRecord};
+use crate::files::{self, FileKey};
+use crate::readback::{self, Refusal};
 
 /// Flags of `election verify`.
 #[derive(Debug, Clone, Args)]
@@ -115,20 +118,19 @@ pub fn check(dir: &Path, max_gap: Option<Duration>) -> Result<Report, VerifyErro
     let mut seen: Vec<Seen> = Vec::new();
     for key in &keys {
         let name = key.file_name();
-        let record = std::fs::read(dir.join(&name))
-            .map_err(|e| e.to_string())
-            .and_then(|b| serde_json::from_slice::<LeaderRecord>(&b).map_err(|e| e.to_string()))
-            .and_then(|r| {
-                parse_time_ms(&r.written_at)
-                    .map(|t| (r, t))
-                    .map_err(|e| format!("bad written_at: {e}"))
-            });
+        let record = readback::read(dir, *key).and_then(|r| {
+            parse_time_ms(&r.written_at)
+                .map_err(|e| Refusal::NotRecord(format!("bad written_at: {e}")))
+        });
         match record {
-            Err(error) => violations.push(Violation::BadContent { file: name, error }),
-            Ok((r, _)) if r.token != key.token || r.seq != key.seq => {
+            Err(Refusal::NameMismatch { .. }) => {
                 violations.push(Violation::NameMismatch { file: name })
             }
-            Ok((_, at_ms)) => seen.push(Seen {
+            Err(e) => violations.push(Violation::BadContent {
+                file: name,
+                error: e.to_string(),
+            }),
+            Ok(at_ms) => seen.push(Seen {
                 key: *key,
                 name,
                 at_ms,
@@ -142,10 +144,9 @@ pub fn check(dir: &Path, max_gap: Option<Duration>) -> Result<Report, VerifyErro
     }
     for s in &seen {
         // Any newer leadership whose first file predates this one: overlap.
-        if let Some((newer, first)) = first_of
-            .range(s.key.token + 1..)
-            .find(|(_, f)| f.at_ms < s.at_ms)
-        {
+        // (Excluded, not `token + 1..`: the token may be u64::MAX.)
+        let newer = (Bound::Excluded(s.key.token), Bound::Unbounded);
+        if let Some((newer, first)) = first_of.range(newer).find(|(_, f)| f.at_ms < s.at_ms) {
             violations.push(Violation::Overlap {
                 older: s.key.token,
                 newer: *newer,
@@ -162,8 +163,8 @@ pub fn check(dir: &Path, max_gap: Option<Duration>) -> Result<Report, VerifyErro
             });
         }
         if let Some(bound) = max_gap {
-            let gap = b.at_ms - a.at_ms;
-            if gap > bound.as_millis() as i64 {
+            let gap = b.at_ms.saturating_sub(a.at_ms);
+            if i128::from(gap) > bound.as_millis() as i128 {
                 violations.push(Violation::Gap {
                     after: a.name.clone(),
                     before: b.name.clone(),
@@ -215,6 +216,7 @@ pub fn render_text(dir: &Path, r: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::files::LeaderRecord;
 
     fn put(dir: &Path, token: u64, seq: u64, at: &str) {
         let r = LeaderRecord {

@@ -274,6 +274,7 @@ mod tests {
             last_write_ms: Some(1),
             released: false,
             release_done: false,
+            refused_files: Vec::new(),
         };
         let p = patch_for(&status);
         assert_eq!(p["metadata"]["labels"]["election-state"], "leader");
@@ -298,6 +299,7 @@ mod tests {
             last_write_ms: None,
             released: false,
             release_done: false,
+            refused_files: Vec::new(),
         };
         let before = patch_for(&status);
         status.last_write_ms = Some(5);

@@ -346,9 +346,7 @@ async fn round(
             Some(ctx.node_id.clone())
         } else {
             match client.get_data(&child_path(root, &first.name)).await {
-                Ok((data, _)) => serde_json::from_slice::<CandidateData>(&data)
-                    .ok()
-                    .map(|d| d.node_id),
+                Ok((data, _)) => CandidateData::parse(&data).ok().map(|d| d.node_id),
                 Err(_) => None,
             }
         };

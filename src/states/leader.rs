@@ -2,7 +2,7 @@
 //!
 //! **Claim.** The leadership's fencing token is the zxid that created its
 //! node, raised above the highest token recorded in ZooKeeper (the
-//! `fencing` node) and above any token in file-dir. One multi-op checks our
+//! `fencing` node) and above any trusted token in file-dir. One multi-op checks our
 //! node, records the new floor and creates the ephemeral `writer` node.
 //! If another session still holds `writer`, its leader may still be inside
 //! a write (its node was deleted by hand, say, rather than released): we
@@ -406,24 +406,29 @@ impl Leader<'_> {
         ))))
     }
 
-    /// The newest token in file-dir, read off the runtime thread and
+    /// The newest trusted token in file-dir, read off the runtime thread and
     /// bounded. Temp files of interrupted writes are removed first (once per
     /// claim, before any write of this leadership; removing the temp file of
     /// a write still in flight elsewhere only makes that write fail).
     async fn newest_on_disk(&self) -> Result<Option<u64>, Exit> {
         let dir = self.ctx.cfg.file_dir.clone();
+        let board = self.ctx.board.clone();
         let read = tokio::task::spawn_blocking(move || {
             let removed = files::remove_stale_temp_files(&dir);
             if removed > 0 {
                 info!(removed, "removed temp files of interrupted writes");
             }
-            match files::max_token(&dir) {
+            match files::newest_trusted_token(&dir) {
                 Err(FileError::List { source, .. })
                     if source.kind() == std::io::ErrorKind::NotFound =>
                 {
                     Ok(None)
                 }
-                other => other,
+                Err(e) => Err(e),
+                Ok((newest, refused)) => {
+                    report_refused(&board, &refused);
+                    Ok(newest)
+                }
             }
         });
         match tokio::time::timeout(self.session.timeout(), read).await {
@@ -716,9 +721,10 @@ impl Leader<'_> {
         let board = self.ctx.board.clone();
         let pruning = self.pruning.clone();
         tokio::task::spawn_blocking(move || {
-            let (deleted, err) = files::prune(&dir, capacity, token);
-            board.metrics.files_pruned.inc_by(deleted as u64);
-            if let Some(e) = err {
+            let pruned = files::prune(&dir, capacity, token);
+            board.metrics.files_pruned.inc_by(pruned.deleted as u64);
+            report_refused(&board, &pruned.refused);
+            if let Some(e) = pruned.error {
                 board.metrics.prune_errors.inc();
                 warn!(error = %e, "retention failed");
             }
@@ -825,6 +831,17 @@ fn abandon(
                 ),
             },
         ),
+    }
+}
+
+/// Logs each refused file once and lists it in `/status`.
+fn report_refused(board: &crate::board::Board, refused: &[files::Refused]) {
+    for r in refused {
+        let file = r.key.file_name();
+        if board.refused_file(&file, &r.why.to_string()) {
+            warn!(file, reason = %r.why,
+                "refusing a file named like a leader file: its token does not count, and it is left alone");
+        }
     }
 }
 

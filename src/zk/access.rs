@@ -173,12 +173,7 @@ impl TlsFiles {
     /// rotated certificate (a Secret updated in place) is used by the next
     /// session without a restart.
     pub fn options(&self) -> Result<TlsOptions, AccessError> {
-        let read = |p: &Path| {
-            std::fs::read_to_string(p).map_err(|source| AccessError::Read {
-                path: p.to_owned(),
-                source,
-            })
-        };
+        let read = read_pem;
         let mut options = TlsOptions::new()
             .with_pem_ca(&read(&self.ca)?)
             .map_err(|source| AccessError::Pem {
@@ -195,6 +190,49 @@ impl TlsFiles {
         }
         Ok(options)
     }
+}
+
+/// The largest PEM file read (a CA bundle is tens of KiB).
+pub const MAX_PEM_BYTES: u64 = 1 << 20;
+
+/// Reads a PEM file: a regular file (symlinks followed, as in a mounted
+/// Secret) of at most [`MAX_PEM_BYTES`]. Opened non-blocking and checked
+/// with `fstat` before reading, so a FIFO is refused at once instead of
+/// blocking the reader forever.
+pub fn read_pem(path: &Path) -> Result<String, AccessError> {
+    use std::io::Read as _;
+    use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _};
+    let error = |source| AccessError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let refuse = |what: String| error(std::io::Error::other(what));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(error)?;
+    let meta = file.metadata().map_err(error)?;
+    if !meta.is_file() {
+        let kind = if meta.file_type().is_fifo() {
+            "a FIFO"
+        } else if meta.is_dir() {
+            "a directory"
+        } else {
+            "a special file"
+        };
+        return Err(refuse(format!("not a regular file ({kind})")));
+    }
+    let mut text = String::new();
+    file.take(MAX_PEM_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(error)?;
+    if text.len() as u64 > MAX_PEM_BYTES {
+        return Err(refuse(format!(
+            "larger than {MAX_PEM_BYTES} bytes: not a PEM file"
+        )));
+    }
+    Ok(text)
 }
 
 /// How the daemon authenticates to ZooKeeper and protects what it creates.
@@ -265,6 +303,31 @@ pub fn is_open_to_world(acl: &[Acl]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pem_files_are_read_only_when_small_and_regular() {
+        let dir = tempfile::tempdir().unwrap();
+        let pem = dir.path().join("ca.pem");
+        std::fs::write(&pem, "-----BEGIN CERTIFICATE-----\n").unwrap();
+        std::os::unix::fs::symlink(&pem, dir.path().join("link.pem")).unwrap();
+        assert!(
+            read_pem(&dir.path().join("link.pem")).is_ok(),
+            "Secrets are symlinks"
+        );
+        let fifo = dir.path().join("fifo.pem");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        let err = read_pem(&fifo).unwrap_err().to_string();
+        assert!(err.contains("not a regular file (a FIFO)"), "{err}");
+        let big = dir.path().join("big.pem");
+        std::fs::File::create(&big)
+            .unwrap()
+            .set_len(MAX_PEM_BYTES + 1)
+            .unwrap();
+        let err = read_pem(&big).unwrap_err().to_string();
+        assert!(err.contains("larger than"), "{err}");
+    }
 
     #[test]
     fn digest_ids_match_zookeeper() {

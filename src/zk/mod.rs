@@ -42,6 +42,9 @@ pub enum ZkError {
     /// The TLS files could not be read or parsed.
     #[error("ZooKeeper TLS settings: {0}")]
     Tls(#[from] access::AccessError),
+    /// The TLS files could not be read in time.
+    #[error("ZooKeeper TLS files: {0}")]
+    TlsRead(String),
     /// Establishing a session took longer than allowed.
     #[error("no ZooKeeper session with {servers} within {timeout:?}")]
     ConnectTimeout { servers: String, timeout: Duration },
@@ -84,7 +87,7 @@ impl ZkError {
             ZkError::Request { source, .. } => Some(source),
             ZkError::Connect { cause, .. } => Some(cause),
             ZkError::NotAuthorized { .. } => Some(&zookeeper_client::Error::NoAuth),
-            ZkError::Tls(_) | ZkError::ConnectTimeout { .. } => None,
+            ZkError::Tls(_) | ZkError::TlsRead(_) | ZkError::ConnectTimeout { .. } => None,
         }
     }
 }
@@ -100,6 +103,55 @@ pub struct CandidateData {
     /// Process id.
     #[serde(default)]
     pub pid: u32,
+}
+
+/// The most candidate data read back: what a daemon writes is about 100
+/// bytes, a node may hold 1 MB written by anyone (without ACLs).
+pub const MAX_CANDIDATE_DATA: usize = 1024;
+
+/// Why a candidate node's data is not believed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadCandidateData {
+    /// More than any daemon writes.
+    #[error("{0} bytes, more than candidate data ({MAX_CANDIDATE_DATA} at most)")]
+    TooLarge(usize),
+    /// Not the JSON a daemon writes.
+    #[error("not candidate data: {0}")]
+    NotJson(String),
+    /// A node id no daemon accepts (see [`is_valid_node_id`]).
+    #[error("not a valid node id")]
+    BadNodeId,
+}
+
+impl CandidateData {
+    /// Reads a candidate node's data. Anyone may have written it, and it
+    /// ends up in `/status`, Pod annotations and `election status`: only
+    /// data a daemon could have written is accepted (bounded, a node id
+    /// that passes `--node-id`'s rules); a host name that would not is
+    /// dropped.
+    pub fn parse(data: &[u8]) -> Result<CandidateData, BadCandidateData> {
+        if data.len() > MAX_CANDIDATE_DATA {
+            return Err(BadCandidateData::TooLarge(data.len()));
+        }
+        let mut d: CandidateData =
+            serde_json::from_slice(data).map_err(|e| BadCandidateData::NotJson(e.to_string()))?;
+        if !is_valid_node_id(&d.node_id) {
+            return Err(BadCandidateData::BadNodeId);
+        }
+        if !is_valid_node_id(&d.host) {
+            d.host.clear();
+        }
+        Ok(d)
+    }
+}
+
+/// Whether `s` is a node id: 1 to 253 characters of `A-Z a-z 0-9 - _ .`,
+/// safe in logs, file contents, Kubernetes annotations and a terminal.
+pub fn is_valid_node_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 /// A candidate znode, parsed from its name.
@@ -236,7 +288,9 @@ impl Origin {
             Some(info) => connector.with_session(info),
             None => connector,
         };
-        let connector = self.security.apply(connector)?;
+        // The TLS files are read off the runtime thread (a hung mount);
+        // callers bound the whole connect more tightly.
+        let connector = apply_off_thread(connector, &self.security, self.session_timeout).await?;
         SessionThread::connect(connector, &self.servers, self.security.tls.is_some())
             .await
             .map_err(|cause| ZkError::Connect {
@@ -435,6 +489,36 @@ impl SessionThread {
             ))
         })?;
         Ok((client, SessionThread { _stop: stop }))
+    }
+}
+
+/// Adds credentials and TLS to `connector`. The PEM files are read at
+/// every connect (a rotated certificate is picked up), on a thread of
+/// their own and for at most `bound`: a read that hangs (a hung mount)
+/// must not stall the runtime, which also serves SIGTERM and the probes.
+/// Such a thread stays blocked until its read returns.
+async fn apply_off_thread(
+    connector: zookeeper_client::Connector,
+    security: &ZkSecurity,
+    bound: Duration,
+) -> Result<zookeeper_client::Connector, ZkError> {
+    if security.tls.is_none() {
+        return Ok(security.apply(connector)?);
+    }
+    let (done, read) = tokio::sync::oneshot::channel();
+    let security = security.clone();
+    std::thread::Builder::new()
+        .name("zk-tls-read".into())
+        .spawn(move || {
+            let _ = done.send(security.apply(connector));
+        })
+        .map_err(|e| ZkError::TlsRead(format!("cannot start a thread: {e}")))?;
+    match tokio::time::timeout(bound, read).await {
+        Ok(Ok(applied)) => Ok(applied?),
+        Ok(Err(_)) => Err(ZkError::TlsRead("the reading thread ended".into())),
+        Err(_) => Err(ZkError::TlsRead(format!(
+            "reading the TLS files took longer than {bound:?} (a hung file system?)"
+        ))),
     }
 }
 
@@ -1026,6 +1110,45 @@ mod tests {
         // What versions before the lease was recorded wrote: the token.
         assert_eq!(WriterData::lease_of(b"42"), None);
         assert_eq!(WriterData::lease_of(b"\x00garbage"), None);
+    }
+
+    #[test]
+    fn candidate_data_is_believed_only_when_a_daemon_could_have_written_it() {
+        let good = br#"{"node_id":"election-1","host":"election-1","pid":7}"#;
+        let d = CandidateData::parse(good).unwrap();
+        assert_eq!(
+            (d.node_id.as_str(), d.host.as_str(), d.pid),
+            ("election-1", "election-1", 7)
+        );
+        let odd_host = br#"{"node_id":"n","host":"a\u001b[31mb"}"#;
+        assert_eq!(CandidateData::parse(odd_host).unwrap().host, "");
+        let huge = format!(r#"{{"node_id":"{}"}}"#, "x".repeat(1_000_000));
+        assert_eq!(
+            CandidateData::parse(huge.as_bytes()),
+            Err(BadCandidateData::TooLarge(huge.len()))
+        );
+        for bad in [
+            r#"{"node_id":"a\nb"}"#.to_string(),
+            r#"{"node_id":"\u001b[2J"}"#.into(),
+            r#"{"node_id":"a b"}"#.into(),
+            r#"{"node_id":""}"#.into(),
+            format!(r#"{{"node_id":"{}"}}"#, "x".repeat(254)),
+        ] {
+            assert_eq!(
+                CandidateData::parse(bad.as_bytes()),
+                Err(BadCandidateData::BadNodeId),
+                "{bad}"
+            );
+        }
+        for garbage in [&b""[..], b"\xff\xfe", b"[1]", b"{\"host\":\"h\"}"] {
+            assert!(
+                matches!(
+                    CandidateData::parse(garbage),
+                    Err(BadCandidateData::NotJson(_))
+                ),
+                "{garbage:?}"
+            );
+        }
     }
 
     #[test]

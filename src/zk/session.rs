@@ -12,6 +12,12 @@
 //! of [`Resumption`]. A session given up without the server's word may be
 //! alive there: it is never taken for closed.
 //!
+//! A reconnect that the server answers with another session id than ours
+//! (ClickHouse Keeper does so for a session it dropped, where ZooKeeper
+//! answers id 0) is reported by the client as `Expired` too (vendored
+//! patch 0007): our ephemeral nodes went with the old session, and
+//! `Client::session_id()` would still show the old id.
+//!
 //! The daemon still keeps its own clock, as a safety net against a client
 //! that never reports anything: after [`GIVE_UP_FACTOR`] session timeouts
 //! of disconnection the session is treated as lost and rebuilt.

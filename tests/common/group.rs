@@ -285,13 +285,13 @@ impl Group {
     }
 }
 
-/// The leader records in `dir`, oldest first (unreadable files skipped).
+/// The leader records in `dir`, oldest first (files a leader would refuse
+/// skipped; a FIFO named like a leader file never blocks).
 pub fn read_records(dir: &std::path::Path) -> Vec<LeaderRecord> {
     files::list(dir)
         .unwrap_or_default()
         .into_iter()
-        .filter_map(|k| std::fs::read(dir.join(k.file_name())).ok())
-        .filter_map(|b| serde_json::from_slice(&b).ok())
+        .filter_map(|k| election::readback::read(dir, k).ok())
         .collect()
 }
 

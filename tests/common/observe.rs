@@ -37,6 +37,17 @@ pub struct Status {
     pub release_done: bool,
     #[serde(default)]
     pub ready: bool,
+    /// Files named like leader files whose token the leader refused to
+    /// trust (the first few).
+    #[serde(default)]
+    pub refused_files: Vec<RefusedFile>,
+}
+
+/// A file named like a leader file that is not a valid leader record.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RefusedFile {
+    pub file: String,
+    pub reason: String,
 }
 
 /// `/status` of the listener at `http`, if it answers 200 with a status.
