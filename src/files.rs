@@ -469,7 +469,7 @@ pub fn write_atomic(
         }
         match rename_no_replace(&temp_path, &final_path) {
             Ok(()) => Ok(()),
-            Err(source) => match after_failed_rename(read_prefix(&final_path, body.len()), &body) {
+            Err(source) => match after_failed_rename(final_content(&final_path), &body) {
                 RenameAftermath::Published => {
                     tracing::warn!(file = %final_path.display(), error = %source,
                         "the rename reported an error but took effect: the file is published");
@@ -521,29 +521,11 @@ pub fn after_failed_rename(found: Option<Vec<u8>>, ours: &[u8]) -> RenameAfterma
     }
 }
 
-/// Up to `len + 1` bytes of the regular file `path` (never through a
-/// symlink); `None` when there is none. An unreadable file counts as
-/// present: its name is taken.
-fn read_prefix(path: &Path, len: usize) -> Option<Vec<u8>> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-        .open(path);
-    let file = match file {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
-        Err(_) => return Some(Vec::new()),
-    };
-    if !file.metadata().is_ok_and(|m| m.is_file()) {
-        return Some(Vec::new());
-    }
-    let mut found = Vec::with_capacity(len + 1);
-    match file.take(len as u64 + 1).read_to_end(&mut found) {
-        Ok(_) => Some(found),
-        Err(_) => Some(Vec::new()),
-    }
+/// What the final name holds (never through a symlink, at most a leader
+/// record's size); `None` when nothing. Anything unreadable or not a
+/// regular file counts as present: its name is taken.
+fn final_content(path: &Path) -> Option<Vec<u8>> {
+    crate::readback::read_if_present(path).map(Result::unwrap_or_default)
 }
 
 /// The newest trusted leader file whose token is above `token`, if any

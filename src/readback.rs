@@ -46,7 +46,8 @@ pub enum Refusal {
 
 /// Reads and checks the leader file of `key` in `dir`.
 pub fn read(dir: &Path, key: FileKey) -> Result<LeaderRecord, Refusal> {
-    let bytes = read_bounded(&dir.join(key.file_name()))?;
+    let bytes = read_if_present(&dir.join(key.file_name()))
+        .unwrap_or_else(|| Err(Refusal::Unreadable("no such file".into())))?;
     parse(&bytes, key)
 }
 
@@ -63,19 +64,27 @@ pub fn parse(bytes: &[u8], key: FileKey) -> Result<LeaderRecord, Refusal> {
     Ok(record)
 }
 
-/// The content of a regular file of at most [`MAX_RECORD_BYTES`].
-fn read_bounded(path: &Path) -> Result<Vec<u8>, Refusal> {
+/// The content of a regular file of at most [`MAX_RECORD_BYTES`]; `None`
+/// when nothing has the name.
+pub fn read_if_present(path: &Path) -> Option<Result<Vec<u8>, Refusal>> {
     use std::os::unix::fs::OpenOptionsExt;
-    let unreadable = |e: std::io::Error| Refusal::Unreadable(e.to_string());
-    let mut file = fs::OpenOptions::new()
+    let opened = fs::OpenOptions::new()
         .read(true)
         // Non-blocking: opening a FIFO without a writer returns at once.
         .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(|e| match e.raw_os_error() {
-            Some(libc::ELOOP) => Refusal::NotRegular("symlink"),
-            _ => unreadable(e),
-        })?;
+        .open(path);
+    match opened {
+        Ok(file) => Some(read_bounded(file)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            Some(Err(Refusal::NotRegular("symlink")))
+        }
+        Err(e) => Some(Err(Refusal::Unreadable(e.to_string()))),
+    }
+}
+
+fn read_bounded(mut file: fs::File) -> Result<Vec<u8>, Refusal> {
+    let unreadable = |e: std::io::Error| Refusal::Unreadable(e.to_string());
     let meta = file.metadata().map_err(unreadable)?;
     if !meta.is_file() {
         return Err(Refusal::NotRegular(kind(&meta.file_type())));
