@@ -72,6 +72,30 @@ fn newest_token(g: &Group) -> u64 {
     g.newest_record().expect("a leader wrote").token
 }
 
+/// A standalone ZooKeeper and one replica, leading; its token.
+fn a_lone_leader() -> (ZkCluster, Group, u64) {
+    let zk = ZkCluster::standalone();
+    let mut g = Group::new(&zk.connect_string());
+    g.spawn(1);
+    g.wait_leader(Duration::from_secs(20));
+    let token = newest_token(&g);
+    (zk, g, token)
+}
+
+/// The leadership wrote the file after `key` (seq + 1): it did not reuse
+/// or skip past the name.
+fn assert_the_next_seq_follows(g: &Group, key: FileKey) {
+    let next = FileKey {
+        token: key.token,
+        seq: key.seq + 1,
+    };
+    assert!(
+        g.files_dir().join(next.file_name()).exists(),
+        "{next:?}\n{}",
+        g.logs()
+    );
+}
+
 #[test]
 #[ignore = "needs root and strace: run by scripts/test.sh as root"]
 fn a_leader_with_a_hung_fsync_steps_down_and_its_write_never_lands_later() {
@@ -794,11 +818,7 @@ fn a_leader_whose_writes_are_all_superseded_steps_down_and_tokens_jump_above() {
 fn a_failed_directory_fsync_after_a_rename_never_reuses_the_file_name() {
     assert!(is_root(), "run as root");
     // Given a leader
-    let zk = ZkCluster::standalone();
-    let mut g = Group::new(&zk.connect_string());
-    g.spawn(1);
-    g.wait_leader(Duration::from_secs(20));
-    let token = newest_token(&g);
+    let (_zk, mut g, token) = a_lone_leader();
     let r = g.replica(0);
     let since = r.line_count();
     // When the fsync of file-dir after a rename fails with EIO once (the
@@ -821,15 +841,7 @@ fn a_failed_directory_fsync_after_a_rename_never_reuses_the_file_name() {
     // and no write fails on a name already taken
     assert!(g.files_dir().join(name.file_name()).exists(), "{name:?}");
     g.wait_more_files_of(token, 3, Duration::from_secs(10));
-    let next = FileKey {
-        token: name.token,
-        seq: name.seq + 1,
-    };
-    assert!(
-        g.files_dir().join(next.file_name()).exists(),
-        "{next:?}\n{}",
-        g.logs()
-    );
+    assert_the_next_seq_follows(&g, name);
     let out = r.output();
     assert!(
         !out.contains("File exists") && !out.contains("cannot rename"),
@@ -878,11 +890,7 @@ fn publish_the_next_temp_file(dir: &std::path::Path, timeout: Duration) -> Optio
 fn a_rename_that_took_effect_but_reported_enoent_never_reuses_the_file_name() {
     assert!(is_root(), "run as root");
     // Given a leader
-    let zk = ZkCluster::standalone();
-    let mut g = Group::new(&zk.connect_string());
-    g.spawn(1);
-    g.wait_leader(Duration::from_secs(20));
-    let token = newest_token(&g);
+    let (_zk, mut g, token) = a_lone_leader();
     let r = g.replica(0);
     // When one of its renames takes effect but answers ENOENT, as an NFS
     // retransmit of a rename that already happened does: each rename waits
@@ -901,15 +909,7 @@ fn a_rename_that_took_effect_but_reported_enoent_never_reuses_the_file_name() {
     // seq + 1, no write fails on a name already taken, and it never steps
     // down for it
     g.wait_more_files_of(token, 5, Duration::from_secs(10));
-    let next = FileKey {
-        token: published.token,
-        seq: published.seq + 1,
-    };
-    assert!(
-        g.files_dir().join(next.file_name()).exists(),
-        "{next:?}\n{}",
-        g.logs()
-    );
+    assert_the_next_seq_follows(&g, published);
     let out = r.output();
     assert!(!out.contains("File exists"), "{out}");
     let failovers = r.metric(TRANSITIONS, &[("to", "failover")]);
