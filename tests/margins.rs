@@ -91,6 +91,50 @@ fn a_successor_with_a_shorter_session_waits_out_the_lease_of_a_holder_with_a_lon
 }
 
 #[test]
+fn the_lease_follows_the_session_timeout_a_server_renegotiates_on_reconnection() {
+    // Given a 3-server ensemble where follower `small` grants sessions of
+    // at most 2 s, and a leader with a 4 s session on follower `big`
+    // (`small` is down while it connects)
+    let mut zk = ZkCluster::ensemble(3);
+    let zk_leader = zk.leader().expect("the ensemble has a leader");
+    let followers: Vec<usize> = (0..3).filter(|&i| i != zk_leader).collect();
+    let (big, small) = (followers[0], followers[1]);
+    zk.stop(small);
+    zk.set_max_session_timeout(small, Duration::from_secs(2));
+    let servers = format!("{},{}", zk.server_addr(big), zk.server_addr(small));
+    let mut g = Group::new(&servers);
+    g.extra = vec!["--zk-session-timeout".into(), "4s".into()];
+    g.spawn(1);
+    g.wait_leader(Duration::from_secs(20));
+    let before = g
+        .replica(0)
+        .wait_status(|s| s.lease_ms.is_some(), Duration::from_secs(10));
+    assert_eq!(before.session_timeout_ms, Some(4000), "{before:#?}");
+    assert_eq!(before.lease_ms, Some(2000), "{before:#?}");
+    let token = before.token.expect("leading");
+    // When `small` comes back and `big` stops: the client reconnects to
+    // `small`, which clamps the session to its maximum
+    zk.start(small);
+    zk.stop(big);
+    // Then the leader sizes its lease from the 2 s session, and goes on
+    // leading under it
+    let after = g.replica(0).wait_status(
+        |s| s.session_timeout_ms != Some(4000) && s.lease_ms.is_some(),
+        Duration::from_secs(30),
+    );
+    eprintln!(
+        "before: session {:?} ms, lease {:?} ms; after: session {:?} ms, lease {:?} ms",
+        before.session_timeout_ms, before.lease_ms, after.session_timeout_ms, after.lease_ms
+    );
+    assert_eq!(after.session_timeout_ms, Some(2000), "{after:#?}");
+    assert_eq!(after.lease_ms, Some(1000), "{after:#?}");
+    assert_eq!(after.token, Some(token), "same leadership: {after:#?}");
+    wait_new_file(&g, Duration::from_secs(10));
+    g.stop_all();
+    g.assert_invariants();
+}
+
+#[test]
 #[ignore = "needs root and strace: run by cargo xtask test as root"]
 fn a_leader_whose_disk_hangs_steps_down_within_a_session_timeout_whatever_its_leader_timeout() {
     assert!(

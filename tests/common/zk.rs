@@ -52,6 +52,8 @@ struct Server {
     election_port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    /// `maxSessionTimeout` in milliseconds (60000 unless set).
+    max_session_timeout: u64,
 }
 
 impl Server {
@@ -159,6 +161,7 @@ impl ZkCluster {
                 election_port: 0,
                 dir: dir.path().join(format!("zk{}", i + 1)),
                 child: None,
+                max_session_timeout: 60_000,
             })
             .collect();
         let tls = options.tls.then(|| generate_tls(dir.path()));
@@ -221,7 +224,7 @@ impl ZkCluster {
              initLimit=10\n\
              syncLimit=5\n\
              minSessionTimeout=400\n\
-             maxSessionTimeout=60000\n\
+             maxSessionTimeout={max_session}\n\
              dataDir={data}\n\
              clientPort={port}\n\
              clientPortAddress=127.0.0.1\n\
@@ -232,6 +235,7 @@ impl ZkCluster {
              maxClientCnxns=0\n",
             data = s.data_dir().display(),
             port = s.client_port,
+            max_session = s.max_session_timeout,
         );
         if self.options.tls {
             let stores = self.dir.path().join("tls");
@@ -402,6 +406,12 @@ impl ZkCluster {
         if running > self.len() / 2 {
             self.wait_ready(i);
         }
+    }
+
+    /// Gives server `i` another `maxSessionTimeout` (the largest session
+    /// timeout it grants), from its next start on.
+    pub fn set_max_session_timeout(&mut self, i: usize, timeout: Duration) {
+        self.servers[i].max_session_timeout = timeout.as_millis() as u64;
     }
 
     /// Stops every server with SIGTERM (see [`ZkCluster::stop`]).
