@@ -95,6 +95,8 @@ pub struct ZkOptions {
     /// With `tls`: `ssl.clientAuth=need` (clients must show a certificate
     /// signed by the test CA).
     pub tls_client_auth: bool,
+    /// `tickTime` (200 ms unless set); `minSessionTimeout` is two ticks.
+    pub tick_time: Option<Duration>,
 }
 
 /// PEM files generated for a TLS cluster.
@@ -145,6 +147,15 @@ impl ZkCluster {
             "an ensemble needs at least 2 servers; use standalone()"
         );
         ZkCluster::start_new(n, ZkOptions::default())
+    }
+
+    /// [`ZkCluster::ensemble`] with `options`.
+    pub fn ensemble_with(n: usize, options: ZkOptions) -> ZkCluster {
+        assert!(
+            n >= 2,
+            "an ensemble needs at least 2 servers; use standalone_with()"
+        );
+        ZkCluster::start_new(n, options)
     }
 
     fn start_new(n: usize, options: ZkOptions) -> ZkCluster {
@@ -214,16 +225,17 @@ impl ZkCluster {
     fn write_config(&self, i: usize) {
         let s = &self.servers[i];
         fs::create_dir_all(s.data_dir()).expect("create the ZooKeeper data dir");
-        // tickTime 200 ms allows sessions from 400 ms (2 ticks); the
+        // tickTime 200 ms (unless set) allows sessions from 2 ticks; the
         // negotiated timeout is clamped to [min, max]SessionTimeout.
         // forceSync=no: no fsync per write (a test machine needs no
         // durability across power loss; a killed JVM loses nothing
         // written). preAllocSize is in KiB: 1 MiB log files, not 64 MiB.
+        let tick_ms = self.options.tick_time.map_or(200, |t| t.as_millis() as u64);
         let mut cfg = format!(
-            "tickTime=200\n\
+            "tickTime={tick}\n\
              initLimit=10\n\
              syncLimit=5\n\
-             minSessionTimeout=400\n\
+             minSessionTimeout={min_session}\n\
              maxSessionTimeout={max_session}\n\
              dataDir={data}\n\
              clientPort={port}\n\
@@ -236,6 +248,8 @@ impl ZkCluster {
             data = s.data_dir().display(),
             port = s.client_port,
             max_session = s.max_session_timeout,
+            tick = tick_ms,
+            min_session = 2 * tick_ms,
         );
         if self.options.tls {
             let stores = self.dir.path().join("tls");
