@@ -90,6 +90,13 @@ pub struct Snapshot {
     /// Files named like leader files that this replica refused to trust
     /// since it started (the first [`REFUSED_LISTED`]).
     pub refused_files: Vec<RefusedFile>,
+    /// The session timeout the server negotiated, in milliseconds: at the
+    /// session's connection, and while leading at the latest reconnection
+    /// (as of the last confirmation).
+    pub session_timeout_ms: Option<u64>,
+    /// While leading, how long a confirmation lets the leader write, in
+    /// milliseconds (see docs/design.md, the margin of the lease).
+    pub lease_ms: Option<u64>,
 }
 
 /// A file named like a leader file whose token does not count (see
@@ -124,6 +131,8 @@ impl Snapshot {
             released: false,
             release_done: false,
             refused_files: Vec::new(),
+            session_timeout_ms: None,
+            lease_ms: None,
         }
     }
 
@@ -131,6 +140,11 @@ impl Snapshot {
     pub fn is_ready(&self) -> bool {
         matches!(self.state, StateName::Attempter | StateName::Leader)
     }
+}
+
+/// A duration in whole milliseconds.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Milliseconds since the unix epoch.
@@ -211,6 +225,7 @@ impl Board {
         self.entered(to);
         let session = next.session();
         let session_id = session.map(ZkSession::id_hex);
+        let session_timeout_ms = session.map(|s| millis(s.timeout()));
         let znode = match next {
             State::Leader { leadership, .. } => Some(leadership.path.clone()),
             _ => None,
@@ -225,6 +240,8 @@ impl Board {
                 s.leader = None;
             }
             s.session_id = session_id;
+            s.session_timeout_ms = session_timeout_ms;
+            s.lease_ms = None;
             s.znode = znode;
             // The token is known once Leader has claimed it.
             s.token = None;
@@ -267,6 +284,15 @@ impl Board {
         self.update(|s| {
             s.token = Some(token);
             s.leader = Some(node_id.to_owned());
+        });
+    }
+
+    /// Leader confirmed its leadership under a lease of `lease` for a
+    /// session of `session_timeout` as negotiated now.
+    pub fn lease(&self, session_timeout: Duration, lease: Duration) {
+        self.update(|s| {
+            s.session_timeout_ms = Some(millis(session_timeout));
+            s.lease_ms = Some(millis(lease));
         });
     }
 

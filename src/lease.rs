@@ -24,6 +24,7 @@
 use std::time::Duration;
 
 use tokio::time::Instant;
+use zookeeper_client::NegotiatedTimeout;
 
 /// A point in time on both of the lease's clocks.
 #[derive(Debug, Clone, Copy)]
@@ -61,11 +62,37 @@ fn boottime() -> Duration {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
+/// Where the lease reads the session timeout from.
+#[derive(Debug, Clone)]
+enum Timeout {
+    /// A fixed value (tests, bounds).
+    Fixed(Duration),
+    /// As the server negotiated it at the session's latest (re)connection:
+    /// a server clamps it to its own `minSessionTimeout` and
+    /// `maxSessionTimeout`, so it changes when the client moves to another
+    /// server. The client updates it before it reports the session
+    /// connected again (vendored patch 0005).
+    Negotiated(NegotiatedTimeout),
+    /// Changed by hand (unit tests of a renegotiation).
+    #[cfg(test)]
+    Shared(std::sync::Arc<std::sync::Mutex<Duration>>),
+}
+
 /// A revocable, time-bounded permission to write.
+///
+/// Its bound follows the session timeout as negotiated now, and never
+/// exceeds what it was when [`Lease::pin`] recorded it for successors (the
+/// writer node), nor what it was when a confirmation was granted.
 #[derive(Debug, Clone)]
 pub struct Lease {
-    bound: Duration,
-    valid_until: Option<Stamp>,
+    timeout: Timeout,
+    /// The configured tickTime (`--zk-tick-time`), if any.
+    tick_time: Option<Duration>,
+    /// The longest bound ever allowed (what successors were told).
+    cap: Duration,
+    /// The latest confirmation: when its request was sent, and the bound
+    /// at that moment.
+    confirmed: Option<(Stamp, Duration)>,
 }
 
 impl Lease {
@@ -74,37 +101,75 @@ impl Lease {
     /// not held. Its bound is zero (it never lets anyone write) when the
     /// session is too short for that tickTime ([`lease_bound`]).
     pub fn new(session_timeout: Duration, tick_time: Duration) -> Lease {
-        Lease {
-            bound: lease_bound(session_timeout, tick_time).unwrap_or_default(),
-            valid_until: None,
+        Lease::with(Timeout::Fixed(session_timeout), Some(tick_time))
+    }
+
+    /// A lease that follows the session timeout negotiated at each
+    /// (re)connection (`timeout`, from the client), on servers with the
+    /// configured tickTime (`--zk-tick-time`, else [`assumed_tick_time`]).
+    pub fn negotiated(timeout: NegotiatedTimeout, tick_time: Option<Duration>) -> Lease {
+        Lease::with(Timeout::Negotiated(timeout), tick_time)
+    }
+
+    fn with(timeout: Timeout, tick_time: Option<Duration>) -> Lease {
+        let mut lease = Lease {
+            timeout,
+            tick_time,
+            cap: Duration::MAX,
+            confirmed: None,
+        };
+        lease.cap = lease.bound();
+        lease
+    }
+
+    /// Follows the timeout of another client of the same session (after
+    /// the session was resumed with a new client).
+    pub fn follow(&mut self, timeout: NegotiatedTimeout) {
+        self.timeout = Timeout::Negotiated(timeout);
+    }
+
+    /// The session timeout the lease is sized for now.
+    pub fn session_timeout(&self) -> Duration {
+        match &self.timeout {
+            Timeout::Fixed(t) => *t,
+            Timeout::Negotiated(t) => t.get(),
+            #[cfg(test)]
+            Timeout::Shared(t) => *t.lock().unwrap(),
         }
     }
 
-    /// How long one confirmation lasts.
+    /// How long one confirmation lasts, for the session timeout as
+    /// negotiated now.
     pub fn bound(&self) -> Duration {
-        self.bound
+        let t = self.session_timeout();
+        lease_bound(t, assumed_tick_time(t, self.tick_time))
+            .unwrap_or_default()
+            .min(self.cap)
+    }
+
+    /// The bound to record for successors (the writer node): from now on
+    /// the lease never grows past it, whatever a later server negotiates.
+    pub fn pin(&mut self) -> Duration {
+        self.cap = self.bound();
+        self.cap
     }
 
     /// The longest round trip after which a confirmation still counts.
     pub fn max_round_trip(&self) -> Duration {
-        self.bound / 2
+        self.bound() / 2
     }
 
     /// ZooKeeper confirmed ownership for a request sent at `sent`.
     pub fn confirm(&mut self, sent: Stamp) {
-        let until = Stamp {
-            mono: sent.mono + self.bound,
-            boot: sent.boot + self.bound,
-        };
         // Never move the lease back, never extend from a stale confirmation.
-        if self.valid_until.is_none_or(|v| until.mono > v.mono) {
-            self.valid_until = Some(until);
+        if self.confirmed.is_none_or(|(last, _)| sent.mono > last.mono) {
+            self.confirmed = Some((sent, self.bound()));
         }
     }
 
     /// Leadership can no longer be assumed (disconnection, lost node).
     pub fn revoke(&mut self) {
-        self.valid_until = None;
+        self.confirmed = None;
     }
 
     /// Whether writing is allowed now.
@@ -113,13 +178,16 @@ impl Lease {
     }
 
     /// How much of the lease is left (zero when not held), the smaller of
-    /// what the two clocks say.
+    /// what the two clocks say, with the smaller of the bounds at the
+    /// confirmation and now: a reconnection that negotiated a shorter
+    /// session shortens a lease already granted.
     pub fn remaining(&self) -> Duration {
-        let Some(v) = self.valid_until else {
+        let Some((sent, then)) = self.confirmed else {
             return Duration::ZERO;
         };
-        let mono = v.mono.saturating_duration_since(Instant::now());
-        let boot = v.boot.saturating_sub(boottime());
+        let bound = then.min(self.bound());
+        let mono = (sent.mono + bound).saturating_duration_since(Instant::now());
+        let boot = (sent.boot + bound).saturating_sub(boottime());
         mono.min(boot)
     }
 }
@@ -307,6 +375,29 @@ mod tests {
         };
         lease.confirm(suspended);
         assert!(!lease.is_valid());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_renegotiated_session_timeout_shortens_the_lease_and_never_lengthens_it() {
+        let ms = Duration::from_millis;
+        let timeout = std::sync::Arc::new(std::sync::Mutex::new(Duration::from_secs(4)));
+        let mut lease = Lease::with(Timeout::Shared(timeout.clone()), Some(TICK));
+        assert_eq!(lease.pin(), ms(2000), "recorded for successors");
+        lease.confirm(Stamp::now());
+        // The client moved to a server with maxSessionTimeout=2000.
+        *timeout.lock().unwrap() = Duration::from_secs(2);
+        assert_eq!(lease.bound(), ms(1000));
+        assert!(
+            lease.remaining() <= ms(1000),
+            "the granted lease shrinks too"
+        );
+        tokio::time::advance(ms(1000)).await;
+        assert!(!lease.is_valid());
+        // Then to one with minSessionTimeout=20000: no longer than recorded.
+        *timeout.lock().unwrap() = Duration::from_secs(20);
+        assert_eq!(lease.bound(), ms(2000));
+        lease.confirm(Stamp::now());
+        assert!(lease.remaining() <= ms(2000));
     }
 
     #[test]

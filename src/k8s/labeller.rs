@@ -275,6 +275,8 @@ mod tests {
             released: false,
             release_done: false,
             refused_files: Vec::new(),
+            session_timeout_ms: None,
+            lease_ms: None,
         };
         let p = patch_for(&status);
         assert_eq!(p["metadata"]["labels"]["election-state"], "leader");
@@ -300,6 +302,8 @@ mod tests {
             released: false,
             release_done: false,
             refused_files: Vec::new(),
+            session_timeout_ms: None,
+            lease_ms: None,
         };
         let before = patch_for(&status);
         status.last_write_ms = Some(5);

@@ -149,7 +149,7 @@ pub async fn run(
     };
     let mut me = Leader {
         live: Liveness::new(session.timeout(), session.state()),
-        lease: Lease::new(session.timeout(), tick_time(ctx, &session)),
+        lease: Lease::negotiated(session.negotiated_timeout(), ctx.cfg.zk_tick_time),
         ctx,
         session,
         leadership,
@@ -349,7 +349,7 @@ impl Leader<'_> {
                 root,
                 &self.leadership.path,
                 token,
-                self.lease.bound(),
+                self.lease.pin(),
                 version,
             );
             let claimed = tokio::time::timeout(self.session.timeout(), claim)
@@ -532,7 +532,10 @@ impl Leader<'_> {
     async fn on_session_change(&mut self, state: SessionState) -> Option<Exit> {
         match on_state(self.ctx, &mut self.live, state) {
             Health::Connected => {
-                // Same session back in time: make sure the node survived.
+                // Same session back in time (perhaps with a new client, and
+                // a timeout another server negotiated): make sure the node
+                // survived.
+                self.lease.follow(self.session.negotiated_timeout());
                 match self.confirm().await {
                     Confirm::Lost(why) => {
                         return Some(Exit::Attempter(Cause::LeadershipLost.because(why)));
@@ -703,6 +706,9 @@ impl Leader<'_> {
         match classify(synced, owner, sent.elapsed(), max_rtt, self.session.id()) {
             Confirm::Held => {
                 self.lease.confirm(sent);
+                self.ctx
+                    .board
+                    .lease(self.lease.session_timeout(), self.lease.bound());
                 Confirm::Held
             }
             Confirm::Lost(why) => Confirm::Lost(format!("{why}: {path}")),

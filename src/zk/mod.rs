@@ -584,9 +584,16 @@ impl ZkSession {
         format!("{:#x}", self.id() as u64)
     }
 
-    /// Session timeout negotiated with the server.
+    /// Session timeout negotiated with the server at the latest
+    /// (re)connection (a server clamps it to its own bounds).
     pub fn timeout(&self) -> Duration {
         self.client.session_timeout()
+    }
+
+    /// [`ZkSession::timeout`] as a value that follows reconnections of
+    /// this client (not a resumption, which brings a new client).
+    pub fn negotiated_timeout(&self) -> zookeeper_client::NegotiatedTimeout {
+        self.client.negotiated_timeout()
     }
 
     /// Latest session state.

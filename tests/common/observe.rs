@@ -41,6 +41,13 @@ pub struct Status {
     /// trust (the first few).
     #[serde(default)]
     pub refused_files: Vec<RefusedFile>,
+    /// The session timeout as negotiated (while leading: at the latest
+    /// reconnection), milliseconds.
+    #[serde(default)]
+    pub session_timeout_ms: Option<u64>,
+    /// While leading: how long a confirmation lets the leader write.
+    #[serde(default)]
+    pub lease_ms: Option<u64>,
 }
 
 /// A file named like a leader file that is not a valid leader record.

@@ -52,6 +52,8 @@ struct Server {
     election_port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    /// `maxSessionTimeout` in milliseconds (60000 unless set).
+    max_session_timeout: u64,
 }
 
 impl Server {
@@ -93,6 +95,8 @@ pub struct ZkOptions {
     /// With `tls`: `ssl.clientAuth=need` (clients must show a certificate
     /// signed by the test CA).
     pub tls_client_auth: bool,
+    /// `tickTime` (200 ms unless set); `minSessionTimeout` is two ticks.
+    pub tick_time: Option<Duration>,
 }
 
 /// PEM files generated for a TLS cluster.
@@ -145,6 +149,15 @@ impl ZkCluster {
         ZkCluster::start_new(n, ZkOptions::default())
     }
 
+    /// [`ZkCluster::ensemble`] with `options`.
+    pub fn ensemble_with(n: usize, options: ZkOptions) -> ZkCluster {
+        assert!(
+            n >= 2,
+            "an ensemble needs at least 2 servers; use standalone_with()"
+        );
+        ZkCluster::start_new(n, options)
+    }
+
     fn start_new(n: usize, options: ZkOptions) -> ZkCluster {
         let dir = tempfile::Builder::new()
             .prefix("election-zk-")
@@ -159,6 +172,7 @@ impl ZkCluster {
                 election_port: 0,
                 dir: dir.path().join(format!("zk{}", i + 1)),
                 child: None,
+                max_session_timeout: 60_000,
             })
             .collect();
         let tls = options.tls.then(|| generate_tls(dir.path()));
@@ -211,17 +225,18 @@ impl ZkCluster {
     fn write_config(&self, i: usize) {
         let s = &self.servers[i];
         fs::create_dir_all(s.data_dir()).expect("create the ZooKeeper data dir");
-        // tickTime 200 ms allows sessions from 400 ms (2 ticks); the
+        // tickTime 200 ms (unless set) allows sessions from 2 ticks; the
         // negotiated timeout is clamped to [min, max]SessionTimeout.
         // forceSync=no: no fsync per write (a test machine needs no
         // durability across power loss; a killed JVM loses nothing
         // written). preAllocSize is in KiB: 1 MiB log files, not 64 MiB.
+        let tick_ms = self.options.tick_time.map_or(200, |t| t.as_millis() as u64);
         let mut cfg = format!(
-            "tickTime=200\n\
+            "tickTime={tick}\n\
              initLimit=10\n\
              syncLimit=5\n\
-             minSessionTimeout=400\n\
-             maxSessionTimeout=60000\n\
+             minSessionTimeout={min_session}\n\
+             maxSessionTimeout={max_session}\n\
              dataDir={data}\n\
              clientPort={port}\n\
              clientPortAddress=127.0.0.1\n\
@@ -232,6 +247,9 @@ impl ZkCluster {
              maxClientCnxns=0\n",
             data = s.data_dir().display(),
             port = s.client_port,
+            max_session = s.max_session_timeout,
+            tick = tick_ms,
+            min_session = 2 * tick_ms,
         );
         if self.options.tls {
             let stores = self.dir.path().join("tls");
@@ -402,6 +420,12 @@ impl ZkCluster {
         if running > self.len() / 2 {
             self.wait_ready(i);
         }
+    }
+
+    /// Gives server `i` another `maxSessionTimeout` (the largest session
+    /// timeout it grants), from its next start on.
+    pub fn set_max_session_timeout(&mut self, i: usize, timeout: Duration) {
+        self.servers[i].max_session_timeout = timeout.as_millis() as u64;
     }
 
     /// Stops every server with SIGTERM (see [`ZkCluster::stop`]).

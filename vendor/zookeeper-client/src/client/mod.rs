@@ -49,7 +49,7 @@ use crate::record::{self, Record, StaticRecord};
 #[cfg(any(feature = "sasl-digest-md5", feature = "sasl-gssapi"))]
 use crate::sasl::SaslOptions;
 use crate::session::StateReceiver;
-pub use crate::session::{EventType, SessionId, SessionInfo, SessionState, WatchedEvent};
+pub use crate::session::{EventType, NegotiatedTimeout, SessionId, SessionInfo, SessionState, WatchedEvent};
 #[cfg(feature = "tls")]
 use crate::tls::TlsOptions;
 use crate::util;
@@ -222,7 +222,7 @@ pub struct Client {
     chroot: OwnedChroot,
     version: Version,
     session: SessionInfo,
-    session_timeout: Duration,
+    session_timeout: NegotiatedTimeout,
     requester: Arc<mpsc::UnboundedSender<Request>>,
     state_watcher: StateWatcher,
 }
@@ -244,7 +244,7 @@ impl Client {
         chroot: OwnedChroot,
         version: Version,
         session: SessionInfo,
-        timeout: Duration,
+        timeout: NegotiatedTimeout,
         requester: Arc<mpsc::UnboundedSender<Request>>,
         state_watcher: StateWatcher,
     ) -> Client {
@@ -279,9 +279,17 @@ impl Client {
         self.session
     }
 
-    /// Negotiated session timeout.
+    /// Session timeout negotiated with the server at the latest connection:
+    /// a server clamps it to its own `minSessionTimeout`/`maxSessionTimeout`,
+    /// so it may change when the client reconnects to another server.
     pub fn session_timeout(&self) -> Duration {
-        self.session_timeout
+        self.session_timeout.get()
+    }
+
+    /// A handle on [Self::session_timeout] that follows reconnections and,
+    /// unlike a clone of this client, does not keep the session open.
+    pub fn negotiated_timeout(&self) -> NegotiatedTimeout {
+        self.session_timeout.clone()
     }
 
     /// Latest session state.
@@ -1766,7 +1774,7 @@ impl Connector {
         let mut depot = Depot::new();
         let conn = session.start(&mut endpoints, &mut buf, &mut depot).await?;
         let session_info = session.session.clone();
-        let session_timeout = session.session_timeout;
+        let session_timeout = session.negotiated.clone();
         let mut state_watcher = StateWatcher::new(session.subscribe_state());
         // Consume all state changes so far.
         state_watcher.state();

@@ -7,7 +7,8 @@ mod watch;
 mod xid;
 
 use std::pin::pin;
-use std::sync::Weak;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use async_io::Timer;
@@ -146,6 +147,7 @@ impl Builder {
 
             session,
             session_timeout: self.session_timeout,
+            negotiated: NegotiatedTimeout::default(),
             session_state: SessionState::Disconnected,
 
             authes: self.authes,
@@ -154,7 +156,31 @@ impl Builder {
         };
         let timeout = if self.session_timeout.is_zero() { DEFAULT_SESSION_TIMEOUT } else { self.session_timeout };
         session.reset_timeout(timeout);
+        session.negotiated.set(session.session_timeout);
         Ok(session)
+    }
+}
+
+/// The session timeout as negotiated with the server at the latest
+/// connection, shared by the session task and its clients.
+///
+/// A server clamps the timeout a client asks for to its own
+/// `minSessionTimeout`/`maxSessionTimeout`, at the first connection and at
+/// every reconnection: after the client moved to another server, the
+/// session may expire after another timeout than the one negotiated first.
+/// Holding this does not keep the session open.
+#[derive(Clone, Debug, Default)]
+pub struct NegotiatedTimeout(Arc<AtomicU64>);
+
+impl NegotiatedTimeout {
+    /// The timeout the server granted at the latest connection.
+    pub fn get(&self) -> Duration {
+        Duration::from_millis(self.0.load(Ordering::Acquire))
+    }
+
+    fn set(&self, timeout: Duration) {
+        let millis = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        self.0.store(millis, Ordering::Release);
     }
 }
 
@@ -181,6 +207,8 @@ pub struct Session {
     pub session: SessionInfo,
     session_state: SessionState,
     pub session_timeout: Duration,
+    /// `session_timeout` as negotiated at the latest connection, for clients.
+    pub negotiated: NegotiatedTimeout,
 
     #[cfg(any(feature = "sasl-digest-md5", feature = "sasl-gssapi"))]
     sasl_options: Option<SaslOptions>,
@@ -474,6 +502,9 @@ impl Session {
         self.session.password.extend_from_slice(response.password);
         self.session.readonly = response.readonly;
         self.reset_timeout(Duration::from_millis(response.session_timeout as u64));
+        // Before the state change: whoever sees the session connected again
+        // also sees the timeout this server granted.
+        self.negotiated.set(self.session_timeout);
         self.complete_connect();
         Ok(())
     }
