@@ -90,6 +90,25 @@ pub struct Snapshot {
     /// Files named like leader files that this replica refused to trust
     /// since it started (the first [`REFUSED_LISTED`]).
     pub refused_files: Vec<RefusedFile>,
+    /// The command run while leading (`election run -- CMD`); `None`
+    /// with the file writer.
+    pub child: Option<ChildStatus>,
+}
+
+/// The leader's command, as `/status` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ChildStatus {
+    /// Its pid (and process group) while it runs.
+    pub pid: Option<u32>,
+    /// Times it was started since the daemon started.
+    pub starts: u64,
+    /// How its last run ended: `code=N`, `signal=N`, or why it did not run.
+    pub last_exit: Option<String>,
+    /// Who ended its last run: `self`, `stop`, `deadline`, `daemon-gone`,
+    /// `start-failed`, `watchdog-lost`.
+    pub last_ended_by: Option<String>,
+    /// How long its last stop took, SIGTERM to exit, in milliseconds.
+    pub last_stop_ms: Option<u64>,
 }
 
 /// A file named like a leader file whose token does not count (see
@@ -124,6 +143,7 @@ impl Snapshot {
             released: false,
             release_done: false,
             refused_files: Vec::new(),
+            child: None,
         }
     }
 
@@ -297,6 +317,36 @@ impl Board {
             }
         });
         true
+    }
+
+    /// The leader's command started (`pid`, once known).
+    pub fn child_started(&self, pid: Option<u32>) {
+        self.metrics.child_starts.inc();
+        self.update(|s| {
+            let c = s.child.get_or_insert_with(ChildStatus::default);
+            c.starts += 1;
+            c.pid = pid;
+        });
+    }
+
+    /// The leader's command reported its pid.
+    pub fn child_pid(&self, pid: Option<u32>) {
+        self.update(|s| s.child.get_or_insert_with(ChildStatus::default).pid = pid);
+    }
+
+    /// The leader's command ended.
+    pub fn child_ended(&self, ended: &crate::job::Ended) {
+        self.metrics.child_exits.inc();
+        self.metrics
+            .child_last_stop_seconds
+            .set(ended.stop_time.as_secs_f64());
+        self.update(|s| {
+            let c = s.child.get_or_insert_with(ChildStatus::default);
+            c.pid = None;
+            c.last_exit = Some(ended.status.clone());
+            c.last_ended_by = Some(ended.by.clone());
+            c.last_stop_ms = Some(ended.stop_time.as_millis() as u64);
+        });
     }
 
     /// Records a ZooKeeper session state change.

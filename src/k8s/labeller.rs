@@ -275,6 +275,7 @@ mod tests {
             released: false,
             release_done: false,
             refused_files: Vec::new(),
+            child: None,
         };
         let p = patch_for(&status);
         assert_eq!(p["metadata"]["labels"]["election-state"], "leader");
@@ -300,6 +301,7 @@ mod tests {
             released: false,
             release_done: false,
             refused_files: Vec::new(),
+            child: None,
         };
         let before = patch_for(&status);
         status.last_write_ms = Some(5);
