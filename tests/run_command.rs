@@ -274,3 +274,80 @@ fn release_stops_the_child_and_leaves_no_zombie_of_the_daemon() {
     );
     g.stop_all();
 }
+
+#[test]
+fn a_frozen_daemon_cannot_leave_its_child_running_past_its_lease() {
+    // Given two replicas running a command, and one leading
+    let zk = ZkCluster::standalone();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("child.log");
+    let mut g = group_running(&zk, looping_command(&log, false));
+    g.spawn(2);
+    let (old, node, pid) = wait_starts(&log, 1, Duration::from_secs(20), &g)[0].clone();
+    let leader = index_of_node(&node);
+    g.replica(1 - leader)
+        .wait_status(|s| s.state == "attempter", Duration::from_secs(10));
+    // When the leader's daemon freezes (SIGSTOP: none of its threads run)
+    let frozen = std::time::Instant::now();
+    assert!(g.replica(leader).signal(libc::SIGSTOP));
+    // Then its child dies before ZooKeeper can expire the session (one
+    // session timeout, 2 s), killed by the watchdog at the lease's end
+    let ok = wait_until(Duration::from_secs(10), Duration::from_millis(5), || {
+        gone(pid)
+    });
+    let dead_after = frozen.elapsed();
+    assert!(ok, "child {pid} still runs\n{}", g.logs());
+    assert!(
+        dead_after < Duration::from_secs(2),
+        "child died {dead_after:?} after the freeze"
+    );
+    eprintln!("child dead {dead_after:?} after SIGSTOP");
+    // And the successor's child starts only after it, with a newer token
+    let (new, new_node, _) = wait_starts(&log, 2, Duration::from_secs(20), &g)[1].clone();
+    assert!(new > old);
+    assert_ne!(new_node, node);
+    assert!(
+        overlap(&log, old, new).is_empty(),
+        "{}",
+        log_lines(&log).join("\n")
+    );
+    // And the old leader, thawed, does not start its command again with
+    // its old token
+    assert!(g.replica(leader).signal(libc::SIGCONT));
+    g.replica(leader)
+        .wait_status(|s| s.state != "leader", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(1));
+    let old_starts = starts(&log).iter().filter(|(t, _, _)| *t == old).count();
+    assert_eq!(old_starts, 1, "{}", log_lines(&log).join("\n"));
+    g.stop_all();
+}
+
+#[test]
+fn a_killed_daemon_never_leaves_its_child_running() {
+    // Given two replicas running a command, and one leading
+    let zk = ZkCluster::standalone();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("child.log");
+    let mut g = group_running(&zk, looping_command(&log, false));
+    g.spawn(2);
+    let (old, node, pid) = wait_starts(&log, 1, Duration::from_secs(20), &g)[0].clone();
+    let leader = index_of_node(&node);
+    g.replica(1 - leader)
+        .wait_status(|s| s.state == "attempter", Duration::from_secs(10));
+    // When the leader's daemon is SIGKILLed
+    g.replica(leader).kill();
+    // Then its child is stopped (SIGTERM, which it logs) and is gone
+    let ok = wait_until(Duration::from_secs(10), Duration::from_millis(5), || {
+        gone(pid)
+    });
+    assert!(ok, "child {pid} outlived its daemon\n{}", g.logs());
+    assert!(log_lines(&log).contains(&format!("term {old}")));
+    // And the successor's child starts after it
+    let (new, _, _) = wait_starts(&log, 2, Duration::from_secs(20), &g)[1].clone();
+    assert!(
+        overlap(&log, old, new).is_empty(),
+        "{}",
+        log_lines(&log).join("\n")
+    );
+    g.stop_all();
+}
