@@ -1,5 +1,5 @@
 //! HTTP listeners: the public one (`--http-addr`: /healthz, /readyz,
-//! /metrics, /status) and the loopback admin one (`--admin-addr`:
+//! /metrics, /status, /leader) and the loopback admin one (`--admin-addr`:
 //! POST /release for the preStop hook).
 //!
 //! - `/healthz` (liveness) answers 200 while the daemon can make progress:
@@ -12,6 +12,8 @@
 //!   conditions: a restart cannot bring ZooKeeper back.
 //! - `/readyz` (readiness) answers 200 in Attempter and Leader, i.e. when the
 //!   replica is a healthy candidate with a live session, 503 otherwise.
+//! - `/leader` answers 200 with the fencing token only on the leader, 503
+//!   otherwise (for sidecars; see [`leader`]).
 //!
 //! `[::]` (the default `--http-addr`) is bound dual-stack whatever the
 //! host's `net.ipv6.bindv6only`, so probes and scrapes work on IPv4-only,
@@ -30,6 +32,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::board::StateName;
 use crate::machine::{Context, StopRequest};
 use crate::metrics;
 
@@ -114,6 +117,7 @@ pub fn public_router(ctx: Context) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/status", get(status))
+        .route("/leader", get(leader))
         .with_state(ctx)
 }
 
@@ -192,6 +196,22 @@ async fn readyz(State(ctx): State<Context>) -> Response {
             format!("not ready: {} ({})\n", status.state, status.cause),
         )
             .into_response()
+    }
+}
+
+/// 200 with the fencing token (decimal, one line) only while this replica
+/// leads with a claimed token; 503 otherwise. For sidecars that poll
+/// (README, "Run your own singleton"): unlike `run -- CMD`, polling cannot
+/// stop work in time.
+async fn leader(State(ctx): State<Context>) -> Response {
+    let s = ctx.board.status();
+    match (s.state, s.token) {
+        (StateName::Leader, Some(token)) => (StatusCode::OK, format!("{token}\n")).into_response(),
+        (state, _) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not leading: {state}\n"),
+        )
+            .into_response(),
     }
 }
 

@@ -351,3 +351,26 @@ fn a_killed_daemon_never_leaves_its_child_running() {
     );
     g.stop_all();
 }
+
+#[test]
+fn the_leader_endpoint_answers_200_with_the_token_only_on_the_leader() {
+    // Given two replicas (the sidecar recipe runs `sleep` as its command)
+    let zk = ZkCluster::standalone();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("child.log");
+    let mut g = group_running(&zk, looping_command(&log, false));
+    g.spawn(2);
+    let (token, node, _) = wait_starts(&log, 1, Duration::from_secs(20), &g)[0].clone();
+    let leader = index_of_node(&node);
+    g.replica(1 - leader)
+        .wait_status(|s| s.state == "attempter", Duration::from_secs(10));
+    // Then the leader answers /leader with 200 and its token, the other 503
+    let yes = common::kube_api::http_get(g.replica(leader).http_addr(), "/leader").unwrap();
+    assert_eq!(
+        (yes.status, yes.body.trim()),
+        (200, token.to_string().as_str())
+    );
+    let no = common::kube_api::http_get(g.replica(1 - leader).http_addr(), "/leader").unwrap();
+    assert_eq!(no.status, 503, "{}", no.body);
+    g.stop_all();
+}
