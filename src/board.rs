@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+use crate::lease::Lease;
 use crate::machine::{Cause, Reason, State};
 use crate::metrics::Metrics;
 use crate::zk::ZkSession;
@@ -187,6 +188,10 @@ pub struct Board {
     took_over: Mutex<Option<Instant>>,
     /// Names of the refused files reported so far.
     refused: Mutex<HashSet<String>>,
+    /// The leader's lease as of its last confirmation or revocation;
+    /// `None` outside Leader. Time-based, so it runs out by itself even
+    /// when no one updates it.
+    lease: Mutex<Option<Lease>>,
 }
 
 impl Board {
@@ -202,6 +207,7 @@ impl Board {
             last_write: Mutex::new(None),
             took_over: Mutex::new(None),
             refused: Mutex::new(HashSet::new()),
+            lease: Mutex::new(None),
         }
     }
 
@@ -228,6 +234,8 @@ impl Board {
     pub fn transition(&self, from: StateName, next: &State, why: Reason) {
         let to = next.name();
         self.metrics.transition(from, to);
+        // A new state holds no lease until Leader confirms one.
+        *self.lease.lock().unwrap() = None;
         self.entered(to);
         let session = next.session();
         let session_id = session.map(ZkSession::id_hex);
@@ -288,6 +296,28 @@ impl Board {
             s.token = Some(token);
             s.leader = Some(node_id.to_owned());
         });
+    }
+
+    /// Leader confirmed its leadership or revoked its lease (a
+    /// disconnection, leaving): [`Board::confirmed_token`] follows it.
+    pub fn lease(&self, lease: &Lease) {
+        *self.lease.lock().unwrap() = Some(lease.clone());
+    }
+
+    /// The token while this replica leads with a valid lease: confirmed by
+    /// ZooKeeper less than a lease ago and not suspended since. `None`
+    /// otherwise, also when Leader has stopped updating the board.
+    pub fn confirmed_token(&self) -> Option<u64> {
+        let valid = self
+            .lease
+            .lock()
+            .unwrap()
+            .as_ref()
+            .is_some_and(Lease::is_valid);
+        let s = self.status.borrow();
+        (valid && s.state == StateName::Leader)
+            .then_some(s.token)
+            .flatten()
     }
 
     /// Stopping is done; `released` when ZooKeeper acknowledged the close

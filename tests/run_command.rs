@@ -12,6 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::group::Group;
+use common::proxy::{FaultProxy, Mode};
 use common::wait_until;
 use common::zk::ZkCluster;
 
@@ -373,4 +374,81 @@ fn the_leader_endpoint_answers_200_with_the_token_only_on_the_leader() {
     let no = common::kube_api::http_get(g.replica(1 - leader).http_addr(), "/leader").unwrap();
     assert_eq!(no.status, 503, "{}", no.body);
     g.stop_all();
+}
+
+/// Polls `/leader` of `r` every 10 ms until it answers 503 (or `timeout`);
+/// returns each answer's status with the time its request was sent.
+fn poll_leader_until_503(
+    r: &common::replica::Replica,
+    timeout: Duration,
+) -> Vec<(std::time::Instant, u16)> {
+    let mut answers = Vec::new();
+    wait_until(timeout, Duration::from_millis(10), || {
+        let sent = std::time::Instant::now();
+        let status = common::kube_api::http_get(r.http_addr(), "/leader").map_or(0, |a| a.status);
+        answers.push((sent, status));
+        status == 503
+    });
+    answers
+}
+
+/// A leader cut off from ZooKeeper (all its traffic swallowed) stays in
+/// Leader, suspended, until it reconnects or gives up: `/leader` must turn
+/// 503 no later than its lease ends, and 200 again once it leads confirmed.
+fn the_leader_endpoint_follows_the_lease(extra: Vec<String>) {
+    // Given a leader whose only link to ZooKeeper goes through a proxy
+    let zk = ZkCluster::standalone();
+    let proxy = FaultProxy::start(zk.server_addr(0));
+    let mut g = Group::new(&proxy.addr().to_string());
+    g.extra = extra;
+    g.spawn(1);
+    let r0 = g.replica(0);
+    let ok = wait_until(Duration::from_secs(20), Duration::from_millis(20), || {
+        common::kube_api::http_get(r0.http_addr(), "/leader").is_some_and(|a| a.status == 200)
+    });
+    assert!(ok, "/leader never answered 200\n{}", g.logs());
+    let session = humantime::parse_duration(common::group::SESSION).unwrap();
+    let tick = humantime::parse_duration(common::group::TICK_TIME).unwrap();
+    let lease = election::lease::lease_bound(session, tick).unwrap();
+    // When its link goes silent (no confirmation can come back after this)
+    let cut = std::time::Instant::now();
+    proxy.set_mode(Mode::Blackhole);
+    let answers = poll_leader_until_503(r0, Duration::from_secs(10));
+    // Then no request sent after the lease ended was answered 200
+    let late: Vec<_> = answers
+        .iter()
+        .filter(|(sent, status)| *status == 200 && sent.duration_since(cut) > lease)
+        .map(|(sent, _)| sent.duration_since(cut))
+        .collect();
+    assert!(
+        late.is_empty(),
+        "/leader said 200 {late:?} after the cut, past the lease ({lease:?})\n{}",
+        g.logs()
+    );
+    let turned = answers
+        .last()
+        .map(|(sent, s)| (sent.duration_since(cut), *s));
+    assert!(
+        turned.is_some_and(|(_, s)| s == 503),
+        "/leader never turned 503: {turned:?}\n{}",
+        g.logs()
+    );
+    eprintln!("/leader 503 {turned:?} after the cut (lease {lease:?})");
+    // And when the link heals, it answers 200 again once it leads confirmed
+    proxy.set_mode(Mode::Pass);
+    let ok = wait_until(Duration::from_secs(20), Duration::from_millis(20), || {
+        common::kube_api::http_get(r0.http_addr(), "/leader").is_some_and(|a| a.status == 200)
+    });
+    assert!(ok, "/leader did not come back\n{}", g.logs());
+    g.stop_all();
+}
+
+#[test]
+fn the_leader_endpoint_turns_503_within_the_lease_when_the_file_writer_is_cut_off() {
+    the_leader_endpoint_follows_the_lease(Vec::new());
+}
+
+#[test]
+fn the_leader_endpoint_turns_503_within_the_lease_when_a_command_runner_is_cut_off() {
+    the_leader_endpoint_follows_the_lease(vec!["--".into(), "sleep".into(), "1000".into()]);
 }

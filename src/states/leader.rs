@@ -307,6 +307,7 @@ impl Leader<'_> {
             .remaining()
             .max(session.timeout() / COMMIT_GRACE_DIVISOR);
         lease.revoke();
+        ctx.board.lease(&lease);
         if !close_gate(&gate, bound).await {
             return abandon(ctx, session, recovery, exit, bound);
         }
@@ -567,6 +568,7 @@ impl Leader<'_> {
             }
             Health::Suspended => {
                 self.lease.revoke();
+                self.ctx.board.lease(&self.lease);
                 warn!("suspended: no writes until the session is confirmed again");
                 None
             }
@@ -730,6 +732,7 @@ impl Leader<'_> {
         match classify(synced, owner, sent.elapsed(), max_rtt, self.session.id()) {
             Confirm::Held => {
                 self.lease.confirm(sent);
+                self.ctx.board.lease(&self.lease);
                 Confirm::Held
             }
             Confirm::Lost(why) => Confirm::Lost(format!("{why}: {path}")),
