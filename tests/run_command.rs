@@ -452,3 +452,32 @@ fn the_leader_endpoint_turns_503_within_the_lease_when_the_file_writer_is_cut_of
 fn the_leader_endpoint_turns_503_within_the_lease_when_a_command_runner_is_cut_off() {
     the_leader_endpoint_follows_the_lease(vec!["--".into(), "sleep".into(), "1000".into()]);
 }
+
+#[test]
+fn the_leader_endpoint_turns_503_as_soon_as_the_leader_steps_down_before_its_command_ends() {
+    // Given a leader whose command is slow to stop after SIGTERM (it is
+    // killed at its lease's end, about 0.9 s later)
+    let zk = ZkCluster::standalone();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("child.log");
+    let script = format!(
+        "echo \"start $ELECTION_FENCING_TOKEN $ELECTION_NODE_ID $$\" >> {log}; \
+         trap 'sleep 3; exit 0' TERM; while :; do sleep 0.02; done",
+        log = log.display()
+    );
+    let mut g = group_running(&zk, vec!["--".into(), "sh".into(), "-c".into(), script]);
+    g.spawn(1);
+    let (_, _, pid) = wait_starts(&log, 1, Duration::from_secs(20), &g)[0].clone();
+    let r0 = g.replica(0);
+    let ok = wait_until(Duration::from_secs(10), Duration::from_millis(20), || {
+        common::kube_api::http_get(r0.http_addr(), "/leader").is_some_and(|a| a.status == 200)
+    });
+    assert!(ok, "{}", g.logs());
+    // When the daemon gets SIGTERM (it stops the command before anything else)
+    assert!(r0.signal(libc::SIGTERM));
+    // Then /leader says 503 while the command is still stopping
+    let answers = poll_leader_until_503(r0, Duration::from_secs(10));
+    assert_eq!(answers.last().map(|a| a.1), Some(503), "{}", g.logs());
+    assert!(!gone(pid), "the command ended before /leader said 503");
+    g.stop_all();
+}

@@ -290,6 +290,11 @@ impl Leader<'_> {
     /// Leaves Leader: closes the commit gate (waiting, bounded, for a
     /// commit in flight), then gives up the writer node or the session.
     async fn leave(self, exit: Exit) -> Step {
+        // /leader says no more from here: a sidecar's work stops while the
+        // command does (the lease itself is kept until the gate closes).
+        let mut leaving = self.lease.clone();
+        leaving.revoke();
+        self.ctx.board.lease(&leaving);
         // The command first: it has exited before anything is given up.
         let mut me = self;
         me.stop_child().await;
