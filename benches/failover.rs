@@ -4,7 +4,12 @@
 //!
 //! ```sh
 //! cargo bench --bench failover            # BENCH_ROUNDS=7, BENCH_HANDOVERS=200 by default
+//! BENCH_SCENARIOS=command BENCH_ROUNDS=5 cargo bench --bench failover
 //! ```
+//!
+//! `BENCH_SCENARIOS` (comma-separated, default `files,command`) selects the
+//! file writer's scenarios below and those of `election run -- CMD`
+//! (`failover/command.rs`).
 //!
 //! Besides the paired rounds, a series of `BENCH_HANDOVERS` graceful
 //! handovers (SIGTERM only) gives the tail: p50, p90, p99 and max, and the
@@ -16,6 +21,8 @@
 //! 200 ms leader-timeout. Times are measured from the signal to the
 //! `written_at` of the successor's first file (millisecond resolution).
 
+#[path = "failover/command.rs"]
+mod command;
 #[path = "../tests/common/mod.rs"]
 mod common;
 
@@ -92,6 +99,14 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(7);
+    let scenarios = std::env::var("BENCH_SCENARIOS").unwrap_or_else(|_| "files,command".into());
+    let wants = |name: &str| scenarios.split(',').any(|s| s.trim() == name);
+    if wants("command") {
+        command::run(rounds);
+    }
+    if !wants("files") {
+        return;
+    }
     let mut zk = ZkCluster::standalone();
     let mut g = Group::new(&zk.connect_string());
     g.env = vec![("RUST_LOG".into(), "warn".into())];

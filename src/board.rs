@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+use crate::lease::Lease;
 use crate::machine::{Cause, Reason, State};
 use crate::metrics::Metrics;
 use crate::zk::ZkSession;
@@ -97,6 +98,25 @@ pub struct Snapshot {
     /// While leading, how long a confirmation lets the leader write, in
     /// milliseconds (see docs/design.md, the margin of the lease).
     pub lease_ms: Option<u64>,
+    /// The command run while leading (`election run -- CMD`); `None`
+    /// with the file writer.
+    pub child: Option<ChildStatus>,
+}
+
+/// The leader's command, as `/status` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ChildStatus {
+    /// Its pid (and process group) while it runs.
+    pub pid: Option<u32>,
+    /// Times it was started since the daemon started.
+    pub starts: u64,
+    /// How its last run ended: `code=N`, `signal=N`, or why it did not run.
+    pub last_exit: Option<String>,
+    /// Who ended its last run: `self`, `stop`, `deadline`, `daemon-gone`,
+    /// `start-failed`, `watchdog-lost`.
+    pub last_ended_by: Option<String>,
+    /// How long its last stop took, SIGTERM to exit, in milliseconds.
+    pub last_stop_ms: Option<u64>,
 }
 
 /// A file named like a leader file whose token does not count (see
@@ -133,6 +153,7 @@ impl Snapshot {
             refused_files: Vec::new(),
             session_timeout_ms: None,
             lease_ms: None,
+            child: None,
         }
     }
 
@@ -181,6 +202,10 @@ pub struct Board {
     took_over: Mutex<Option<Instant>>,
     /// Names of the refused files reported so far.
     refused: Mutex<HashSet<String>>,
+    /// The leader's lease as of its last confirmation or revocation;
+    /// `None` outside Leader. Time-based, so it runs out by itself even
+    /// when no one updates it.
+    lease: Mutex<Option<Lease>>,
 }
 
 impl Board {
@@ -196,6 +221,7 @@ impl Board {
             last_write: Mutex::new(None),
             took_over: Mutex::new(None),
             refused: Mutex::new(HashSet::new()),
+            lease: Mutex::new(None),
         }
     }
 
@@ -222,6 +248,8 @@ impl Board {
     pub fn transition(&self, from: StateName, next: &State, why: Reason) {
         let to = next.name();
         self.metrics.transition(from, to);
+        // A new state holds no lease until Leader confirms one.
+        *self.lease.lock().unwrap() = None;
         self.entered(to);
         let session = next.session();
         let session_id = session.map(ZkSession::id_hex);
@@ -287,13 +315,30 @@ impl Board {
         });
     }
 
-    /// Leader confirmed its leadership under a lease of `lease` for a
-    /// session of `session_timeout` as negotiated now.
-    pub fn lease(&self, session_timeout: Duration, lease: Duration) {
+    /// Leader confirmed its leadership or revoked its lease (a
+    /// disconnection, leaving): [`Board::confirmed_token`] follows it, and
+    /// `/status` shows the session timeout as negotiated now and the lease.
+    pub fn lease(&self, lease: &Lease) {
+        *self.lease.lock().unwrap() = Some(lease.clone());
         self.update(|s| {
-            s.session_timeout_ms = Some(millis(session_timeout));
-            s.lease_ms = Some(millis(lease));
+            s.session_timeout_ms = Some(millis(lease.session_timeout()));
+            s.lease_ms = Some(millis(lease.bound()));
         });
+    }
+    /// The token while this replica leads with a valid lease: confirmed by
+    /// ZooKeeper less than a lease ago and not suspended since. `None`
+    /// otherwise, also when Leader has stopped updating the board.
+    pub fn confirmed_token(&self) -> Option<u64> {
+        let valid = self
+            .lease
+            .lock()
+            .unwrap()
+            .as_ref()
+            .is_some_and(Lease::is_valid);
+        let s = self.status.borrow();
+        (valid && s.state == StateName::Leader)
+            .then_some(s.token)
+            .flatten()
     }
 
     /// Stopping is done; `released` when ZooKeeper acknowledged the close
@@ -323,6 +368,36 @@ impl Board {
             }
         });
         true
+    }
+
+    /// The leader's command started (`pid`, once known).
+    pub fn child_started(&self, pid: Option<u32>) {
+        self.metrics.child_starts.inc();
+        self.update(|s| {
+            let c = s.child.get_or_insert_with(ChildStatus::default);
+            c.starts += 1;
+            c.pid = pid;
+        });
+    }
+
+    /// The leader's command reported its pid.
+    pub fn child_pid(&self, pid: Option<u32>) {
+        self.update(|s| s.child.get_or_insert_with(ChildStatus::default).pid = pid);
+    }
+
+    /// The leader's command ended.
+    pub fn child_ended(&self, ended: &crate::job::Ended) {
+        self.metrics.child_exits.inc();
+        self.metrics
+            .child_last_stop_seconds
+            .set(ended.stop_time.as_secs_f64());
+        self.update(|s| {
+            let c = s.child.get_or_insert_with(ChildStatus::default);
+            c.pid = None;
+            c.last_exit = Some(ended.status.clone());
+            c.last_ended_by = Some(ended.by.clone());
+            c.last_stop_ms = Some(ended.stop_time.as_millis() as u64);
+        });
     }
 
     /// Records a ZooKeeper session state change.

@@ -50,6 +50,10 @@ pub enum Command {
     /// each waited for until Ready and back in the election, the leader
     /// last (the chart's post-upgrade hook).
     Rollout(crate::cmd::rollout::RolloutArgs),
+    /// Internal: the watchdog between `election run` and its command
+    /// (started by the daemon itself, never by hand).
+    #[command(hide = true)]
+    Supervise(crate::job::supervise::SuperviseArgs),
 }
 
 /// Log output format.
@@ -183,8 +187,29 @@ pub struct RunArgs {
     #[arg(long, env = "ELECTION_LEASE_NAME", requires = "pod_name")]
     pub lease_name: Option<String>,
 
+    /// On a stop (SIGTERM, `election release`, a lost leadership), how long
+    /// the command's process group has between SIGTERM and SIGKILL. Capped
+    /// by the leader's lease: the command is always killed before the
+    /// lease can end, whatever this says.
+    #[arg(long, env = "ELECTION_CHILD_STOP_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
+    pub child_stop_timeout: Duration,
+
     #[command(flatten)]
     pub zk_security: ZkSecurityArgs,
+
+    /// The command to run while this replica leads (after `--`), in its own
+    /// process group, with `ELECTION_FENCING_TOKEN` and `ELECTION_NODE_ID`
+    /// added to the environment. Without one, the leader writes files into
+    /// file-dir; with one, it writes none and file-dir is not used.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+impl RunArgs {
+    /// The command to run while leading, if any (else the file writer).
+    pub fn job(&self) -> Option<&[String]> {
+        (!self.command.is_empty()).then_some(self.command.as_slice())
+    }
 }
 
 /// ZooKeeper authentication and TLS, shared by `run` and `status`.

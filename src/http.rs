@@ -1,5 +1,5 @@
 //! HTTP listeners: the public one (`--http-addr`: /healthz, /readyz,
-//! /metrics, /status) and the loopback admin one (`--admin-addr`:
+//! /metrics, /status, /leader) and the loopback admin one (`--admin-addr`:
 //! POST /release for the preStop hook).
 //!
 //! - `/healthz` (liveness) answers 200 while the daemon can make progress:
@@ -12,6 +12,8 @@
 //!   conditions: a restart cannot bring ZooKeeper back.
 //! - `/readyz` (readiness) answers 200 in Attempter and Leader, i.e. when the
 //!   replica is a healthy candidate with a live session, 503 otherwise.
+//! - `/leader` answers 200 with the fencing token only on the leader while
+//!   its lease holds, 503 otherwise (for sidecars; see [`leader`]).
 //!
 //! `[::]` (the default `--http-addr`) is bound dual-stack whatever the
 //! host's `net.ipv6.bindv6only`, so probes and scrapes work on IPv4-only,
@@ -30,6 +32,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::board::StateName;
 use crate::machine::{Context, StopRequest};
 use crate::metrics;
 
@@ -114,6 +117,7 @@ pub fn public_router(ctx: Context) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/status", get(status))
+        .route("/leader", get(leader))
         .with_state(ctx)
 }
 
@@ -195,11 +199,36 @@ async fn readyz(State(ctx): State<Context>) -> Response {
     }
 }
 
+/// 200 with the fencing token (decimal, one line) only while this replica
+/// leads with a valid lease ([`crate::board::Board::confirmed_token`]): not
+/// while it is suspended, nor once the lease of its last confirmation ran
+/// out; 503 otherwise. For sidecars that poll (README, "Run your own
+/// singleton"): unlike `run -- CMD`, polling cannot stop work in time.
+async fn leader(State(ctx): State<Context>) -> Response {
+    if let Some(token) = ctx.board.confirmed_token() {
+        return (StatusCode::OK, format!("{token}\n")).into_response();
+    }
+    let s = ctx.board.status();
+    let why = match s.state {
+        StateName::Leader => "leader, leadership not confirmed now".to_owned(),
+        state => state.to_string(),
+    };
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("not leading: {why}\n"),
+    )
+        .into_response()
+}
+
 async fn status(State(ctx): State<Context>) -> Response {
     let s = ctx.board.status();
     let mut value = serde_json::to_value(&s).unwrap_or_default();
     if let Some(obj) = value.as_object_mut() {
         obj.insert("ready".into(), s.is_ready().into());
+        obj.insert(
+            "confirmed".into(),
+            ctx.board.confirmed_token().is_some().into(),
+        );
         obj.insert("version".into(), env!("CARGO_PKG_VERSION").into());
     }
     axum::Json(value).into_response()

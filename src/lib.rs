@@ -12,6 +12,7 @@ pub mod cmd;
 pub mod config;
 pub mod files;
 pub mod http;
+pub mod job;
 pub mod k8s;
 pub mod lease;
 pub mod machine;

@@ -287,6 +287,8 @@ pub enum Cause {
     WriteFailures,
     /// The fencing token cannot be chosen (a garbage floor, tokens exhausted).
     FencingError,
+    /// The leader's command (`election run -- CMD`) ended or could not start.
+    ChildExited,
     /// Failover: the backoff pause is over; Init retries.
     BackoffDone,
     /// Failover: failover-give-up reached.
@@ -299,7 +301,7 @@ pub enum Cause {
 
 impl Cause {
     /// Every cause, in declaration order.
-    pub const ALL: [Cause; 13] = [
+    pub const ALL: [Cause; 14] = [
         Cause::Start,
         Cause::Connected,
         Cause::FirstInQueue,
@@ -309,6 +311,7 @@ impl Cause {
         Cause::FileDirError,
         Cause::WriteFailures,
         Cause::FencingError,
+        Cause::ChildExited,
         Cause::BackoffDone,
         Cause::GaveUp,
         Cause::StopRequested,
@@ -327,6 +330,7 @@ impl Cause {
             Cause::FileDirError => "file-dir-error",
             Cause::WriteFailures => "write-failures",
             Cause::FencingError => "fencing-error",
+            Cause::ChildExited => "child-exited",
             Cause::BackoffDone => "backoff-done",
             Cause::GaveUp => "gave-up",
             Cause::StopRequested => "stop-requested",

@@ -18,6 +18,11 @@ const BLOCKING_THREADS: usize = 8;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The command's watchdog: no logging, no runtime, one thread.
+    let cli = match cli.command {
+        Command::Supervise(args) => return election::job::supervise::run(args),
+        command => Cli { command },
+    };
     let format = match &cli.command {
         Command::Run(args) => args.log_format,
         Command::Rollout(args) => args.log_format,
@@ -52,6 +57,8 @@ fn main() -> ExitCode {
             Command::Status(args) => status::run(args).await,
             Command::Verify(args) => verify_cmd(args),
             Command::Rollout(args) => rollout::run(args).await,
+            // Handled above, before the runtime starts.
+            Command::Supervise(_) => Ok(ExitCode::FAILURE),
         }
     });
     // A blocking thread stuck in a hung file system call (a leader's

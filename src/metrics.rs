@@ -101,6 +101,12 @@ pub struct Metrics {
     is_leader: Gauge,
     seconds_since_last_write: Gauge<f64, AtomicU64>,
     fencing_token: Gauge<u64, AtomicU64>,
+    /// Starts of the leader's command (`election run -- CMD`).
+    pub child_starts: Counter,
+    /// Ends of the leader's command, whatever ended it.
+    pub child_exits: Counter,
+    /// How long the last stop of the command took (SIGTERM to exit).
+    pub child_last_stop_seconds: Gauge<f64, AtomicU64>,
     /// Transitions by (from, to).
     pub transitions: Family<TransitionLabels, Counter>,
     /// Times this replica became leader.
@@ -158,6 +164,9 @@ impl Metrics {
             is_leader: Gauge::default(),
             seconds_since_last_write: Gauge::default(),
             fencing_token: Gauge::default(),
+            child_starts: Counter::default(),
+            child_exits: Counter::default(),
+            child_last_stop_seconds: Gauge::default(),
             transitions: Family::default(),
             leadership_acquisitions: Counter::default(),
             files_written: Counter::default(),
@@ -284,6 +293,16 @@ impl Metrics {
                 &self.kube_label_resends,
             ),
             (
+                "election_child_starts_total",
+                "Starts of the command run while leading",
+                &self.child_starts,
+            ),
+            (
+                "election_child_exits_total",
+                "Ends of the command run while leading (exited, stopped or killed)",
+                &self.child_exits,
+            ),
+            (
                 "election_log_lines_dropped_total",
                 "Log lines dropped because stderr did not take them (the daemon never waits for its log)",
                 &self.log_lines_dropped,
@@ -306,6 +325,11 @@ impl Metrics {
             "election_seconds_since_last_write",
             "Seconds since this replica last wrote a file (NaN if never)",
             self.seconds_since_last_write.clone(),
+        );
+        r.register(
+            "election_child_last_stop_seconds",
+            "Seconds the last stop of the command took, from SIGTERM to its exit",
+            self.child_last_stop_seconds.clone(),
         );
         r.register(
             "election_fencing_token",

@@ -277,6 +277,7 @@ mod tests {
             refused_files: Vec::new(),
             session_timeout_ms: None,
             lease_ms: None,
+            child: None,
         };
         let p = patch_for(&status);
         assert_eq!(p["metadata"]["labels"]["election-state"], "leader");
@@ -304,6 +305,7 @@ mod tests {
             refused_files: Vec::new(),
             session_timeout_ms: None,
             lease_ms: None,
+            child: None,
         };
         let before = patch_for(&status);
         status.last_write_ms = Some(5);

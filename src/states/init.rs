@@ -132,7 +132,10 @@ pub async fn run(ctx: &Context, recovery: Recovery) -> Step {
     if ctx.cancel.is_cancelled() {
         return Step::stop(ctx, None);
     }
-    if let Err(step) = check_dir(ctx, recovery).await {
+    // With a command to run (`election run -- CMD`), file-dir is not used.
+    if ctx.cfg.job().is_none()
+        && let Err(step) = check_dir(ctx, recovery).await
+    {
         return step;
     }
 

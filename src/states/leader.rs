@@ -44,6 +44,8 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{error, info, warn};
 use zookeeper_client::{EventType, SessionState, WatchedEvent};
 
+mod child;
+
 use crate::files::{self, CommitGate, FileError, FileKey, LeaderRecord};
 use crate::lease::{Lease, Stamp};
 use crate::machine::{Cause, Context, Reason, Recovery, State, Step};
@@ -130,6 +132,10 @@ struct Leader<'a> {
     failures: usize,
     writing: Option<InFlight>,
     pruning: Arc<AtomicBool>,
+    /// The command run instead of writing files (`election run -- CMD`).
+    job: Option<crate::job::Job>,
+    /// When its watchdog kills it unless renewed.
+    job_deadline: Option<Instant>,
 }
 
 /// Runs Leader.
@@ -139,13 +145,18 @@ pub async fn run(
     leadership: Leadership,
     recovery: Recovery,
 ) -> Step {
-    let Some(&device) = ctx.file_dir_device.get() else {
+    let device = match (ctx.cfg.job(), ctx.file_dir_device.get()) {
+        // A command runs instead of the file writer: no file-dir.
+        (Some(_), _) => 0,
+        (None, Some(&device)) => device,
         // Init records it before Attempter; never reached.
-        return Step::failover(
-            Some(session),
-            recovery,
-            Cause::FileDirError.because("file-dir device unknown"),
-        );
+        (None, None) => {
+            return Step::failover(
+                Some(session),
+                recovery,
+                Cause::FileDirError.because("file-dir device unknown"),
+            );
+        }
     };
     let mut me = Leader {
         live: Liveness::new(session.timeout(), session.state()),
@@ -162,6 +173,8 @@ pub async fn run(
         failures: 0,
         writing: None,
         pruning: Arc::new(AtomicBool::new(false)),
+        job: None,
+        job_deadline: None,
     };
     let exit = match me.lease.bound() {
         b if b.is_zero() => Exit::Failover(Cause::ZookeeperError.because(format!(
@@ -208,7 +221,7 @@ impl Leader<'_> {
             Ok(w) => w,
             Err(exit) => return exit,
         };
-        let mut tick = tokio::time::interval(self.ctx.cfg.leader_timeout);
+        let mut tick = tokio::time::interval(self.tick_interval());
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut rewatch = false;
         let hang_after = self.session.timeout();
@@ -257,6 +270,9 @@ impl Leader<'_> {
                         Err(exit) => return exit,
                     };
                 }
+                ended = child::ended(&mut self.job) => {
+                    return self.on_child_end(ended);
+                }
                 end = wait_write(&mut self.writing, hang_after) => {
                     if let Some(exit) = self.on_write_end(end) {
                         return exit;
@@ -274,6 +290,14 @@ impl Leader<'_> {
     /// Leaves Leader: closes the commit gate (waiting, bounded, for a
     /// commit in flight), then gives up the writer node or the session.
     async fn leave(self, exit: Exit) -> Step {
+        // /leader says no more from here: a sidecar's work stops while the
+        // command does (the lease itself is kept until the gate closes).
+        let mut leaving = self.lease.clone();
+        leaving.revoke();
+        self.ctx.board.lease(&leaving);
+        // The command first: it has exited before anything is given up.
+        let mut me = self;
+        me.stop_child().await;
         let Leader {
             ctx,
             session,
@@ -281,13 +305,14 @@ impl Leader<'_> {
             gate,
             mut lease,
             ..
-        } = self;
+        } = me;
         // A commit in flight passed its checks under the lease: a healthy
         // rename ends long before the lease does.
         let bound = lease
             .remaining()
             .max(session.timeout() / COMMIT_GRACE_DIVISOR);
         lease.revoke();
+        ctx.board.lease(&lease);
         if !close_gate(&gate, bound).await {
             return abandon(ctx, session, recovery, exit, bound);
         }
@@ -411,6 +436,10 @@ impl Leader<'_> {
     /// claim, before any write of this leadership; removing the temp file of
     /// a write still in flight elsewhere only makes that write fail).
     async fn newest_on_disk(&self) -> Result<Option<u64>, Exit> {
+        if self.ctx.cfg.job().is_some() {
+            // No files with a command: the token floor in ZooKeeper rules.
+            return Ok(None);
+        }
         let dir = self.ctx.cfg.file_dir.clone();
         let board = self.ctx.board.clone();
         let read = tokio::task::spawn_blocking(move || {
@@ -547,6 +576,7 @@ impl Leader<'_> {
             }
             Health::Suspended => {
                 self.lease.revoke();
+                self.ctx.board.lease(&self.lease);
                 warn!("suspended: no writes until the session is confirmed again");
                 None
             }
@@ -575,6 +605,10 @@ impl Leader<'_> {
                 self.ctx.board.metrics.writes_fenced.inc();
                 return self.failed(&format!("leadership not confirmed: {why}"));
             }
+        }
+        if self.ctx.cfg.job().is_some() {
+            self.failures = 0;
+            return self.run_child();
         }
         self.start_write();
         None
@@ -706,9 +740,7 @@ impl Leader<'_> {
         match classify(synced, owner, sent.elapsed(), max_rtt, self.session.id()) {
             Confirm::Held => {
                 self.lease.confirm(sent);
-                self.ctx
-                    .board
-                    .lease(self.lease.session_timeout(), self.lease.bound());
+                self.ctx.board.lease(&self.lease);
                 Confirm::Held
             }
             Confirm::Lost(why) => Confirm::Lost(format!("{why}: {path}")),

@@ -48,6 +48,19 @@ pub struct Status {
     /// While leading: how long a confirmation lets the leader write.
     #[serde(default)]
     pub lease_ms: Option<u64>,
+    /// The leader's command (`election run -- CMD`), if it runs one.
+    #[serde(default)]
+    pub child: Option<ChildStatus>,
+}
+
+/// The leader's command as `/status` shows it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChildStatus {
+    pub pid: Option<u32>,
+    pub starts: u64,
+    pub last_exit: Option<String>,
+    pub last_ended_by: Option<String>,
+    pub last_stop_ms: Option<u64>,
 }
 
 /// A file named like a leader file that is not a valid leader record.

@@ -391,7 +391,7 @@ Below the limit the kernel kills the server (OOMKilled), not the JVM. */}}
 {{- end }}
 {{- end }}
 {{- /* The daemon's lower bounds (src/config/bounds.rs): it exits 2 below them. */}}
-{{- range $key, $minMs := dict "leaderTimeout" 100 "attempterTimeout" 100 "zkSessionTimeout" 1000 "zkConnectTimeout" 100 "failoverMaxBackoff" 100 "releaseTimeout" 100 }}
+{{- range $key, $minMs := dict "leaderTimeout" 100 "attempterTimeout" 100 "zkSessionTimeout" 1000 "zkConnectTimeout" 100 "failoverMaxBackoff" 100 "releaseTimeout" 100 "childStopTimeout" 1 }}
 {{- $value := get $.Values.election $key }}
 {{- if lt (include "election.durationMs" $value | int) $minMs }}
 {{- fail (printf "election.%s (%s) must be at least %dms: the daemon refuses less" $key $value $minMs) }}
@@ -400,6 +400,18 @@ Below the limit the kernel kills the server (OOMKilled), not the JVM. */}}
 {{- $releaseMs := include "election.durationMs" .Values.election.releaseTimeout | int }}
 {{- if lt (mul (int .Values.terminationGracePeriodSeconds) 1000) (add $releaseMs 5000) }}
 {{- fail (printf "terminationGracePeriodSeconds (%d) must exceed election.releaseTimeout (%s) by at least 5 seconds, or the kubelet kills the daemon during its release" (int .Values.terminationGracePeriodSeconds) .Values.election.releaseTimeout) }}
+{{- end }}
+{{- with .Values.election.command }}
+{{- if $.Values.persistence.existingClaim }}
+{{- fail "persistence.existingClaim is the leader files' volume: with election.command the leader writes no files and the chart mounts no claim; unset it" }}
+{{- end }}
+{{- /* The preStop release stops the command first (SIGTERM, SIGKILL after
+childStopTimeout), then gives up the node; SIGTERM after it must find the
+daemon still within the grace period. */}}
+{{- $stopMs := include "election.durationMs" $.Values.election.childStopTimeout | int }}
+{{- if lt (mul (int $.Values.terminationGracePeriodSeconds) 1000) (add $stopMs $releaseMs 5000) }}
+{{- fail (printf "terminationGracePeriodSeconds (%d) must exceed election.childStopTimeout (%s) + election.releaseTimeout (%s) by at least 5 seconds when election.command is set, or the kubelet kills the pod while its command stops or the daemon releases" (int $.Values.terminationGracePeriodSeconds) $.Values.election.childStopTimeout $.Values.election.releaseTimeout) }}
+{{- end }}
 {{- end }}
 {{- include "election.liveChecks" . }}
 {{- end }}
