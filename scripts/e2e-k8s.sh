@@ -57,10 +57,13 @@
 #      volumes 1Gi -> 2Gi. 6e: the documented resize, a planned stop
 #      (election and ZooKeeper scaled to 0, helm upgrade to 5 servers): one
 #      leader again, ZooKeeper's data (last zxid) and the fencing token kept.
-#      6f (not run yet): persistence.mode shared -> perReplica by the documented procedure
-#      (kubectl delete statefulset --cascade=orphan, helm upgrade): the pods
-#      replaced one by one, each mounts its own claim, one leader; the shared
-#      claim deleted, its Retain volume Released with the files
+#      6f: persistence.mode shared -> perReplica by the documented procedure
+#      (kubectl delete statefulset, helm upgrade): each pod mounts its own
+#      claim, one leader, the fencing token above the one before; the
+#      shared claim deleted, its Retain volume Released with the files.
+#      Back to shared (refused, then kubectl delete statefulset
+#      --cascade=orphan, helm upgrade): the hook replaces the adopted pods,
+#      the leader last: exactly one leader change
 #   7. helm uninstall: no Lease, RBAC, admission policy nor object left
 #      (except the ZooKeeper volumes that StatefulSets keep by design). 7b:
 #      helm install with zookeeper.auth.enabled=true and a super digest:
@@ -195,7 +198,7 @@ kc auth can-i '*' '*' >/dev/null || die "the admin cannot do everything?"
 # --- storage: no provisioner here, so PersistentVolumes made beforehand
 # (hostPath on this machine; reclaim policy Retain). Claims without a
 # storage class bind to them (there is no default StorageClass).
-for i in $(seq 0 11); do
+for i in $(seq 0 15); do
   mkdir -p "$WORK/pv/pv-$i"
   cat <<EOF
 ---
@@ -210,7 +213,7 @@ spec:
   hostPath: {path: $WORK/pv/pv-$i, type: DirectoryOrCreate}
 EOF
 done | kc apply -f - >/dev/null
-log "harness: no volume provisioner here: 12 hostPath PersistentVolumes under $WORK/pv stand in"
+log "harness: no volume provisioner here: 16 hostPath PersistentVolumes under $WORK/pv stand in"
 
 # --- the kubelet part: pods -> processes
 
@@ -1016,6 +1019,8 @@ day2_refused_upgrades() {
   expect_refused_upgrade "persistence.mode shared -> perReplica" \
     "the live StatefulSet $RELEASE has the volume claim templates [none] and this upgrade renders [files: ReadWriteOnce, 100 MiB" \
     --set persistence.mode=perReplica
+  grep -qF "kubectl delete statefulset $RELEASE --namespace $NS: each replica hands over in its preStop hook" "$WORK/helm-refused.out" \
+    || die "the refusal of shared -> perReplica does not say to stop the pods with their StatefulSet: $(cat "$WORK/helm-refused.out")"
   expect_refused_upgrade "ZooKeeper volumes 1Gi -> 2Gi" \
     "the live StatefulSet $RELEASE-zookeeper has the volume claim templates [data: ReadWriteOnce, 1024 MiB, class cluster default, annotations []] and this upgrade renders [data: ReadWriteOnce, 2048 MiB" \
     --set zookeeper.persistence.size=2Gi
@@ -1081,53 +1086,68 @@ day2_resize_with_a_planned_stop() {
   note "ZooKeeper resized 3 -> 5 by a planned stop: no leader for $(($(now_ms) - t0)) ms (stop $((t_stop - t0)) ms); one leader ($leader) on the 5-server ensemble, ZooKeeper's data kept (last zxid $(printf 0x%x "$zxid0") -> $(printf 0x%x "$zxid1")), fencing token $token0 -> $token1"
   k get pods -L election-state
 }
-# The documented way to change claim templates (docs/kubernetes.md,
-# "Upgrading and operating"): delete the StatefulSet but not its pods, then
-# the same helm upgrade; the new StatefulSet adopts the pods and replaces
-# them one at a time. Here persistence.mode shared -> perReplica.
+# The two documented ways to change claim templates (docs/kubernetes.md,
+# "Volume changes"), with the kubelet played by the background loop of
+# scripts/e2e-rollout.sh:
+# - shared -> perReplica adds a template the running pods have no claim of:
+#   an adopting StatefulSet would have to change their volumes (forbidden),
+#   so the pods stop with their StatefulSet and helm upgrade starts them on
+#   their own claims;
+# - perReplica -> shared: delete the StatefulSet but not its pods, then
+#   helm upgrade; the new StatefulSet (OnDelete, rollout.strategy
+#   leaderLast) adopts them and the post-upgrade hook's `election rollout`
+#   replaces them, followers first, the leader last: one leader change.
+# Waits until every election pod is on the update revision with a live
+# process, then for one leader, which it prints.
+settle_election_pods() { # what
+  local deadline=$((SECONDS + 120))
+  until all_on_update_revision && [[ $(k get pods -l "$SEL" -o name | wc -l) -eq 3 ]] && processes_current; do
+    ((SECONDS < deadline)) || die "$1: pods not all on the StatefulSet's update revision with a process 120 s after helm upgrade"
+    sleep 0.3
+  done
+  wait_one_leader 3 60
+}
+# Leader changes since EV0/LT0 once the Lease names LEADER: "<Events> <leaseTransitions>".
+leader_changes_since() { # ev0 lt0 leader
+  local deadline=$((SECONDS + 15))
+  until [[ "$(k get lease "$RELEASE" -o jsonpath='{.spec.holderIdentity}')" == "$3" ]]; do
+    ((SECONDS < deadline)) || die "the Lease does not name $3"
+    sleep 0.2
+  done
+  echo "$(($(became_leader_total) - $1)) $(($(lease_transitions) - $2))"
+}
 day2_switch_persistence_mode() {
-  local t0 ms p uid deadline lease0 lease1 pv shared_dir files prestop=()
-  step "6f. persistence.mode shared -> perReplica by the documented procedure (--cascade=orphan, helm upgrade)"
+  local t0 ms p deadline ev0 lt0 l0 pv shared_dir files changes lease hook0 token0 token1 out
+  step "6f. persistence.mode shared -> perReplica (the StatefulSet deleted with its pods), then back (--cascade=orphan, the hook replaces the pods)"
   pv=$(k get pvc "$RELEASE-files" -o jsonpath='{.spec.volumeName}')
   shared_dir=$(kc get pv "$pv" -o jsonpath='{.spec.hostPath.path}')
   [[ -n "$(find "$shared_dir" -type f)" ]] || die "the shared claim $RELEASE-files holds no files"
-  lease0=$(k get lease "$RELEASE" -o jsonpath='{.spec.leaseTransitions}')
+  l0=$(wait_one_leader 3 60)
+  token0=$(k get pod "$l0" -o jsonpath='{.metadata.annotations.election/fencing-token}')
+  [[ "$token0" =~ ^[0-9]+$ ]] || die "$l0 has no fencing token: '$token0'"
+  ev0=$(became_leader_total)
+  lt0=$(lease_transitions)
+  kubelet_loop_start
   t0=$(now_ms)
-  k delete statefulset "$RELEASE" --cascade=orphan >/dev/null
-  [[ "$(k get pods -l "$SEL" -o name | wc -l)" == 3 ]] || die "pods gone with the orphaning delete: $(k get pods -l "$SEL" -o name)"
-  "$HELM" upgrade "$RELEASE" "$CHART" --kubeconfig "$KCFG" --namespace "$NS" --reuse-values --set persistence.mode=perReplica \
-    --wait --timeout 3m >"$WORK/helm-upgrade.out" 2>&1 &
-  local up=$!
-  # The new StatefulSet replaces the adopted pods from the highest ordinal:
-  # the harness plays each old pod's stop and each new pod's process.
-  for p in "$RELEASE-2" "$RELEASE-1" "$RELEASE-0"; do
-    uid=$(k get pod "$p" -o jsonpath='{.metadata.uid}')
-    deadline=$((SECONDS + 90))
-    until [[ -n "$(k get pod "$p" -o jsonpath='{.metadata.deletionTimestamp}' 2>/dev/null)" \
-      || "$(k get pod "$p" -o jsonpath='{.metadata.uid}' 2>/dev/null)" != "$uid" ]]; do
-      ((SECONDS < deadline)) || die "$p was not replaced within 90 s of the upgrade"
-      sleep 0.1
-    done
-    # The kubelet's part for the old pod (its object may already be
-    # replaced): preStop, SIGTERM, the process exits on its own.
-    mapfile -d '' prestop <"$WORK/pods/$p/prestop"
-    "${prestop[@]}" >/dev/null || die "$p: its preStop command failed"
-    stop_pid "$PIDS/$p.pid" 10
-    log "harness: $p replaced by the new StatefulSet: preStop (election release) and SIGTERM"
-    until [[ "$(k get pod "$p" -o jsonpath='{.metadata.uid} {.spec.nodeName} {.status.phase}' 2>/dev/null)" =~ ^([0-9a-f-]+)\ kwok-node-[0-9]+\ Running$ \
-      && "${BASH_REMATCH[1]}" != "$uid" ]]; do
-      ((SECONDS < deadline)) || die "$p was not recreated within 90 s"
-      sleep 0.2
-    done
-    start_election "$p"
+  k delete statefulset "$RELEASE" --wait=false >/dev/null
+  deadline=$((SECONDS + 60))
+  while [[ -n "$(k get pods -l "$SEL" -o name)" ]]; do
+    ((SECONDS < deadline)) || die "election pods left 60 s after kubectl delete statefulset: $(k get pods -l "$SEL" -o name)"
+    sleep 0.2
   done
-  wait "$up" || die "helm upgrade --set persistence.mode=perReplica after the orphaning delete failed: $(cat "$WORK/helm-upgrade.out")"
+  helm_hooked "$WORK/helm-upgrade.out" upgrade "$RELEASE" "$CHART" --kubeconfig "$KCFG" --namespace "$NS" --reuse-values \
+    --set persistence.mode=perReplica --wait --timeout 5m \
+    || die "helm upgrade --set persistence.mode=perReplica after kubectl delete statefulset failed: $(cat "$WORK/helm-upgrade.out")"
+  leader=$(settle_election_pods "persistence.mode shared -> perReplica")
   ms=$(($(now_ms) - t0))
-  leader=$(wait_one_leader 3 60)
   for p in "$RELEASE-0" "$RELEASE-1" "$RELEASE-2"; do
     [[ "$(k get pod "$p" -o jsonpath='{.spec.volumes[?(@.name=="files")].persistentVolumeClaim.claimName}')" == "files-$p" ]] \
       || die "$p does not mount its own claim files-$p"
   done
+  token1=$(k get pod "$leader" -o jsonpath='{.metadata.annotations.election/fencing-token}')
+  if [[ ! "$token1" =~ ^[0-9]+$ ]] || ((token1 <= token0)); then
+    die "fencing token after the switch '$token1', before $token0: the floor was lost"
+  fi
   # Helm deleted the shared claim; its volume (reclaim policy Retain here)
   # still holds the files. With Delete (most provisioners) they are gone.
   deadline=$((SECONDS + 60))
@@ -1138,14 +1158,44 @@ day2_switch_persistence_mode() {
   files=$(find "$shared_dir" -type f | wc -l)
   [[ "$(kc get pv "$pv" -o jsonpath='{.status.phase}')" == Released ]] || die "PersistentVolume $pv of the deleted shared claim: $(kc get pv "$pv" -o jsonpath='{.status.phase}'), not Released"
   ((files > 0)) || die "PersistentVolume $pv of the deleted shared claim holds no files"
-  lease1=$(k get lease "$RELEASE" -o jsonpath='{.spec.leaseTransitions}')
-  note "persistence.mode shared -> perReplica (delete --cascade=orphan, helm upgrade, 3 pods replaced one by one): $ms ms; one leader ($leader), leader changes $((lease1 - lease0)); each pod mounts files-<pod>; the shared claim deleted, its Retain volume $pv Released with its $files files"
+  out=$(leader_changes_since "$ev0" "$lt0" "$leader")
+  read -r changes lease <<<"$out"
+  note "persistence.mode shared -> perReplica (kubectl delete statefulset, helm upgrade): no leader for about $ms ms; leader changes: $changes (BecameLeader Events), leaseTransitions +$lease, leader $l0 -> $leader, fencing token $token0 -> $token1; each pod mounts files-<pod>; the shared claim deleted, its Retain volume $pv Released with its $files files"
+  k get pods -L election-state
+
+  # Back to shared: the claim names of the running pods stay valid.
+  expect_refused_upgrade "persistence.mode perReplica -> shared" \
+    "the live StatefulSet $RELEASE has the volume claim templates [files: ReadWriteOnce, 100 MiB" --set persistence.mode=shared
+  grep -qF -- "--cascade=orphan) and run this upgrade again" "$WORK/helm-refused.out" || die "the refusal of perReplica -> shared does not say --cascade=orphan: $(cat "$WORK/helm-refused.out")"
+  l0=$(wait_one_leader 3 60)
+  ev0=$(became_leader_total)
+  lt0=$(lease_transitions)
+  hook0=$(wc -l <"$WORK/logs/rollout-hook.log")
+  t0=$(now_ms)
+  k delete statefulset "$RELEASE" --cascade=orphan >/dev/null
+  [[ $(k get pods -l "$SEL" -o name | wc -l) -eq 3 ]] || die "election pods gone with the orphaning delete: $(k get pods -l "$SEL" -o name)"
+  helm_hooked "$WORK/helm-upgrade.out" upgrade "$RELEASE" "$CHART" --kubeconfig "$KCFG" --namespace "$NS" --reuse-values \
+    --set persistence.mode=shared --wait --timeout 5m \
+    || die "helm upgrade --set persistence.mode=shared after the orphaning delete failed: $(cat "$WORK/helm-upgrade.out")"
+  leader=$(settle_election_pods "persistence.mode perReplica -> shared")
+  ms=$(($(now_ms) - t0))
+  kubelet_loop_stop
+  tail -n +$((hook0 + 1)) "$WORK/logs/rollout-hook.log" | grep -q "restarted: .*; the leader's pod last ($l0)" \
+    || die "the rollout hook did not replace the leader's pod $l0 last: $(tail -n +$((hook0 + 1)) "$WORK/logs/rollout-hook.log" | tail -3)"
+  for p in "$RELEASE-0" "$RELEASE-1" "$RELEASE-2"; do
+    [[ "$(k get pod "$p" -o jsonpath='{.spec.volumes[?(@.name=="files")].persistentVolumeClaim.claimName}')" == "$RELEASE-files" ]] \
+      || die "$p does not mount the shared claim $RELEASE-files"
+  done
+  out=$(leader_changes_since "$ev0" "$lt0" "$leader")
+  read -r changes lease <<<"$out"
+  note "persistence.mode perReplica -> shared (kubectl delete statefulset --cascade=orphan, helm upgrade, the hook replaced the 3 adopted pods, the leader last): $ms ms; leader changes: $changes (BecameLeader Events), leaseTransitions +$lease, leader $l0 -> $leader; each pod mounts $RELEASE-files"
+  ((changes == 1 && lease == 1)) || die "persistence.mode perReplica -> shared: $changes leader changes (Events), leaseTransitions +$lease: want exactly 1"
   k get pods -L election-state
 }
 
 day2_refused_upgrades
 day2_resize_with_a_planned_stop
-# day2_switch_persistence_mode: not run yet; the new StatefulSet did not replace the adopted pods within 90 s on kwok (see the report)
+day2_switch_persistence_mode
 
 step "7. helm uninstall"
 "$HELM" uninstall "$RELEASE" --kubeconfig "$KCFG" --namespace "$NS" --wait --timeout 2m || die "helm uninstall failed"

@@ -94,10 +94,10 @@ def test_any_namespace_renders_the_same_policy_objects_for_every_namespace(helm)
 
 def test_pod_names_in_role_keeps_resource_names_next_to_the_policy(helm):
     docs = render_in(helm, "team-a", "kubernetes.admissionPolicy.podNamesInRole=true", "replicaCount=4")
-    assert pod_patch_names(one(docs, "Role")) == [f"election-{i}" for i in range(4)]
+    assert pod_patch_names(one(docs, "Role", "election")) == [f"election-{i}" for i in range(4)]
     one(docs, "ValidatingAdmissionPolicy")
     # The chart's default with the policy: no names (kubectl scale works).
-    assert pod_patch_names(one(render_in(helm, "team-a"), "Role")) is None
+    assert pod_patch_names(one(render_in(helm, "team-a"), "Role", "election")) is None
 
 
 def test_an_api_server_without_the_policy_kind_gets_a_role_naming_the_pods(helm):
@@ -105,7 +105,7 @@ def test_an_api_server_without_the_policy_kind_gets_a_role_naming_the_pods(helm)
     # (Kubernetes 1.25-1.29): no policy, and the Role falls back to the names.
     docs = render_in(helm, "team-a", api_versions=("admissionregistration.k8s.io/v1",))
     assert not [d for d in docs if d["kind"] in POLICY_KINDS]
-    assert pod_patch_names(one(docs, "Role")) == ["election-0", "election-1", "election-2"]
+    assert pod_patch_names(one(docs, "Role", "election")) == ["election-0", "election-1", "election-2"]
 
 
 def test_notes_say_the_policy_needs_kubernetes_1_30_and_what_the_role_allows_instead():
@@ -122,8 +122,10 @@ def test_notes_say_the_policy_needs_kubernetes_1_30_and_what_the_role_allows_ins
 
 def test_an_existing_service_account_is_bound_by_its_name(helm):
     docs = render_in(helm, "team-a", "serviceAccount.create=false", "serviceAccount.name=election-sa")
-    assert not [d for d in docs if d["kind"] == "ServiceAccount"]
-    assert one(docs, "RoleBinding")["subjects"] == [{"kind": "ServiceAccount", "name": "election-sa", "namespace": "team-a"}]
+    # The replicas' account is not created; the rollout hook's own account
+    # (a hook object, deleted when the hook succeeds) is not theirs.
+    assert [d["metadata"]["name"] for d in docs if d["kind"] == "ServiceAccount"] == ["election-rollout"]
+    assert one(docs, "RoleBinding", "election")["subjects"] == [{"kind": "ServiceAccount", "name": "election-sa", "namespace": "team-a"}]
     (cond,) = one(docs, "ValidatingAdmissionPolicy")["spec"]["matchConditions"]
     assert cond["expression"].endswith("+ 'election-sa'")
 
@@ -133,7 +135,7 @@ def test_the_events_rule_is_what_the_kube_runtime_recorder_uses(helm):
     # a merge `patch` of the series for a repeat; never get, list, watch,
     # update or delete. Names are generated (<pod>.<nanoseconds in hex>), so
     # resourceNames cannot narrow either verb.
-    role = one(render_in(helm, "team-a"), "Role")
+    role = one(render_in(helm, "team-a"), "Role", "election")
     (rule,) = [r for r in role["rules"] if r["apiGroups"] == ["events.k8s.io"]]
     assert rule == {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]}
     assert not [r for r in role["rules"] if r["apiGroups"] == [""] and "events" in r["resources"]]

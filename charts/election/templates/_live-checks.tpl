@@ -2,7 +2,7 @@
 Checks of an upgrade against the live objects (`lookup`): changes that
 Kubernetes would refuse with a raw error, or accept and break the election
 with. `helm template` and `helm lint` have no cluster: lookup finds nothing
-and nothing is checked; scripts/e2e-k8s.sh (step 6c) tests these on a real
+and nothing is checked; scripts/e2e-k8s.sh (steps 6d, 6f) tests these on a real
 API server.
 */}}
 {{- define "election.liveChecks" -}}
@@ -76,6 +76,27 @@ changed), docs, ns.
 {{- end }}
 {{- $liveText := default "none" (join "; " $live) }}
 {{- if ne $liveText .rendered }}
-{{- fail (printf "%s: the live StatefulSet %s has the volume claim templates [%s] and this upgrade renders [%s]; Kubernetes refuses to change a StatefulSet's volumeClaimTemplates. To change them, delete the StatefulSet but not its pods (kubectl delete statefulset %s --namespace %s --cascade=orphan) and run this upgrade again: the new StatefulSet adopts the running pods and replaces them one at a time. Claims made from the old templates are kept (and not resized); a shared claim the chart no longer renders is deleted by helm, its data too unless its PersistentVolume's reclaim policy is Retain. See %s" .values .sts.metadata.name $liveText .rendered .sts.metadata.name .ns .docs) }}
+{{- /* A template the live pods have no claim of (shared -> perReplica, a
+new name): a new StatefulSet that adopts them would have to change their
+volumes, which a pod forbids; its controller fails on the first such pod
+and then creates no pod at all, so nothing is replaced. Only pods it
+creates itself fit: stop them first. */}}
+{{- $liveNames := list }}
+{{- range .sts.spec.volumeClaimTemplates | default list }}
+{{- $liveNames = append $liveNames .metadata.name }}
+{{- end }}
+{{- $adds := false }}
+{{- if ne .rendered "none" }}
+{{- range splitList "; " .rendered }}
+{{- if not (has (first (splitList ":" .)) $liveNames) }}
+{{- $adds = true }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- $how := printf "delete the StatefulSet but not its pods (kubectl delete statefulset %s --namespace %s --cascade=orphan) and run this upgrade again: the new StatefulSet adopts the running pods, which are then replaced as after any change of their template (rollout.strategy=leaderLast: by the rollout hook, the leader last)" .sts.metadata.name .ns }}
+{{- if $adds }}
+{{- $how = printf "stop the pods with their StatefulSet (kubectl delete statefulset %s --namespace %s: each replica hands over in its preStop hook, the last leaves no leader) and run this upgrade again, which starts them with the new claims. Orphaning the pods (--cascade=orphan) does not work here: the new StatefulSet would have to give the running pods a claim they do not mount, which a pod forbids, and replaces none of them" .sts.metadata.name .ns }}
+{{- end }}
+{{- fail (printf "%s: the live StatefulSet %s has the volume claim templates [%s] and this upgrade renders [%s]; Kubernetes refuses to change a StatefulSet's volumeClaimTemplates. To change them, %s. Claims made from the old templates are kept (and not resized); a shared claim the chart no longer renders is deleted by helm, its data too unless its PersistentVolume's reclaim policy is Retain. See %s" .values .sts.metadata.name $liveText .rendered $how .docs) }}
 {{- end }}
 {{- end }}
