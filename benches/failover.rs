@@ -20,6 +20,12 @@
 //! Settings follow the comparison in docs/performance.md: a 2 s session and a
 //! 200 ms leader-timeout. Times are measured from the signal to the
 //! `written_at` of the successor's first file (millisecond resolution).
+//!
+//! Last, "kill" against "kill and restart" (`--state-dir`, the leader
+//! SIGKILLed and started again at once on the same state dir, as the
+//! kubelet restarts a crashed container): `BENCH_KILL_ROUNDS` rounds
+//! (20 by default) each, at a session of 2 s and of 6 s, median and p99.
+//! `BENCH_ONLY=kill-restart` runs only these.
 
 #[path = "failover/command.rs"]
 mod command;
@@ -93,7 +99,109 @@ fn zk_restart(zk: &mut ZkCluster, g: &Group, wipe: bool) -> (f64, bool) {
     ((written(&first.unwrap()) - answering) as f64, same)
 }
 
+/// Replica `i` of `g` on its own state dir (`<group dir>/state-<i>`), in
+/// place of the one at `i` (if any).
+fn spawn_with_state_dir(g: &mut Group, i: usize) {
+    let mut args = g.args(i);
+    let state = g.dir.path().join(format!("state-{i}"));
+    args.extend(["--state-dir".into(), state.to_str().unwrap().to_owned()]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let env: Vec<(&str, &str)> = g
+        .env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let r = common::replica::Replica::spawn(&refs, &env);
+    match g.replicas.get_mut(i) {
+        Some(slot) => *slot = Some(r),
+        None => g.replicas.push(Some(r)),
+    }
+}
+
+/// SIGKILLs the leader; with `restart`, starts it again at once on its
+/// state dir. Returns ms from the signal to the successor's first file.
+/// Without `restart` the replica is started again only after that.
+fn kill_round(g: &mut Group, restart: bool) -> f64 {
+    let leader = g.wait_leader(Duration::from_secs(30));
+    let token = g.newest_record().unwrap().token;
+    let t0 = SystemTime::now();
+    g.replica(leader).signal(libc::SIGKILL);
+    g.replica(leader).wait_exit(Duration::from_secs(10));
+    if restart {
+        spawn_with_state_dir(g, leader);
+    }
+    let mut first = None;
+    let ok = wait_until(Duration::from_secs(30), Duration::from_millis(5), || {
+        first = g.records().into_iter().find(|r| r.token > token);
+        first.is_some()
+    });
+    assert!(ok, "no successor\n{}", g.logs());
+    if !restart {
+        spawn_with_state_dir(g, leader);
+    }
+    let at = election::cmd::verify::parse_time_ms(&first.unwrap().written_at).unwrap();
+    (at - election::board::unix_ms(t0) as i64) as f64
+}
+
+/// "kill" and "kill and restart", `rounds` each, at each session timeout.
+fn kill_series(zk: &ZkCluster) {
+    let rounds: usize = std::env::var("BENCH_KILL_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    for session in ["2s", "6s"] {
+        let mut g = Group::new(&zk.connect_string());
+        g.env = vec![("RUST_LOG".into(), "warn".into())];
+        g.extra = vec![
+            "--attempter-timeout".into(),
+            "10s".into(),
+            "--zk-session-timeout".into(),
+            session.into(),
+            "--zk-root".into(),
+            format!("/election/kill-{session}"),
+        ];
+        for i in 0..3 {
+            spawn_with_state_dir(&mut g, i);
+        }
+        g.wait_leader(Duration::from_secs(30));
+        for restart in [false, true] {
+            let mut times = Vec::new();
+            for round in 0..rounds {
+                let ms = kill_round(&mut g, restart);
+                eprintln!("session {session}, restart {restart}, round {round}: {ms:.0} ms");
+                times.push(ms);
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            times.sort_by(f64::total_cmp);
+            let pct = |p: f64| times[((times.len() - 1) as f64 * p).round() as usize];
+            let what = if restart { "kill and restart" } else { "kill" };
+            println!(
+                "{what} (SIGKILL -> successor's first file), session {session}, {rounds} rounds: median {:.0} ms, p99 {:.0} ms (min {:.0}, max {:.0})",
+                pct(0.5),
+                pct(0.99),
+                times[0],
+                times[times.len() - 1]
+            );
+        }
+        g.stop_all();
+        if let Ok(report) = election::cmd::verify::check(&g.files_dir(), None) {
+            println!(
+                "  election verify after session {session}: {}",
+                if report.is_clean() {
+                    "clean"
+                } else {
+                    "VIOLATIONS"
+                }
+            );
+        }
+    }
+}
+
 fn main() {
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("kill-restart") {
+        kill_series(&ZkCluster::standalone());
+        return;
+    }
     // `cargo bench` passes `--bench`; nothing else to parse.
     let rounds: usize = std::env::var("BENCH_ROUNDS")
         .ok()
@@ -233,4 +341,6 @@ fn main() {
             times.iter().cloned().fold(0.0, f64::max)
         );
     }
+
+    kill_series(&zk);
 }

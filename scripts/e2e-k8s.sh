@@ -23,7 +23,9 @@
 #      Events (Candidate, BecameLeader, StaleLabelCorrected) and the Lease
 #      mirror (holder, leaseTransitions + 1, renewTime moving); `helm test`
 #      passes in that stale window; then the harness restarts the process,
-#      as a CrashLoopBackOff ends
+#      as a CrashLoopBackOff ends. 3b: SIGKILL of the leader's process,
+#      restarted at once in the same pod and emptyDir (scripts/e2e-restart.sh):
+#      another pod labelled leader in under a session timeout
 #   4. preStop path (the pod's own preStop command, `election release`, then
 #      SIGTERM): the old leader's pod says `stopping` and posted SteppedDown,
 #      another pod leads within 3 s; then `kubectl delete pod` of the
@@ -113,6 +115,8 @@ NUMBERS=()
 # The rollout hook's player and step 6c (uses the settings above).
 # shellcheck source=scripts/e2e-rollout.sh
 source scripts/e2e-rollout.sh
+# shellcheck source=scripts/e2e-restart.sh
+source scripts/e2e-restart.sh
 
 skip() {
   echo
@@ -339,7 +343,7 @@ start_election() { # pod
     --binary "/usr/local/bin/election=$BIN" --kubectl "$KUBECTL --kubeconfig $KCFG"
     --map-dir "$mount=$file_dir"
     --map-listen "$http_port=127.0.0.1:$http" --map-listen "$admin_port=127.0.0.1:$admin"
-    --secrets-dir "$dir/secrets")
+    --secrets-dir "$dir/secrets" --empty-dirs "$WORK/empty-dirs")
   local p
   for p in "${!ZK_ADDR[@]}"; do args+=(--map-host "$p=${ZK_ADDR[$p]}"); done
   python3 scripts/k8s-pod-process.py "${args[@]}" >"$dir/plan.json"
@@ -615,6 +619,9 @@ log "harness: restarting the process of $leader (late: a CrashLoopBackOff ends)"
 start_election "$leader"
 leader=$(wait_one_leader 3 30)
 k get pods -L election-state
+
+step "3b. SIGKILL of the leader's process ($leader), restarted at once: restart takeover (scripts/e2e-restart.sh)"
+restart_takeover_step "$session_s"
 
 step "4. preStop path of $leader: its own preStop command, then SIGTERM"
 mapfile -d '' prestop <"$WORK/pods/$leader/prestop"

@@ -25,6 +25,10 @@ a JSON plan:
   --secrets-dir DIR     the container's `secret` volumes, written from the
                         API into DIR/<volume> (its items, its defaultMode)
                         and mapped as --map-dir
+  --empty-dirs DIR      the container's `emptyDir` volumes, each
+                        DIR/<pod uid>/<volume> (created; kept while the pod
+                        lives, across restarts of its process, like the
+                        kubelet's) and mapped as --map-dir
   `$(VAR)` in a value expands to an earlier variable, as the kubelet does.
 - prestop: the preStop exec command, mapped the same way.
 """
@@ -113,6 +117,7 @@ def main():
     p.add_argument("--map-listen", action="append", default=[])
     p.add_argument("--map-dir", action="append", default=[])
     p.add_argument("--secrets-dir", default=None)
+    p.add_argument("--empty-dirs", default=None)
     a = p.parse_args()
 
     pod = json.load(open(a.pod_json))
@@ -135,6 +140,14 @@ def main():
     mappings = [f"pod {name}: image {c['image']} cannot be pulled here: runs {local_bin} (built from this checkout)"]
     if a.secrets_dir:
         dirs.update(write_secret_volumes(kubectl, pod, c, a.secrets_dir, mappings))
+    if a.empty_dirs:
+        volumes = {v["name"]: v for v in pod["spec"].get("volumes", [])}
+        for m in c.get("volumeMounts", []):
+            if "emptyDir" in volumes.get(m["name"], {}):
+                d = os.path.join(a.empty_dirs, pod["metadata"]["uid"], m["name"])
+                os.makedirs(d, mode=0o700, exist_ok=True)
+                dirs[m["mountPath"]] = d
+                mappings.append(f"pod {name}: emptyDir {m['name']} at {m['mountPath']} -> {d} (kept while the pod lives)")
 
     def map_value(var, value):
         mapped = listen_addr(value)

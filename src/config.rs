@@ -88,6 +88,17 @@ pub struct RunArgs {
     #[arg(long, env = "ELECTION_FILE_DIR", default_value = "/tmp/election", value_parser = parse_file_dir)]
     pub file_dir: PathBuf,
 
+    /// Private directory of this replica (an emptyDir in Kubernetes: it
+    /// survives container restarts) where the daemon keeps its current
+    /// ZooKeeper session, under a lock held for its whole life. A restarted
+    /// daemon closes its predecessor's session at once, so a crashed
+    /// leader's successor takes over in restart time instead of a session
+    /// timeout. A directory another live daemon holds is refused (exit 1).
+    /// Must be local (not NFS) and never shared [default: none, no restart
+    /// shortcut]
+    #[arg(long, env = "ELECTION_STATE_DIR", value_parser = parse_file_dir)]
+    pub state_dir: Option<PathBuf>,
+
     /// Number of leader files kept in file-dir; older ones are deleted.
     #[arg(long, env = "ELECTION_STORAGE_CAPACITY", default_value = "10", value_parser = parse_capacity, allow_negative_numbers = true)]
     pub storage_capacity: usize,

@@ -18,6 +18,7 @@ pub mod lease;
 pub mod machine;
 pub mod metrics;
 pub mod readback;
+pub mod state_dir;
 pub mod states;
 pub mod telemetry;
 pub mod zk;

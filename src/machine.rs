@@ -24,6 +24,7 @@ use tracing::{Instrument, info, info_span};
 
 use crate::board::{Board, StateName};
 use crate::config::RunArgs;
+use crate::state_dir::StateDir;
 use crate::states::{attempter, failover, init, leader, stopping};
 use crate::zk::{Origin, ZkSession};
 use zookeeper_client::SessionInfo;
@@ -52,6 +53,8 @@ pub struct Context {
     pub abandoned_sessions: Arc<Mutex<Vec<(SessionInfo, Origin)>>>,
     /// Init's file-dir check, one at a time (read by `/healthz`).
     pub dir_check: Arc<init::DirCheck>,
+    /// `--state-dir`, locked for the life of the process.
+    pub state_dir: Option<Arc<StateDir>>,
 }
 
 /// What asked the daemon to stop.
@@ -77,6 +80,15 @@ impl Context {
             file_dir_device: Arc::new(OnceLock::new()),
             abandoned_sessions: Arc::new(Mutex::new(Vec::new())),
             dir_check: Arc::new(init::DirCheck::default()),
+            state_dir: None,
+        }
+    }
+
+    /// This context with its locked state directory.
+    pub fn with_state_dir(self, state_dir: StateDir) -> Context {
+        Context {
+            state_dir: Some(Arc::new(state_dir)),
+            ..self
         }
     }
 

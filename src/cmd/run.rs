@@ -12,6 +12,7 @@ use crate::config::RunArgs;
 use crate::http;
 use crate::k8s::{labeller, ops};
 use crate::machine::{self, Context, Outcome, StopRequest};
+use crate::state_dir::StateDir;
 
 /// How long a daemon released through `election release` waits for the
 /// SIGTERM that normally follows a preStop hook before exiting on its own.
@@ -23,7 +24,16 @@ const EVENTS_FLUSH: Duration = Duration::from_millis(1000);
 
 /// Runs the daemon until it is stopped.
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let ctx = Context::new(args);
+    // The lock first: a second daemon on the same state dir must not
+    // start at all (see `state_dir`).
+    let state_dir = match &args.state_dir {
+        Some(dir) => Some(StateDir::open(dir)?),
+        None => None,
+    };
+    let mut ctx = Context::new(args);
+    if let Some(state_dir) = state_dir {
+        ctx = ctx.with_state_dir(state_dir);
+    }
     let mut signals = Signals::install()?;
 
     let servers = http::start(&ctx)

@@ -20,7 +20,7 @@ use tracing::{info, warn};
 
 use crate::files::{self, FileError};
 use crate::machine::{Cause, Context, Recovery, State, Step};
-use crate::zk::ZkSession;
+use crate::zk::{self, Closed, Origin, ZkSession};
 
 /// Init's file-dir check: at most one at a time, and what `/healthz`
 /// needs to know about it.
@@ -139,6 +139,8 @@ pub async fn run(ctx: &Context, recovery: Recovery) -> Step {
         return step;
     }
 
+    close_earlier(ctx).await;
+
     ctx.board.metrics.zk_connect_attempts.inc();
     let cfg = &ctx.cfg;
     let security = cfg.zk_security.security();
@@ -161,6 +163,7 @@ pub async fn run(ctx: &Context, recovery: Recovery) -> Step {
     };
     info!(session_id = %session.id_hex(), session_timeout = ?session.timeout(), "ZooKeeper session established");
     ctx.board.zk_event("SyncConnected");
+    save_session(ctx, &session).await;
 
     let ensured = tokio::select! {
         r = tokio::time::timeout(cfg.zk_connect_timeout, session.ensure_path(&cfg.zk_root)) => r,
@@ -187,5 +190,84 @@ pub async fn run(ctx: &Context, recovery: Recovery) -> Step {
             recovery,
             Cause::ZookeeperError.because("timed out creating election path"),
         ),
+    }
+}
+
+/// Closes the session a crashed earlier process of this replica left in
+/// the state dir (once, before the first session of this process): its
+/// candidate and writer nodes go at once, and the next candidate takes
+/// over in restart time. Holding the state dir's lock proves that process
+/// has exited, so no file of its leadership can land any more (see
+/// docs/design.md, "Restart takeover"). A close no server answers leaves
+/// the session abandoned, as one of this process: Attempter deletes its
+/// node, the leader clears its writer node, Stopping tries again.
+async fn close_earlier(ctx: &Context) {
+    let Some(saved) = ctx.state_dir.as_ref().and_then(|d| d.take_earlier()) else {
+        return;
+    };
+    let session_id = format!("{:#x}", saved.session_id as u64);
+    let cfg = &ctx.cfg;
+    if saved.servers != cfg.zk_servers {
+        warn!(session_id, saved_servers = %saved.servers,
+            "the saved session is of other zk-servers; leaving it to expire");
+        return;
+    }
+    let Some(info) = saved.info() else {
+        warn!(
+            session_id,
+            "the saved session's password is not hex; leaving it to expire"
+        );
+        return;
+    };
+    let origin = Origin {
+        servers: cfg.zk_servers.clone(),
+        session_timeout: cfg.zk_session_timeout,
+        security: cfg.zk_security.security(),
+    };
+    let started = Instant::now();
+    let closed = tokio::select! {
+        c = zk::settle(&origin, info.clone(), cfg.zk_connect_timeout) => c,
+        _ = ctx.cancel.cancelled() => Closed::Unknown,
+    };
+    let took = started.elapsed();
+    match closed {
+        Closed::Acknowledged => {
+            info!(
+                session_id,
+                ?took,
+                "closed the session of this replica's earlier process: its nodes are gone"
+            )
+        }
+        Closed::Expired => {
+            info!(
+                session_id,
+                ?took,
+                "the session of this replica's earlier process had expired"
+            )
+        }
+        Closed::Unknown => {
+            warn!(
+                session_id,
+                ?took,
+                "cannot close the session of this replica's earlier process; it expires on its own"
+            );
+            ctx.abandoned(info, origin);
+        }
+    }
+}
+
+/// Records `session` in the state dir, for the next process of this
+/// replica. A failure costs only that shortcut (logged).
+async fn save_session(ctx: &Context, session: &ZkSession) {
+    let Some(dir) = ctx.state_dir.clone() else {
+        return;
+    };
+    let saved = dir.record(&session.info(), &ctx.cfg.zk_servers);
+    let saving = tokio::task::spawn_blocking(move || dir.save(&saved));
+    match tokio::time::timeout(ctx.cfg.zk_connect_timeout, saving).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => warn!(error = %e, "cannot save the session in the state dir"),
+        Ok(Err(e)) => warn!(error = %e, "cannot save the session in the state dir"),
+        Err(_) => warn!("saving the session in the state dir takes too long (a hung disk?)"),
     }
 }

@@ -44,6 +44,13 @@ pub async fn run(ctx: &Context, session: Option<ZkSession>, outcome: Outcome) ->
             warn!(session_id = %id, "an abandoned session may still hold our node until the server expires it");
         }
     }
+    // Nothing left for a next process of this replica to close.
+    if released
+        && let Some(dir) = &ctx.state_dir
+        && let Err(e) = dir.clear()
+    {
+        warn!(error = %e, "cannot remove the saved session");
+    }
     // `election release` answers "released" only when every session of
     // ours is known closed or expired.
     ctx.board.stopped(released);

@@ -156,6 +156,27 @@ def test_file_dir_volume_is_mounted_where_election_file_dir_points(helm, manifes
     assert mount["name"] in names, "the file-dir must be on a PersistentVolume"
 
 
+@pytest.mark.parametrize("values", ALL_VALUES)
+def test_restart_takeover_keeps_the_session_on_a_private_empty_dir_per_pod(helm, manifests, values):
+    """The state dir survives a container restart (emptyDir), is never shared (no claim)."""
+    sts = manifests(helm, *values).election
+    c = container(sts, "election")
+    state_dir = env_values(c)["ELECTION_STATE_DIR"]
+    (mount,) = [m for m in c["volumeMounts"] if m["mountPath"] == state_dir]
+    assert not mount.get("readOnly") and "subPath" not in mount
+    (volume,) = [v for v in sts["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"]]
+    assert "emptyDir" in volume, volume
+    assert state_dir != env_values(c)["ELECTION_FILE_DIR"]
+
+
+def test_restart_takeover_can_be_turned_off(helm, manifests):
+    sts = manifests(helm, sets=("election.restartTakeover=false",)).election
+    c = container(sts, "election")
+    assert "ELECTION_STATE_DIR" not in env_of(c)
+    assert "state" not in [m["name"] for m in c["volumeMounts"]]
+    assert "state" not in [v["name"] for v in sts["spec"]["template"]["spec"]["volumes"]]
+
+
 def test_shared_mode_mounts_one_claim_in_every_replica(helm, manifests):
     m = manifests(helm)
     sts = m.election

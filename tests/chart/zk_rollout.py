@@ -226,6 +226,8 @@ class Replica:
         self.node = f"election-{j}"
         self.http, self.admin = free_port(), free_port()
         self.log = tmp / f"{self.node}.log"
+        # The pod's emptyDir for --state-dir: private to this replica.
+        self.state = tmp / f"{self.node}.state"
         self.proc: subprocess.Popen | None = None
 
     def env(self, rel: Release) -> dict[str, str]:
@@ -247,6 +249,8 @@ class Replica:
             ELECTION_NODE_ID=self.node,
             PATH=os.environ.get("PATH", ""),
         )
+        if "ELECTION_STATE_DIR" in env:
+            env["ELECTION_STATE_DIR"] = str(self.state)
         return {k: v.replace("/etc/election/zk-tls/", f"{self.certs}/") for k, v in env.items()}
 
     def start(self, rel: Release) -> None:

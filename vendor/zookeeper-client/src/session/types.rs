@@ -44,9 +44,22 @@ impl SessionInfo {
         Self { id, password, readonly: id.0 == 0, last_zxid: 0 }
     }
 
+    /// A session known by its id and password, e.g. from an earlier
+    /// process that saved them, to resume it with [crate::Connector::with_session].
+    pub fn from_parts(id: SessionId, password: Vec<u8>) -> Self {
+        Self::new(id, password)
+    }
+
     /// Session id.
     pub fn id(&self) -> SessionId {
         self.id
+    }
+
+    /// Session password, to save the session and resume it in another
+    /// process (see [SessionInfo::from_parts]). A secret: whoever holds it
+    /// can take the session over.
+    pub fn password(&self) -> &[u8] {
+        &self.password
     }
 
     /// Is this an readonly session ?
