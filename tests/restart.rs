@@ -115,11 +115,12 @@ fn a_leader_killed_and_restarted_at_once_is_succeeded_in_restart_time() {
     g.replica(old).wait_exit(Duration::from_secs(5));
     g.replicas[old] = Some(spawn(&g, old, &state_dir(&g, old)));
     // Then the restarted process closes its earlier session, and a new
-    // leadership writes its first file within 2 s of the kill (not after
-    // the 6 s session expired)
+    // leadership writes its first file before the 6 s session could have
+    // expired (the speed, tens of milliseconds, is the failover bench's
+    // "kill and restart"; a timed bound here would flake under load)
     let (first, after) = first_file_after(&g, token, t0);
     assert!(
-        after < 2000,
+        after < EXPIRY_FLOOR.as_millis() as i64,
         "first file of the new leadership {after} ms after the kill\n{}",
         g.logs()
     );
