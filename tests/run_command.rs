@@ -104,6 +104,19 @@ fn index_of_node(node: &str) -> usize {
     node.strip_prefix('r').unwrap().parse().unwrap()
 }
 
+/// Two replicas running the looping command (logging to `log`), one
+/// leading and the other queued: the group, the leader's start (token,
+/// node, pid) and the leader's index.
+fn two_running(zk: &ZkCluster, log: &Path) -> (Group, (u64, String, i32), usize) {
+    let mut g = group_running(zk, looping_command(log, false));
+    g.spawn(2);
+    let first = wait_starts(log, 1, Duration::from_secs(20), &g)[0].clone();
+    let leader = index_of_node(&first.1);
+    g.replica(1 - leader)
+        .wait_status(|s| s.state == "attempter", Duration::from_secs(10));
+    (g, first, leader)
+}
+
 #[test]
 fn exactly_one_child_runs_with_the_token_of_the_leadership() {
     // Given three replicas running a command while they lead
@@ -144,12 +157,7 @@ fn on_sigterm_the_child_exits_before_the_successor_starts_its_own() {
     let zk = ZkCluster::standalone();
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("child.log");
-    let mut g = group_running(&zk, looping_command(&log, false));
-    g.spawn(2);
-    let (old, node, pid) = wait_starts(&log, 1, Duration::from_secs(20), &g)[0].clone();
-    let leader = index_of_node(&node);
-    g.replica(1 - leader)
-        .wait_status(|s| s.state == "attempter", Duration::from_secs(10));
+    let (mut g, (old, node, pid), leader) = two_running(&zk, &log);
     // When the leader gets SIGTERM
     assert!(g.replica(leader).signal(libc::SIGTERM));
     // Then the other replica's child starts with a newer token
@@ -282,12 +290,7 @@ fn a_frozen_daemon_cannot_leave_its_child_running_past_its_lease() {
     let zk = ZkCluster::standalone();
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("child.log");
-    let mut g = group_running(&zk, looping_command(&log, false));
-    g.spawn(2);
-    let (old, node, pid) = wait_starts(&log, 1, Duration::from_secs(20), &g)[0].clone();
-    let leader = index_of_node(&node);
-    g.replica(1 - leader)
-        .wait_status(|s| s.state == "attempter", Duration::from_secs(10));
+    let (mut g, (old, node, pid), leader) = two_running(&zk, &log);
     // When the leader's daemon freezes (SIGSTOP: none of its threads run)
     let frozen = std::time::Instant::now();
     assert!(g.replica(leader).signal(libc::SIGSTOP));
@@ -329,12 +332,7 @@ fn a_killed_daemon_never_leaves_its_child_running() {
     let zk = ZkCluster::standalone();
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("child.log");
-    let mut g = group_running(&zk, looping_command(&log, false));
-    g.spawn(2);
-    let (old, node, pid) = wait_starts(&log, 1, Duration::from_secs(20), &g)[0].clone();
-    let leader = index_of_node(&node);
-    g.replica(1 - leader)
-        .wait_status(|s| s.state == "attempter", Duration::from_secs(10));
+    let (mut g, (old, _, pid), leader) = two_running(&zk, &log);
     // When the leader's daemon is SIGKILLed
     g.replica(leader).kill();
     // Then its child is stopped (SIGTERM, which it logs) and is gone
@@ -359,12 +357,7 @@ fn the_leader_endpoint_answers_200_with_the_token_only_on_the_leader() {
     let zk = ZkCluster::standalone();
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("child.log");
-    let mut g = group_running(&zk, looping_command(&log, false));
-    g.spawn(2);
-    let (token, node, _) = wait_starts(&log, 1, Duration::from_secs(20), &g)[0].clone();
-    let leader = index_of_node(&node);
-    g.replica(1 - leader)
-        .wait_status(|s| s.state == "attempter", Duration::from_secs(10));
+    let (mut g, (token, _, _), leader) = two_running(&zk, &log);
     // Then the leader answers /leader with 200 and its token, the other 503
     let yes = common::kube_api::http_get(g.replica(leader).http_addr(), "/leader").unwrap();
     assert_eq!(
