@@ -34,7 +34,7 @@ def test_with_a_command_no_file_dir_claim_or_volume_is_rendered(helm, manifests,
     assert "volumeClaimTemplates" not in sts["spec"]
     volumes = [v["name"] for v in sts["spec"]["template"]["spec"]["volumes"]]
     assert "files" not in volumes
-    assert [mt["name"] for mt in c["volumeMounts"]] == ["tmp"]
+    assert [mt["name"] for mt in c["volumeMounts"]] == ["tmp", "state"]  # state: the restart takeover's emptyDir
     assert "ELECTION_FILE_DIR" not in env_of(c)
     # The read-only root file system still has a writable /tmp.
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
