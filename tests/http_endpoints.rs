@@ -212,7 +212,9 @@ fn metrics_are_valid_prometheus_text_with_every_required_family() {
     // Given a leader that has written a few files, and a candidate
     let zk = ZkCluster::standalone();
     let (mut g, [h0, _a0, h1, _a1]) = leader_and_candidate(&zk);
-    assert!(wait_until(ELECTION, POLL, || g.records().len() >= 3));
+    // (A file is visible once renamed, and counted just after: the fourth
+    // file on disk means the third write has been counted.)
+    assert!(wait_until(ELECTION, POLL, || g.records().len() >= 4));
 
     // When the leader's /metrics is scraped
     let answer = get(h0, "/metrics");

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::group::{Group, TRANSITIONS, assert_clean_takeover_by_r1, partitioned_pair};
-use common::proxy::{FaultProxy, Mode};
+use common::proxy::{Cut, FaultProxy, MULTI, Mode};
 use common::wait_until;
 use common::zk::ZkCluster;
 
@@ -460,6 +460,57 @@ fn a_removed_file_dir_is_recreated_and_writing_resumes() {
         g.records().len() >= 3
     });
     assert!(ok, "{}", g.logs());
+    g.stop_all();
+    g.assert_invariants();
+}
+
+#[rstest::rstest]
+#[case::that_landed(true)]
+#[case::that_never_left(false)]
+fn a_claim_that_loses_its_connection_is_tried_again_on_the_same_session(#[case] landed: bool) {
+    // Given a leader r0, and r1 queued behind it through a proxy armed to
+    // cut r1's connection at its next multi-op, which is its claim: a
+    // ZooKeeper server restarting mid-request, as in a rolling restart of
+    // the ensemble (the claim's reply lost, or the claim itself)
+    let zk = ZkCluster::standalone();
+    let proxy = FaultProxy::start(zk.server_addr(0));
+    let mut g = Group::new(&zk.connect_string());
+    g.spawn(1);
+    g.wait_leader(Duration::from_secs(20));
+    g.servers = proxy.addr().to_string();
+    g.spawn(1);
+    g.replica(1)
+        .wait_status(|s| s.state == "attempter", Duration::from_secs(20));
+    proxy.cut_at_next(Cut {
+        opcode: MULTI,
+        landed,
+    });
+    // When r0 stops and r1 claims
+    assert!(g.replica(0).signal(libc::SIGTERM));
+    assert!(g.replica(0).wait_exit(Duration::from_secs(20)).is_some());
+    // Then r1 leads once its session is connected again: a lost
+    // connection suspends the claim, it does not give the session up
+    assert_eq!(g.wait_leader_other_than(0, Duration::from_secs(20)), 1);
+    assert_eq!(proxy.cuts(), 1, "{}", g.logs());
+    let r1 = g.replica(1);
+    assert_eq!(
+        r1.metric(TRANSITIONS, &[("from", "leader"), ("to", "failover")])
+            .unwrap_or(0.0),
+        0.0,
+        "{}",
+        g.logs()
+    );
+    assert_eq!(
+        r1.metric(TRANSITIONS, &[("from", "attempter"), ("to", "leader")]),
+        Some(1.0),
+        "{}",
+        g.logs()
+    );
+    assert!(
+        r1.output().contains("claiming leadership"),
+        "the cut hit the claim\n{}",
+        g.logs()
+    );
     g.stop_all();
     g.assert_invariants();
 }

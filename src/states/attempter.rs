@@ -175,7 +175,7 @@ impl Attempter<'_> {
         let source = e.client_error();
         // A lost connection is the session's business (on_session_change);
         // other errors count towards Failover.
-        if !matches!(source, Some(ZkErr::ConnectionLoss)) {
+        if !source.is_some_and(zk::is_unanswered) {
             self.errors += 1;
         }
         if source.is_some_and(zk_fatal) {

@@ -28,7 +28,10 @@
 //! successor starts only once the server expired it, as after a crash.
 //!
 //! **Failures.** A disconnection revokes the lease at once (suspended); the
-//! same session reconnecting resumes after a fresh confirmation. Write
+//! same session reconnecting resumes after a fresh confirmation. A claim or
+//! watch whose connection broke (a ZooKeeper server restarting) waits the
+//! same way and is tried again: a claim that landed unseen finds our own
+//! writer node, which is released and claimed again with a higher token. Write
 //! errors, overruns and writes fenced while connected count towards
 //! max-write-failures, after which the leader steps down (Failover). A
 //! write still running one session timeout after it started ends the
@@ -66,6 +69,10 @@ type NodeWatch = std::pin::Pin<Box<dyn std::future::Future<Output = WatchedEvent
 
 /// How many times a claim is tried before Failover.
 const CLAIM_ATTEMPTS: u32 = 5;
+
+/// How long a claim that lost its connection waits for news of the
+/// session before trying again when no disconnection was reported.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
 
 /// The least time leaving Leader waits for a commit in flight, as a
 /// fraction of the session timeout (100 ms for 2 s), when the lease has
@@ -355,6 +362,10 @@ impl Leader<'_> {
                 Ok(Err(bad)) => {
                     return Err(Exit::Failover(Cause::FencingError.because(bad.to_string())));
                 }
+                Err(e) if zk::is_unanswered(&e) => {
+                    self.until_reconnected("reading the token floor").await?;
+                    continue;
+                }
                 Err(e) => {
                     return Err(Exit::Failover(
                         Cause::ZookeeperError.because(format!("cannot read the token floor: {e}")),
@@ -418,6 +429,12 @@ impl Leader<'_> {
                         Cause::LeadershipLost
                             .because(format!("claim rejected: {}", zk::describe(&e))),
                     ));
+                }
+                // The multi-op may or may not have landed: once connected
+                // again, the next attempt finds out (our own writer node
+                // is released and the token chosen again above the floor).
+                Err(ClaimError::Request(e)) if zk::is_unanswered(&e) => {
+                    self.until_reconnected("claiming leadership").await?;
                 }
                 Err(ClaimError::Request(e)) => {
                     return Err(Exit::Failover(
@@ -533,15 +550,24 @@ impl Leader<'_> {
     }
 
     /// Watches our node; leaves if it is already gone.
-    async fn watch_node(&self) -> Result<NodeWatch, Exit> {
-        let watched = self
-            .session
-            .bounded(
-                self.session
-                    .client()
-                    .check_and_watch_stat(&self.leadership.path),
-            )
-            .await;
+    async fn watch_node(&mut self) -> Result<NodeWatch, Exit> {
+        let mut watched = Err(zookeeper_client::Error::ConnectionLoss);
+        for attempt in 0..CLAIM_ATTEMPTS {
+            if attempt > 0 {
+                self.until_reconnected("watching the leader node").await?;
+            }
+            watched = self
+                .session
+                .bounded(
+                    self.session
+                        .client()
+                        .check_and_watch_stat(&self.leadership.path),
+                )
+                .await;
+            if !watched.as_ref().is_err_and(zk::is_unanswered) {
+                break;
+            }
+        }
         match watched {
             Ok((Some(stat), w)) if is_live_candidate(stat.ephemeral_owner, self.session.id()) => {
                 Ok(Box::pin(w.changed()))
@@ -555,6 +581,35 @@ impl Leader<'_> {
             Err(e) => Err(Exit::Failover(
                 Cause::ZookeeperError.because(format!("cannot watch leader node: {e}")),
             )),
+        }
+    }
+
+    /// A request of the claim or the watch lost its connection: the
+    /// session is suspended, not lost (a ZooKeeper server restarting leaves
+    /// a quorum gap of a second or so). Waits until the session is
+    /// connected again, as a suspended leader does, then the caller tries
+    /// again; gives the session up at the usual deadline. Nothing is
+    /// written meanwhile: no file is written before the claim and the watch.
+    async fn until_reconnected(&mut self, doing: &str) -> Result<(), Exit> {
+        warn!(
+            doing,
+            "connection lost; waiting for the session to reconnect"
+        );
+        let ctx = self.ctx;
+        loop {
+            tokio::select! {
+                biased;
+                _ = ctx.cancel.cancelled() => return Err(Exit::Stop),
+                state = self.session.state_changed() => match on_state(ctx, &mut self.live, state) {
+                    Health::Connected => return Ok(()),
+                    Health::Suspended => {}
+                    Health::Lost(why) => return Err(Exit::Failover(why)),
+                },
+                _ = until_deadline(&self.live) => return Err(Exit::Failover(gave_up())),
+                // Connected all along (a request that outlived its bound):
+                // try again after a pause.
+                _ = tokio::time::sleep(RECONNECT_PAUSE), if self.live.is_connected() => return Ok(()),
+            }
         }
     }
 

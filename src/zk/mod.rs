@@ -828,6 +828,15 @@ impl ZkSession {
     }
 }
 
+/// The request got no answer: the connection broke under it (the client
+/// reports `ConnectionLoss`, or the socket's own error as `Custom`), or
+/// it outlived its bound. It may or may not have landed, and the session
+/// itself may be fine: the caller waits for the session's verdict.
+pub fn is_unanswered(e: &zookeeper_client::Error) -> bool {
+    use zookeeper_client::Error;
+    matches!(e, Error::ConnectionLoss | Error::Timeout | Error::Custom(_))
+}
+
 /// A request error for logs and causes; `NoAuth` says what to check.
 pub fn describe(e: &zookeeper_client::Error) -> String {
     match e {

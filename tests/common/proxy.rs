@@ -10,8 +10,8 @@
 
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -68,7 +68,23 @@ pub struct FaultProxy {
 struct Stats {
     accepted: AtomicUsize,
     open: AtomicUsize,
+    /// The armed one-shot cut, taken by the connection that makes it.
+    cut: Mutex<Option<Cut>>,
+    cuts: AtomicUsize,
 }
+
+/// A one-shot fault: the connection is cut at the client's next request
+/// of this ZooKeeper opcode (14 is a multi-op).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cut {
+    pub opcode: i32,
+    /// `true`: the request reaches the server and its reply is swallowed
+    /// (it landed, the client cannot know); `false`: it never leaves.
+    pub landed: bool,
+}
+
+/// ZooKeeper's opcode of a multi-op.
+pub const MULTI: i32 = 14;
 
 impl FaultProxy {
     /// Starts a proxy in `Mode::Pass` on a free port of 127.0.0.1 that
@@ -133,6 +149,18 @@ impl FaultProxy {
         self.mode.send_replace(mode);
     }
 
+    /// Arms a one-shot cut: the next request of `cut.opcode` on any
+    /// connection resets that connection (both sides), as a server dying
+    /// mid-request does; the client reconnects as usual.
+    pub fn cut_at_next(&self, cut: Cut) {
+        *self.stats.cut.lock().unwrap() = Some(cut);
+    }
+
+    /// How many armed cuts were made.
+    pub fn cuts(&self) -> usize {
+        self.stats.cuts.load(Ordering::SeqCst)
+    }
+
     /// The current mode.
     pub fn mode(&self) -> Mode {
         *self.mode.borrow()
@@ -191,7 +219,7 @@ async fn accept_loop(
         let stats = stats.clone();
         tokio::spawn(async move {
             stats.open.fetch_add(1, Ordering::SeqCst);
-            proxy_connection(client, upstream, mode).await;
+            proxy_connection(client, upstream, mode, stats.clone()).await;
             stats.open.fetch_sub(1, Ordering::SeqCst);
         });
     }
@@ -211,7 +239,12 @@ enum Item {
 }
 
 /// Forwards one connection until both sides are closed, or resets both.
-async fn proxy_connection(client: TcpStream, upstream: SocketAddr, mode: watch::Receiver<Mode>) {
+async fn proxy_connection(
+    client: TcpStream,
+    upstream: SocketAddr,
+    mode: watch::Receiver<Mode>,
+    stats: Arc<Stats>,
+) {
     let server =
         match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(upstream)).await {
             Ok(Ok(server)) => server,
@@ -223,6 +256,8 @@ async fn proxy_connection(client: TcpStream, upstream: SocketAddr, mode: watch::
         client,
         server,
         mode,
+        stats,
+        requests: Framer::default(),
     };
     if conn.run().await.is_err() {
         reset(conn.client);
@@ -234,6 +269,57 @@ struct Connection {
     client: TcpStream,
     server: TcpStream,
     mode: watch::Receiver<Mode>,
+    stats: Arc<Stats>,
+    /// The client's bytes cut into ZooKeeper frames, for [`Cut`].
+    requests: Framer,
+}
+
+/// Cuts a byte stream into ZooKeeper's length-prefixed frames.
+#[derive(Default)]
+struct Framer {
+    buf: Vec<u8>,
+    /// Frames seen; the first one of a connection is the connect request,
+    /// which has no request header.
+    frames: usize,
+}
+
+/// A request frame: where it starts and ends in the chunk just fed, its
+/// xid and opcode.
+struct Frame {
+    start: usize,
+    end: usize,
+    xid: i32,
+    opcode: i32,
+}
+
+impl Framer {
+    /// Feeds a chunk; returns the requests it completes (offsets clamped
+    /// to the chunk: a frame begun in an earlier chunk starts at 0).
+    fn feed(&mut self, chunk: &[u8]) -> Vec<Frame> {
+        let before = self.buf.len();
+        self.buf.extend_from_slice(chunk);
+        let mut frames = Vec::new();
+        let mut at = 0;
+        while self.buf.len() - at >= 4 {
+            let len = i32::from_be_bytes(self.buf[at..at + 4].try_into().unwrap()) as usize;
+            if self.buf.len() - at < 4 + len {
+                break;
+            }
+            let body = &self.buf[at + 4..at + 4 + len];
+            if self.frames > 0 && body.len() >= 8 {
+                frames.push(Frame {
+                    start: at.saturating_sub(before),
+                    end: at + 4 + len - before,
+                    xid: i32::from_be_bytes(body[0..4].try_into().unwrap()),
+                    opcode: i32::from_be_bytes(body[4..8].try_into().unwrap()),
+                });
+            }
+            self.frames += 1;
+            at += 4 + len;
+        }
+        self.buf.drain(..at);
+        frames
+    }
 }
 
 /// The connection must be reset.
@@ -289,6 +375,11 @@ impl Connection {
                         }
                         n => Item::Data(client_buf[..n].to_vec()),
                     };
+                    if let Item::Data(bytes) = &item
+                        && let Some((frame, cut)) = self.armed_cut(bytes)
+                    {
+                        return self.cut(to_server, bytes, frame, cut).await;
+                    }
                     match mode {
                         Mode::Blackhole => lost = true,
                         _ => to_server.push_back((due(), item)),
@@ -309,6 +400,55 @@ impl Connection {
                 }
             }
         }
+    }
+}
+
+impl Connection {
+    /// The request of `chunk` an armed cut applies to, taking the cut.
+    fn armed_cut(&mut self, chunk: &[u8]) -> Option<(Frame, Cut)> {
+        let frames = self.requests.feed(chunk);
+        let mut armed = self.stats.cut.lock().unwrap();
+        let cut = (*armed)?;
+        let frame = frames.into_iter().find(|f| f.opcode == cut.opcode)?;
+        *armed = None;
+        self.stats.cuts.fetch_add(1, Ordering::SeqCst);
+        Some((frame, cut))
+    }
+
+    /// Makes the cut: what came before the request goes through; the
+    /// request too if it is to land, and then its reply is awaited (at
+    /// most 2 s) and swallowed. Both sides are then reset.
+    async fn cut(
+        &mut self,
+        queued: VecDeque<(Instant, Item)>,
+        chunk: &[u8],
+        frame: Frame,
+        cut: Cut,
+    ) -> Result<(), Broken> {
+        for (_, item) in queued {
+            write(&mut self.server, Some((Instant::now(), item))).await?;
+        }
+        let upto = if cut.landed { frame.end } else { frame.start };
+        self.server
+            .write_all(&chunk[..upto])
+            .await
+            .map_err(|_| Broken)?;
+        if cut.landed {
+            let mut replies = Framer {
+                frames: 1,
+                ..Framer::default()
+            };
+            let mut buf = vec![0u8; 16 * 1024];
+            let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                while let Ok(n @ 1..) = self.server.read(&mut buf).await {
+                    if replies.feed(&buf[..n]).iter().any(|r| r.xid == frame.xid) {
+                        break;
+                    }
+                }
+            })
+            .await;
+        }
+        Err(Broken)
     }
 }
 
