@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use common::group::Group;
+use common::proxy::{CLOSE_SESSION, Cut, FaultProxy};
 use common::replica::Replica;
 use common::wait_until;
 use common::zk::ZkCluster;
@@ -242,4 +243,36 @@ fn a_leader_killed_without_a_restart_is_succeeded_after_its_session_expires() {
     g.wait_more_files_of(first.token, 3, Duration::from_secs(10));
     g.stop_all();
     g.assert_invariants();
+}
+
+#[test]
+fn a_close_whose_answer_is_lost_still_clears_the_saved_session() {
+    // Given a leader with a state dir, connected through a proxy that
+    // swallows the answer to its close: the server closes the session and
+    // the connection breaks before the client reads that it did
+    let zk = ZkCluster::standalone();
+    let proxy = FaultProxy::start(zk.server_addr(0));
+    let mut g = Group::new(&proxy.addr().to_string());
+    g.extra = vec!["--zk-session-timeout".into(), SESSION.into()];
+    g.replicas.push(Some(spawn(&g, 0, &state_dir(&g, 0))));
+    let (_, sid, _) = leader(&g);
+    let saved = state_dir(&g, 0).join("session.json");
+    assert!(saved.exists());
+    proxy.cut_at_next(Cut {
+        opcode: CLOSE_SESSION,
+        landed: true,
+    });
+    // When it stops
+    assert!(g.replica(0).signal(libc::SIGTERM));
+    assert!(g.replica(0).wait_exit(Duration::from_secs(10)).is_some());
+    // Then the server's answer on reconnecting (no such session) settles
+    // the close: the node is gone and nothing is left for a next process
+    assert_eq!(proxy.cuts(), 1, "{}", g.logs());
+    assert!(!has_node_of(&zk, &sid));
+    assert!(!saved.exists(), "the saved session is left\n{}", g.logs());
+    assert!(
+        !g.replica(0).output().contains("close not acknowledged"),
+        "{}",
+        g.logs()
+    );
 }

@@ -325,24 +325,39 @@ pub async fn settle(origin: &Origin, info: SessionInfo, bound: Duration) -> Clos
 
 /// Drops `client` (which sends the close request) and waits, at most
 /// `bound`, for the client to report it closed.
-async fn close_client(client: Client, _thread: SessionThread, bound: Duration) -> Closed {
+async fn close_client(client: Client, thread: SessionThread, bound: Duration) -> Closed {
+    close_or_expired(client, thread, bound)
+        .await
+        .unwrap_or(Closed::Unknown)
+}
+
+/// Like [`close_client`]; `None` when the client reported the session
+/// expired instead: on its own clock, or because the server answered a
+/// reconnection so (the close landed and the connection broke before its
+/// answer was read). Only the server's word can tell the two apart.
+async fn close_or_expired(
+    client: Client,
+    _thread: SessionThread,
+    bound: Duration,
+) -> Option<Closed> {
     let mut states = client.state_watcher();
     match client.state() {
-        SessionState::Closed => return Closed::Acknowledged,
-        SessionState::Expired => return Closed::Unknown,
+        SessionState::Closed => return Some(Closed::Acknowledged),
+        SessionState::Expired => return None,
         _ => {}
     }
     drop(client);
     let ended = tokio::time::timeout(bound, async {
         loop {
             match states.changed().await {
-                SessionState::Closed => return Closed::Acknowledged,
-                SessionState::Expired | SessionState::AuthFailed => return Closed::Unknown,
+                SessionState::Closed => return Some(Closed::Acknowledged),
+                SessionState::Expired => return None,
+                SessionState::AuthFailed => return Some(Closed::Unknown),
                 _ => {}
             }
         }
     });
-    ended.await.unwrap_or(Closed::Unknown)
+    ended.await.unwrap_or(Some(Closed::Unknown))
 }
 
 /// How a resumption (see [`session::Resumption`]) ended.
@@ -817,13 +832,21 @@ impl ZkSession {
                 drop((client, thread));
                 settle(&origin, info, bound).await
             }
-            // A disconnected client delivers the close only if it
-            // reconnects soon; do not hold a stopping daemon for long on
-            // that chance.
-            SessionState::Disconnected => {
-                close_client(client, thread, bound.min(DISCONNECTED_CLOSE_BOUND)).await
+            state => {
+                // A disconnected client delivers the close only if it
+                // reconnects soon; do not hold a stopping daemon for long
+                // on that chance.
+                let bound = match state {
+                    SessionState::Disconnected => bound.min(DISCONNECTED_CLOSE_BOUND),
+                    _ => bound,
+                };
+                let info = client.session().clone();
+                match close_or_expired(client, thread, bound).await {
+                    Some(closed) => closed,
+                    // Reported expired while closing: ask the server.
+                    None => settle(&origin, info, bound).await,
+                }
             }
-            _ => close_client(client, thread, bound).await,
         }
     }
 }

@@ -85,6 +85,8 @@ pub struct Cut {
 
 /// ZooKeeper's opcode of a multi-op.
 pub const MULTI: i32 = 14;
+/// ZooKeeper's opcode of a session's close.
+pub const CLOSE_SESSION: i32 = -11;
 
 impl FaultProxy {
     /// Starts a proxy in `Mode::Pass` on a free port of 127.0.0.1 that
