@@ -71,7 +71,7 @@ enum Timeout {
     /// a server clamps it to its own `minSessionTimeout` and
     /// `maxSessionTimeout`, so it changes when the client moves to another
     /// server. The client updates it before it reports the session
-    /// connected again (vendored patch 0005).
+    /// connected again (vendored patch 0004).
     Negotiated(NegotiatedTimeout),
     /// Changed by hand (unit tests of a renegotiation).
     #[cfg(test)]

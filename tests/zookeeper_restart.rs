@@ -1,12 +1,15 @@
 //! A ZooKeeper server that restarts with its data restores its sessions:
 //! the election continues where it was. One that restarts without its data
-//! has forgotten them: a new election follows at once.
+//! has forgotten them: a new election follows at once. A server that
+//! forgot a session and hands out a new one on reconnection (ClickHouse
+//! Keeper) ends it too.
 
 mod common;
 
 use std::time::{Duration, SystemTime};
 
 use common::group::{Group, SESSION, TRANSITIONS};
+use common::proxy::{FaultProxy, Mode};
 use common::wait_until;
 use common::zk::ZkCluster;
 
@@ -124,6 +127,89 @@ fn after_a_zookeeper_restart_without_its_data_a_new_election_follows_at_once() {
         "new election {delay} ms after the server answered\n{}",
         g.logs()
     );
+    g.stop_all();
+    g.assert_invariants();
+}
+
+/// The session id a replica's `/status` shows (`0x…`).
+fn status_session(g: &Group, i: usize) -> Option<i64> {
+    let s = g.replica(i).status()?.session_id?;
+    u64::from_str_radix(s.trim_start_matches("0x"), 16)
+        .ok()
+        .map(|v| v as i64)
+}
+
+#[test]
+fn a_server_that_answers_a_reconnection_with_another_session_id_ends_the_session() {
+    // Given a leader behind a proxy
+    let zk = ZkCluster::standalone();
+    let proxy = FaultProxy::start(zk.server_addr(0));
+    let mut g = Group::new(&proxy.addr().to_string());
+    g.spawn(1);
+    g.wait_leader(Duration::from_secs(30));
+    let ok = wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
+        g.records().len() >= 2
+    });
+    assert!(ok, "the leader writes\n{}", g.logs());
+    let token = g.newest_record().unwrap().token;
+    let old = status_session(&g, 0).expect("a session id in /status");
+    // When its link goes silent and the server drops its session (its
+    // ephemeral nodes go, as at an expiry)
+    proxy.set_mode(Mode::Blackhole);
+    std::thread::sleep(Duration::from_millis(700));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client = common::zk_client(&zk.connect_string()).await;
+        let root = "/election/test";
+        for child in client.list_children(root).await.unwrap() {
+            let path = format!("{root}/{child}");
+            if let Ok(Some(stat)) = client.check_stat(&path).await
+                && stat.ephemeral_owner == old
+            {
+                client.delete(&path, None).await.unwrap();
+            }
+        }
+        common::close_client(client).await;
+    });
+    // and answers each reconnection with a new session id instead of
+    // "expired", as ClickHouse Keeper does
+    proxy.forget_session(old);
+    proxy.set_mode(Mode::Pass);
+    // Then the replica takes the session for lost, and leads again with a
+    // new session, its node owned by that session
+    let mut newer = None;
+    let ok = wait_until(Duration::from_secs(30), Duration::from_millis(50), || {
+        newer = g.records().into_iter().find(|r| r.token > token);
+        newer.is_some()
+    });
+    assert!(proxy.new_sessions() >= 1, "{}", g.logs());
+    assert!(
+        ok,
+        "no new leadership after the new session id\n{}",
+        g.logs()
+    );
+    let now = status_session(&g, 0).expect("a session id in /status");
+    assert_ne!(now, old, "{}", g.logs());
+    let owners = rt.block_on(async {
+        let client = common::zk_client(&zk.connect_string()).await;
+        let root = "/election/test";
+        let mut owners = Vec::new();
+        for child in client.list_children(root).await.unwrap() {
+            if let Ok(Some(stat)) = client.check_stat(&format!("{root}/{child}")).await
+                && stat.ephemeral_owner != 0
+            {
+                owners.push(stat.ephemeral_owner);
+            }
+        }
+        common::close_client(client).await;
+        owners
+    });
+    assert!(owners.contains(&now), "{owners:?} {now:#x}\n{}", g.logs());
+    let lost = g
+        .replica(0)
+        .metric(TRANSITIONS, &[("to", "failover")])
+        .unwrap_or(0.0);
+    assert!(lost >= 1.0, "{}", g.logs());
     g.stop_all();
     g.assert_invariants();
 }

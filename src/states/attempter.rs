@@ -178,7 +178,7 @@ impl Attempter<'_> {
         if !source.is_some_and(zk::is_unanswered) {
             self.errors += 1;
         }
-        if source.is_some_and(zk_fatal) {
+        if source.is_some_and(zk_fatal) || matches!(e, ZkError::SessionReplaced { .. }) {
             return Err(Exit::Failover(
                 Cause::SessionLost.because(format!("election round failed: {e}")),
             ));
@@ -363,6 +363,14 @@ async fn round(
             let prefix = child_path(root, &candidate_prefix(sid));
             let options = CreateMode::EphemeralSequential.with_acls(session.acls());
             match client.create(&prefix, &body, &options).await {
+                // The only place the session id the server uses shows: the
+                // client keeps reporting the id it had before a reconnection
+                // the server answered with a new one (see docs/design.md).
+                Ok((stat, seq)) if stat.ephemeral_owner != sid => Err(ZkError::SessionReplaced {
+                    path: format!("{prefix}{seq}"),
+                    owner: stat.ephemeral_owner,
+                    ours: sid,
+                }),
                 Ok((_, seq)) => {
                     info!(node = %format!("{prefix}{seq}"), "candidate node created");
                     Ok(Round::Again)

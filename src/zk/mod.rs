@@ -55,6 +55,16 @@ pub enum ZkError {
          check --zk-auth-file / ELECTION_ZK_AUTH against the ACL of the election path)"
     )]
     NotAuthorized { op: &'static str, path: String },
+    /// A node our session created is owned by another session: the
+    /// client reconnected and the server handed out a new session id
+    /// (ClickHouse Keeper does so for a session it dropped, where
+    /// ZooKeeper answers `Expired`). Our session is over there, its nodes
+    /// are gone, and the client still reports the old id.
+    #[error(
+        "ZooKeeper handed out another session on reconnection: {path} is owned by {owner:#x}, \
+         not by our session {ours:#x}"
+    )]
+    SessionReplaced { path: String, owner: i64, ours: i64 },
     /// A request failed.
     #[error("ZooKeeper {op} {path} failed: {source}")]
     Request {
@@ -87,7 +97,10 @@ impl ZkError {
             ZkError::Request { source, .. } => Some(source),
             ZkError::Connect { cause, .. } => Some(cause),
             ZkError::NotAuthorized { .. } => Some(&zookeeper_client::Error::NoAuth),
-            ZkError::Tls(_) | ZkError::TlsRead(_) | ZkError::ConnectTimeout { .. } => None,
+            ZkError::Tls(_)
+            | ZkError::TlsRead(_)
+            | ZkError::ConnectTimeout { .. }
+            | ZkError::SessionReplaced { .. } => None,
         }
     }
 }

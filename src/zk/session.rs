@@ -14,9 +14,10 @@
 //!
 //! A reconnect that the server answers with another session id than ours
 //! (ClickHouse Keeper does so for a session it dropped, where ZooKeeper
-//! answers id 0) is reported by the client as `Expired` too (vendored
-//! patch 0007): our ephemeral nodes went with the old session, and
-//! `Client::session_id()` would still show the old id.
+//! answers id 0) goes unreported by the client, and `Client::session_id()`
+//! still shows the old id: the Attempter's create sees the new owner and
+//! ends the session ([`crate::zk::ZkError::SessionReplaced`]); a resumption
+//! with a new client compares its id.
 //!
 //! The daemon still keeps its own clock, as a safety net against a client
 //! that never reports anything: after [`GIVE_UP_FACTOR`] session timeouts

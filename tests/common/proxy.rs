@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -71,6 +71,9 @@ struct Stats {
     /// The armed one-shot cut, taken by the connection that makes it.
     cut: Mutex<Option<Cut>>,
     cuts: AtomicUsize,
+    /// The session of [`FaultProxy::forget_session`] (0: none).
+    forgotten: AtomicI64,
+    new_sessions: AtomicUsize,
 }
 
 /// A one-shot fault: the connection is cut at the client's next request
@@ -156,6 +159,21 @@ impl FaultProxy {
     /// mid-request does; the client reconnects as usual.
     pub fn cut_at_next(&self, cut: Cut) {
         *self.stats.cut.lock().unwrap() = Some(cut);
+    }
+
+    /// Makes the server behind look as if it forgot `session` the way
+    /// ClickHouse Keeper does: every forwarded connect request that resumes
+    /// it asks for a new session instead (session id 0), so the server
+    /// answers with a fresh session id, where ZooKeeper would answer id 0
+    /// (expired). The session itself lives on in the server until it
+    /// expires; the test deletes its ephemeral nodes.
+    pub fn forget_session(&self, session: i64) {
+        self.stats.forgotten.store(session, Ordering::SeqCst);
+    }
+
+    /// How many connect requests were turned into new sessions.
+    pub fn new_sessions(&self) -> usize {
+        self.stats.new_sessions.load(Ordering::SeqCst)
     }
 
     /// How many armed cuts were made.
@@ -377,6 +395,12 @@ impl Connection {
                         }
                         n => Item::Data(client_buf[..n].to_vec()),
                     };
+                    let item = match item {
+                        Item::Data(bytes) if matches!(mode, Mode::Pass | Mode::Delay(_)) => {
+                            Item::Data(self.maybe_new_session(bytes))
+                        }
+                        item => item,
+                    };
                     if let Item::Data(bytes) = &item
                         && let Some((frame, cut)) = self.armed_cut(bytes)
                     {
@@ -406,6 +430,26 @@ impl Connection {
 }
 
 impl Connection {
+    /// A connect request (the connection's first frame) that resumes the
+    /// session of [`FaultProxy::forget_session`] asks for a new session:
+    /// its session id becomes 0. The connect request is length (4 bytes),
+    /// protocol version (4), last zxid (8), timeout (4), session id (8),
+    /// password; the client sends it in one write.
+    fn maybe_new_session(&self, mut chunk: Vec<u8>) -> Vec<u8> {
+        const SESSION_ID: std::ops::Range<usize> = 4 + 16..4 + 24;
+        let first = self.requests.frames == 0 && self.requests.buf.is_empty();
+        let forgotten = self.stats.forgotten.load(Ordering::SeqCst);
+        if first
+            && forgotten != 0
+            && chunk.len() >= SESSION_ID.end
+            && chunk[SESSION_ID] == forgotten.to_be_bytes()
+        {
+            chunk[SESSION_ID].fill(0);
+            self.stats.new_sessions.fetch_add(1, Ordering::SeqCst);
+        }
+        chunk
+    }
+
     /// The request of `chunk` an armed cut applies to, taking the cut.
     fn armed_cut(&mut self, chunk: &[u8]) -> Option<(Frame, Cut)> {
         let frames = self.requests.feed(chunk);

@@ -483,12 +483,6 @@ impl Session {
                 session_id, self.readonly, self.session.readonly
             )));
         }
-        if !resumes_session(self.session.id, self.session.readonly, session_id) {
-            // The server dropped the session we asked to resume and made a
-            // new one: our ephemeral nodes and watches are gone. That is an
-            // expiry, whatever id the server answers with.
-            return Err(Error::SessionExpired);
-        }
         if self.session.id != session_id {
             self.session.id = session_id;
             info!(
@@ -761,27 +755,5 @@ impl Session {
             },
             _ => Err(last_error),
         }
-    }
-}
-
-/// Whether a connect response with session `new` continues the session
-/// `old` we asked to resume. ZooKeeper answers an expired session with id
-/// 0; some servers (ClickHouse Keeper) hand out a fresh id instead. A
-/// first connect (`old` is 0) and a read-only session (which asks for
-/// none) take any id.
-fn resumes_session(old: SessionId, old_readonly: bool, new: SessionId) -> bool {
-    old.0 == 0 || old_readonly || old == new
-}
-
-#[cfg(test)]
-mod resume_tests {
-    use super::{resumes_session, SessionId};
-
-    #[test]
-    fn a_new_session_id_on_reconnect_is_not_a_resumption() {
-        assert!(resumes_session(SessionId(0), false, SessionId(7)));
-        assert!(resumes_session(SessionId(7), false, SessionId(7)));
-        assert!(!resumes_session(SessionId(7), false, SessionId(8)));
-        assert!(resumes_session(SessionId(7), true, SessionId(8)));
     }
 }
