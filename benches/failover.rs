@@ -25,7 +25,12 @@
 //! SIGKILLed and started again at once on the same state dir, as the
 //! kubelet restarts a crashed container): `BENCH_KILL_ROUNDS` rounds
 //! (20 by default) each, at a session of 2 s and of 6 s, median and p99.
-//! `BENCH_ONLY=kill-restart` runs only these.
+//! `BENCH_ONLY=kill-restart` runs only these; `BENCH_ONLY=kill` only the
+//! "kill" rows, at the settings of the comparison with Curator and kazoo
+//! (docs/performance.md, "Cadence against the peers"). `BENCH_SESSIONS`
+//! (default `2s,6s`) picks the sessions, `BENCH_TICK_MS` (default 200) the
+//! server's tickTime (also passed as `--zk-tick-time`), and
+//! `BENCH_ATTEMPTER_TIMEOUT` (default `10s`) the attempter-timeout.
 
 #[path = "failover/command.rs"]
 mod command;
@@ -143,20 +148,25 @@ fn kill_round(g: &mut Group, restart: bool) -> f64 {
     (at - election::board::unix_ms(t0) as i64) as f64
 }
 
-/// "kill" and "kill and restart", `rounds` each, at each session timeout.
-fn kill_series(zk: &ZkCluster) {
+/// "kill" and, with `restart`, "kill and restart", `rounds` each, at each
+/// session timeout of `BENCH_SESSIONS`, on a server of tickTime `tick`.
+fn kill_series(zk: &ZkCluster, tick: Duration, restart_too: bool) {
     let rounds: usize = std::env::var("BENCH_KILL_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
-    for session in ["2s", "6s"] {
+    let sessions = std::env::var("BENCH_SESSIONS").unwrap_or_else(|_| "2s,6s".into());
+    let attempter = std::env::var("BENCH_ATTEMPTER_TIMEOUT").unwrap_or_else(|_| "10s".into());
+    for session in sessions.split(',').map(str::trim) {
         let mut g = Group::new(&zk.connect_string());
         g.env = vec![("RUST_LOG".into(), "warn".into())];
         g.extra = vec![
             "--attempter-timeout".into(),
-            "10s".into(),
+            attempter.clone(),
             "--zk-session-timeout".into(),
             session.into(),
+            "--zk-tick-time".into(),
+            format!("{}ms", tick.as_millis()),
             "--zk-root".into(),
             format!("/election/kill-{session}"),
         ];
@@ -164,7 +174,12 @@ fn kill_series(zk: &ZkCluster) {
             spawn_with_state_dir(&mut g, i);
         }
         g.wait_leader(Duration::from_secs(30));
-        for restart in [false, true] {
+        let series: &[bool] = if restart_too {
+            &[false, true]
+        } else {
+            &[false]
+        };
+        for &restart in series {
             let mut times = Vec::new();
             for round in 0..rounds {
                 let ms = kill_round(&mut g, restart);
@@ -176,7 +191,8 @@ fn kill_series(zk: &ZkCluster) {
             let pct = |p: f64| times[((times.len() - 1) as f64 * p).round() as usize];
             let what = if restart { "kill and restart" } else { "kill" };
             println!(
-                "{what} (SIGKILL -> successor's first file), session {session}, {rounds} rounds: median {:.0} ms, p99 {:.0} ms (min {:.0}, max {:.0})",
+                "{what} (SIGKILL -> successor's first file), session {session}, tickTime {} ms, attempter-timeout {attempter}, {rounds} rounds: median {:.0} ms, p99 {:.0} ms (min {:.0}, max {:.0})",
+                tick.as_millis(),
                 pct(0.5),
                 pct(0.99),
                 times[0],
@@ -198,8 +214,19 @@ fn kill_series(zk: &ZkCluster) {
 }
 
 fn main() {
-    if std::env::var("BENCH_ONLY").as_deref() == Ok("kill-restart") {
-        kill_series(&ZkCluster::standalone());
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    if only == "kill-restart" || only == "kill" {
+        let tick = Duration::from_millis(
+            std::env::var("BENCH_TICK_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(200),
+        );
+        let zk = ZkCluster::standalone_with(common::zk::ZkOptions {
+            tick_time: Some(tick),
+            ..Default::default()
+        });
+        kill_series(&zk, tick, only == "kill-restart");
         return;
     }
     // `cargo bench` passes `--bench`; nothing else to parse.
@@ -342,5 +369,5 @@ fn main() {
         );
     }
 
-    kill_series(&zk);
+    kill_series(&zk, Duration::from_millis(200), true);
 }

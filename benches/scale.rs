@@ -15,6 +15,14 @@
 //! the memory of one replica with everything on as the chart runs it: the
 //! HTTP listener, the admin listener and the Pod labeller (against the
 //! test suite's fake API server), leader and idle candidate.
+//!
+//! The rest window lasts `SCALE_REST_SECS` (default 10) seconds on a
+//! server of tickTime `SCALE_TICK_MS` (default 200, also passed as
+//! `--zk-tick-time`); over it the bench prints the packets both ways
+//! (`zk_packets_received` + `zk_packets_sent`) and received only (one
+//! per request or ping, as the comparison with Curator and kazoo counts
+//! them, docs/performance.md "Cadence against the peers"), and the
+//! leader's CPU (user + system, `/proc/PID/stat`) in seconds per minute.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -24,7 +32,7 @@ use std::time::{Duration, Instant, SystemTime};
 use common::free_port;
 use common::group::Group;
 use common::kube_api::{FakeApi, http_get};
-use common::procfs::{median, rss_mb};
+use common::procfs::{cpu_seconds, median, rss_mb};
 use common::wait_until;
 use common::zk::ZkCluster;
 
@@ -126,7 +134,24 @@ fn rest_and_memory() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
-    let zk = ZkCluster::standalone();
+    let secs: u64 = std::env::var("SCALE_REST_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let tick = Duration::from_millis(
+        std::env::var("SCALE_TICK_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(200),
+    );
+    let tick_flag = [
+        "--zk-tick-time".to_string(),
+        format!("{}ms", tick.as_millis()),
+    ];
+    let zk = ZkCluster::standalone_with(common::zk::ZkOptions {
+        tick_time: Some(tick),
+        ..Default::default()
+    });
     let api = FakeApi::start();
     let mut g = Group::new(&zk.connect_string());
     g.env = vec![
@@ -151,6 +176,8 @@ fn rest_and_memory() {
             format!("election-{i}"),
             "--pod-namespace".into(),
             "bench".into(),
+            tick_flag[0].clone(),
+            tick_flag[1].clone(),
         ]
         .to_vec();
         g.spawn(1);
@@ -159,17 +186,26 @@ fn rest_and_memory() {
             g.wait_leader(Duration::from_secs(60));
         }
     }
-    g.extra = Vec::new();
+    g.extra = tick_flag.to_vec();
     g.spawn(n.saturating_sub(2));
     std::thread::sleep(Duration::from_secs(5));
+    let leader = g.replica(0).pid();
+    let c0 = cpu_seconds(leader);
     let p0 = zk.packets(0);
+    let r0 = packets_received(&zk);
     let t0 = Instant::now();
-    std::thread::sleep(Duration::from_secs(10));
-    let rate = (zk.packets(0) - p0) / t0.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_secs(secs));
+    let window = t0.elapsed().as_secs_f64();
+    let rate = (zk.packets(0) - p0) / window;
+    let received = (packets_received(&zk) - r0) / window;
+    let cpu = (cpu_seconds(leader) - c0) / window * 60.0;
     println!(
-        "ZooKeeper packets per second at rest (sent + received), {n} replicas, session 2s, \
-         leader-timeout 200ms, attempter-timeout 1s: {rate:.1}"
+        "ZooKeeper packets per second at rest, {n} replicas, session 2s, leader-timeout 200ms, \
+         attempter-timeout 1s, tickTime {} ms, over {window:.0} s: {rate:.1} sent + received, \
+         {received:.1} received",
+        tick.as_millis()
     );
+    println!("leader CPU at rest (listeners and labeller on): {cpu:.2} s per minute");
     for (i, http) in full.iter().enumerate() {
         let answered = http_get(http.parse().unwrap(), "/healthz").is_some_and(|a| a.status == 200);
         let role = if i == 0 { "leader" } else { "idle candidate" };
