@@ -17,6 +17,7 @@ pub mod k8s;
 pub mod lease;
 pub mod machine;
 pub mod metrics;
+pub mod names;
 pub mod readback;
 pub mod state_dir;
 pub mod states;
