@@ -11,6 +11,7 @@ pub mod board;
 pub mod cmd;
 pub mod config;
 pub mod files;
+pub mod flags;
 pub mod http;
 pub mod job;
 pub mod k8s;
