@@ -4,6 +4,8 @@
 //! the state machine lives in [`machine`] with one module per state in
 //! [`states`]. [`board`] holds what the daemon publishes (the status
 //! snapshot, the [`metrics`], heartbeat); [`http`] and [`k8s`] serve it.
+//! [`names`] holds the published state names and causes, [`flags`] the flag
+//! values the subcommands share.
 //! Leader files follow the contract in [`files`] and are read back,
 //! bounded and checked, by [`readback`]; [`zk`] holds the ZooKeeper recipe.
 
