@@ -21,9 +21,8 @@ WORKDIR /build
 #    read the manifest (it does not build them); likewise the manifest of the
 #    workspace's other member, the task menu xtask/ (a placeholder main: it
 #    is not built either). vendor/: the patched zookeeper-client
-#    ([patch.crates-io]). build.rs and link/: the link options (see build.rs).
+#    ([patch.crates-io]). build.rs: the link options.
 COPY Cargo.toml Cargo.lock build.rs ./
-COPY link ./link
 COPY benches ./benches
 COPY vendor/zookeeper-client ./vendor/zookeeper-client
 COPY xtask/Cargo.toml ./xtask/

@@ -10,54 +10,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use crate::lease::Lease;
-use crate::machine::{Cause, Reason, State};
 use crate::metrics::Metrics;
-use crate::zk::ZkSession;
+use crate::names::StateName;
+use crate::names::{Cause, Reason};
 use tokio::sync::{broadcast, watch};
-
-/// Name of a state, as used in logs, labels and metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StateName {
-    /// Checking resources and connecting.
-    Init,
-    /// Competing for leadership.
-    Attempter,
-    /// Leading and writing files.
-    Leader,
-    /// Repairing after a failure.
-    Failover,
-    /// Shutting down.
-    Stopping,
-}
-
-impl StateName {
-    /// All states, in diagram order.
-    pub const ALL: [StateName; 5] = [
-        StateName::Init,
-        StateName::Attempter,
-        StateName::Leader,
-        StateName::Failover,
-        StateName::Stopping,
-    ];
-
-    /// Lowercase name (the value of the `election-state` label).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StateName::Init => "init",
-            StateName::Attempter => "attempter",
-            StateName::Leader => "leader",
-            StateName::Failover => "failover",
-            StateName::Stopping => "stopping",
-        }
-    }
-}
-
-impl std::fmt::Display for StateName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// A snapshot of the daemon, served as `/status` and mirrored on the Pod.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -187,6 +143,20 @@ pub struct Transition {
     pub why: Reason,
 }
 
+/// What the board learns from the state entered (see
+/// `State::entered` in the machine).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entered<'a> {
+    /// Its name.
+    pub state: StateName,
+    /// Its ZooKeeper session, hex.
+    pub session_id: Option<String>,
+    /// The session timeout the server negotiated.
+    pub session_timeout: Option<Duration>,
+    /// Our candidate node, while leading.
+    pub znode: Option<&'a str>,
+}
+
 /// The status channel, the metrics and the liveness heartbeat.
 #[derive(Debug)]
 pub struct Board {
@@ -245,26 +215,23 @@ impl Board {
     /// its node. What a state learns later goes through the methods below
     /// ([`Board::saw_leader`], [`Board::queued`], [`Board::leading`],
     /// [`Board::wrote_file`], [`Board::stopped`]).
-    pub fn transition(&self, from: StateName, next: &State, why: Reason) {
-        let to = next.name();
+    pub fn transition(&self, from: StateName, next: Entered<'_>, why: Reason) {
+        let to = next.state;
         self.metrics.transition(from, to);
         // A new state holds no lease until Leader confirms one.
         *self.lease.lock().unwrap() = None;
         self.entered(to);
-        let session = next.session();
-        let session_id = session.map(ZkSession::id_hex);
-        let session_timeout_ms = session.map(|s| millis(s.timeout()));
-        let znode = match next {
-            State::Leader { leadership, .. } => Some(leadership.path.clone()),
-            _ => None,
-        };
+        let has_session = next.session_id.is_some();
+        let session_id = next.session_id;
+        let session_timeout_ms = next.session_timeout.map(millis);
+        let znode = next.znode.map(str::to_owned);
         self.status.send_modify(|s| {
             s.state = to;
             s.since_ms = unix_ms(SystemTime::now());
             s.cause = why.cause;
             s.cause_detail.clone_from(&why.detail);
             // Who leads is known only through a session.
-            if session.is_none() {
+            if !has_session {
                 s.leader = None;
             }
             s.session_id = session_id;
@@ -438,13 +405,15 @@ impl Board {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::machine::{Outcome, Recovery};
     use crate::metrics::TransitionLabels;
 
-    fn failover() -> State {
-        State::Failover {
-            session: None,
-            recovery: Recovery::default(),
+    /// A state entered without a session (Failover, Stopping).
+    fn sessionless(state: StateName) -> Entered<'static> {
+        Entered {
+            state,
+            session_id: None,
+            session_timeout: None,
+            znode: None,
         }
     }
 
@@ -458,7 +427,7 @@ mod tests {
         board.queued("/election/c_1_0000000001");
         board.transition(
             StateName::Leader,
-            &failover(),
+            sessionless(StateName::Failover),
             Cause::SessionLost.because("session Expired"),
         );
         assert!(rx.has_changed().unwrap());
@@ -479,10 +448,7 @@ mod tests {
         );
         board.transition(
             StateName::Failover,
-            &State::Stopping {
-                session: None,
-                outcome: Outcome::Stopped,
-            },
+            sessionless(StateName::Stopping),
             Cause::StopRequested.because("stop requested"),
         );
         let count = |from, to| {
@@ -516,7 +482,7 @@ mod tests {
         assert_eq!(count(&board).as_deref(), Some("1"), "the first file only");
         board.transition(
             StateName::Leader,
-            &failover(),
+            sessionless(StateName::Failover),
             Cause::SessionLost.because(""),
         );
         board.entered(StateName::Leader);

@@ -32,9 +32,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::board::StateName;
 use crate::machine::{Context, StopRequest};
 use crate::metrics;
+use crate::names::StateName;
 
 /// Running listeners.
 pub struct Servers {

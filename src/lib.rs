@@ -4,6 +4,8 @@
 //! the state machine lives in [`machine`] with one module per state in
 //! [`states`]. [`board`] holds what the daemon publishes (the status
 //! snapshot, the [`metrics`], heartbeat); [`http`] and [`k8s`] serve it.
+//! [`names`] holds the published state names and causes, [`flags`] the flag
+//! values the subcommands share.
 //! Leader files follow the contract in [`files`] and are read back,
 //! bounded and checked, by [`readback`]; [`zk`] holds the ZooKeeper recipe.
 
@@ -11,12 +13,14 @@ pub mod board;
 pub mod cmd;
 pub mod config;
 pub mod files;
+pub mod flags;
 pub mod http;
 pub mod job;
 pub mod k8s;
 pub mod lease;
 pub mod machine;
 pub mod metrics;
+pub mod names;
 pub mod readback;
 pub mod state_dir;
 pub mod states;

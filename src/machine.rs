@@ -17,13 +17,13 @@
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use serde::Serialize;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span};
 
-use crate::board::{Board, StateName};
+use crate::board::{Board, Entered};
 use crate::config::RunArgs;
+pub use crate::names::{Cause, Reason, StateName};
 use crate::state_dir::StateDir;
 use crate::states::{attempter, failover, init, leader, stopping};
 use crate::zk::{Origin, ZkSession};
@@ -250,6 +250,20 @@ impl State {
         }
     }
 
+    /// What the board publishes on entering this state.
+    pub fn entered(&self) -> Entered<'_> {
+        let session = self.session();
+        Entered {
+            state: self.name(),
+            session_id: session.map(ZkSession::id_hex),
+            session_timeout: session.map(ZkSession::timeout),
+            znode: match self {
+                State::Leader { leadership, .. } => Some(leadership.path.as_str()),
+                _ => None,
+            },
+        }
+    }
+
     /// The name of this state.
     pub fn name(&self) -> StateName {
         match self {
@@ -272,112 +286,6 @@ pub enum Outcome {
     Released,
     /// Gave up after failover-give-up: exit 1.
     GaveUp,
-}
-
-/// Why a transition happened. A bounded set, so that it can be a metric
-/// label, a Pod annotation and an Event reason; the free-text detail goes
-/// with it in [`Reason`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Cause {
-    /// The daemon started (the status before the first transition).
-    Start,
-    /// Init: file-dir, the ZooKeeper session and the election path are ready.
-    Connected,
-    /// Attempter: our node is first in the election queue.
-    FirstInQueue,
-    /// Leader: our node is gone or not ours any more, or the claim was refused.
-    LeadershipLost,
-    /// The ZooKeeper session expired, closed, failed authentication or stayed
-    /// disconnected past the safety net.
-    SessionLost,
-    /// A ZooKeeper request failed or timed out.
-    ZookeeperError,
-    /// file-dir cannot be checked, read or is not where it was at start.
-    FileDirError,
-    /// The leader reached max-write-failures.
-    WriteFailures,
-    /// The fencing token cannot be chosen (a garbage floor, tokens exhausted).
-    FencingError,
-    /// The leader's command (`election run -- CMD`) ended or could not start.
-    ChildExited,
-    /// Failover: the backoff pause is over; Init retries.
-    BackoffDone,
-    /// Failover: failover-give-up reached.
-    GaveUp,
-    /// SIGTERM or SIGINT.
-    StopRequested,
-    /// `election release`.
-    Released,
-}
-
-impl Cause {
-    /// Every cause, in declaration order.
-    pub const ALL: [Cause; 14] = [
-        Cause::Start,
-        Cause::Connected,
-        Cause::FirstInQueue,
-        Cause::LeadershipLost,
-        Cause::SessionLost,
-        Cause::ZookeeperError,
-        Cause::FileDirError,
-        Cause::WriteFailures,
-        Cause::FencingError,
-        Cause::ChildExited,
-        Cause::BackoffDone,
-        Cause::GaveUp,
-        Cause::StopRequested,
-        Cause::Released,
-    ];
-
-    /// The kebab-case name, as served in `/status` and on the Pod.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Cause::Start => "start",
-            Cause::Connected => "connected",
-            Cause::FirstInQueue => "first-in-queue",
-            Cause::LeadershipLost => "leadership-lost",
-            Cause::SessionLost => "session-lost",
-            Cause::ZookeeperError => "zookeeper-error",
-            Cause::FileDirError => "file-dir-error",
-            Cause::WriteFailures => "write-failures",
-            Cause::FencingError => "fencing-error",
-            Cause::ChildExited => "child-exited",
-            Cause::BackoffDone => "backoff-done",
-            Cause::GaveUp => "gave-up",
-            Cause::StopRequested => "stop-requested",
-            Cause::Released => "released",
-        }
-    }
-
-    /// This cause, with what happened in words.
-    pub fn because(self, detail: impl Into<String>) -> Reason {
-        Reason {
-            cause: self,
-            detail: detail.into(),
-        }
-    }
-}
-
-impl std::fmt::Display for Cause {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A [`Cause`] and its detail (for logs, `/status` and Events).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reason {
-    /// The kind of cause.
-    pub cause: Cause,
-    /// What happened, in words.
-    pub detail: String,
-}
-
-impl std::fmt::Display for Reason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.cause, self.detail)
-    }
 }
 
 /// What a state returns.
@@ -450,7 +358,7 @@ pub async fn run(ctx: Context) -> Outcome {
             Step::Next(next, why) => {
                 let to = next.name();
                 info!(state = %to, from = %from, to = %to, cause = %why.cause, detail = %why.detail, "transition");
-                ctx.board.transition(from, &next, why);
+                ctx.board.transition(from, next.entered(), why);
                 state = next;
             }
             Step::Exit(outcome) => {

@@ -26,7 +26,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::board::StateName;
+use crate::names::StateName;
 
 /// The `Content-Type` of what [`Metrics::encode`] writes.
 ///

@@ -22,7 +22,7 @@ use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
-use crate::config::LogFormat;
+use crate::flags::LogFormat;
 
 /// Lines waiting for the writer thread at most; more are dropped. Far
 /// more than the daemon logs in a burst (a transition logs a few), and

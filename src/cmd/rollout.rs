@@ -19,7 +19,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, Preconditions};
 use tracing::{debug, info, warn};
 
-use crate::config::{LogFormat, parse_duration, parse_positive_duration};
+use crate::flags::{LogFormat, parse_duration, parse_positive_duration};
 use crate::k8s::KubeError;
 use crate::k8s::labeller::{bounded, client};
 use crate::k8s::rollout::{Next, PodView, SetView, Wait, next};

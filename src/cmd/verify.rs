@@ -24,11 +24,11 @@ use crate::readback::{self, Refusal};
 #[derive(Debug, Clone, Args)]
 pub struct VerifyArgs {
     /// Directory to check.
-    #[arg(long, env = "ELECTION_FILE_DIR", default_value = "/tmp/election", value_parser = crate::config::parse_file_dir)]
+    #[arg(long, env = "ELECTION_FILE_DIR", default_value = "/tmp/election", value_parser = crate::flags::parse_file_dir)]
     pub file_dir: PathBuf,
 
     /// Report gaps between consecutive files longer than this (e.g. `30s`).
-    #[arg(long, value_parser = crate::config::parse_positive_duration)]
+    #[arg(long, value_parser = crate::flags::parse_positive_duration)]
     pub max_gap: Option<Duration>,
 
     /// Print the report as JSON.

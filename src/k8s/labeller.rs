@@ -27,8 +27,9 @@ use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use super::KubeError;
-use crate::board::{Snapshot, StateName};
+use crate::board::Snapshot;
 use crate::machine::Context;
+use crate::names::StateName;
 
 /// Label key carrying the state.
 pub const STATE_LABEL: &str = "election-state";
@@ -257,7 +258,7 @@ async fn apply(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::machine::Cause;
+    use crate::names::Cause;
 
     #[test]
     fn the_patch_carries_the_state_label_and_annotations() {

@@ -58,9 +58,10 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::KubeError;
-use crate::board::{StateName, Transition};
+use crate::board::Transition;
 use crate::k8s::labeller::{ANNOTATION_PREFIX, Resend, STATE_LABEL, bounded, client};
 use crate::machine::Context;
+use crate::names::StateName;
 
 /// Value a stale sibling's `election-state` label is corrected to.
 pub const STALE: &str = "stale";
@@ -563,7 +564,7 @@ async fn renew(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::machine::Cause;
+    use crate::names::Cause;
 
     /// 2026-01-01T00:00:00Z, unix milliseconds.
     const JAN_1: u64 = 1_767_225_600_000;
