@@ -126,8 +126,14 @@ fn spawn_with_state_dir(g: &mut Group, i: usize) {
 /// SIGKILLs the leader; with `restart`, starts it again at once on its
 /// state dir. Returns ms from the signal to the successor's first file.
 /// Without `restart` the replica is started again only after that.
-fn kill_round(g: &mut Group, restart: bool) -> f64 {
+///
+/// The kill waits `phase` first: the takeover depends on how long before
+/// the kill the leader last sent a packet, and rounds that all killed at
+/// the same point of the write cycle would measure one age only. Spread
+/// the phases over a second (longer than the leader's silences).
+fn kill_round(g: &mut Group, restart: bool, phase: Duration) -> f64 {
     let leader = g.wait_leader(Duration::from_secs(30));
+    std::thread::sleep(phase);
     let token = g.newest_record().unwrap().token;
     let t0 = SystemTime::now();
     g.replica(leader).signal(libc::SIGKILL);
@@ -182,7 +188,9 @@ fn kill_series(zk: &ZkCluster, tick: Duration, restart_too: bool) {
         for &restart in series {
             let mut times = Vec::new();
             for round in 0..rounds {
-                let ms = kill_round(&mut g, restart);
+                // 0, 379, 758, 137, 516, ... ms: evenly spread, not in order.
+                let phase = Duration::from_millis((round as u64 * 379) % 1000);
+                let ms = kill_round(&mut g, restart, phase);
                 eprintln!("session {session}, restart {restart}, round {round}: {ms:.0} ms");
                 times.push(ms);
                 std::thread::sleep(Duration::from_millis(500));

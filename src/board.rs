@@ -54,6 +54,10 @@ pub struct Snapshot {
     /// While leading, how long a confirmation lets the leader write, in
     /// milliseconds (see docs/design.md, the margin of the lease).
     pub lease_ms: Option<u64>,
+    /// While leading, when the request of the latest good confirmation was
+    /// sent (Unix milliseconds): the lease runs from there.
+    #[serde(default)]
+    pub confirmed_ms: Option<u64>,
     /// The command run while leading (`election run -- CMD`); `None`
     /// with the file writer.
     pub child: Option<ChildStatus>,
@@ -109,6 +113,7 @@ impl Snapshot {
             refused_files: Vec::new(),
             session_timeout_ms: None,
             lease_ms: None,
+            confirmed_ms: None,
             child: None,
         }
     }
@@ -237,6 +242,7 @@ impl Board {
             s.session_id = session_id;
             s.session_timeout_ms = session_timeout_ms;
             s.lease_ms = None;
+            s.confirmed_ms = None;
             s.znode = znode;
             // The token is known once Leader has claimed it.
             s.token = None;
@@ -290,6 +296,9 @@ impl Board {
         self.update(|s| {
             s.session_timeout_ms = Some(millis(lease.session_timeout()));
             s.lease_ms = Some(millis(lease.bound()));
+            if let Some(sent) = lease.confirmed_at() {
+                s.confirmed_ms = Some(unix_ms(sent));
+            }
         });
     }
     /// The token while this replica leads with a valid lease: confirmed by

@@ -67,7 +67,8 @@ pub struct RunArgs {
     pub zk_servers: String,
 
     /// Interval between two files written by the leader. At least 100ms:
-    /// each tick confirms leadership with ZooKeeper and writes a file.
+    /// each tick writes a file under a lease ZooKeeper confirmed at most
+    /// half a lease before (the tick confirms first when it is older).
     #[arg(long, env = "ELECTION_LEADER_TIMEOUT", default_value = "10s", value_parser = MIN_LEADER_TIMEOUT.parser())]
     pub leader_timeout: Duration,
 

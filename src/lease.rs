@@ -26,11 +26,13 @@ use std::time::Duration;
 use tokio::time::Instant;
 use zookeeper_client::NegotiatedTimeout;
 
-/// A point in time on both of the lease's clocks.
+/// A point in time on both of the lease's clocks (and on the wall clock,
+/// only to report it).
 #[derive(Debug, Clone, Copy)]
 pub struct Stamp {
     mono: Instant,
     boot: Duration,
+    wall: std::time::SystemTime,
 }
 
 impl Stamp {
@@ -39,6 +41,7 @@ impl Stamp {
         Stamp {
             mono: Instant::now(),
             boot: boottime(),
+            wall: std::time::SystemTime::now(),
         }
     }
 
@@ -165,6 +168,21 @@ impl Lease {
         if self.confirmed.is_none_or(|(last, _)| sent.mono > last.mono) {
             self.confirmed = Some((sent, self.bound()));
         }
+    }
+
+    /// When the request of the latest confirmation was sent, on the wall
+    /// clock (for `/status`; the lease itself never reads the wall clock).
+    pub fn confirmed_at(&self) -> Option<std::time::SystemTime> {
+        self.confirmed.map(|(sent, _)| sent.wall)
+    }
+
+    /// Whether the lease has at least half of its bound left: a tick that
+    /// finds so writes on it without asking ZooKeeper again, so the leader
+    /// confirms about every half lease rather than at every write, and
+    /// each write still starts with at least half a lease to finish in.
+    pub fn is_fresh(&self) -> bool {
+        let bound = self.bound();
+        !bound.is_zero() && self.remaining() >= bound / 2
     }
 
     /// Leadership can no longer be assumed (disconnection, lost node).
@@ -326,6 +344,27 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_lease_is_fresh_for_the_first_half_of_its_bound_only() {
+        let mut lease = Lease::new(Duration::from_secs(2), TICK);
+        assert!(!lease.is_fresh(), "no lease, nothing to write on");
+        lease.confirm(Stamp::now());
+        assert!(lease.is_fresh());
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert!(lease.is_fresh());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(!lease.is_fresh(), "less than half left: confirm first");
+        assert!(lease.is_valid());
+        lease.confirm(Stamp::now());
+        assert!(lease.is_fresh());
+        lease.revoke();
+        assert!(!lease.is_fresh());
+        // A session too short for the servers' tickTime: never fresh.
+        let mut none = Lease::new(Duration::from_millis(400), Duration::from_secs(1));
+        none.confirm(Stamp::now());
+        assert!(!none.is_fresh());
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn the_lease_counts_from_when_the_request_was_sent() {
         let mut lease = Lease::new(Duration::from_secs(2), TICK);
         let sent = Stamp::now();
@@ -372,6 +411,7 @@ mod tests {
         let suspended = Stamp {
             mono: now.mono,
             boot: now.boot.saturating_sub(Duration::from_secs(5)),
+            wall: now.wall,
         };
         lease.confirm(suspended);
         assert!(!lease.is_valid());

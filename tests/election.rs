@@ -15,6 +15,7 @@ use common::group::{
     Group, LEADER_TIMEOUT, SESSION, TRANSITIONS, assert_clean_takeover_by_r1, partitioned_pair,
 };
 use common::procfs::cpu_seconds;
+use common::proxy::{FaultProxy, SYNC};
 use common::wait_until;
 use common::zk::ZkCluster;
 use election::cmd::verify;
@@ -64,6 +65,43 @@ fn exactly_one_leader_among_three_replicas() {
         g.records().len() >= 5,
         "the leader writes every {LEADER_TIMEOUT}"
     );
+    g.stop_all();
+    g.assert_invariants();
+}
+
+#[test]
+fn a_leader_at_rest_confirms_about_every_half_lease_not_before_every_write() {
+    // Given a leader behind a proxy that counts its requests
+    let zk = ZkCluster::standalone();
+    let proxy = FaultProxy::start(zk.server_addr(0));
+    let mut g = Group::new(&proxy.addr().to_string());
+    g.spawn(1);
+    g.wait_leader(Duration::from_secs(30));
+    let ok = wait_until(Duration::from_secs(10), Duration::from_millis(20), || {
+        g.records().len() >= 2
+    });
+    assert!(ok, "the leader writes\n{}", g.logs());
+    let first = g.newest_record().unwrap();
+    let syncs = proxy.requests(SYNC);
+    // When it writes ten files more at rest
+    g.wait_more_files_of(first.token, 10, Duration::from_secs(30));
+    let last = g.newest_record().unwrap();
+    let writes = (last.seq - first.seq) as usize;
+    let confirmations = proxy.requests(SYNC) - syncs;
+    // Then it asked ZooKeeper at most once per two writes (each
+    // confirmation is a sync), yet never skipped a write for want of a lease
+    println!("{writes} writes, {confirmations} confirmations");
+    assert!(confirmations >= 1, "{}", g.logs());
+    assert!(
+        confirmations * 2 <= writes + 1,
+        "{confirmations} confirmations for {writes} writes\n{}",
+        g.logs()
+    );
+    assert_eq!(g.writes_fenced(0), 0.0, "{}", g.logs());
+    // and the status shows the lease it writes on
+    let status = g.replica(0).status().expect("a status");
+    let (confirmed, wrote) = (status.confirmed_ms.unwrap(), status.last_write_ms.unwrap());
+    assert!(confirmed <= wrote, "{status:?}");
     g.stop_all();
     g.assert_invariants();
 }

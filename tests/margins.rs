@@ -244,31 +244,43 @@ fn a_leader_whose_follower_dies_right_after_a_confirmation_stops_writing_before_
         );
         // When the leader's follower stops dead (SIGSTOP: no FIN, no RST,
         // as a machine that lost power or a partition) right after the
-        // leader's confirmation, seen as a new file
+        // leader's confirmation, seen in its status
         let mut leader = None;
         let ok = wait_until(Duration::from_secs(60), Duration::from_millis(20), || {
             leader = (0..2).find_map(|i| {
                 lead_status(i).and_then(|s| s.last_write_ms.is_some().then_some((i, s)))
             });
-            leader.as_ref().is_some_and(|(_, s)| s.lease_ms.is_some())
+            leader
+                .as_ref()
+                .is_some_and(|(_, s)| s.lease_ms.is_some() && s.confirmed_ms.is_some())
         });
         assert!(ok, "round {round}: nobody leads\n{}", g.logs());
         let (old, status) = leader.unwrap();
         let (token, lease) = (status.token.unwrap(), status.lease_ms.unwrap() as i64);
-        let last = status.last_write_ms;
-        let wrote = wait_until(Duration::from_secs(10), Duration::from_millis(1), || {
-            g.replica(old)
+        let before = status.confirmed_ms;
+        let mut confirmed = None;
+        let again = wait_until(Duration::from_secs(10), Duration::from_millis(1), || {
+            confirmed = g
+                .replica(old)
                 .status()
-                .is_some_and(|s| s.last_write_ms != last)
+                .and_then(|s| s.confirmed_ms)
+                .filter(|&c| Some(c) != before);
+            confirmed.is_some()
         });
-        assert!(wrote, "round {round}: r{old} stopped writing\n{}", g.logs());
+        assert!(
+            again,
+            "round {round}: r{old} stopped confirming\n{}",
+            g.logs()
+        );
         let server = followers[old];
         signal_server(&zk, server, libc::SIGSTOP);
+        let confirmed = confirmed.unwrap() as i64;
         let frozen_ms = election::board::unix_ms(SystemTime::now());
         // Then the other replica takes over once the session expired, and
-        // its first file comes after the old leader's lease ended: its
-        // last file was written after its confirmation was sent, so
-        // "first new file - last old file > lease" is what must hold
+        // its first file comes after the old leader's lease ended: that
+        // lease ran from when its last good confirmation was sent (it may
+        // write on it after the freeze), so "first new file - confirmation
+        // > lease" is what must hold, and no old file after the first new
         let new = 1 - old;
         let took = wait_until(Duration::from_secs(30), Duration::from_millis(20), || {
             lead_status(new)
@@ -292,12 +304,20 @@ fn a_leader_whose_follower_dies_right_after_a_confirmation_stops_writing_before_
             .filter(|r| r.token > token)
             .min_by_key(|r| (r.token, r.seq))
             .expect("the new leader's files");
-        let gap = written_ms(first_new) - written_ms(last_old);
-        eprintln!("round {round}: r{old} -> r{new}, lease {lease} ms, gap {gap} ms");
+        let gap = written_ms(first_new) - confirmed;
+        eprintln!(
+            "round {round}: r{old} -> r{new}, lease {lease} ms, first new file {gap} ms after the last confirmation, {} ms after the last old file",
+            written_ms(first_new) - written_ms(last_old)
+        );
         gaps.push(gap - lease);
         assert!(
             gap > lease,
-            "round {round}: r{new} wrote {gap} ms after r{old}'s last write, within its lease of {lease} ms\n{}",
+            "round {round}: r{new} wrote {gap} ms after r{old}'s last confirmation, within its lease of {lease} ms\n{}",
+            g.logs()
+        );
+        assert!(
+            written_ms(first_new) > written_ms(last_old),
+            "round {round}: r{old} wrote after r{new}'s first file\n{}",
             g.logs()
         );
         // The server comes back; the old leader queues again on it.

@@ -278,6 +278,7 @@ mod tests {
             refused_files: Vec::new(),
             session_timeout_ms: None,
             lease_ms: None,
+            confirmed_ms: None,
             child: None,
         };
         let p = patch_for(&status);
@@ -306,6 +307,7 @@ mod tests {
             refused_files: Vec::new(),
             session_timeout_ms: None,
             lease_ms: None,
+            confirmed_ms: None,
             child: None,
         };
         let before = patch_for(&status);

@@ -11,11 +11,14 @@
 //! stopped cleanly (closed session, or deleted `writer` after closing its
 //! commit gate) costs its successor no wait.
 //!
-//! **Writes.** Before each write the leader confirms with ZooKeeper that
-//! its node still exists and is owned by its session: a `sync` (which a
-//! server cut off from the quorum cannot answer) followed by a stat,
-//! pipelined. A good answer that came back quickly grants a [`Lease`]
-//! counted from when the request was sent. The write runs on a blocking
+//! **Writes.** Every write needs a [`Lease`]: ZooKeeper confirmed that
+//! our node still exists and is owned by our session, by a `sync` (which
+//! a server cut off from the quorum cannot answer) followed by a stat,
+//! pipelined; a good answer that came back quickly grants the lease,
+//! counted from when the request was sent. A tick that finds less than
+//! half the lease left confirms first ([`Lease::is_fresh`]), so the file
+//! writer asks ZooKeeper about every half lease, not before every write
+//! (a command is confirmed at every tick). The write runs on a blocking
 //! thread, bounded by what is left of the lease; a write that overruns
 //! counts as a failure and no new one starts while it hangs. The file is
 //! committed (renamed into place) only through the leadership's
@@ -651,14 +654,20 @@ impl Leader<'_> {
             warn!("skipping write: suspended");
             return None;
         }
-        match self.confirm().await {
-            Confirm::Held => {}
-            Confirm::Lost(why) => {
-                return Some(Exit::Attempter(Cause::LeadershipLost.because(why)));
-            }
-            Confirm::Unknown(why) => {
-                self.ctx.board.metrics.writes_fenced.inc();
-                return self.failed(&format!("leadership not confirmed: {why}"));
+        // A lease with half its bound left carries a write: writing on it
+        // is as safe as right after the confirmation that granted it. A
+        // command is confirmed at every tick (every L/4 at most), so that
+        // a lost confirmation or two never let its deadline pass.
+        if self.ctx.cfg.job().is_some() || !self.lease.is_fresh() {
+            match self.confirm().await {
+                Confirm::Held => {}
+                Confirm::Lost(why) => {
+                    return Some(Exit::Attempter(Cause::LeadershipLost.because(why)));
+                }
+                Confirm::Unknown(why) => {
+                    self.ctx.board.metrics.writes_fenced.inc();
+                    return self.failed(&format!("leadership not confirmed: {why}"));
+                }
             }
         }
         if self.ctx.cfg.job().is_some() {

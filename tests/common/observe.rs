@@ -48,6 +48,9 @@ pub struct Status {
     /// While leading: how long a confirmation lets the leader write.
     #[serde(default)]
     pub lease_ms: Option<u64>,
+    /// While leading: when the latest good confirmation was sent (Unix ms).
+    #[serde(default)]
+    pub confirmed_ms: Option<u64>,
     /// The leader's command (`election run -- CMD`), if it runs one.
     #[serde(default)]
     pub child: Option<ChildStatus>,

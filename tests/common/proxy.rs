@@ -75,6 +75,8 @@ struct Stats {
     /// The armed one-shot cut, taken by the connection that makes it.
     cut: Mutex<Option<Cut>>,
     cuts: AtomicUsize,
+    /// Requests forwarded, by opcode.
+    requests: Mutex<std::collections::HashMap<i32, usize>>,
     /// The session of [`FaultProxy::forget_session`] (0: none).
     forgotten: AtomicI64,
     new_sessions: AtomicUsize,
@@ -92,6 +94,8 @@ pub struct Cut {
 
 /// ZooKeeper's opcode of a multi-op.
 pub const MULTI: i32 = 14;
+/// ZooKeeper's opcode of a `sync` (the leader's confirmation starts with one).
+pub const SYNC: i32 = 9;
 /// ZooKeeper's opcode of a session's close.
 pub const CLOSE_SESSION: i32 = -11;
 
@@ -178,6 +182,18 @@ impl FaultProxy {
     /// How many connect requests were turned into new sessions.
     pub fn new_sessions(&self) -> usize {
         self.stats.new_sessions.load(Ordering::SeqCst)
+    }
+
+    /// How many requests of `opcode` clients sent through the proxy (e.g.
+    /// [`SYNC`]), whatever became of them.
+    pub fn requests(&self, opcode: i32) -> usize {
+        self.stats
+            .requests
+            .lock()
+            .unwrap()
+            .get(&opcode)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// How many armed cuts were made.
@@ -490,6 +506,12 @@ impl Connection {
     /// The request of `chunk` an armed cut applies to, taking the cut.
     fn armed_cut(&mut self, chunk: &[u8]) -> Option<(Frame, Cut)> {
         let frames = self.requests.feed(chunk);
+        {
+            let mut seen = self.stats.requests.lock().unwrap();
+            for f in &frames {
+                *seen.entry(f.opcode).or_default() += 1;
+            }
+        }
         let mut armed = self.stats.cut.lock().unwrap();
         let cut = (*armed)?;
         let frame = frames.into_iter().find(|f| f.opcode == cut.opcode)?;
