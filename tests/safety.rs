@@ -340,7 +340,7 @@ fn delete_the_leader_node_mid_write(syscall: &str, delay: Duration, moment: impl
     let children = rt.block_on(client.list_children(ROOT)).unwrap();
     let leader_node = format!(
         "{ROOT}/{}",
-        election::zk::order_candidates(&children)[0].name
+        election::recipe::order_candidates(&children)[0].name
     );
     moment(&g);
     let deleted = rt.block_on(client.delete(&leader_node, None));
@@ -557,7 +557,7 @@ fn an_impostor_named_after_our_session_never_makes_us_delete_our_node() {
             let client = common::zk_client(&zk.connect_string()).await;
             let c = client.list_children(ROOT).await.unwrap();
             common::close_client(client).await;
-            election::zk::order_candidates(&c)
+            election::recipe::order_candidates(&c)
         })
     };
     assert!(wait_until(
@@ -571,7 +571,7 @@ fn an_impostor_named_after_our_session_never_makes_us_delete_our_node() {
     // session that sorts before its real node
     let impostor = format!(
         "{ROOT}/{}{:010}",
-        election::zk::candidate_prefix(waiting.session),
+        election::recipe::candidate_prefix(waiting.session),
         0
     );
     rt.block_on(async {

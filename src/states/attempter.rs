@@ -26,11 +26,11 @@ use zookeeper_client::{CreateMode, Error as ZkErr, EventType, SessionState, Watc
 
 use super::leader::Leadership;
 use crate::machine::{Cause, Context, Reason, Recovery, State, Step};
-use crate::zk::session::{Health, Liveness, gave_up, on_state, until_deadline};
-use crate::zk::{
-    self, CandidateData, Standing, ZkError, ZkSession, candidate_prefix, child_path,
-    is_live_candidate, order_candidates, standing,
+use crate::recipe::{
+    CandidateData, Standing, candidate_prefix, is_live_candidate, order_candidates, standing,
 };
+use crate::zk::session::{Health, Liveness, gave_up, on_state, until_deadline};
+use crate::zk::{self, ZkError, ZkSession, child_path};
 
 /// Consecutive failed rounds (other than disconnections) before Failover.
 const MAX_ROUND_ERRORS: u32 = 3;
@@ -279,7 +279,7 @@ async fn round(
         Err(ZkErr::NoNode) => {
             // The election path vanished (a wiped ensemble, an operator): recreate it.
             warn!(path = root, "election path missing; recreating it");
-            session.ensure_path(root).await?;
+            crate::recipe::ensure_election_path(session, root).await?;
             return Ok(Round::Again);
         }
         Err(e) => return Err(ZkError::request("list", root, e)),

@@ -166,7 +166,7 @@ pub async fn run(ctx: &Context, recovery: Recovery) -> Step {
     save_session(ctx, &session).await;
 
     let ensured = tokio::select! {
-        r = tokio::time::timeout(cfg.zk_connect_timeout, session.ensure_path(&cfg.zk_root)) => r,
+        r = tokio::time::timeout(cfg.zk_connect_timeout, crate::recipe::ensure_election_path(&session, &cfg.zk_root)) => r,
         _ = ctx.cancel.cancelled() => return Step::stop(ctx, Some(session)),
     };
     match ensured {

@@ -52,8 +52,9 @@ mod child;
 use crate::files::{self, CommitGate, FileError, FileKey, LeaderRecord};
 use crate::lease::{Lease, Stamp};
 use crate::machine::{Cause, Context, Reason, Recovery, State, Step};
+use crate::recipe::{self, ClaimError, is_live_candidate};
 use crate::zk::session::{Health, Liveness, gave_up, on_state, until_deadline};
-use crate::zk::{self, ClaimError, ZkSession, is_live_candidate};
+use crate::zk::{self, ZkSession};
 
 /// The leadership won in Attempter.
 #[derive(Debug, Clone)]
@@ -327,7 +328,7 @@ impl Leader<'_> {
             Exit::Stop => Step::stop(ctx, Some(session)),
             Exit::Failover(why) => Step::failover(Some(session), recovery, why),
             Exit::Attempter(why) => {
-                let released = session.bounded(zk::delete_writer_of(
+                let released = session.bounded(recipe::delete_writer_of(
                     session.client(),
                     &ctx.cfg.zk_root,
                     session.id(),
@@ -355,7 +356,7 @@ impl Leader<'_> {
             let on_disk = self.newest_on_disk().await?;
             let (floor, version) = match self
                 .session
-                .bounded(zk::read_token_floor(self.session.client(), root))
+                .bounded(recipe::read_token_floor(self.session.client(), root))
                 .await
             {
                 Ok(Ok(read)) => read,
@@ -379,7 +380,7 @@ impl Leader<'_> {
                     Cause::FencingError.because("fencing tokens exhausted (u64::MAX reached)"),
                 ));
             };
-            let claim = zk::claim_leadership(
+            let claim = recipe::claim_leadership(
                 self.session.client(),
                 self.session.acls(),
                 root,
@@ -497,7 +498,7 @@ impl Leader<'_> {
 
     /// Deletes the writer node if `owner` holds it.
     async fn release_writer_of(&self, owner: i64) -> Result<(), Exit> {
-        let release = zk::delete_writer_of(self.session.client(), &self.ctx.cfg.zk_root, owner);
+        let release = recipe::delete_writer_of(self.session.client(), &self.ctx.cfg.zk_root, owner);
         self.session.bounded(release).await.map_err(|e| {
             Exit::Failover(
                 Cause::ZookeeperError.because(format!("cannot remove our old writer node: {e}")),
@@ -514,7 +515,7 @@ impl Leader<'_> {
         let bound = crate::lease::lock_delay(self.lease.bound(), lease, tick);
         warn!(owner = %format!("{owner:#x}"), holder_lease = ?lease, wait_at_most = ?bound,
             "the previous leader did not release the writer node; waiting before the first write");
-        let path = zk::child_path(root, zk::WRITER_NODE);
+        let path = zk::child_path(root, recipe::WRITER_NODE);
         let started = Instant::now();
         let watched = self
             .session
@@ -539,7 +540,7 @@ impl Leader<'_> {
         }
         warn!(waited = ?started.elapsed(), "the previous leader's lease is over; clearing its writer node");
         self.session
-            .bounded(zk::delete_writer_of(self.session.client(), root, owner))
+            .bounded(recipe::delete_writer_of(self.session.client(), root, owner))
             .await
             .map_err(|e| {
                 Exit::Failover(

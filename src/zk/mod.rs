@@ -1,30 +1,21 @@
-//! ZooKeeper plumbing: sessions and the candidate znodes of an election.
-//!
-//! Every candidate is an ephemeral sequential child of the election path
-//! named `c_<session id, 16 hex>_<sequence>`. Putting the session id in the
-//! name is what makes the recipe safe to retry: after a lost reply to a
-//! create, or when a replica re-enters Attempter on the same session, it
-//! finds its own node by name instead of creating a second one that would
-//! sit in the queue forever (the orphan-node deadlock of naive recipes).
-//! The candidate with the lowest sequence leads; every other one watches only
-//! its predecessor, so a failover costs O(1) requests whatever the number
-//! of replicas.
+//! ZooKeeper plumbing: sessions, their threads, and requests any part of
+//! the daemon makes (the election path, stats, child paths).
 //!
 //! Each client lives on its own thread (see [`SessionThread`]): nothing the
 //! client does, even a reconnect loop that never yields, can stall the
 //! state machine, the HTTP listeners or signal handling on the daemon's
 //! current-thread runtime, and a client we drop cannot outlive its session.
+//! The election recipe built on it lives in [`crate::recipe`].
 
 pub mod access;
 pub mod session;
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tracing::{info, warn};
 use zookeeper_client::{
-    Acl, Acls, CheckWriteError, Client, CreateMode, SessionInfo, SessionState, Stat, StateWatcher,
+    Acl, Acls, Client, CreateMode, SessionInfo, SessionState, Stat, StateWatcher,
 };
 
 use crate::zk::access::{ZkSecurity, is_open_to_world};
@@ -103,147 +94,6 @@ impl ZkError {
             | ZkError::SessionReplaced { .. } => None,
         }
     }
-}
-
-/// Data stored in a candidate znode: who this candidate is.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CandidateData {
-    /// The replica's node id.
-    pub node_id: String,
-    /// Host name of the replica.
-    #[serde(default)]
-    pub host: String,
-    /// Process id.
-    #[serde(default)]
-    pub pid: u32,
-}
-
-/// The most candidate data read back: what a daemon writes is about 100
-/// bytes, a node may hold 1 MB written by anyone (without ACLs).
-pub const MAX_CANDIDATE_DATA: usize = 1024;
-
-/// Why a candidate node's data is not believed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum BadCandidateData {
-    /// More than any daemon writes.
-    #[error("{0} bytes, more than candidate data ({MAX_CANDIDATE_DATA} at most)")]
-    TooLarge(usize),
-    /// Not the JSON a daemon writes.
-    #[error("not candidate data: {0}")]
-    NotJson(String),
-    /// A node id no daemon accepts (see [`is_valid_node_id`]).
-    #[error("not a valid node id")]
-    BadNodeId,
-}
-
-impl CandidateData {
-    /// Reads a candidate node's data. Anyone may have written it, and it
-    /// ends up in `/status`, Pod annotations and `election status`: only
-    /// data a daemon could have written is accepted (bounded, a node id
-    /// that passes `--node-id`'s rules); a host name that would not is
-    /// dropped.
-    pub fn parse(data: &[u8]) -> Result<CandidateData, BadCandidateData> {
-        if data.len() > MAX_CANDIDATE_DATA {
-            return Err(BadCandidateData::TooLarge(data.len()));
-        }
-        let mut d: CandidateData =
-            serde_json::from_slice(data).map_err(|e| BadCandidateData::NotJson(e.to_string()))?;
-        if !is_valid_node_id(&d.node_id) {
-            return Err(BadCandidateData::BadNodeId);
-        }
-        if !is_valid_node_id(&d.host) {
-            d.host.clear();
-        }
-        Ok(d)
-    }
-}
-
-/// Whether `s` is a node id: 1 to 253 characters of `A-Z a-z 0-9 - _ .`,
-/// safe in logs, file contents, Kubernetes annotations and a terminal.
-pub fn is_valid_node_id(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-}
-
-/// A candidate znode, parsed from its name.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Candidate {
-    /// Child name under the election path.
-    pub name: String,
-    /// Sequence number assigned by ZooKeeper.
-    pub seq: i64,
-    /// Session that owns it (from the name).
-    pub session: i64,
-}
-
-/// Prefix of candidate names.
-pub const CANDIDATE_PREFIX: &str = "c_";
-
-/// The name prefix for candidates of `session`; ZooKeeper appends the sequence.
-pub fn candidate_prefix(session: i64) -> String {
-    format!("{CANDIDATE_PREFIX}{:016x}_", session as u64)
-}
-
-/// Parses a child name; `None` for anything that is not a candidate.
-pub fn parse_candidate(name: &str) -> Option<Candidate> {
-    let body = name.strip_prefix(CANDIDATE_PREFIX)?;
-    let (session, seq) = body.split_once('_')?;
-    if session.len() != 16 || seq.len() < 10 || !seq.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let session = u64::from_str_radix(session, 16).ok()? as i64;
-    Some(Candidate {
-        name: name.to_owned(),
-        seq: seq.parse().ok()?,
-        session,
-    })
-}
-
-/// Candidates among `children` in election order (lowest sequence first).
-/// Children that are not candidates are ignored.
-pub fn order_candidates(children: &[String]) -> Vec<Candidate> {
-    let mut all: Vec<Candidate> = children.iter().filter_map(|c| parse_candidate(c)).collect();
-    all.sort_by_key(|c| (c.seq, c.session));
-    all
-}
-
-/// Where `session` stands in an ordered candidate list.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Standing {
-    /// No node of ours: create one.
-    Absent,
-    /// Ours is first: we lead.
-    First(Candidate),
-    /// Someone is ahead: watch `predecessor`.
-    Behind {
-        own: Candidate,
-        predecessor: Candidate,
-    },
-}
-
-/// Our standing, and any extra nodes of ours (to delete; only the oldest is kept).
-/// `ordered` must already exclude impostors (nodes whose owner is not the
-/// session their name claims).
-pub fn standing(ordered: &[Candidate], session: i64) -> (Standing, Vec<Candidate>) {
-    let mut ours = ordered
-        .iter()
-        .enumerate()
-        .filter(|(_, c)| c.session == session);
-    let Some((index, own)) = ours.next() else {
-        return (Standing::Absent, Vec::new());
-    };
-    let extra = ours.map(|(_, c)| c.clone()).collect();
-    let standing = if index == 0 {
-        Standing::First(own.clone())
-    } else {
-        Standing::Behind {
-            own: own.clone(),
-            predecessor: ordered[index - 1].clone(),
-        }
-    };
-    (standing, extra)
 }
 
 /// How long, in session timeouts since the disconnection, a session is
@@ -720,10 +570,10 @@ impl ZkSession {
     /// ACL, and each missing parent above it with the shared parent ACL
     /// ([`ZkSecurity::parent_acl`]), so that other elections (other
     /// credentials, or none) can still create their paths next to ours.
-    /// With credentials, the path and the fencing node, if an older version
-    /// (or anyone) created them open to the world, are restricted to our
-    /// ACL; parents above the path are never touched.
-    pub async fn ensure_path(&self, path: &str) -> Result<(), ZkError> {
+    /// With credentials, the path and its `children` (those that exist), if
+    /// an older version (or anyone) created them open to the world, are
+    /// restricted to our ACL; parents above the path are never touched.
+    pub async fn ensure_path(&self, path: &str, children: &[&str]) -> Result<(), ZkError> {
         // Look first: creating a node that exists needs CREATE on its
         // parent, which a protected parent may not grant us.
         let exists = stat(&self.client, path).await?;
@@ -732,8 +582,9 @@ impl ZkSession {
         }
         if self.authenticated {
             self.restrict_if_open(path).await?;
-            self.restrict_if_open(&child_path(path, FENCING_NODE))
-                .await?;
+            for child in children {
+                self.restrict_if_open(&child_path(path, child)).await?;
+            }
         }
         Ok(())
     }
@@ -891,181 +742,6 @@ pub fn is_terminal(state: SessionState) -> bool {
     )
 }
 
-/// Child of the election path that remembers the highest fencing token
-/// issued so far (decimal text), so tokens keep increasing even when
-/// file-dir is emptied. Not a candidate name, so elections ignore it.
-pub const FENCING_NODE: &str = "fencing";
-
-/// Ephemeral child of the election path held by the leader that may be
-/// writing: created atomically with its claim of a fencing token, deleted
-/// only after it can no longer commit a file (or with its session). A new
-/// leader that finds it owned by another live session waits before its
-/// first write (see `states::leader`). Not a candidate name.
-pub const WRITER_NODE: &str = "writer";
-
-/// The content of the fencing node is not a token.
-#[derive(Debug, thiserror::Error)]
-#[error("the fencing node holds {content:?}, not a decimal token; refusing to guess a floor")]
-pub struct BadFloor {
-    /// What it holds (lossy UTF-8, shortened).
-    pub content: String,
-}
-
-/// Why claiming a leadership's token failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ClaimError {
-    /// Another session holds the writer node; `lease` is the longest lease
-    /// its holder recorded there (`None`: unreadable, or an older version).
-    #[error("the writer node is held by session {owner:#x}")]
-    WriterHeld { owner: i64, lease: Option<Duration> },
-    /// Our candidate node is gone, or the floor changed under us.
-    #[error("claim rejected: {0}")]
-    Rejected(zookeeper_client::Error),
-    /// The request failed.
-    #[error("claim failed: {0}")]
-    Request(zookeeper_client::Error),
-}
-
-/// Reads the token floor and the node's version (`None`: no node yet).
-pub async fn read_token_floor(
-    client: &Client,
-    root: &str,
-) -> Result<Result<(u64, Option<i32>), BadFloor>, zookeeper_client::Error> {
-    match client.get_data(&child_path(root, FENCING_NODE)).await {
-        Ok((data, stat)) => Ok(parse_token_floor(&data).map(|t| (t, Some(stat.version)))),
-        Err(zookeeper_client::Error::NoNode) => Ok(Ok((0, None))),
-        Err(e) => Err(e),
-    }
-}
-
-/// Parses the content of the fencing node. Anything but a decimal token
-/// is an error: reading garbage as 0 could let tokens go backwards.
-pub fn parse_token_floor(data: &[u8]) -> Result<u64, BadFloor> {
-    std::str::from_utf8(data)
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .ok_or_else(|| BadFloor {
-            content: String::from_utf8_lossy(&data[..data.len().min(64)]).into_owned(),
-        })
-}
-
-/// What the writer node holds: the leadership's token and its lease
-/// bound, which a successor that finds the node waits out.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WriterData {
-    /// The leadership's fencing token.
-    pub token: u64,
-    /// The holder's lease bound, in milliseconds.
-    pub lease_ms: u64,
-}
-
-impl WriterData {
-    /// The writer node's content for `token` and `lease`.
-    pub fn encode(token: u64, lease: Duration) -> Vec<u8> {
-        let data = WriterData {
-            token,
-            lease_ms: u64::try_from(lease.as_millis()).unwrap_or(u64::MAX),
-        };
-        serde_json::to_vec(&data).unwrap_or_default()
-    }
-
-    /// The holder's lease bound, from the writer node's content; `None`
-    /// for anything else (an older version wrote only the token).
-    pub fn lease_of(data: &[u8]) -> Option<Duration> {
-        serde_json::from_slice::<WriterData>(data)
-            .ok()
-            .map(|d| Duration::from_millis(d.lease_ms))
-    }
-}
-
-/// Claims a leadership in one multi-op: checks that our candidate node
-/// `own` still exists, raises the token floor to `token` (only if nobody
-/// changed it since we read `version`) and creates the writer node, which
-/// records `lease`, our lease bound.
-pub async fn claim_leadership(
-    client: &Client,
-    acls: Acls<'_>,
-    root: &str,
-    own: &str,
-    token: u64,
-    lease: Duration,
-    version: Option<i32>,
-) -> Result<(), ClaimError> {
-    let path = child_path(root, FENCING_NODE);
-    let writer_path = child_path(root, WRITER_NODE);
-    let data = token.to_string();
-    let mut writer = client
-        .new_check_writer(own, Some(0))
-        .map_err(ClaimError::Request)?;
-    match version {
-        Some(v) => writer.add_set_data(&path, data.as_bytes(), Some(v)),
-        None => writer.add_create(
-            &path,
-            data.as_bytes(),
-            &CreateMode::Persistent.with_acls(acls),
-        ),
-    }
-    .map_err(ClaimError::Request)?;
-    writer
-        .add_create(
-            &writer_path,
-            &WriterData::encode(token, lease),
-            &CreateMode::Ephemeral.with_acls(acls),
-        )
-        .map_err(ClaimError::Request)?;
-    match writer.commit().await {
-        Ok(_) => Ok(()),
-        Err(CheckWriteError::OperationFailed {
-            index: 1,
-            source: zookeeper_client::Error::NodeExists,
-        }) => match client.get_data(&writer_path).await {
-            Ok((data, stat)) => Err(ClaimError::WriterHeld {
-                owner: stat.ephemeral_owner,
-                lease: WriterData::lease_of(&data),
-            }),
-            // Gone in between: the caller tries again.
-            Err(zookeeper_client::Error::NoNode) => Err(ClaimError::WriterHeld {
-                owner: 0,
-                lease: None,
-            }),
-            Err(e) => Err(ClaimError::Request(e)),
-        },
-        Err(CheckWriteError::RequestFailed { source }) => Err(ClaimError::Request(source)),
-        Err(CheckWriteError::CheckFailed { source })
-        | Err(CheckWriteError::OperationFailed { source, .. }) => Err(ClaimError::Rejected(source)),
-    }
-}
-
-/// Deletes the writer node if session `owner` holds it: our own when a
-/// leader steps down but keeps its session, or another session's whose
-/// leadership is over (the caller waited out its lease). `Ok` also when
-/// there is none, or when it changed hands meanwhile.
-pub async fn delete_writer_of(
-    client: &Client,
-    root: &str,
-    owner: i64,
-) -> Result<(), zookeeper_client::Error> {
-    let path = child_path(root, WRITER_NODE);
-    match client.check_stat(&path).await? {
-        Some(stat) if stat.ephemeral_owner == owner => {
-            match client.delete(&path, Some(stat.version)).await {
-                Ok(())
-                | Err(zookeeper_client::Error::NoNode)
-                | Err(zookeeper_client::Error::BadVersion) => Ok(()),
-                Err(e) => Err(e),
-            }
-        }
-        _ => Ok(()),
-    }
-}
-
-/// Whether a node that names `session` as its owner really is a live
-/// candidate of it: ephemeral (a persistent node has owner 0, which is
-/// never a session) and owned by that session.
-pub fn is_live_candidate(ephemeral_owner: i64, session: i64) -> bool {
-    ephemeral_owner != 0 && ephemeral_owner == session
-}
-
 /// The `Stat` of `path`, or `None` when it does not exist; an error names
 /// the request ("exists") and the path.
 pub async fn stat(client: &Client, path: &str) -> Result<Option<Stat>, ZkError> {
@@ -1093,132 +769,11 @@ fn parent_path(path: &str) -> Option<&str> {
 mod tests {
     use super::*;
 
-    fn cand(session: i64, seq: i64) -> String {
-        format!("{}{:010}", candidate_prefix(session), seq)
-    }
-
     #[test]
     fn parents_stop_below_the_root() {
         assert_eq!(parent_path("/election/a/b"), Some("/election/a"));
         assert_eq!(parent_path("/election/a"), Some("/election"));
         assert_eq!(parent_path("/election"), None);
         assert_eq!(parent_path("/"), None);
-    }
-
-    #[test]
-    fn candidate_names_round_trip() {
-        let name = cand(0x1234, 42);
-        assert_eq!(name, "c_0000000000001234_0000000042");
-        let c = parse_candidate(&name).unwrap();
-        assert_eq!((c.session, c.seq), (0x1234, 42));
-        let neg = cand(-5, 1);
-        assert_eq!(parse_candidate(&neg).unwrap().session, -5);
-    }
-
-    #[test]
-    fn garbage_children_are_ignored_when_ordering() {
-        let children = vec![
-            cand(2, 7),
-            "garbage".to_owned(),
-            "c_zz_0000000001".to_owned(),
-            cand(1, 3),
-            "_c_curator-lock-0000000000".to_owned(),
-        ];
-        let ordered = order_candidates(&children);
-        assert_eq!(
-            ordered.iter().map(|c| c.seq).collect::<Vec<_>>(),
-            vec![3, 7]
-        );
-    }
-
-    #[test]
-    fn the_lowest_sequence_leads_and_others_watch_their_predecessor() {
-        let ordered = order_candidates(&[cand(1, 1), cand(2, 2), cand(3, 3)]);
-        assert!(matches!(standing(&ordered, 1).0, Standing::First(_)));
-        match standing(&ordered, 3).0 {
-            Standing::Behind { predecessor, .. } => assert_eq!(predecessor.session, 2),
-            other => panic!("{other:?}"),
-        }
-        assert_eq!(standing(&ordered, 9).0, Standing::Absent);
-    }
-
-    #[test]
-    fn the_fencing_node_is_not_a_candidate_and_garbage_is_refused() {
-        assert_eq!(parse_candidate(FENCING_NODE), None);
-        assert_eq!(parse_candidate(WRITER_NODE), None);
-        assert_eq!(parse_token_floor(b"4294967321").unwrap(), 4294967321);
-        assert!(parse_token_floor(b"\x00garbage").is_err());
-        assert!(parse_token_floor(b"").is_err());
-        assert!(parse_token_floor(b"-1").is_err());
-    }
-
-    #[test]
-    fn the_writer_node_records_the_lease_and_older_contents_say_nothing() {
-        let data = WriterData::encode(42, Duration::from_millis(2900));
-        assert_eq!(
-            WriterData::lease_of(&data),
-            Some(Duration::from_millis(2900))
-        );
-        // What versions before the lease was recorded wrote: the token.
-        assert_eq!(WriterData::lease_of(b"42"), None);
-        assert_eq!(WriterData::lease_of(b"\x00garbage"), None);
-    }
-
-    #[test]
-    fn candidate_data_is_believed_only_when_a_daemon_could_have_written_it() {
-        let good = br#"{"node_id":"election-1","host":"election-1","pid":7}"#;
-        let d = CandidateData::parse(good).unwrap();
-        assert_eq!(
-            (d.node_id.as_str(), d.host.as_str(), d.pid),
-            ("election-1", "election-1", 7)
-        );
-        let odd_host = br#"{"node_id":"n","host":"a\u001b[31mb"}"#;
-        assert_eq!(CandidateData::parse(odd_host).unwrap().host, "");
-        let huge = format!(r#"{{"node_id":"{}"}}"#, "x".repeat(1_000_000));
-        assert_eq!(
-            CandidateData::parse(huge.as_bytes()),
-            Err(BadCandidateData::TooLarge(huge.len()))
-        );
-        for bad in [
-            r#"{"node_id":"a\nb"}"#.to_string(),
-            r#"{"node_id":"\u001b[2J"}"#.into(),
-            r#"{"node_id":"a b"}"#.into(),
-            r#"{"node_id":""}"#.into(),
-            format!(r#"{{"node_id":"{}"}}"#, "x".repeat(254)),
-        ] {
-            assert_eq!(
-                CandidateData::parse(bad.as_bytes()),
-                Err(BadCandidateData::BadNodeId),
-                "{bad}"
-            );
-        }
-        for garbage in [&b""[..], b"\xff\xfe", b"[1]", b"{\"host\":\"h\"}"] {
-            assert!(
-                matches!(
-                    CandidateData::parse(garbage),
-                    Err(BadCandidateData::NotJson(_))
-                ),
-                "{garbage:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn persistent_nodes_are_never_live_candidates() {
-        // A persistent node named after "session 0" has owner 0.
-        assert!(!is_live_candidate(0, 0));
-        assert!(is_live_candidate(0x77, 0x77));
-        assert!(!is_live_candidate(0x77, 0x78));
-    }
-
-    #[test]
-    fn a_second_node_of_the_same_session_is_reported_for_deletion() {
-        // An orphan from an earlier Attempter round of the same session must
-        // not sit in the queue: the oldest is kept, the rest deleted.
-        let ordered = order_candidates(&[cand(1, 1), cand(2, 2), cand(1, 5)]);
-        let (s, extra) = standing(&ordered, 1);
-        assert!(matches!(s, Standing::First(c) if c.seq == 1));
-        assert_eq!(extra.len(), 1);
-        assert_eq!(extra[0].seq, 5);
     }
 }

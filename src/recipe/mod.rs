@@ -1,0 +1,27 @@
+//! The ZooKeeper election recipe, read in one place: candidate naming,
+//! the queue round (create, order, watch the predecessor), the claim of a
+//! fencing token with the writer node, the lock-delay, and the confirmation
+//! of leadership. States call it and decide; it returns ZooKeeper-level
+//! facts, never a transition. See `docs/design.md` for the why.
+
+pub mod candidate;
+pub mod claim;
+
+pub use candidate::{
+    BadCandidateData, CANDIDATE_PREFIX, Candidate, CandidateData, MAX_CANDIDATE_DATA, Standing,
+    candidate_prefix, is_live_candidate, is_valid_node_id, order_candidates, parse_candidate,
+    standing,
+};
+pub use claim::{
+    BadFloor, ClaimError, FENCING_NODE, WRITER_NODE, WriterData, claim_leadership,
+    delete_writer_of, parse_token_floor, read_token_floor,
+};
+
+use crate::zk::{ZkError, ZkSession};
+
+/// Makes sure the election path `root` exists; with credentials, it and
+/// the fencing node are restricted to our ACL if found open to the world
+/// (see [`ZkSession::ensure_path`]).
+pub async fn ensure_election_path(session: &ZkSession, root: &str) -> Result<(), ZkError> {
+    session.ensure_path(root, &[FENCING_NODE]).await
+}
