@@ -217,7 +217,7 @@ pub enum State {
         /// The live session.
         session: ZkSession,
         /// Our node and its zxid.
-        leadership: leader::Leadership,
+        leadership: crate::recipe::Leadership,
         /// Failures so far (reset after a healthy period).
         recovery: Recovery,
     },

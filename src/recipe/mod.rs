@@ -6,6 +6,7 @@
 
 pub mod candidate;
 pub mod claim;
+pub mod round;
 
 pub use candidate::{
     BadCandidateData, CANDIDATE_PREFIX, Candidate, CandidateData, MAX_CANDIDATE_DATA, Standing,
@@ -16,6 +17,7 @@ pub use claim::{
     BadFloor, ClaimError, FENCING_NODE, WRITER_NODE, WriterData, claim_leadership,
     delete_writer_of, parse_token_floor, read_token_floor,
 };
+pub use round::{Candidacy, Leadership, Round, round};
 
 use crate::zk::{ZkError, ZkSession};
 

@@ -52,18 +52,9 @@ mod child;
 use crate::files::{self, CommitGate, FileError, FileKey, LeaderRecord};
 use crate::lease::{Lease, Stamp};
 use crate::machine::{Cause, Context, Reason, Recovery, State, Step};
-use crate::recipe::{self, ClaimError, is_live_candidate};
+use crate::recipe::{self, ClaimError, Leadership, is_live_candidate};
 use crate::zk::session::{Health, Liveness, gave_up, on_state, until_deadline};
 use crate::zk::{self, ZkSession};
-
-/// The leadership won in Attempter.
-#[derive(Debug, Clone)]
-pub struct Leadership {
-    /// Our candidate node.
-    pub path: String,
-    /// zxid that created it.
-    pub czxid: i64,
-}
 
 /// The next event on our node.
 type NodeWatch = std::pin::Pin<Box<dyn std::future::Future<Output = WatchedEvent> + Send>>;
