@@ -447,7 +447,7 @@ fn a_writer_node_held_by_a_live_session_delays_the_first_write_then_is_cleared()
     let first = &g.records()[0];
     let waited_ms =
         election::cmd::verify::parse_time_ms(&first.written_at).unwrap() - status.since_ms as i64;
-    let bound = election::states::leader::lock_delay_bound(
+    let bound = election::recipe::lock_delay_bound(
         Duration::from_secs(2),
         Some(Duration::from_millis(200)),
     );

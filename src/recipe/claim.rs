@@ -1,12 +1,17 @@
-//! The claim's nodes: the token floor (`fencing`) and the writer node,
-//! and the one multi-op that claims a leadership's token.
+//! The claim of a leadership: its fencing token (above the floor kept in
+//! the `fencing` node and above what file-dir holds), the one multi-op that
+//! records it and creates the writer node, and the lock-delay that waits
+//! out another session's writer node.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+use tracing::{info, warn};
 use zookeeper_client::{Acls, CheckWriteError, Client, CreateMode};
 
-use crate::zk::child_path;
+use super::round::Leadership;
+use crate::zk::{ZkSession, child_path};
 
 /// Child of the election path that remembers the highest fencing token
 /// issued so far (decimal text), so tokens keep increasing even when
@@ -41,6 +46,119 @@ pub enum ClaimError {
     /// The request failed.
     #[error("claim failed: {0}")]
     Request(zookeeper_client::Error),
+    /// The fencing node holds something else than a token.
+    #[error(transparent)]
+    BadFloor(#[from] BadFloor),
+    /// The token floor could not be read.
+    #[error("cannot read the token floor: {0}")]
+    FloorUnread(zookeeper_client::Error),
+    /// No token above `floor` and `on_disk` fits in a u64.
+    #[error("fencing tokens exhausted (u64::MAX reached)")]
+    Exhausted { floor: u64, on_disk: Option<u64> },
+}
+
+/// One attempt to claim `own`'s leadership: reads the token floor, chooses
+/// the token ([`choose_token`], above `on_disk`, the newest trusted token
+/// in file-dir) and claims it with the writer node, which records `lease`
+/// ([`claim_leadership`]). Each request is bounded by a session timeout.
+pub async fn claim(
+    session: &ZkSession,
+    root: &str,
+    own: &Leadership,
+    on_disk: Option<u64>,
+    lease: Duration,
+) -> Result<u64, ClaimError> {
+    let (floor, version) = session
+        .bounded(read_token_floor(session.client(), root))
+        .await
+        .map_err(ClaimError::FloorUnread)??;
+    let czxid = u64::try_from(own.czxid).unwrap_or(0);
+    let token =
+        choose_token(czxid, floor, on_disk).ok_or(ClaimError::Exhausted { floor, on_disk })?;
+    let claim = claim_leadership(
+        session.client(),
+        session.acls(),
+        root,
+        &own.path,
+        token,
+        lease,
+        version,
+    );
+    tokio::time::timeout(session.timeout(), claim)
+        .await
+        .unwrap_or(Err(ClaimError::Request(
+            zookeeper_client::Error::ConnectionLoss,
+        )))?;
+    Ok(token)
+}
+
+/// Why a lock-delay failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LockDelayError {
+    /// The writer node could not be watched.
+    #[error("cannot watch the writer node: {0}")]
+    Watch(zookeeper_client::Error),
+    /// The stale writer node could not be deleted.
+    #[error("cannot clear the stale writer node: {0}")]
+    Clear(zookeeper_client::Error),
+}
+
+/// Chubby's lock-delay: waits until the writer node of session `owner`
+/// goes, or until any lease its leader could hold (`holder_lease`, as it
+/// recorded it; `own_bound` is ours, `tick` the servers' tickTime) has run
+/// out, then clears it.
+pub async fn lock_delay(
+    session: &ZkSession,
+    root: &str,
+    owner: i64,
+    holder_lease: Option<Duration>,
+    own_bound: Duration,
+    tick: Duration,
+) -> Result<(), LockDelayError> {
+    let bound = crate::lease::lock_delay(own_bound, holder_lease, tick);
+    warn!(owner = %format!("{owner:#x}"), holder_lease = ?holder_lease, wait_at_most = ?bound,
+        "the previous leader did not release the writer node; waiting before the first write");
+    let path = child_path(root, WRITER_NODE);
+    let started = Instant::now();
+    let watched = session
+        .bounded(session.client().check_and_watch_stat(&path))
+        .await;
+    let gone = match watched {
+        Ok((None, _)) => return Ok(()),
+        Ok((Some(_), watcher)) => async move { watcher.changed().await },
+        Err(e) => return Err(LockDelayError::Watch(e)),
+    };
+    tokio::select! {
+        _ = gone => {
+            info!(waited = ?started.elapsed(), "the previous leader released the writer node");
+            return Ok(());
+        }
+        _ = tokio::time::sleep(bound) => {}
+    }
+    warn!(waited = ?started.elapsed(), "the previous leader's lease is over; clearing its writer node");
+    session
+        .bounded(delete_writer_of(session.client(), root, owner))
+        .await
+        .map_err(LockDelayError::Clear)
+}
+
+/// max(czxid, floor + 1, newest on disk + 1); `None` when that would not
+/// fit (fail closed: a saturated token would be shared by two leaderships).
+pub fn choose_token(czxid: u64, floor: u64, newest_on_disk: Option<u64>) -> Option<u64> {
+    let above_floor = floor.checked_add(1)?;
+    let above_disk = match newest_on_disk {
+        Some(t) => t.checked_add(1)?,
+        None => 0,
+    };
+    Some(czxid.max(above_floor).max(above_disk))
+}
+
+/// Bound used by tests to wait out a lock-delay: the longest a successor
+/// waits for a writer node that was not released.
+pub fn lock_delay_bound(session_timeout: Duration, tick_time: Option<Duration>) -> Duration {
+    let tick = crate::lease::assumed_tick_time(session_timeout, tick_time);
+    let lease = crate::lease::Lease::new(session_timeout, tick);
+    crate::lease::lock_delay(lease.bound(), Some(lease.bound()), tick)
 }
 
 /// Reads the token floor and the node's version (`None`: no node yet).
@@ -201,5 +319,31 @@ mod tests {
         // What versions before the lease was recorded wrote: the token.
         assert_eq!(WriterData::lease_of(b"42"), None);
         assert_eq!(WriterData::lease_of(b"\x00garbage"), None);
+    }
+
+    #[test]
+    fn tokens_follow_the_zxid_and_never_go_back() {
+        assert_eq!(choose_token(500, 0, None), Some(500));
+        assert_eq!(choose_token(500, 400, Some(100)), Some(500));
+        // Ensemble wiped: zxids and the floor restarted below what is on disk.
+        assert_eq!(choose_token(7, 0, Some(500)), Some(501));
+        assert_eq!(choose_token(500, 0, Some(500)), Some(501));
+        // file-dir emptied after earlier disk-derived tokens: the floor remembers.
+        assert_eq!(choose_token(300, 501, None), Some(502));
+    }
+
+    #[test]
+    fn exhausted_tokens_fail_closed() {
+        assert_eq!(choose_token(5, u64::MAX, None), None);
+        assert_eq!(choose_token(5, 0, Some(u64::MAX)), None);
+        assert_eq!(choose_token(u64::MAX, 0, None), Some(u64::MAX));
+    }
+
+    #[test]
+    fn the_lock_delay_outlasts_any_lease_of_the_previous_leader() {
+        let s = Duration::from_secs(2);
+        let tick = Duration::from_millis(200);
+        assert!(lock_delay_bound(s, Some(tick)) > crate::lease::Lease::new(s, tick).bound());
+        assert!(lock_delay_bound(s, Some(tick)) < s);
     }
 }

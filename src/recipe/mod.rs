@@ -6,6 +6,7 @@
 
 pub mod candidate;
 pub mod claim;
+pub mod confirm;
 pub mod round;
 
 pub use candidate::{
@@ -14,9 +15,11 @@ pub use candidate::{
     standing,
 };
 pub use claim::{
-    BadFloor, ClaimError, FENCING_NODE, WRITER_NODE, WriterData, claim_leadership,
-    delete_writer_of, parse_token_floor, read_token_floor,
+    BadFloor, ClaimError, FENCING_NODE, LockDelayError, WRITER_NODE, WriterData, choose_token,
+    claim, claim_leadership, delete_writer_of, lock_delay, lock_delay_bound, parse_token_floor,
+    read_token_floor,
 };
+pub use confirm::{Confirm, NodeWatch, confirm, watch_node};
 pub use round::{Candidacy, Leadership, Round, round};
 
 use crate::zk::{ZkError, ZkSession};

@@ -45,19 +45,16 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{error, info, warn};
-use zookeeper_client::{EventType, SessionState, WatchedEvent};
+use zookeeper_client::{EventType, SessionState};
 
 mod child;
 
 use crate::files::{self, CommitGate, FileError, FileKey, LeaderRecord};
-use crate::lease::{Lease, Stamp};
+use crate::lease::Lease;
 use crate::machine::{Cause, Context, Reason, Recovery, State, Step};
-use crate::recipe::{self, ClaimError, Leadership, is_live_candidate};
+use crate::recipe::{self, ClaimError, Confirm, Leadership, NodeWatch};
 use crate::zk::session::{Health, Liveness, gave_up, on_state, until_deadline};
 use crate::zk::{self, ZkSession};
-
-/// The next event on our node.
-type NodeWatch = std::pin::Pin<Box<dyn std::future::Future<Output = WatchedEvent> + Send>>;
 
 /// How many times a claim is tried before Failover.
 const CLAIM_ATTEMPTS: u32 = 5;
@@ -70,17 +67,6 @@ const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
 /// fraction of the session timeout (100 ms for 2 s), when the lease has
 /// less left.
 const COMMIT_GRACE_DIVISOR: u32 = 20;
-
-/// What confirming leadership found.
-#[derive(Debug)]
-enum Confirm {
-    /// Confirmed; the lease is extended.
-    Held,
-    /// Our node is gone or not ours: leadership is lost.
-    Lost(String),
-    /// No trustworthy answer: not allowed to write now.
-    Unknown(String),
-}
 
 /// Where Leader goes next.
 enum Exit {
@@ -339,54 +325,35 @@ impl Leader<'_> {
         }
     }
 
-    /// Chooses the token and claims it together with the writer node,
+    /// Claims the leadership's token together with the writer node,
     /// waiting out another session's writer node if need be.
     async fn claim(&mut self) -> Result<u64, Exit> {
         let root = self.ctx.cfg.zk_root.as_str();
         for _ in 0..CLAIM_ATTEMPTS {
             let on_disk = self.newest_on_disk().await?;
-            let (floor, version) = match self
-                .session
-                .bounded(recipe::read_token_floor(self.session.client(), root))
-                .await
-            {
-                Ok(Ok(read)) => read,
-                Ok(Err(bad)) => {
+            let claimed = recipe::claim(
+                &self.session,
+                root,
+                &self.leadership,
+                on_disk,
+                self.lease.pin(),
+            )
+            .await;
+            match claimed {
+                Ok(token) => return Ok(token),
+                Err(ClaimError::BadFloor(bad)) => {
                     return Err(Exit::Failover(Cause::FencingError.because(bad.to_string())));
                 }
-                Err(e) if zk::is_unanswered(&e) => {
+                Err(ClaimError::FloorUnread(e)) if zk::is_unanswered(&e) => {
                     self.until_reconnected("reading the token floor").await?;
-                    continue;
                 }
-                Err(e) => {
-                    return Err(Exit::Failover(
-                        Cause::ZookeeperError.because(format!("cannot read the token floor: {e}")),
-                    ));
+                Err(e @ ClaimError::FloorUnread(_)) => {
+                    return Err(Exit::Failover(Cause::ZookeeperError.because(e.to_string())));
                 }
-            };
-            let czxid = u64::try_from(self.leadership.czxid).unwrap_or(0);
-            let Some(token) = choose_token(czxid, floor, on_disk) else {
-                error!(floor, ?on_disk, "fencing tokens exhausted");
-                return Err(Exit::Failover(
-                    Cause::FencingError.because("fencing tokens exhausted (u64::MAX reached)"),
-                ));
-            };
-            let claim = recipe::claim_leadership(
-                self.session.client(),
-                self.session.acls(),
-                root,
-                &self.leadership.path,
-                token,
-                self.lease.pin(),
-                version,
-            );
-            let claimed = tokio::time::timeout(self.session.timeout(), claim)
-                .await
-                .unwrap_or(Err(ClaimError::Request(
-                    zookeeper_client::Error::ConnectionLoss,
-                )));
-            match claimed {
-                Ok(()) => return Ok(token),
+                Err(e @ ClaimError::Exhausted { floor, on_disk }) => {
+                    error!(floor, ?on_disk, "fencing tokens exhausted");
+                    return Err(Exit::Failover(Cause::FencingError.because(e.to_string())));
+                }
                 Err(ClaimError::WriterHeld { owner, .. }) if owner == self.session.id() => {
                     // Ours from an earlier leadership of this session.
                     self.release_own_writer().await?;
@@ -497,48 +464,22 @@ impl Leader<'_> {
         })
     }
 
-    /// Waits until the writer node of session `owner` goes, or until any
-    /// lease its leader could hold (`lease`, as it recorded it) has run
-    /// out, then clears it.
+    /// Waits out the writer node of session `owner` ([`recipe::lock_delay`]).
     async fn lock_delay(&self, owner: i64, lease: Option<Duration>) -> Result<(), Exit> {
-        let root = self.ctx.cfg.zk_root.as_str();
-        let tick = tick_time(self.ctx, &self.session);
-        let bound = crate::lease::lock_delay(self.lease.bound(), lease, tick);
-        warn!(owner = %format!("{owner:#x}"), holder_lease = ?lease, wait_at_most = ?bound,
-            "the previous leader did not release the writer node; waiting before the first write");
-        let path = zk::child_path(root, recipe::WRITER_NODE);
-        let started = Instant::now();
-        let watched = self
-            .session
-            .bounded(self.session.client().check_and_watch_stat(&path))
-            .await;
-        let gone = match watched {
-            Ok((None, _)) => return Ok(()),
-            Ok((Some(_), watcher)) => async move { watcher.changed().await },
-            Err(e) => {
-                return Err(Exit::Failover(
-                    Cause::ZookeeperError.because(format!("cannot watch the writer node: {e}")),
-                ));
-            }
-        };
+        let waited = recipe::lock_delay(
+            &self.session,
+            &self.ctx.cfg.zk_root,
+            owner,
+            lease,
+            self.lease.bound(),
+            tick_time(self.ctx, &self.session),
+        );
         tokio::select! {
-            _ = self.ctx.cancel.cancelled() => return Err(Exit::Stop),
-            _ = gone => {
-                info!(waited = ?started.elapsed(), "the previous leader released the writer node");
-                return Ok(());
-            }
-            _ = tokio::time::sleep(bound) => {}
+            _ = self.ctx.cancel.cancelled() => Err(Exit::Stop),
+            waited = waited => waited.map_err(|e| {
+                Exit::Failover(Cause::ZookeeperError.because(e.to_string()))
+            }),
         }
-        warn!(waited = ?started.elapsed(), "the previous leader's lease is over; clearing its writer node");
-        self.session
-            .bounded(recipe::delete_writer_of(self.session.client(), root, owner))
-            .await
-            .map_err(|e| {
-                Exit::Failover(
-                    Cause::ZookeeperError
-                        .because(format!("cannot clear the stale writer node: {e}")),
-                )
-            })
     }
 
     /// Watches our node; leaves if it is already gone.
@@ -548,23 +489,14 @@ impl Leader<'_> {
             if attempt > 0 {
                 self.until_reconnected("watching the leader node").await?;
             }
-            watched = self
-                .session
-                .bounded(
-                    self.session
-                        .client()
-                        .check_and_watch_stat(&self.leadership.path),
-                )
-                .await;
+            watched = recipe::watch_node(&self.session, &self.leadership.path).await;
             if !watched.as_ref().is_err_and(zk::is_unanswered) {
                 break;
             }
         }
         match watched {
-            Ok((Some(stat), w)) if is_live_candidate(stat.ephemeral_owner, self.session.id()) => {
-                Ok(Box::pin(w.changed()))
-            }
-            Ok(_) => {
+            Ok(Some(w)) => Ok(w),
+            Ok(None) => {
                 self.node_gone.store(true, Ordering::SeqCst);
                 Err(Exit::Attempter(
                     Cause::LeadershipLost.because("leader node lost"),
@@ -769,30 +701,16 @@ impl Leader<'_> {
         }
     }
 
-    /// Confirms through a quorum-synced read that our node is still ours.
+    /// Confirms that our node is still ours ([`recipe::confirm`]); a good
+    /// answer extends the lease.
     async fn confirm(&mut self) -> Confirm {
-        let client = self.session.client();
-        let path = self.leadership.path.as_str();
-        let sent = Stamp::now();
         let max_rtt = self.lease.max_round_trip();
-        // Pipelined: the stat is answered only after the sync went through the
-        // ZooKeeper leader, so a server cut off from the quorum cannot vouch for us.
-        let sync = client.sync(path);
-        let stat = client.check_stat(path);
-        let answer = tokio::time::timeout(max_rtt, async { (sync.await, stat.await) }).await;
-        let Ok((synced, stat)) = answer else {
-            return Confirm::Unknown(format!("no answer within {max_rtt:?}"));
-        };
-        let owner = stat.map(|s| s.map(|s| s.ephemeral_owner));
-        match classify(synced, owner, sent.elapsed(), max_rtt, self.session.id()) {
-            Confirm::Held => {
-                self.lease.confirm(sent);
-                self.ctx.board.lease(&self.lease);
-                Confirm::Held
-            }
-            Confirm::Lost(why) => Confirm::Lost(format!("{why}: {path}")),
-            unknown => unknown,
+        let (found, sent) = recipe::confirm(&self.session, &self.leadership.path, max_rtt).await;
+        if let Confirm::Held = found {
+            self.lease.confirm(sent);
+            self.ctx.board.lease(&self.lease);
         }
+        found
     }
 
     /// Applies retention in the background, one pass at a time.
@@ -831,35 +749,6 @@ async fn wait_write(writing: &mut Option<InFlight>, hang_after: Duration) -> Wri
         r = &mut w.handle => WriteEnd::Done(r),
         _ = tokio::time::sleep_until(deadline), if !overdue => WriteEnd::Overdue,
         _ = tokio::time::sleep_until(hung), if overdue => WriteEnd::Hung,
-    }
-}
-
-/// What an answer to a confirmation (`sync`, then the owner of our node
-/// from a `stat`: `None` when it does not exist) proves, given how long the
-/// round trip took. Only a good answer within `max_rtt` holds leadership;
-/// a node that is gone or not ours is lost however late we hear it (a
-/// deleted node never comes back); anything else is unknown, in particular
-/// a stat that says "ours" after a failed sync (the server may be cut off
-/// from the quorum).
-fn classify(
-    synced: Result<(), zookeeper_client::Error>,
-    owner: Result<Option<i64>, zookeeper_client::Error>,
-    elapsed: Duration,
-    max_rtt: Duration,
-    sid: i64,
-) -> Confirm {
-    use zookeeper_client::Error::NoNode;
-    match (synced, owner) {
-        (Err(NoNode), _) | (_, Ok(None)) => Confirm::Lost("leader node lost".into()),
-        (_, Ok(Some(owner))) if !is_live_candidate(owner, sid) => {
-            Confirm::Lost("leader node is not ours".into())
-        }
-        (Err(e), _) => Confirm::Unknown(format!("sync failed: {e}")),
-        (Ok(()), Err(e)) => Confirm::Unknown(format!("stat failed: {e}")),
-        (Ok(()), Ok(Some(_))) if elapsed > max_rtt => Confirm::Unknown(format!(
-            "the answer took {elapsed:?}, longer than {max_rtt:?}"
-        )),
-        (Ok(()), Ok(Some(_))) => Confirm::Held,
     }
 }
 
@@ -927,122 +816,5 @@ fn report_refused(board: &crate::board::Board, refused: &[files::Refused]) {
             warn!(file, reason = %r.why,
                 "refusing a file named like a leader file: its token does not count, and it is left alone");
         }
-    }
-}
-
-/// max(czxid, floor + 1, newest on disk + 1); `None` when that would not
-/// fit (fail closed: a saturated token would be shared by two leaderships).
-pub fn choose_token(czxid: u64, floor: u64, newest_on_disk: Option<u64>) -> Option<u64> {
-    let above_floor = floor.checked_add(1)?;
-    let above_disk = match newest_on_disk {
-        Some(t) => t.checked_add(1)?,
-        None => 0,
-    };
-    Some(czxid.max(above_floor).max(above_disk))
-}
-
-/// Bound used by tests to wait out a lock-delay: the longest a successor
-/// waits for a writer node that was not released.
-pub fn lock_delay_bound(session_timeout: Duration, tick_time: Option<Duration>) -> Duration {
-    let tick = crate::lease::assumed_tick_time(session_timeout, tick_time);
-    let lease = Lease::new(session_timeout, tick);
-    crate::lease::lock_delay(lease.bound(), Some(lease.bound()), tick)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tokens_follow_the_zxid_and_never_go_back() {
-        assert_eq!(choose_token(500, 0, None), Some(500));
-        assert_eq!(choose_token(500, 400, Some(100)), Some(500));
-        // Ensemble wiped: zxids and the floor restarted below what is on disk.
-        assert_eq!(choose_token(7, 0, Some(500)), Some(501));
-        assert_eq!(choose_token(500, 0, Some(500)), Some(501));
-        // file-dir emptied after earlier disk-derived tokens: the floor remembers.
-        assert_eq!(choose_token(300, 501, None), Some(502));
-    }
-
-    #[test]
-    fn exhausted_tokens_fail_closed() {
-        assert_eq!(choose_token(5, u64::MAX, None), None);
-        assert_eq!(choose_token(5, 0, Some(u64::MAX)), None);
-        assert_eq!(choose_token(u64::MAX, 0, None), Some(u64::MAX));
-    }
-
-    const SID: i64 = 0x1234;
-    const RTT: Duration = Duration::from_millis(500);
-    const FAST: Duration = Duration::from_millis(20);
-
-    fn failed() -> zookeeper_client::Error {
-        zookeeper_client::Error::ConnectionLoss
-    }
-
-    #[test]
-    fn a_quick_good_answer_holds_leadership() {
-        let c = classify(Ok(()), Ok(Some(SID)), FAST, RTT, SID);
-        assert!(matches!(c, Confirm::Held), "{c:?}");
-    }
-
-    #[test]
-    fn a_good_answer_slower_than_max_round_trip_proves_nothing() {
-        let c = classify(Ok(()), Ok(Some(SID)), RTT + FAST, RTT, SID);
-        assert!(matches!(c, Confirm::Unknown(_)), "{c:?}");
-        let c = classify(Ok(()), Ok(Some(SID)), RTT, RTT, SID);
-        assert!(
-            matches!(c, Confirm::Held),
-            "the bound itself still counts: {c:?}"
-        );
-    }
-
-    #[test]
-    fn a_failed_sync_is_unknown_even_when_the_stat_says_ours() {
-        let c = classify(Err(failed()), Ok(Some(SID)), FAST, RTT, SID);
-        assert!(matches!(c, Confirm::Unknown(_)), "{c:?}");
-    }
-
-    #[test]
-    fn a_failed_stat_is_unknown() {
-        let c = classify(Ok(()), Err(failed()), FAST, RTT, SID);
-        assert!(matches!(c, Confirm::Unknown(_)), "{c:?}");
-        let c = classify(Err(failed()), Err(failed()), FAST, RTT, SID);
-        assert!(matches!(c, Confirm::Unknown(_)), "{c:?}");
-    }
-
-    #[test]
-    fn a_node_gone_is_lost_however_late_the_answer() {
-        for elapsed in [FAST, RTT * 3] {
-            let c = classify(Ok(()), Ok(None), elapsed, RTT, SID);
-            assert!(matches!(c, Confirm::Lost(_)), "{c:?}");
-            let c = classify(
-                Err(zookeeper_client::Error::NoNode),
-                Err(failed()),
-                elapsed,
-                RTT,
-                SID,
-            );
-            assert!(matches!(c, Confirm::Lost(_)), "{c:?}");
-            let c = classify(Err(failed()), Ok(None), elapsed, RTT, SID);
-            assert!(matches!(c, Confirm::Lost(_)), "{c:?}");
-        }
-    }
-
-    #[test]
-    fn a_node_owned_by_another_session_or_none_is_lost() {
-        for owner in [SID + 1, 0] {
-            let c = classify(Ok(()), Ok(Some(owner)), FAST, RTT, SID);
-            assert!(matches!(c, Confirm::Lost(_)), "{owner}: {c:?}");
-        }
-        let c = classify(Err(failed()), Ok(Some(SID + 1)), FAST, RTT, SID);
-        assert!(matches!(c, Confirm::Lost(_)), "{c:?}");
-    }
-
-    #[test]
-    fn the_lock_delay_outlasts_any_lease_of_the_previous_leader() {
-        let s = Duration::from_secs(2);
-        let tick = Duration::from_millis(200);
-        assert!(lock_delay_bound(s, Some(tick)) > Lease::new(s, tick).bound());
-        assert!(lock_delay_bound(s, Some(tick)) < s);
     }
 }
