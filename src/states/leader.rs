@@ -49,11 +49,12 @@ use zookeeper_client::{EventType, SessionState};
 
 mod child;
 
+use super::on_state;
 use crate::files::{self, CommitGate, FileError, FileKey, LeaderRecord};
 use crate::lease::Lease;
 use crate::machine::{Cause, Context, Reason, Recovery, State, Step};
 use crate::recipe::{self, ClaimError, Confirm, Leadership, NodeWatch};
-use crate::zk::session::{Health, Liveness, gave_up, on_state, until_deadline};
+use crate::zk::session::{Health, Liveness, gave_up, until_deadline};
 use crate::zk::{self, ZkSession};
 
 /// How many times a claim is tried before Failover.

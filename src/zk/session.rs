@@ -26,10 +26,9 @@
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tracing::{info, warn};
 use zookeeper_client::SessionState;
 
-use crate::machine::{Cause, Context, Reason};
+use crate::names::{Cause, Reason};
 use crate::zk::CLIENT_EXPIRY_FACTOR;
 
 /// How long, in session timeouts, a session may stay disconnected before
@@ -246,20 +245,6 @@ pub async fn until_deadline(l: &Liveness) {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
-}
-
-/// Logs and counts a state change, and folds it into `l`.
-pub fn on_state(ctx: &Context, l: &mut Liveness, state: SessionState) -> Health {
-    ctx.board.zk_event(&format!("{state:?}"));
-    let health = l.observe(state);
-    match &health {
-        Health::Connected => info!(?state, "ZooKeeper session connected"),
-        Health::Suspended => {
-            warn!(?state, give_up_in = ?l.give_up_after(), "ZooKeeper session disconnected; suspended until it reconnects or the server expires it")
-        }
-        Health::Lost(why) => warn!(?state, why = %why.detail, "ZooKeeper session lost"),
-    }
-    health
 }
 
 #[cfg(test)]
