@@ -1,7 +1,14 @@
-//! The claim of a leadership: its fencing token (above the floor kept in
-//! the `fencing` node and above what file-dir holds), the one multi-op that
-//! records it and creates the writer node, and the lock-delay that waits
-//! out another session's writer node.
+//! The claim of a leadership. Its fencing token is the zxid that created
+//! its node, raised above the highest token recorded in ZooKeeper (the
+//! `fencing` node) and above any trusted token in file-dir. One multi-op
+//! checks our node, records the new floor and creates the ephemeral
+//! `writer` node. If another session still holds `writer`, its leader may
+//! still be inside a write (its node was deleted by hand, say, rather than
+//! released): the new leader waits until that node goes, or until that
+//! leader's lease has certainly run out (Chubby's lock-delay,
+//! [`lock_delay`]), before the first write. A leader that stopped cleanly
+//! (closed session, or deleted `writer` after closing its commit gate)
+//! costs its successor no wait.
 
 use std::time::Duration;
 

@@ -1,15 +1,8 @@
 //! Leader: write a file every leader-timeout, and never without leadership.
 //!
-//! **Claim.** The leadership's fencing token is the zxid that created its
-//! node, raised above the highest token recorded in ZooKeeper (the
-//! `fencing` node) and above any trusted token in file-dir. One multi-op checks our
-//! node, records the new floor and creates the ephemeral `writer` node.
-//! If another session still holds `writer`, its leader may still be inside
-//! a write (its node was deleted by hand, say, rather than released): we
-//! wait until that node goes, or until that leader's lease has certainly
-//! run out (Chubby's lock-delay), before the first write. A leader that
-//! stopped cleanly (closed session, or deleted `writer` after closing its
-//! commit gate) costs its successor no wait.
+//! **Claim.** First the leadership claims its fencing token and the
+//! `writer` node, waiting out another session's writer node if need be
+//! ([`crate::recipe::claim`]).
 //!
 //! **Writes.** Before each write the leader confirms with ZooKeeper that
 //! its node still exists and is owned by its session: a `sync` (which a
@@ -37,20 +30,21 @@
 //! write still running one session timeout after it started ends the
 //! leadership at once, whatever leader-timeout and max-write-failures are.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{error, info, warn};
 use zookeeper_client::{EventType, SessionState};
 
 mod child;
+mod write;
+
+use write::{InFlight, wait_write};
 
 use super::on_state;
-use crate::files::{self, CommitGate, FileError, FileKey, LeaderRecord};
+use crate::files::CommitGate;
 use crate::lease::Lease;
 use crate::machine::{Cause, Context, Reason, Recovery, State, Step};
 use crate::recipe::{self, ClaimError, Confirm, Leadership, NodeWatch};
@@ -77,27 +71,6 @@ enum Exit {
     Failover(Reason),
     /// Stop requested.
     Stop,
-}
-
-/// A write running on a blocking thread.
-struct InFlight {
-    handle: JoinHandle<Result<PathBuf, FileError>>,
-    key: FileKey,
-    /// When it must have finished (end of the lease it started under).
-    deadline: Instant,
-    /// When it started: one session timeout later a write still running
-    /// ends the leadership ([`WriteEnd::Hung`]).
-    started: Instant,
-    /// Already counted as a failure for overrunning its deadline.
-    overdue: bool,
-}
-
-/// How a write in flight ended.
-enum WriteEnd {
-    Done(Result<Result<PathBuf, FileError>, tokio::task::JoinError>),
-    Overdue,
-    /// Still running one session timeout after it started: the disk hangs.
-    Hung,
 }
 
 /// Leader's data.
@@ -408,49 +381,6 @@ impl Leader<'_> {
         ))))
     }
 
-    /// The newest trusted token in file-dir, read off the runtime thread and
-    /// bounded. Temp files of interrupted writes are removed first (once per
-    /// claim, before any write of this leadership; removing the temp file of
-    /// a write still in flight elsewhere only makes that write fail).
-    async fn newest_on_disk(&self) -> Result<Option<u64>, Exit> {
-        if self.ctx.cfg.job().is_some() {
-            // No files with a command: the token floor in ZooKeeper rules.
-            return Ok(None);
-        }
-        let dir = self.ctx.cfg.file_dir.clone();
-        let board = self.ctx.board.clone();
-        let read = tokio::task::spawn_blocking(move || {
-            let removed = files::remove_stale_temp_files(&dir);
-            if removed > 0 {
-                info!(removed, "removed temp files of interrupted writes");
-            }
-            match files::newest_trusted_token(&dir) {
-                Err(FileError::List { source, .. })
-                    if source.kind() == std::io::ErrorKind::NotFound =>
-                {
-                    Ok(None)
-                }
-                Err(e) => Err(e),
-                Ok((newest, refused)) => {
-                    report_refused(&board, &refused);
-                    Ok(newest)
-                }
-            }
-        });
-        match tokio::time::timeout(self.session.timeout(), read).await {
-            Ok(Ok(Ok(newest))) => Ok(newest),
-            Ok(Ok(Err(e))) => Err(Exit::Failover(
-                Cause::FileDirError.because(format!("cannot read file-dir: {e}")),
-            )),
-            Ok(Err(e)) => Err(Exit::Failover(
-                Cause::FileDirError.because(format!("cannot read file-dir: {e}")),
-            )),
-            Err(_) => Err(Exit::Failover(
-                Cause::FileDirError.because("reading file-dir timed out"),
-            )),
-        }
-    }
-
     async fn release_own_writer(&self) -> Result<(), Exit> {
         self.release_writer_of(self.session.id()).await
     }
@@ -606,102 +536,6 @@ impl Leader<'_> {
         })
     }
 
-    fn start_write(&mut self) {
-        let ctx = self.ctx;
-        let key = FileKey {
-            token: self.token,
-            seq: self.seq + 1,
-        };
-        let record = LeaderRecord {
-            node_id: ctx.node_id.clone(),
-            token: key.token,
-            seq: key.seq,
-            written_at: files::now_rfc3339(),
-            session_id: self.session.id_hex(),
-            znode: self.leadership.path.clone(),
-        };
-        let dir = ctx.cfg.file_dir.clone();
-        let device = self.device;
-        let gate = self.gate.clone();
-        let lease = self.lease.clone();
-        let states = self.session.watcher();
-        let node_gone = self.node_gone.clone();
-        let still_leader = move || {
-            lease.is_valid()
-                && states.peek_state() == SessionState::SyncConnected
-                && !node_gone.load(Ordering::SeqCst)
-        };
-        let handle = tokio::task::spawn_blocking(move || {
-            files::write_atomic(&dir, device, key, &record, &gate, still_leader)
-        });
-        self.writing = Some(InFlight {
-            handle,
-            key,
-            deadline: Instant::now() + self.lease.remaining(),
-            started: Instant::now(),
-            overdue: false,
-        });
-    }
-
-    fn on_write_end(&mut self, end: WriteEnd) -> Option<Exit> {
-        let w = self.writing.as_mut()?;
-        let key = w.key;
-        let late = w.overdue;
-        let result = match end {
-            WriteEnd::Overdue => {
-                w.overdue = true;
-                self.ctx.board.metrics.write_errors.inc();
-                return self.failed("the write did not finish within the lease");
-            }
-            WriteEnd::Hung => {
-                // Whatever leader-timeout and max-write-failures say: this
-                // leadership cannot write, a replica with a working disk can.
-                let why = format!(
-                    "a write hangs for {:?} (one session timeout): the disk is stuck",
-                    self.session.timeout()
-                );
-                error!(why, "write failed");
-                return Some(Exit::Failover(Cause::WriteFailures.because(why)));
-            }
-            WriteEnd::Done(r) => {
-                self.writing = None;
-                r.unwrap_or_else(|e| {
-                    Err(FileError::Write {
-                        path: PathBuf::new(),
-                        source: std::io::Error::other(e),
-                    })
-                })
-            }
-        };
-        let committed = result.as_ref().map_or_else(|e| e.is_committed(), |_| true);
-        if committed {
-            // Never reuse a name once a rename happened.
-            self.seq = key.seq;
-        }
-        match result {
-            Ok(path) if late => {
-                warn!(file = %path.display(), "a write that overran its lease still committed in time");
-                None
-            }
-            Ok(path) => {
-                self.failures = 0;
-                self.ctx.board.wrote_file();
-                info!(file = %path.display(), token = key.token, seq = key.seq, "file written");
-                self.prune();
-                None
-            }
-            Err(_) if late => None,
-            Err(e) if e.is_fenced() => {
-                self.ctx.board.metrics.writes_fenced.inc();
-                self.failed(&format!("write discarded at the commit point: {e}"))
-            }
-            Err(e) => {
-                self.ctx.board.metrics.write_errors.inc();
-                self.failed(&e.to_string())
-            }
-        }
-    }
-
     /// Confirms that our node is still ours ([`recipe::confirm`]); a good
     /// answer extends the lease.
     async fn confirm(&mut self) -> Confirm {
@@ -712,44 +546,6 @@ impl Leader<'_> {
             self.ctx.board.lease(&self.lease);
         }
         found
-    }
-
-    /// Applies retention in the background, one pass at a time.
-    fn prune(&self) {
-        if self.pruning.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        let dir = self.ctx.cfg.file_dir.clone();
-        let capacity = self.ctx.cfg.storage_capacity;
-        let token = self.token;
-        let board = self.ctx.board.clone();
-        let pruning = self.pruning.clone();
-        tokio::task::spawn_blocking(move || {
-            let pruned = files::prune(&dir, capacity, token);
-            board.metrics.files_pruned.inc_by(pruned.deleted as u64);
-            report_refused(&board, &pruned.refused);
-            if let Some(e) = pruned.error {
-                board.metrics.prune_errors.inc();
-                warn!(error = %e, "retention failed");
-            }
-            pruning.store(false, Ordering::SeqCst);
-        });
-    }
-}
-
-/// Waits for the write in flight to end, overrun its lease, or hang for
-/// `hang_after` since it started; pending without one.
-async fn wait_write(writing: &mut Option<InFlight>, hang_after: Duration) -> WriteEnd {
-    let Some(w) = writing.as_mut() else {
-        return std::future::pending().await;
-    };
-    let overdue = w.overdue;
-    let deadline = w.deadline;
-    let hung = w.started + hang_after;
-    tokio::select! {
-        r = &mut w.handle => WriteEnd::Done(r),
-        _ = tokio::time::sleep_until(deadline), if !overdue => WriteEnd::Overdue,
-        _ = tokio::time::sleep_until(hung), if overdue => WriteEnd::Hung,
     }
 }
 
@@ -806,16 +602,5 @@ fn abandon(
                 ),
             },
         ),
-    }
-}
-
-/// Logs each refused file once and lists it in `/status`.
-fn report_refused(board: &crate::board::Board, refused: &[files::Refused]) {
-    for r in refused {
-        let file = r.key.file_name();
-        if board.refused_file(&file, &r.why.to_string()) {
-            warn!(file, reason = %r.why,
-                "refusing a file named like a leader file: its token does not count, and it is left alone");
-        }
     }
 }
