@@ -5,10 +5,9 @@
 //! ([`crate::recipe::claim`]).
 //!
 //! **Writes.** Before each write the leader confirms with ZooKeeper that
-//! its node still exists and is owned by its session: a `sync` (which a
-//! server cut off from the quorum cannot answer) followed by a stat,
-//! pipelined. A good answer that came back quickly grants a [`Lease`]
-//! counted from when the request was sent. The write runs on a blocking
+//! its node is still its own ([`crate::recipe::confirm`]); a good answer
+//! that came back quickly grants a [`Lease`] counted from when the request
+//! was sent. The write runs on a blocking
 //! thread, bounded by what is left of the lease; a write that overruns
 //! counts as a failure and no new one starts while it hangs. The file is
 //! committed (renamed into place) only through the leadership's
@@ -41,8 +40,6 @@ use zookeeper_client::{EventType, SessionState};
 mod child;
 mod write;
 
-use write::{InFlight, wait_write};
-
 use super::on_state;
 use crate::files::CommitGate;
 use crate::lease::Lease;
@@ -50,6 +47,7 @@ use crate::machine::{Cause, Context, Reason, Recovery, State, Step};
 use crate::recipe::{self, ClaimError, Confirm, Leadership, NodeWatch};
 use crate::zk::session::{Health, Liveness, gave_up, until_deadline};
 use crate::zk::{self, ZkSession};
+use write::{InFlight, wait_write};
 
 /// How many times a claim is tried before Failover.
 const CLAIM_ATTEMPTS: u32 = 5;
@@ -330,7 +328,7 @@ impl Leader<'_> {
                 }
                 Err(ClaimError::WriterHeld { owner, .. }) if owner == self.session.id() => {
                     // Ours from an earlier leadership of this session.
-                    self.release_own_writer().await?;
+                    self.release_writer_of(self.session.id()).await?;
                 }
                 Err(ClaimError::WriterHeld { owner: 0, .. }) => {}
                 // A session of this process given up without the server's
@@ -379,10 +377,6 @@ impl Leader<'_> {
         Err(Exit::Failover(Cause::ZookeeperError.because(format!(
             "leadership not claimed after {CLAIM_ATTEMPTS} attempts"
         ))))
-    }
-
-    async fn release_own_writer(&self) -> Result<(), Exit> {
-        self.release_writer_of(self.session.id()).await
     }
 
     /// Deletes the writer node if `owner` holds it.
