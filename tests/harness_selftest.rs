@@ -256,6 +256,38 @@ async fn all_connections_closed(proxy: &FaultProxy) -> bool {
 }
 
 #[test]
+fn a_closed_proxy_refuses_connects_at_the_port_and_listens_again_after() {
+    // Given a client through a proxy
+    let zk = ZkCluster::standalone();
+    let proxy = FaultProxy::start(zk.server_addr(0));
+    let rt = runtime();
+    rt.block_on(async {
+        let client = zk_client(&proxy.addr().to_string()).await;
+        // When the proxy closes its port
+        proxy.set_mode(Mode::Closed);
+        // Then the connection is cut and a connect is refused by the kernel
+        let took = wait_state(&client, SessionState::Disconnected, Duration::from_secs(2)).await;
+        assert!(took.is_some(), "Disconnected after Closed");
+        let refused =
+            common::wait_until_async(Duration::from_secs(2), Duration::from_millis(10), || {
+                matches!(
+                    std::net::TcpStream::connect(proxy.addr()),
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused
+                )
+            })
+            .await;
+        assert!(refused, "connects are refused at the closed port");
+        // and once it passes again, the client reconnects the same session
+        let session = client.session_id();
+        proxy.set_mode(Mode::Pass);
+        let took = wait_state(&client, SessionState::SyncConnected, Duration::from_secs(5)).await;
+        assert!(took.is_some(), "reconnected after Closed");
+        assert_eq!(client.session_id(), session);
+        close_client(client).await;
+    });
+}
+
+#[test]
 fn proxies_for_an_ensemble_build_a_working_connect_string() {
     // Given an ensemble with one proxy per server
     let zk = ZkCluster::ensemble(3);

@@ -28,10 +28,10 @@ fn written_ms(r: &election::files::LeaderRecord) -> i64 {
     election::cmd::verify::parse_time_ms(&r.written_at).unwrap()
 }
 
-/// Three replicas with a leader that has written; returns the group and
-/// the leader's token.
-fn leading_group(zk: &ZkCluster) -> (Group, u64) {
-    let mut g = Group::new(&zk.connect_string());
+/// Three replicas of `servers` with a leader that has written; returns
+/// the group and the leader's token.
+fn leading_group(servers: &str) -> (Group, u64) {
+    let mut g = Group::new(servers);
     g.spawn(3);
     g.wait_leader(Duration::from_secs(30));
     let ok = wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
@@ -46,7 +46,7 @@ fn leading_group(zk: &ZkCluster) -> (Group, u64) {
 fn after_a_zookeeper_restart_with_its_data_the_old_leader_goes_on_writing() {
     // Given three replicas and a leader
     let mut zk = ZkCluster::standalone();
-    let (g, token) = leading_group(&zk);
+    let (g, token) = leading_group(&zk.connect_string());
     // When ZooKeeper stops for two session timeouts and comes back with its data
     zk.stop(0);
     let stopped = now_ms();
@@ -55,6 +55,41 @@ fn after_a_zookeeper_restart_with_its_data_the_old_leader_goes_on_writing() {
     zk.start(0);
     let answering = now_ms();
     // Then the old leader writes again soon after the server answers
+    the_old_leadership_goes_on(g, token, stopped, during, answering);
+}
+
+#[test]
+fn after_a_restart_a_server_too_slow_to_answer_at_first_is_waited_for() {
+    // Given three replicas and a leader, behind a proxy
+    let mut zk = ZkCluster::standalone();
+    let proxy = FaultProxy::start(zk.server_addr(0));
+    let (g, token) = leading_group(&proxy.addr().to_string());
+    // When ZooKeeper stops for two session timeouts (its port refusing)
+    proxy.set_mode(Mode::Closed);
+    zk.stop(0);
+    let stopped = now_ms();
+    std::thread::sleep(session() * 2);
+    let during = g.records().len();
+    // and comes back with its data, at first answering a connect later than
+    // the client waits for one (a JVM starting on a loaded machine)
+    zk.start(0);
+    let before = proxy.accepted();
+    let one_way = election::zk::session::connection_timeout(session()) / 2;
+    proxy.set_mode(Mode::Delay(one_way + Duration::from_millis(100)));
+    let slow = wait_until(Duration::from_secs(20), Duration::from_millis(10), || {
+        proxy.accepted() >= before + 6
+    });
+    assert!(slow, "the replicas try the slow server\n{}", g.logs());
+    proxy.set_mode(Mode::Pass);
+    let answering = now_ms();
+    // Then the old leadership goes on once it answers in time
+    the_old_leadership_goes_on(g, token, stopped, during, answering);
+}
+
+/// Checks that the leadership of `token` writes again soon after
+/// `answering` (ms), that nobody wrote from `stopped` (ms) on while
+/// `during` records existed, and nobody else after.
+fn the_old_leadership_goes_on(g: Group, token: u64, stopped: i64, during: usize, answering: i64) {
     let mut first = None;
     let ok = wait_until(Duration::from_secs(20), Duration::from_millis(10), || {
         first = g.records().into_iter().find(|r| written_ms(r) >= answering);
@@ -106,7 +141,7 @@ fn after_a_zookeeper_restart_with_its_data_the_old_leader_goes_on_writing() {
 fn after_a_zookeeper_restart_without_its_data_a_new_election_follows_at_once() {
     // Given three replicas and a leader
     let mut zk = ZkCluster::standalone();
-    let (mut g, token) = leading_group(&zk);
+    let (mut g, token) = leading_group(&zk.connect_string());
     // When ZooKeeper stops for two session timeouts and comes back empty
     zk.stop(0);
     std::thread::sleep(session() * 2);

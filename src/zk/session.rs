@@ -112,11 +112,16 @@ pub enum Verdict {
 ///    a session timeout from the first refusal, then give up;
 /// 4. a server takes the connection and answers nothing: give up at once
 ///    (the client already waited `7/5` of the session timeout, and on a
-///    half-open link every attempt keeps the session alive on the server).
+///    half-open link every attempt keeps the session alive on the server),
+///    unless this resumption saw the servers down or refusing before: then
+///    it is a server starting (its port open before it can answer, as a
+///    JVM on a loaded machine), retried within the budget of rule 2.
 #[derive(Debug, Clone)]
 pub struct Resumption {
     disconnected_at: Instant,
     refused_since: Option<Instant>,
+    /// Whether an attempt found the servers down or refusing.
+    seen_not_serving: bool,
     timeout: Duration,
 }
 
@@ -126,6 +131,7 @@ impl Resumption {
         Resumption {
             disconnected_at,
             refused_since: None,
+            seen_not_serving: false,
             timeout,
         }
     }
@@ -133,12 +139,18 @@ impl Resumption {
     /// What to do after `attempt` failed at `now`.
     pub fn after(&mut self, attempt: Attempt, now: Instant) -> Verdict {
         let disconnected = now.saturating_duration_since(self.disconnected_at);
+        let within_budget = disconnected < self.timeout * RESUME_FACTOR;
         match attempt {
             Attempt::Expired => Verdict::Expired,
+            Attempt::Unanswered if self.seen_not_serving && within_budget => Verdict::Retry,
+            Attempt::Unanswered if self.seen_not_serving => Verdict::GiveUp(format!(
+                "servers down or not answering for {RESUME_FACTOR} session timeouts"
+            )),
             Attempt::Unanswered => {
                 Verdict::GiveUp("a server took the connection but did not answer".into())
             }
             Attempt::Refused => {
+                self.seen_not_serving = true;
                 let since = *self.refused_since.get_or_insert(now);
                 if now.saturating_duration_since(since) >= self.timeout / 2 {
                     Verdict::GiveUp("servers refused the session for half a session timeout".into())
@@ -146,10 +158,16 @@ impl Resumption {
                     Verdict::Retry
                 }
             }
-            Attempt::Down if disconnected >= self.timeout * RESUME_FACTOR => Verdict::GiveUp(
-                format!("no server reachable for {RESUME_FACTOR} session timeouts"),
-            ),
-            Attempt::Down => Verdict::Retry,
+            Attempt::Down => {
+                self.seen_not_serving = true;
+                if within_budget {
+                    Verdict::Retry
+                } else {
+                    Verdict::GiveUp(format!(
+                        "no server reachable for {RESUME_FACTOR} session timeouts"
+                    ))
+                }
+            }
         }
     }
 
@@ -293,10 +311,34 @@ mod tests {
             Verdict::GiveUp(_)
         ));
         assert_eq!(r.after(Attempt::Expired, t0 + t), Verdict::Expired);
+        // A server that takes the connection and stays silent, never seen
+        // down (a half-open link): given up at once.
+        let mut r = Resumption::new(t0, t);
         assert!(matches!(
             r.after(Attempt::Unanswered, t0 + t),
             Verdict::GiveUp(_)
         ));
+    }
+
+    #[test]
+    fn a_server_that_was_down_and_now_does_not_answer_is_starting_and_waited_for() {
+        // A server that was down, then takes connections it cannot answer
+        // in time yet (a JVM starting on a loaded machine): retried within
+        // the budget of a server that is down.
+        let t = Duration::from_secs(2);
+        let t0 = Instant::now();
+        let mut r = Resumption::new(t0, t);
+        assert_eq!(r.after(Attempt::Down, t0 + t * 2), Verdict::Retry);
+        assert_eq!(r.after(Attempt::Unanswered, t0 + t * 3), Verdict::Retry);
+        assert_eq!(r.after(Attempt::Unanswered, t0 + t * 4), Verdict::Retry);
+        assert!(matches!(
+            r.after(Attempt::Unanswered, t0 + t * RESUME_FACTOR),
+            Verdict::GiveUp(_)
+        ));
+        // and so is one that refused first (not serving yet)
+        let mut r = Resumption::new(t0, t);
+        assert_eq!(r.after(Attempt::Refused, t0 + t * 2), Verdict::Retry);
+        assert_eq!(r.after(Attempt::Unanswered, t0 + t * 3), Verdict::Retry);
     }
 
     #[test]

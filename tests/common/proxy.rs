@@ -39,6 +39,10 @@ pub enum Mode {
     /// Resets existing connections and every new one (as if the server
     /// refused).
     Refuse,
+    /// Resets existing connections and closes the listening port, so a
+    /// connect is refused by the kernel (as when the server's process is
+    /// gone); the port is listened on again when the mode changes.
+    Closed,
     /// Forwards client -> server, drops server -> client (the server hears
     /// the client, the client hears nothing). Like `Blackhole`, a connection
     /// that lost bytes is reset when forwarding resumes.
@@ -221,17 +225,39 @@ pub fn connect_string(proxies: &[FaultProxy]) -> String {
 async fn accept_loop(
     listener: TcpListener,
     upstream: SocketAddr,
-    mode: watch::Receiver<Mode>,
+    mut mode: watch::Receiver<Mode>,
     stats: Arc<Stats>,
 ) {
+    let addr = listener.local_addr().expect("proxy address");
+    let mut listener = Some(listener);
     loop {
-        let Ok((client, _)) = listener.accept().await else {
+        if *mode.borrow_and_update() == Mode::Closed {
+            listener = None;
+        } else if listener.is_none() {
+            listener = Some(rebind(addr).await);
+        }
+        let Some(open) = listener.as_ref() else {
+            if mode.changed().await.is_err() {
+                return;
+            }
+            continue;
+        };
+        let accepted = tokio::select! {
+            changed = mode.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                continue;
+            }
+            accepted = open.accept() => accepted,
+        };
+        let Ok((client, _)) = accepted else {
             // Out of file descriptors or similar: back off and go on.
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
         stats.accepted.fetch_add(1, Ordering::SeqCst);
-        if *mode.borrow() == Mode::Refuse {
+        if matches!(*mode.borrow(), Mode::Refuse | Mode::Closed) {
             reset(client);
             continue;
         }
@@ -242,6 +268,17 @@ async fn accept_loop(
             proxy_connection(client, upstream, mode, stats.clone()).await;
             stats.open.fetch_sub(1, Ordering::SeqCst);
         });
+    }
+}
+
+/// Listens on `addr` again after [`Mode::Closed`] (retrying while the
+/// kernel still holds the port).
+async fn rebind(addr: SocketAddr) -> TcpListener {
+    loop {
+        match TcpListener::bind(addr).await {
+            Ok(listener) => return listener,
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
     }
 }
 
@@ -356,7 +393,7 @@ impl Connection {
         let mut lost = false;
         let mut client_buf = vec![0u8; 16 * 1024];
         let mut server_buf = vec![0u8; 16 * 1024];
-        if *self.mode.borrow_and_update() == Mode::Refuse {
+        if matches!(*self.mode.borrow_and_update(), Mode::Refuse | Mode::Closed) {
             return Err(Broken);
         }
         loop {
@@ -376,7 +413,7 @@ impl Connection {
                         return Err(Broken);
                     }
                     match *self.mode.borrow_and_update() {
-                        Mode::Refuse => return Err(Broken),
+                        Mode::Refuse | Mode::Closed => return Err(Broken),
                         Mode::Pass | Mode::Delay(_) if lost => return Err(Broken),
                         _ => {}
                     }
