@@ -9,7 +9,8 @@ use tracing::info;
 use zookeeper_client::{Client, SessionInfo, SessionState};
 
 use super::access::ZkSecurity;
-use super::{ZkError, session};
+use super::error::ZkError;
+use super::session;
 
 /// How a session ended, as far as the server is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -29,7 +29,14 @@ use tokio::time::Instant;
 use zookeeper_client::SessionState;
 
 use crate::names::{Cause, Reason};
-use crate::zk::CLIENT_EXPIRY_FACTOR;
+
+/// How long, in session timeouts since the disconnection, a session is
+/// kept while no server answers: the client reports `Expired` on its own
+/// after `7/5` of the session timeout, and the daemon then resumes it
+/// ([`Resumption`]) up to this bound. The server decides whether a
+/// session expired: one that restarts with its data restores its sessions
+/// with a fresh timeout. See `docs/design.md`.
+pub const CLIENT_EXPIRY_FACTOR: u32 = 6;
 
 /// How long, in session timeouts, a session may stay disconnected before
 /// the daemon gives it up on its own clock. Longer than the client's own
