@@ -12,6 +12,15 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The leadership won in a round: our candidate node, first in the queue.
+#[derive(Debug, Clone)]
+pub struct Leadership {
+    /// Our candidate node.
+    pub path: String,
+    /// zxid that created it.
+    pub czxid: i64,
+}
+
 /// Data stored in a candidate znode: who this candidate is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CandidateData {

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 use zookeeper_client::{Acls, CheckWriteError, Client, CreateMode};
 
-use super::round::Leadership;
+use super::candidate::Leadership;
 use crate::zk::{ZkSession, child_path};
 
 /// Child of the election path that remembers the highest fencing token

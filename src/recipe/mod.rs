@@ -10,9 +10,9 @@ pub mod confirm;
 pub mod round;
 
 pub use candidate::{
-    BadCandidateData, CANDIDATE_PREFIX, Candidate, CandidateData, MAX_CANDIDATE_DATA, Standing,
-    candidate_prefix, is_live_candidate, is_valid_node_id, order_candidates, parse_candidate,
-    standing,
+    BadCandidateData, CANDIDATE_PREFIX, Candidate, CandidateData, Leadership, MAX_CANDIDATE_DATA,
+    Standing, candidate_prefix, is_live_candidate, is_valid_node_id, order_candidates,
+    parse_candidate, standing,
 };
 pub use claim::{
     BadFloor, ClaimError, FENCING_NODE, LockDelayError, WRITER_NODE, WriterData, choose_token,
@@ -20,13 +20,4 @@ pub use claim::{
     read_token_floor,
 };
 pub use confirm::{Confirm, NodeWatch, confirm, watch_node};
-pub use round::{Candidacy, Leadership, Round, round};
-
-use crate::zk::{ZkError, ZkSession};
-
-/// Makes sure the election path `root` exists; with credentials, it and
-/// the fencing node are restricted to our ACL if found open to the world
-/// (see [`ZkSession::ensure_path`]).
-pub async fn ensure_election_path(session: &ZkSession, root: &str) -> Result<(), ZkError> {
-    session.ensure_path(root, &[FENCING_NODE]).await
-}
+pub use round::{Candidacy, Round, ensure_election_path, round};

@@ -15,19 +15,12 @@ use tracing::{debug, info, warn};
 use zookeeper_client::{CreateMode, Error as ZkErr};
 
 use super::candidate::{
-    CandidateData, Standing, candidate_prefix, is_live_candidate, order_candidates, standing,
+    CandidateData, Leadership, Standing, candidate_prefix, is_live_candidate, order_candidates,
+    standing,
 };
+use super::claim::FENCING_NODE;
 use crate::board::Board;
 use crate::zk::{self, ZkError, ZkSession, child_path};
-
-/// The leadership won in a round.
-#[derive(Debug, Clone)]
-pub struct Leadership {
-    /// Our candidate node.
-    pub path: String,
-    /// zxid that created it.
-    pub czxid: i64,
-}
 
 /// What one round found.
 pub enum Round {
@@ -73,7 +66,7 @@ pub async fn round(
         Err(ZkErr::NoNode) => {
             // The election path vanished (a wiped ensemble, an operator): recreate it.
             warn!(path = root, "election path missing; recreating it");
-            super::ensure_election_path(session, root).await?;
+            ensure_election_path(session, root).await?;
             return Ok(Round::Again);
         }
         Err(e) => return Err(ZkError::request("list", root, e)),
@@ -224,4 +217,11 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_default()
+}
+
+/// Makes sure the election path `root` exists; with credentials, it and
+/// the fencing node are restricted to our ACL if found open to the world
+/// (see [`ZkSession::ensure_path`]).
+pub async fn ensure_election_path(session: &ZkSession, root: &str) -> Result<(), ZkError> {
+    session.ensure_path(root, &[FENCING_NODE]).await
 }
