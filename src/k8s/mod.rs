@@ -70,8 +70,8 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// The Kubernetes client from the environment (in-cluster or KUBECONFIG),
 /// built once, lazily, by whichever task needs it first, and bounded like
 /// every call (a failure is retried by the next caller). The labeller,
-/// the helper tasks of [`ops`] and `election rollout` share it: one connection pool,
-/// one TLS configuration per process.
+/// the helper tasks of [`ops`] and `election rollout` share it: one
+/// connection pool, one TLS configuration per process.
 pub async fn client() -> Result<::kube::Client, KubeError> {
     static CLIENT: tokio::sync::OnceCell<::kube::Client> = tokio::sync::OnceCell::const_new();
     CLIENT
