@@ -19,7 +19,7 @@ use tokio::time::MissedTickBehavior;
 use tracing::{debug, info, warn};
 use zookeeper_client::{Error as ZkErr, EventType, SessionState, WatchedEvent};
 
-use super::on_state;
+use super::health::on_state;
 use crate::machine::{Cause, Context, Reason, Recovery, State, Step};
 use crate::recipe::{Candidacy, Leadership, Round, round};
 use crate::zk::session::{Health, Liveness, gave_up, until_deadline};

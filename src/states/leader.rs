@@ -40,7 +40,7 @@ use zookeeper_client::{EventType, SessionState};
 mod child;
 mod write;
 
-use super::on_state;
+use super::health::on_state;
 use crate::files::CommitGate;
 use crate::lease::Lease;
 use crate::machine::{Cause, Context, Reason, Recovery, State, Step};
