@@ -383,7 +383,7 @@ pub fn parse_zk_root(s: &str) -> Result<String, InvalidValue> {
 
 /// A node id usable in logs, file contents and Kubernetes annotations.
 pub fn parse_node_id(s: &str) -> Result<String, InvalidValue> {
-    if crate::zk::is_valid_node_id(s) {
+    if crate::recipe::is_valid_node_id(s) {
         Ok(s.to_owned())
     } else {
         Err(InvalidValue::BadNodeId(s.to_owned()))

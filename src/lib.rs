@@ -7,7 +7,8 @@
 //! [`names`] holds the published state names and causes, [`flags`] the flag
 //! values the subcommands share.
 //! Leader files follow the contract in [`files`] and are read back,
-//! bounded and checked, by [`readback`]; [`zk`] holds the ZooKeeper recipe.
+//! bounded and checked, by [`readback`]; [`zk`] holds the ZooKeeper sessions
+//! and [`recipe`] the election recipe built on them.
 
 pub mod board;
 pub mod cmd;
@@ -22,6 +23,7 @@ pub mod machine;
 pub mod metrics;
 pub mod names;
 pub mod readback;
+pub mod recipe;
 pub mod state_dir;
 pub mod states;
 pub mod telemetry;

@@ -1,4 +1,6 @@
-//! The state machine: one [`State`] enum, one module per state, one loop.
+//! The state machine: one [`State`] enum, the [`Step`] each state returns,
+//! and the [`Context`] they share. One module per state and the loop are in
+//! [`crate::states`].
 //!
 //! ```text
 //! Init ──ok──> Attempter ──first in queue──> Leader
@@ -11,21 +13,20 @@
 //! any state ── SIGTERM / SIGINT / `election release` ──> Stopping ──> exit 0
 //! ```
 //!
-//! Each state is `async fn run(self, ctx) -> Step`: it never returns an error,
-//! it logs the cause and names the next state.
+//! Each state is `async fn run(ctx, data) -> Step`: it never returns an
+//! error, it logs the cause and names the next state.
 
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, info, info_span};
 
 use crate::board::{Board, Entered};
 use crate::config::RunArgs;
 pub use crate::names::{Cause, Reason, StateName};
 use crate::state_dir::StateDir;
-use crate::states::{attempter, failover, init, leader, stopping};
+use crate::states::init::dir_check::DirCheck;
 use crate::zk::{Origin, ZkSession};
 use zookeeper_client::SessionInfo;
 
@@ -52,7 +53,7 @@ pub struct Context {
     /// closed), and Stopping closes them for real.
     pub abandoned_sessions: Arc<Mutex<Vec<(SessionInfo, Origin)>>>,
     /// Init's file-dir check, one at a time (read by `/healthz`).
-    pub dir_check: Arc<init::DirCheck>,
+    pub dir_check: Arc<DirCheck>,
     /// `--state-dir`, locked for the life of the process.
     pub state_dir: Option<Arc<StateDir>>,
 }
@@ -79,7 +80,7 @@ impl Context {
             stop_request: Arc::new(OnceLock::new()),
             file_dir_device: Arc::new(OnceLock::new()),
             abandoned_sessions: Arc::new(Mutex::new(Vec::new())),
-            dir_check: Arc::new(init::DirCheck::default()),
+            dir_check: Arc::new(DirCheck::default()),
             state_dir: None,
         }
     }
@@ -217,7 +218,7 @@ pub enum State {
         /// The live session.
         session: ZkSession,
         /// Our node and its zxid.
-        leadership: leader::Leadership,
+        leadership: crate::recipe::Leadership,
         /// Failures so far (reset after a healthy period).
         recovery: Recovery,
     },
@@ -319,53 +320,6 @@ impl Step {
             _ => Cause::StopRequested.because("stop requested"),
         };
         Step::Next(State::Stopping { session, outcome }, why)
-    }
-}
-
-/// Runs the machine from Init until it exits.
-pub async fn run(ctx: Context) -> Outcome {
-    let mut state = State::Init {
-        recovery: Recovery::default(),
-    };
-    // The ZooKeeper user name, never the password.
-    let security = ctx.cfg.zk_security.security();
-    let zk_user = security.credentials.as_ref().map_or("-", |c| c.user());
-    info!(node_id = %ctx.node_id, zk_servers = %ctx.cfg.zk_servers, zk_root = %ctx.cfg.zk_root,
-        file_dir = %ctx.cfg.file_dir.display(), zk_user, zk_tls = security.tls.is_some(), "starting");
-    loop {
-        let from = state.name();
-        let span = info_span!("state", state = %from);
-        let step = async {
-            match state {
-                State::Init { recovery } => init::run(&ctx, recovery).await,
-                State::Attempter { session, recovery } => {
-                    attempter::run(&ctx, session, recovery).await
-                }
-                State::Leader {
-                    session,
-                    leadership,
-                    recovery,
-                } => leader::run(&ctx, session, leadership, recovery).await,
-                State::Failover { session, recovery } => {
-                    failover::run(&ctx, session, recovery).await
-                }
-                State::Stopping { session, outcome } => stopping::run(&ctx, session, outcome).await,
-            }
-        }
-        .instrument(span)
-        .await;
-        match step {
-            Step::Next(next, why) => {
-                let to = next.name();
-                info!(state = %to, from = %from, to = %to, cause = %why.cause, detail = %why.detail, "transition");
-                ctx.board.transition(from, next.entered(), why);
-                state = next;
-            }
-            Step::Exit(outcome) => {
-                info!(state = %from, ?outcome, "stopped");
-                return outcome;
-            }
-        }
     }
 }
 

@@ -13,7 +13,7 @@ use std::fs;
 use std::io::Read;
 use std::path::Path;
 
-use crate::files::{FileKey, LeaderRecord};
+use crate::files::name::{FileKey, LeaderRecord};
 
 /// The largest leader file read back. A record is about 250 bytes; its
 /// fields are bounded by the daemon (node id, znode path).

@@ -142,7 +142,7 @@ fn overwrite_leader_candidate(zk: &ZkCluster, data: &[u8]) -> String {
     rt.block_on(async {
         let client = common::zk_client(&zk.connect_string()).await;
         let children = client.list_children(ROOT).await.unwrap();
-        let first = election::zk::order_candidates(&children)
+        let first = election::recipe::order_candidates(&children)
             .into_iter()
             .next()
             .expect("a candidate");
@@ -155,7 +155,7 @@ fn overwrite_leader_candidate(zk: &ZkCluster, data: &[u8]) -> String {
 
 /// Whether `s` is what a node id may be (`--node-id`'s rules).
 fn sane(s: &str) -> bool {
-    election::zk::is_valid_node_id(s)
+    election::recipe::is_valid_node_id(s)
 }
 
 #[rstest::rstest]

@@ -392,7 +392,7 @@ fn deleting_the_leader_node_makes_it_step_down_and_compete_again() {
     rt.block_on(async {
         let client = common::zk_client(&zk.connect_string()).await;
         let children = client.list_children("/election/test").await.unwrap();
-        let order = election::zk::order_candidates(&children);
+        let order = election::recipe::order_candidates(&children);
         client
             .delete(&format!("/election/test/{}", order[0].name), None)
             .await
@@ -423,7 +423,7 @@ fn deleting_the_leader_node_makes_it_step_down_and_compete_again() {
         c
     });
     assert_eq!(
-        election::zk::order_candidates(&children).len(),
+        election::recipe::order_candidates(&children).len(),
         2,
         "{children:?}"
     );

@@ -304,7 +304,7 @@ fn garbage_in_the_election_path_does_not_block_the_election() {
         let c = common::zk_client(&zk.connect_string()).await;
         let children = c.list_children("/election/test").await.unwrap();
         common::close_client(c).await;
-        election::zk::order_candidates(&children)
+        election::recipe::order_candidates(&children)
     });
     assert_eq!(first[0].name, "c_00000000000000ff_0000000000", "{first:?}");
     let znode = s.znode.unwrap_or_default();

@@ -340,7 +340,7 @@ fn delete_the_leader_node_mid_write(syscall: &str, delay: Duration, moment: impl
     let children = rt.block_on(client.list_children(ROOT)).unwrap();
     let leader_node = format!(
         "{ROOT}/{}",
-        election::zk::order_candidates(&children)[0].name
+        election::recipe::order_candidates(&children)[0].name
     );
     moment(&g);
     let deleted = rt.block_on(client.delete(&leader_node, None));
@@ -447,7 +447,7 @@ fn a_writer_node_held_by_a_live_session_delays_the_first_write_then_is_cleared()
     let first = &g.records()[0];
     let waited_ms =
         election::cmd::verify::parse_time_ms(&first.written_at).unwrap() - status.since_ms as i64;
-    let bound = election::states::leader::lock_delay_bound(
+    let bound = election::recipe::lock_delay_bound(
         Duration::from_secs(2),
         Some(Duration::from_millis(200)),
     );
@@ -557,7 +557,7 @@ fn an_impostor_named_after_our_session_never_makes_us_delete_our_node() {
             let client = common::zk_client(&zk.connect_string()).await;
             let c = client.list_children(ROOT).await.unwrap();
             common::close_client(client).await;
-            election::zk::order_candidates(&c)
+            election::recipe::order_candidates(&c)
         })
     };
     assert!(wait_until(
@@ -571,7 +571,7 @@ fn an_impostor_named_after_our_session_never_makes_us_delete_our_node() {
     // session that sorts before its real node
     let impostor = format!(
         "{ROOT}/{}{:010}",
-        election::zk::candidate_prefix(waiting.session),
+        election::recipe::candidate_prefix(waiting.session),
         0
     );
     rt.block_on(async {

@@ -158,13 +158,13 @@ impl Soak {
 
     /// The candidate nodes in queue order, each with its session (from its
     /// name) and its `ephemeralOwner`.
-    fn queue(&self) -> Vec<(election::zk::Candidate, i64)> {
+    fn queue(&self) -> Vec<(election::recipe::Candidate, i64)> {
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(async {
             let client = common::zk_client(&self.zk.connect_string()).await;
             let mut queue = Vec::new();
             if let Ok(children) = client.list_children("/election/test").await {
-                for c in election::zk::order_candidates(&children) {
+                for c in election::recipe::order_candidates(&children) {
                     let path = format!("/election/test/{}", c.name);
                     if let Ok(Some(stat)) = client.check_stat(&path).await {
                         queue.push((c, stat.ephemeral_owner));
@@ -275,7 +275,7 @@ impl Soak {
         rt.block_on(async {
             let client = common::zk_client(&self.zk.connect_string()).await;
             if let Ok(children) = client.list_children("/election/test").await
-                && let Some(first) = election::zk::order_candidates(&children).first()
+                && let Some(first) = election::recipe::order_candidates(&children).first()
             {
                 let _ = client
                     .delete(&format!("/election/test/{}", first.name), None)

@@ -20,9 +20,8 @@ use kube::api::{Api, DeleteParams, ListParams, Preconditions};
 use tracing::{debug, info, warn};
 
 use crate::flags::{LogFormat, parse_duration, parse_positive_duration};
-use crate::k8s::KubeError;
-use crate::k8s::labeller::{bounded, client};
 use crate::k8s::rollout::{Next, PodView, SetView, Wait, next};
+use crate::k8s::{KubeError, bounded, client};
 
 /// Pause between two looks at the StatefulSet and its Pods.
 const POLL: Duration = Duration::from_secs(1);

@@ -11,8 +11,9 @@ use tracing::{info, warn};
 use crate::config::RunArgs;
 use crate::http;
 use crate::k8s::{labeller, ops};
-use crate::machine::{self, Context, Outcome, StopRequest};
+use crate::machine::{Context, Outcome, StopRequest};
 use crate::state_dir::StateDir;
+use crate::states;
 
 /// How long a daemon released through `election release` waits for the
 /// SIGTERM that normally follows a preStop hook before exiting on its own.
@@ -64,7 +65,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 
     // The machine runs until it exits; the first signal asks it to stop
     // (the same path as a release request), a second one exits at once.
-    let machine = machine::run(ctx.clone());
+    let machine = states::run(ctx.clone());
     tokio::pin!(machine);
     let outcome = loop {
         tokio::select! {

@@ -7,7 +7,8 @@ use anyhow::Context as _;
 use serde::Serialize;
 
 use crate::config::StatusArgs;
-use crate::zk::{CandidateData, ZkSession, child_path, is_live_candidate, order_candidates};
+use crate::recipe::{CandidateData, is_live_candidate, order_candidates};
+use crate::zk::{ZkSession, child_path};
 
 #[derive(Debug, Serialize)]
 struct Row {

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use super::{InvalidValue, parse_positive_duration};
+use crate::flags::{InvalidValue, parse_positive_duration};
 
 /// `--leader-timeout`: each tick may confirm leadership (a `sync` through
 /// the ZooKeeper leader and a `stat`) and writes a file with two fsyncs.

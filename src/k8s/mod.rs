@@ -59,3 +59,46 @@ impl KubeError {
         matches!(self, KubeError::Api { source: kube::Error::Api(status), .. } if status.is_forbidden())
     }
 }
+
+/// Label key carrying the state.
+pub const STATE_LABEL: &str = "election-state";
+/// Prefix of the annotations.
+pub const ANNOTATION_PREFIX: &str = "election/";
+/// Bound on one API call.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The Kubernetes client from the environment (in-cluster or KUBECONFIG),
+/// built once, lazily, by whichever task needs it first, and bounded like
+/// every call (a failure is retried by the next caller). The labeller,
+/// the helper tasks of [`ops`] and `election rollout` share it: one
+/// connection pool, one TLS configuration per process.
+pub async fn client() -> Result<::kube::Client, KubeError> {
+    static CLIENT: tokio::sync::OnceCell<::kube::Client> = tokio::sync::OnceCell::const_new();
+    CLIENT
+        .get_or_try_init(|| async {
+            tokio::time::timeout(CALL_TIMEOUT, ::kube::Client::try_default())
+                .await
+                .map_err(|_| KubeError::Timeout {
+                    what: "building the Kubernetes client",
+                    after: CALL_TIMEOUT,
+                })?
+                .map_err(KubeError::Client)
+        })
+        .await
+        .cloned()
+}
+
+/// Runs one API call within [`CALL_TIMEOUT`].
+pub async fn bounded<T>(
+    what: &'static str,
+    call: impl std::future::Future<Output = Result<T, ::kube::Error>>,
+) -> Result<T, KubeError> {
+    match tokio::time::timeout(CALL_TIMEOUT, call).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(source)) => Err(KubeError::Api { what, source }),
+        Err(_) => Err(KubeError::Timeout {
+            what,
+            after: CALL_TIMEOUT,
+        }),
+    }
+}

@@ -59,7 +59,8 @@ use tracing::{debug, info, warn};
 
 use super::KubeError;
 use crate::board::Transition;
-use crate::k8s::labeller::{ANNOTATION_PREFIX, Resend, STATE_LABEL, bounded, client};
+use crate::k8s::labeller::Resend;
+use crate::k8s::{ANNOTATION_PREFIX, STATE_LABEL, bounded, client};
 use crate::machine::Context;
 use crate::names::StateName;
 

@@ -20,7 +20,7 @@ use std::fmt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
 
-use crate::k8s::labeller::STATE_LABEL;
+use crate::k8s::STATE_LABEL;
 
 /// Label the StatefulSet controller puts on each Pod: the name of the
 /// ControllerRevision the Pod was created from.

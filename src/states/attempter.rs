@@ -10,42 +10,25 @@
 //! everything that can change its standing (see docs/design.md), so at rest
 //! it sends only the client's pings. attempter-timeout bounds one round
 //! (list, create, watch): a slower round counts as failed and is retried.
-//!
-//! Nodes that only look like candidates are not trusted blindly: a
-//! predecessor (or a second node "of ours") whose `ephemeralOwner` is not
-//! the session its name claims, for example a persistent node someone
-//! created by hand, is ignored for the rest of the session instead of
-//! blocking the queue forever. It costs one stat, and only in that case.
+//! The round itself is [`crate::recipe::round`].
 
 use std::collections::HashSet;
 use std::time::Duration;
 
 use tokio::time::MissedTickBehavior;
 use tracing::{debug, info, warn};
-use zookeeper_client::{CreateMode, Error as ZkErr, EventType, SessionState, WatchedEvent};
+use zookeeper_client::{Error as ZkErr, EventType, SessionState, WatchedEvent};
 
-use super::leader::Leadership;
+use super::health::on_state;
 use crate::machine::{Cause, Context, Reason, Recovery, State, Step};
-use crate::zk::session::{Health, Liveness, gave_up, on_state, until_deadline};
-use crate::zk::{
-    self, CandidateData, Standing, ZkError, ZkSession, candidate_prefix, child_path,
-    is_live_candidate, order_candidates, standing,
-};
+use crate::recipe::{Candidacy, Leadership, Round, round};
+use crate::zk::session::{Health, Liveness, gave_up, until_deadline};
+use crate::zk::{self, ZkError, ZkSession};
 
 /// Consecutive failed rounds (other than disconnections) before Failover.
 const MAX_ROUND_ERRORS: u32 = 3;
 /// Pause before retrying a failed round.
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
-
-/// What one round found.
-enum Round {
-    /// We are first.
-    Lead(Leadership),
-    /// Wait for this predecessor's node to change.
-    Wait(zookeeper_client::OneshotWatcher, String),
-    /// Something changed under us: look again at once.
-    Again,
-}
 
 /// What a candidate waits for between two rounds.
 enum Wait {
@@ -88,7 +71,7 @@ struct Attempter<'a> {
     round_bound: Duration,
     /// Failed rounds in a row (other than disconnections).
     errors: u32,
-    /// Nodes that only look like candidates (see the module doc).
+    /// Nodes that only look like candidates (see [`crate::recipe::round`]).
     impostors: HashSet<String>,
 }
 
@@ -149,8 +132,15 @@ impl Attempter<'_> {
     /// Runs one round, bounded: requests wait in the client's queue while
     /// it is disconnected. `None` means look again at once.
     async fn look(&mut self) -> Result<Option<Wait>, Exit> {
+        let abandoned = self.ctx.abandoned_list();
+        let me = Candidacy {
+            root: &self.ctx.cfg.zk_root,
+            node_id: &self.ctx.node_id,
+            abandoned: &abandoned,
+            impostors: &mut self.impostors,
+        };
         let found = tokio::select! {
-            r = tokio::time::timeout(self.round_bound, round(self.ctx, &self.session, &mut self.impostors)) => {
+            r = tokio::time::timeout(self.round_bound, round(&self.session, me, &self.ctx.board)) => {
                 r.unwrap_or_else(|_| Err(ZkError::request("round", &self.ctx.cfg.zk_root, ZkErr::Timeout)))
             }
             _ = self.ctx.cancel.cancelled() => return Err(Exit::Stop),
@@ -263,172 +253,4 @@ fn zk_fatal(e: &ZkErr) -> bool {
         e,
         ZkErr::SessionExpired | ZkErr::ClientClosed | ZkErr::AuthFailed | ZkErr::SessionMoved
     )
-}
-
-/// One look at the election.
-async fn round(
-    ctx: &Context,
-    session: &ZkSession,
-    impostors: &mut HashSet<String>,
-) -> Result<Round, ZkError> {
-    let client = session.client();
-    let root = ctx.cfg.zk_root.as_str();
-    let sid = session.id();
-    let children = match client.list_children(root).await {
-        Ok(c) => c,
-        Err(ZkErr::NoNode) => {
-            // The election path vanished (a wiped ensemble, an operator): recreate it.
-            warn!(path = root, "election path missing; recreating it");
-            session.ensure_path(root).await?;
-            return Ok(Round::Again);
-        }
-        Err(e) => return Err(ZkError::request("list", root, e)),
-    };
-    let mut ordered = order_candidates(&children);
-    ordered.retain(|c| !impostors.contains(&c.name));
-    // Nodes of sessions this process gave up without an acknowledged close
-    // would sit in the queue until the server expires them: remove them.
-    let abandoned = ctx.abandoned_list();
-    if let Some(stale) = ordered.iter().find(|c| abandoned.contains(&c.session)) {
-        let path = child_path(root, &stale.name);
-        let stat = zk::stat(client, &path).await?;
-        match stat {
-            Some(stat) if is_live_candidate(stat.ephemeral_owner, stale.session) => {
-                info!(node = %stale.name, "deleting the candidate node of a session this replica abandoned");
-                match client.delete(&path, Some(stat.version)).await {
-                    Ok(()) | Err(ZkErr::NoNode) => {}
-                    Err(e) => return Err(ZkError::request("delete", &path, e)),
-                }
-            }
-            Some(_) => {
-                impostors.insert(stale.name.clone());
-            }
-            None => {}
-        }
-        return Ok(Round::Again);
-    }
-    let (standing, extra) = standing(&ordered, sid);
-    if !extra.is_empty() {
-        // Several nodes carry our session's name. Only those really owned by
-        // this session count: an impostor that sorts first must not make
-        // us delete our real node.
-        let own = match &standing {
-            Standing::First(c) | Standing::Behind { own: c, .. } => c.clone(),
-            Standing::Absent => unreachable!("extra nodes imply one of ours"),
-        };
-        let mut real = Vec::new();
-        for node in std::iter::once(own).chain(extra) {
-            let path = child_path(root, &node.name);
-            let stat = zk::stat(client, &path).await?;
-            match stat {
-                Some(stat) if is_live_candidate(stat.ephemeral_owner, sid) => real.push(node),
-                Some(stat) => {
-                    warn!(node = %node.name, owner = stat.ephemeral_owner, "ignoring a node that imitates this session");
-                    impostors.insert(node.name);
-                }
-                None => {}
-            }
-        }
-        // Keep the oldest real one; delete the rest (a create whose reply
-        // was lost, an earlier round).
-        for orphan in real.iter().skip(1) {
-            warn!(node = %orphan.name, "deleting an extra candidate node of this session");
-            let path = child_path(root, &orphan.name);
-            match client.delete(&path, None).await {
-                Ok(()) | Err(ZkErr::NoNode) => {}
-                Err(e) => return Err(ZkError::request("delete", &path, e)),
-            }
-        }
-        return Ok(Round::Again);
-    }
-    if let Some(first) = ordered.first() {
-        let leader_id = if first.session == sid {
-            Some(ctx.node_id.clone())
-        } else {
-            match client.get_data(&child_path(root, &first.name)).await {
-                Ok((data, _)) => CandidateData::parse(&data).ok().map(|d| d.node_id),
-                Err(_) => None,
-            }
-        };
-        ctx.board.saw_leader(leader_id);
-    }
-    match standing {
-        Standing::Absent => {
-            let data = CandidateData {
-                node_id: ctx.node_id.clone(),
-                host: hostname(),
-                pid: std::process::id(),
-            };
-            let body = serde_json::to_vec(&data).expect("candidate data serializes");
-            let prefix = child_path(root, &candidate_prefix(sid));
-            let options = CreateMode::EphemeralSequential.with_acls(session.acls());
-            match client.create(&prefix, &body, &options).await {
-                // The only place the session id the server uses shows: the
-                // client keeps reporting the id it had before a reconnection
-                // the server answered with a new one (see docs/design.md).
-                Ok((stat, seq)) if stat.ephemeral_owner != sid => Err(ZkError::SessionReplaced {
-                    path: format!("{prefix}{seq}"),
-                    owner: stat.ephemeral_owner,
-                    ours: sid,
-                }),
-                Ok((_, seq)) => {
-                    info!(node = %format!("{prefix}{seq}"), "candidate node created");
-                    Ok(Round::Again)
-                }
-                // The create may have landed: the next round finds it by name.
-                Err(ZkErr::ConnectionLoss) => Ok(Round::Again),
-                Err(e) => Err(ZkError::request("create", &prefix, e)),
-            }
-        }
-        Standing::First(own) => {
-            let path = child_path(root, &own.name);
-            let stat = zk::stat(client, &path).await?;
-            match stat {
-                Some(stat) if is_live_candidate(stat.ephemeral_owner, sid) => {
-                    Ok(Round::Lead(Leadership {
-                        path,
-                        czxid: stat.czxid,
-                    }))
-                }
-                Some(stat) => {
-                    // Named after our session but not ours: ignore it, and
-                    // the next round creates a real node.
-                    warn!(path = %path, owner = stat.ephemeral_owner, "ignoring a node that imitates this session");
-                    impostors.insert(own.name);
-                    Ok(Round::Again)
-                }
-                None => Ok(Round::Again),
-            }
-        }
-        Standing::Behind { own, predecessor } => {
-            let own_path = child_path(root, &own.name);
-            ctx.board.queued(&own_path);
-            let pred_path = child_path(root, &predecessor.name);
-            let watched = client
-                .check_and_watch_stat(&pred_path)
-                .await
-                .map_err(|e| ZkError::request("watch", &pred_path, e))?;
-            match watched {
-                (Some(stat), _)
-                    if !is_live_candidate(stat.ephemeral_owner, predecessor.session) =>
-                {
-                    warn!(node = %pred_path, owner = stat.ephemeral_owner,
-                        "ignoring a node that is not a live candidate of the session it names");
-                    impostors.insert(predecessor.name);
-                    Ok(Round::Again)
-                }
-                (Some(_), watcher) => {
-                    debug!(predecessor = %pred_path, "waiting for predecessor");
-                    Ok(Round::Wait(watcher, pred_path))
-                }
-                (None, _) => Ok(Round::Again),
-            }
-        }
-    }
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_default()
 }

@@ -9,73 +9,16 @@
 //! check that hangs (a hung mount) is waited for again by the next Init
 //! instead of starting another, so retries never use up the blocking pool.
 //! A check running too long, or file-dir found on another device than at
-//! start, is what [`DirCheck`] reports to `/healthz` (see docs/design.md).
+//! start, is what [`dir_check::DirCheck`] reports to `/healthz` (see
+//! docs/design.md).
 
-use std::sync::{Mutex, PoisonError};
-use std::time::Duration;
-
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::files::{self, FileError};
+pub mod dir_check;
+
 use crate::machine::{Cause, Context, Recovery, State, Step};
 use crate::zk::{self, Closed, Origin, ZkSession};
-
-/// Init's file-dir check: at most one at a time, and what `/healthz`
-/// needs to know about it.
-#[derive(Debug, Default)]
-pub struct DirCheck {
-    /// A check still running, left by an Init that stopped waiting for it.
-    running: Mutex<Option<JoinHandle<Result<u64, FileError>>>>,
-    /// Since when the current check runs.
-    started: Mutex<Option<Instant>>,
-    /// Since when file-dir is refused for being on another device.
-    refused: Mutex<Option<Instant>>,
-}
-
-impl DirCheck {
-    /// How long the current check has been running, if one is.
-    pub fn running_for(&self) -> Option<Duration> {
-        lock(&self.started).map(|t| t.elapsed())
-    }
-
-    /// How long file-dir has been on another device than at start.
-    pub fn refused_for(&self) -> Option<Duration> {
-        lock(&self.refused).map(|t| t.elapsed())
-    }
-
-    /// The check left running, or a new one.
-    fn take_or_start(&self, dir: &std::path::Path) -> JoinHandle<Result<u64, FileError>> {
-        if let Some(running) = lock(&self.running).take() {
-            return running;
-        }
-        *lock(&self.started) = Some(Instant::now());
-        let dir = dir.to_owned();
-        tokio::task::spawn_blocking(move || files::ensure_writable_dir(&dir))
-    }
-
-    /// Keeps a check that is still running for the next Init.
-    fn keep(&self, running: JoinHandle<Result<u64, FileError>>) {
-        *lock(&self.running) = Some(running);
-    }
-
-    /// The check ended; `on_device` says whether file-dir was where it was at start.
-    fn ended(&self, on_device: Option<bool>) {
-        *lock(&self.started) = None;
-        match on_device {
-            Some(true) => *lock(&self.refused) = None,
-            Some(false) => {
-                lock(&self.refused).get_or_insert_with(Instant::now);
-            }
-            None => {}
-        }
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 /// Checks file-dir (bounded by zk-connect-timeout, never starting a
 /// second check while one hangs); its device, or the step to take.
@@ -166,7 +109,7 @@ pub async fn run(ctx: &Context, recovery: Recovery) -> Step {
     save_session(ctx, &session).await;
 
     let ensured = tokio::select! {
-        r = tokio::time::timeout(cfg.zk_connect_timeout, session.ensure_path(&cfg.zk_root)) => r,
+        r = tokio::time::timeout(cfg.zk_connect_timeout, crate::recipe::ensure_election_path(&session, &cfg.zk_root)) => r,
         _ = ctx.cancel.cancelled() => return Step::stop(ctx, Some(session)),
     };
     match ensured {

@@ -1,74 +1,36 @@
-//! Leader: write a file every leader-timeout, and never without leadership.
+//! Leader: write a file every leader-timeout (or run the command), and
+//! never without leadership.
 //!
-//! **Claim.** The leadership's fencing token is the zxid that created its
-//! node, raised above the highest token recorded in ZooKeeper (the
-//! `fencing` node) and above any trusted token in file-dir. One multi-op checks our
-//! node, records the new floor and creates the ephemeral `writer` node.
-//! If another session still holds `writer`, its leader may still be inside
-//! a write (its node was deleted by hand, say, rather than released): we
-//! wait until that node goes, or until that leader's lease has certainly
-//! run out (Chubby's lock-delay), before the first write. A leader that
-//! stopped cleanly (closed session, or deleted `writer` after closing its
-//! commit gate) costs its successor no wait.
-//!
-//! **Writes.** Every write needs a [`Lease`]: ZooKeeper confirmed that
-//! our node still exists and is owned by our session, by a `sync` (which
-//! a server cut off from the quorum cannot answer) followed by a stat,
-//! pipelined; a good answer that came back quickly grants the lease,
-//! counted from when the request was sent. A tick that finds less than
-//! half the lease left confirms first ([`Lease::is_fresh`]), so the file
-//! writer asks ZooKeeper about every half lease, not before every write
-//! (a command is confirmed at every tick). The write runs on a blocking
-//! thread, bounded by what is left of the lease; a write that overruns
-//! counts as a failure and no new one starts while it hangs. The file is
-//! committed (renamed into place) only through the leadership's
-//! [`CommitGate`], while the lease is valid, the session connected and our
-//! node not seen deleted. Every way out of Leader first closes the gate
-//! and waits for a commit in flight: no file of this leadership can land
-//! after we gave up the session or the writer node. That wait is bounded
-//! (by what is left of the lease, at least session/20); a commit that hangs
-//! past it makes the leader abandon its session without closing it, so a
-//! successor starts only once the server expired it, as after a crash.
-//!
-//! **Failures.** A disconnection revokes the lease at once (suspended); the
-//! same session reconnecting resumes after a fresh confirmation. A claim or
-//! watch whose connection broke (a ZooKeeper server restarting) waits the
-//! same way and is tried again: a claim that landed unseen finds our own
-//! writer node, which is released and claimed again with a higher token. Write
-//! errors, overruns and writes fenced while connected count towards
-//! max-write-failures, after which the leader steps down (Failover). A
-//! write still running one session timeout after it started ends the
-//! leadership at once, whatever leader-timeout and max-write-failures are.
+//! It claims the fencing token and the `writer` node
+//! ([`crate::recipe::claim`]), then writes only under a [`Lease`] that
+//! ZooKeeper confirmed ([`crate::recipe::confirm`]; a tick with less than
+//! half the lease left confirms first, [`Lease::is_fresh`]), commits only
+//! through the leadership's [`CommitGate`], and closes that gate before
+//! any way out. Disconnection suspends it; write failures, overruns and
+//! fenced writes count towards max-write-failures (then Failover), and a
+//! write still running a session timeout after it started ends the
+//! leadership at once. Why each rule holds: `docs/design.md` ("Never
+//! write without leadership", "The margin of the lease").
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{error, info, warn};
-use zookeeper_client::{EventType, SessionState, WatchedEvent};
+use zookeeper_client::{EventType, SessionState};
 
 mod child;
+mod write;
 
-use crate::files::{self, CommitGate, FileError, FileKey, LeaderRecord};
-use crate::lease::{Lease, Stamp};
+use super::health::on_state;
+use crate::files::CommitGate;
+use crate::lease::Lease;
 use crate::machine::{Cause, Context, Reason, Recovery, State, Step};
-use crate::zk::session::{Health, Liveness, gave_up, on_state, until_deadline};
-use crate::zk::{self, ClaimError, ZkSession, is_live_candidate};
-
-/// The leadership won in Attempter.
-#[derive(Debug, Clone)]
-pub struct Leadership {
-    /// Our candidate node.
-    pub path: String,
-    /// zxid that created it.
-    pub czxid: i64,
-}
-
-/// The next event on our node.
-type NodeWatch = std::pin::Pin<Box<dyn std::future::Future<Output = WatchedEvent> + Send>>;
+use crate::recipe::{self, ClaimError, Confirm, Leadership, NodeWatch};
+use crate::zk::session::{Health, Liveness, gave_up, until_deadline};
+use crate::zk::{self, ZkSession};
+use write::{InFlight, wait_write};
 
 /// How many times a claim is tried before Failover.
 const CLAIM_ATTEMPTS: u32 = 5;
@@ -82,17 +44,6 @@ const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
 /// less left.
 const COMMIT_GRACE_DIVISOR: u32 = 20;
 
-/// What confirming leadership found.
-#[derive(Debug)]
-enum Confirm {
-    /// Confirmed; the lease is extended.
-    Held,
-    /// Our node is gone or not ours: leadership is lost.
-    Lost(String),
-    /// No trustworthy answer: not allowed to write now.
-    Unknown(String),
-}
-
 /// Where Leader goes next.
 enum Exit {
     /// Back to the queue with the same session.
@@ -101,27 +52,6 @@ enum Exit {
     Failover(Reason),
     /// Stop requested.
     Stop,
-}
-
-/// A write running on a blocking thread.
-struct InFlight {
-    handle: JoinHandle<Result<PathBuf, FileError>>,
-    key: FileKey,
-    /// When it must have finished (end of the lease it started under).
-    deadline: Instant,
-    /// When it started: one session timeout later a write still running
-    /// ends the leadership ([`WriteEnd::Hung`]).
-    started: Instant,
-    /// Already counted as a failure for overrunning its deadline.
-    overdue: bool,
-}
-
-/// How a write in flight ended.
-enum WriteEnd {
-    Done(Result<Result<PathBuf, FileError>, tokio::task::JoinError>),
-    Overdue,
-    /// Still running one session timeout after it started: the disk hangs.
-    Hung,
 }
 
 /// Leader's data.
@@ -330,7 +260,7 @@ impl Leader<'_> {
             Exit::Stop => Step::stop(ctx, Some(session)),
             Exit::Failover(why) => Step::failover(Some(session), recovery, why),
             Exit::Attempter(why) => {
-                let released = session.bounded(zk::delete_writer_of(
+                let released = session.bounded(recipe::delete_writer_of(
                     session.client(),
                     &ctx.cfg.zk_root,
                     session.id(),
@@ -350,57 +280,38 @@ impl Leader<'_> {
         }
     }
 
-    /// Chooses the token and claims it together with the writer node,
+    /// Claims the leadership's token together with the writer node,
     /// waiting out another session's writer node if need be.
     async fn claim(&mut self) -> Result<u64, Exit> {
         let root = self.ctx.cfg.zk_root.as_str();
         for _ in 0..CLAIM_ATTEMPTS {
             let on_disk = self.newest_on_disk().await?;
-            let (floor, version) = match self
-                .session
-                .bounded(zk::read_token_floor(self.session.client(), root))
-                .await
-            {
-                Ok(Ok(read)) => read,
-                Ok(Err(bad)) => {
+            let claimed = recipe::claim(
+                &self.session,
+                root,
+                &self.leadership,
+                on_disk,
+                self.lease.pin(),
+            )
+            .await;
+            match claimed {
+                Ok(token) => return Ok(token),
+                Err(ClaimError::BadFloor(bad)) => {
                     return Err(Exit::Failover(Cause::FencingError.because(bad.to_string())));
                 }
-                Err(e) if zk::is_unanswered(&e) => {
+                Err(ClaimError::FloorUnread(e)) if zk::is_unanswered(&e) => {
                     self.until_reconnected("reading the token floor").await?;
-                    continue;
                 }
-                Err(e) => {
-                    return Err(Exit::Failover(
-                        Cause::ZookeeperError.because(format!("cannot read the token floor: {e}")),
-                    ));
+                Err(e @ ClaimError::FloorUnread(_)) => {
+                    return Err(Exit::Failover(Cause::ZookeeperError.because(e.to_string())));
                 }
-            };
-            let czxid = u64::try_from(self.leadership.czxid).unwrap_or(0);
-            let Some(token) = choose_token(czxid, floor, on_disk) else {
-                error!(floor, ?on_disk, "fencing tokens exhausted");
-                return Err(Exit::Failover(
-                    Cause::FencingError.because("fencing tokens exhausted (u64::MAX reached)"),
-                ));
-            };
-            let claim = zk::claim_leadership(
-                self.session.client(),
-                self.session.acls(),
-                root,
-                &self.leadership.path,
-                token,
-                self.lease.pin(),
-                version,
-            );
-            let claimed = tokio::time::timeout(self.session.timeout(), claim)
-                .await
-                .unwrap_or(Err(ClaimError::Request(
-                    zookeeper_client::Error::ConnectionLoss,
-                )));
-            match claimed {
-                Ok(()) => return Ok(token),
+                Err(e @ ClaimError::Exhausted { floor, on_disk }) => {
+                    error!(floor, ?on_disk, "fencing tokens exhausted");
+                    return Err(Exit::Failover(Cause::FencingError.because(e.to_string())));
+                }
                 Err(ClaimError::WriterHeld { owner, .. }) if owner == self.session.id() => {
                     // Ours from an earlier leadership of this session.
-                    self.release_own_writer().await?;
+                    self.release_writer_of(self.session.id()).await?;
                 }
                 Err(ClaimError::WriterHeld { owner: 0, .. }) => {}
                 // A session of this process given up without the server's
@@ -451,56 +362,9 @@ impl Leader<'_> {
         ))))
     }
 
-    /// The newest trusted token in file-dir, read off the runtime thread and
-    /// bounded. Temp files of interrupted writes are removed first (once per
-    /// claim, before any write of this leadership; removing the temp file of
-    /// a write still in flight elsewhere only makes that write fail).
-    async fn newest_on_disk(&self) -> Result<Option<u64>, Exit> {
-        if self.ctx.cfg.job().is_some() {
-            // No files with a command: the token floor in ZooKeeper rules.
-            return Ok(None);
-        }
-        let dir = self.ctx.cfg.file_dir.clone();
-        let board = self.ctx.board.clone();
-        let read = tokio::task::spawn_blocking(move || {
-            let removed = files::remove_stale_temp_files(&dir);
-            if removed > 0 {
-                info!(removed, "removed temp files of interrupted writes");
-            }
-            match files::newest_trusted_token(&dir) {
-                Err(FileError::List { source, .. })
-                    if source.kind() == std::io::ErrorKind::NotFound =>
-                {
-                    Ok(None)
-                }
-                Err(e) => Err(e),
-                Ok((newest, refused)) => {
-                    report_refused(&board, &refused);
-                    Ok(newest)
-                }
-            }
-        });
-        match tokio::time::timeout(self.session.timeout(), read).await {
-            Ok(Ok(Ok(newest))) => Ok(newest),
-            Ok(Ok(Err(e))) => Err(Exit::Failover(
-                Cause::FileDirError.because(format!("cannot read file-dir: {e}")),
-            )),
-            Ok(Err(e)) => Err(Exit::Failover(
-                Cause::FileDirError.because(format!("cannot read file-dir: {e}")),
-            )),
-            Err(_) => Err(Exit::Failover(
-                Cause::FileDirError.because("reading file-dir timed out"),
-            )),
-        }
-    }
-
-    async fn release_own_writer(&self) -> Result<(), Exit> {
-        self.release_writer_of(self.session.id()).await
-    }
-
     /// Deletes the writer node if `owner` holds it.
     async fn release_writer_of(&self, owner: i64) -> Result<(), Exit> {
-        let release = zk::delete_writer_of(self.session.client(), &self.ctx.cfg.zk_root, owner);
+        let release = recipe::delete_writer_of(self.session.client(), &self.ctx.cfg.zk_root, owner);
         self.session.bounded(release).await.map_err(|e| {
             Exit::Failover(
                 Cause::ZookeeperError.because(format!("cannot remove our old writer node: {e}")),
@@ -508,48 +372,22 @@ impl Leader<'_> {
         })
     }
 
-    /// Waits until the writer node of session `owner` goes, or until any
-    /// lease its leader could hold (`lease`, as it recorded it) has run
-    /// out, then clears it.
+    /// Waits out the writer node of session `owner` ([`recipe::lock_delay`]).
     async fn lock_delay(&self, owner: i64, lease: Option<Duration>) -> Result<(), Exit> {
-        let root = self.ctx.cfg.zk_root.as_str();
-        let tick = tick_time(self.ctx, &self.session);
-        let bound = crate::lease::lock_delay(self.lease.bound(), lease, tick);
-        warn!(owner = %format!("{owner:#x}"), holder_lease = ?lease, wait_at_most = ?bound,
-            "the previous leader did not release the writer node; waiting before the first write");
-        let path = zk::child_path(root, zk::WRITER_NODE);
-        let started = Instant::now();
-        let watched = self
-            .session
-            .bounded(self.session.client().check_and_watch_stat(&path))
-            .await;
-        let gone = match watched {
-            Ok((None, _)) => return Ok(()),
-            Ok((Some(_), watcher)) => async move { watcher.changed().await },
-            Err(e) => {
-                return Err(Exit::Failover(
-                    Cause::ZookeeperError.because(format!("cannot watch the writer node: {e}")),
-                ));
-            }
-        };
+        let waited = recipe::lock_delay(
+            &self.session,
+            &self.ctx.cfg.zk_root,
+            owner,
+            lease,
+            self.lease.bound(),
+            tick_time(self.ctx, &self.session),
+        );
         tokio::select! {
-            _ = self.ctx.cancel.cancelled() => return Err(Exit::Stop),
-            _ = gone => {
-                info!(waited = ?started.elapsed(), "the previous leader released the writer node");
-                return Ok(());
-            }
-            _ = tokio::time::sleep(bound) => {}
+            _ = self.ctx.cancel.cancelled() => Err(Exit::Stop),
+            waited = waited => waited.map_err(|e| {
+                Exit::Failover(Cause::ZookeeperError.because(e.to_string()))
+            }),
         }
-        warn!(waited = ?started.elapsed(), "the previous leader's lease is over; clearing its writer node");
-        self.session
-            .bounded(zk::delete_writer_of(self.session.client(), root, owner))
-            .await
-            .map_err(|e| {
-                Exit::Failover(
-                    Cause::ZookeeperError
-                        .because(format!("cannot clear the stale writer node: {e}")),
-                )
-            })
     }
 
     /// Watches our node; leaves if it is already gone.
@@ -559,23 +397,14 @@ impl Leader<'_> {
             if attempt > 0 {
                 self.until_reconnected("watching the leader node").await?;
             }
-            watched = self
-                .session
-                .bounded(
-                    self.session
-                        .client()
-                        .check_and_watch_stat(&self.leadership.path),
-                )
-                .await;
+            watched = recipe::watch_node(&self.session, &self.leadership.path).await;
             if !watched.as_ref().is_err_and(zk::is_unanswered) {
                 break;
             }
         }
         match watched {
-            Ok((Some(stat), w)) if is_live_candidate(stat.ephemeral_owner, self.session.id()) => {
-                Ok(Box::pin(w.changed()))
-            }
-            Ok(_) => {
+            Ok(Some(w)) => Ok(w),
+            Ok(None) => {
                 self.node_gone.store(true, Ordering::SeqCst);
                 Err(Exit::Attempter(
                     Cause::LeadershipLost.because("leader node lost"),
@@ -690,193 +519,16 @@ impl Leader<'_> {
         })
     }
 
-    fn start_write(&mut self) {
-        let ctx = self.ctx;
-        let key = FileKey {
-            token: self.token,
-            seq: self.seq + 1,
-        };
-        let record = LeaderRecord {
-            node_id: ctx.node_id.clone(),
-            token: key.token,
-            seq: key.seq,
-            written_at: files::now_rfc3339(),
-            session_id: self.session.id_hex(),
-            znode: self.leadership.path.clone(),
-        };
-        let dir = ctx.cfg.file_dir.clone();
-        let device = self.device;
-        let gate = self.gate.clone();
-        let lease = self.lease.clone();
-        let states = self.session.watcher();
-        let node_gone = self.node_gone.clone();
-        let still_leader = move || {
-            lease.is_valid()
-                && states.peek_state() == SessionState::SyncConnected
-                && !node_gone.load(Ordering::SeqCst)
-        };
-        let handle = tokio::task::spawn_blocking(move || {
-            files::write_atomic(&dir, device, key, &record, &gate, still_leader)
-        });
-        self.writing = Some(InFlight {
-            handle,
-            key,
-            deadline: Instant::now() + self.lease.remaining(),
-            started: Instant::now(),
-            overdue: false,
-        });
-    }
-
-    fn on_write_end(&mut self, end: WriteEnd) -> Option<Exit> {
-        let w = self.writing.as_mut()?;
-        let key = w.key;
-        let late = w.overdue;
-        let result = match end {
-            WriteEnd::Overdue => {
-                w.overdue = true;
-                self.ctx.board.metrics.write_errors.inc();
-                return self.failed("the write did not finish within the lease");
-            }
-            WriteEnd::Hung => {
-                // Whatever leader-timeout and max-write-failures say: this
-                // leadership cannot write, a replica with a working disk can.
-                let why = format!(
-                    "a write hangs for {:?} (one session timeout): the disk is stuck",
-                    self.session.timeout()
-                );
-                error!(why, "write failed");
-                return Some(Exit::Failover(Cause::WriteFailures.because(why)));
-            }
-            WriteEnd::Done(r) => {
-                self.writing = None;
-                r.unwrap_or_else(|e| {
-                    Err(FileError::Write {
-                        path: PathBuf::new(),
-                        source: std::io::Error::other(e),
-                    })
-                })
-            }
-        };
-        let committed = result.as_ref().map_or_else(|e| e.is_committed(), |_| true);
-        if committed {
-            // Never reuse a name once a rename happened.
-            self.seq = key.seq;
-        }
-        match result {
-            Ok(path) if late => {
-                warn!(file = %path.display(), "a write that overran its lease still committed in time");
-                None
-            }
-            Ok(path) => {
-                self.failures = 0;
-                self.ctx.board.wrote_file();
-                info!(file = %path.display(), token = key.token, seq = key.seq, "file written");
-                self.prune();
-                None
-            }
-            Err(_) if late => None,
-            Err(e) if e.is_fenced() => {
-                self.ctx.board.metrics.writes_fenced.inc();
-                self.failed(&format!("write discarded at the commit point: {e}"))
-            }
-            Err(e) => {
-                self.ctx.board.metrics.write_errors.inc();
-                self.failed(&e.to_string())
-            }
-        }
-    }
-
-    /// Confirms through a quorum-synced read that our node is still ours.
+    /// Confirms that our node is still ours ([`recipe::confirm`]); a good
+    /// answer extends the lease.
     async fn confirm(&mut self) -> Confirm {
-        let client = self.session.client();
-        let path = self.leadership.path.as_str();
-        let sent = Stamp::now();
         let max_rtt = self.lease.max_round_trip();
-        // Pipelined: the stat is answered only after the sync went through the
-        // ZooKeeper leader, so a server cut off from the quorum cannot vouch for us.
-        let sync = client.sync(path);
-        let stat = client.check_stat(path);
-        let answer = tokio::time::timeout(max_rtt, async { (sync.await, stat.await) }).await;
-        let Ok((synced, stat)) = answer else {
-            return Confirm::Unknown(format!("no answer within {max_rtt:?}"));
-        };
-        let owner = stat.map(|s| s.map(|s| s.ephemeral_owner));
-        match classify(synced, owner, sent.elapsed(), max_rtt, self.session.id()) {
-            Confirm::Held => {
-                self.lease.confirm(sent);
-                self.ctx.board.lease(&self.lease);
-                Confirm::Held
-            }
-            Confirm::Lost(why) => Confirm::Lost(format!("{why}: {path}")),
-            unknown => unknown,
+        let (found, sent) = recipe::confirm(&self.session, &self.leadership.path, max_rtt).await;
+        if let Confirm::Held = found {
+            self.lease.confirm(sent);
+            self.ctx.board.lease(&self.lease);
         }
-    }
-
-    /// Applies retention in the background, one pass at a time.
-    fn prune(&self) {
-        if self.pruning.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        let dir = self.ctx.cfg.file_dir.clone();
-        let capacity = self.ctx.cfg.storage_capacity;
-        let token = self.token;
-        let board = self.ctx.board.clone();
-        let pruning = self.pruning.clone();
-        tokio::task::spawn_blocking(move || {
-            let pruned = files::prune(&dir, capacity, token);
-            board.metrics.files_pruned.inc_by(pruned.deleted as u64);
-            report_refused(&board, &pruned.refused);
-            if let Some(e) = pruned.error {
-                board.metrics.prune_errors.inc();
-                warn!(error = %e, "retention failed");
-            }
-            pruning.store(false, Ordering::SeqCst);
-        });
-    }
-}
-
-/// Waits for the write in flight to end, overrun its lease, or hang for
-/// `hang_after` since it started; pending without one.
-async fn wait_write(writing: &mut Option<InFlight>, hang_after: Duration) -> WriteEnd {
-    let Some(w) = writing.as_mut() else {
-        return std::future::pending().await;
-    };
-    let overdue = w.overdue;
-    let deadline = w.deadline;
-    let hung = w.started + hang_after;
-    tokio::select! {
-        r = &mut w.handle => WriteEnd::Done(r),
-        _ = tokio::time::sleep_until(deadline), if !overdue => WriteEnd::Overdue,
-        _ = tokio::time::sleep_until(hung), if overdue => WriteEnd::Hung,
-    }
-}
-
-/// What an answer to a confirmation (`sync`, then the owner of our node
-/// from a `stat`: `None` when it does not exist) proves, given how long the
-/// round trip took. Only a good answer within `max_rtt` holds leadership;
-/// a node that is gone or not ours is lost however late we hear it (a
-/// deleted node never comes back); anything else is unknown, in particular
-/// a stat that says "ours" after a failed sync (the server may be cut off
-/// from the quorum).
-fn classify(
-    synced: Result<(), zookeeper_client::Error>,
-    owner: Result<Option<i64>, zookeeper_client::Error>,
-    elapsed: Duration,
-    max_rtt: Duration,
-    sid: i64,
-) -> Confirm {
-    use zookeeper_client::Error::NoNode;
-    match (synced, owner) {
-        (Err(NoNode), _) | (_, Ok(None)) => Confirm::Lost("leader node lost".into()),
-        (_, Ok(Some(owner))) if !is_live_candidate(owner, sid) => {
-            Confirm::Lost("leader node is not ours".into())
-        }
-        (Err(e), _) => Confirm::Unknown(format!("sync failed: {e}")),
-        (Ok(()), Err(e)) => Confirm::Unknown(format!("stat failed: {e}")),
-        (Ok(()), Ok(Some(_))) if elapsed > max_rtt => Confirm::Unknown(format!(
-            "the answer took {elapsed:?}, longer than {max_rtt:?}"
-        )),
-        (Ok(()), Ok(Some(_))) => Confirm::Held,
+        found
     }
 }
 
@@ -933,133 +585,5 @@ fn abandon(
                 ),
             },
         ),
-    }
-}
-
-/// Logs each refused file once and lists it in `/status`.
-fn report_refused(board: &crate::board::Board, refused: &[files::Refused]) {
-    for r in refused {
-        let file = r.key.file_name();
-        if board.refused_file(&file, &r.why.to_string()) {
-            warn!(file, reason = %r.why,
-                "refusing a file named like a leader file: its token does not count, and it is left alone");
-        }
-    }
-}
-
-/// max(czxid, floor + 1, newest on disk + 1); `None` when that would not
-/// fit (fail closed: a saturated token would be shared by two leaderships).
-pub fn choose_token(czxid: u64, floor: u64, newest_on_disk: Option<u64>) -> Option<u64> {
-    let above_floor = floor.checked_add(1)?;
-    let above_disk = match newest_on_disk {
-        Some(t) => t.checked_add(1)?,
-        None => 0,
-    };
-    Some(czxid.max(above_floor).max(above_disk))
-}
-
-/// Bound used by tests to wait out a lock-delay: the longest a successor
-/// waits for a writer node that was not released.
-pub fn lock_delay_bound(session_timeout: Duration, tick_time: Option<Duration>) -> Duration {
-    let tick = crate::lease::assumed_tick_time(session_timeout, tick_time);
-    let lease = Lease::new(session_timeout, tick);
-    crate::lease::lock_delay(lease.bound(), Some(lease.bound()), tick)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tokens_follow_the_zxid_and_never_go_back() {
-        assert_eq!(choose_token(500, 0, None), Some(500));
-        assert_eq!(choose_token(500, 400, Some(100)), Some(500));
-        // Ensemble wiped: zxids and the floor restarted below what is on disk.
-        assert_eq!(choose_token(7, 0, Some(500)), Some(501));
-        assert_eq!(choose_token(500, 0, Some(500)), Some(501));
-        // file-dir emptied after earlier disk-derived tokens: the floor remembers.
-        assert_eq!(choose_token(300, 501, None), Some(502));
-    }
-
-    #[test]
-    fn exhausted_tokens_fail_closed() {
-        assert_eq!(choose_token(5, u64::MAX, None), None);
-        assert_eq!(choose_token(5, 0, Some(u64::MAX)), None);
-        assert_eq!(choose_token(u64::MAX, 0, None), Some(u64::MAX));
-    }
-
-    const SID: i64 = 0x1234;
-    const RTT: Duration = Duration::from_millis(500);
-    const FAST: Duration = Duration::from_millis(20);
-
-    fn failed() -> zookeeper_client::Error {
-        zookeeper_client::Error::ConnectionLoss
-    }
-
-    #[test]
-    fn a_quick_good_answer_holds_leadership() {
-        let c = classify(Ok(()), Ok(Some(SID)), FAST, RTT, SID);
-        assert!(matches!(c, Confirm::Held), "{c:?}");
-    }
-
-    #[test]
-    fn a_good_answer_slower_than_max_round_trip_proves_nothing() {
-        let c = classify(Ok(()), Ok(Some(SID)), RTT + FAST, RTT, SID);
-        assert!(matches!(c, Confirm::Unknown(_)), "{c:?}");
-        let c = classify(Ok(()), Ok(Some(SID)), RTT, RTT, SID);
-        assert!(
-            matches!(c, Confirm::Held),
-            "the bound itself still counts: {c:?}"
-        );
-    }
-
-    #[test]
-    fn a_failed_sync_is_unknown_even_when_the_stat_says_ours() {
-        let c = classify(Err(failed()), Ok(Some(SID)), FAST, RTT, SID);
-        assert!(matches!(c, Confirm::Unknown(_)), "{c:?}");
-    }
-
-    #[test]
-    fn a_failed_stat_is_unknown() {
-        let c = classify(Ok(()), Err(failed()), FAST, RTT, SID);
-        assert!(matches!(c, Confirm::Unknown(_)), "{c:?}");
-        let c = classify(Err(failed()), Err(failed()), FAST, RTT, SID);
-        assert!(matches!(c, Confirm::Unknown(_)), "{c:?}");
-    }
-
-    #[test]
-    fn a_node_gone_is_lost_however_late_the_answer() {
-        for elapsed in [FAST, RTT * 3] {
-            let c = classify(Ok(()), Ok(None), elapsed, RTT, SID);
-            assert!(matches!(c, Confirm::Lost(_)), "{c:?}");
-            let c = classify(
-                Err(zookeeper_client::Error::NoNode),
-                Err(failed()),
-                elapsed,
-                RTT,
-                SID,
-            );
-            assert!(matches!(c, Confirm::Lost(_)), "{c:?}");
-            let c = classify(Err(failed()), Ok(None), elapsed, RTT, SID);
-            assert!(matches!(c, Confirm::Lost(_)), "{c:?}");
-        }
-    }
-
-    #[test]
-    fn a_node_owned_by_another_session_or_none_is_lost() {
-        for owner in [SID + 1, 0] {
-            let c = classify(Ok(()), Ok(Some(owner)), FAST, RTT, SID);
-            assert!(matches!(c, Confirm::Lost(_)), "{owner}: {c:?}");
-        }
-        let c = classify(Err(failed()), Ok(Some(SID + 1)), FAST, RTT, SID);
-        assert!(matches!(c, Confirm::Lost(_)), "{c:?}");
-    }
-
-    #[test]
-    fn the_lock_delay_outlasts_any_lease_of_the_previous_leader() {
-        let s = Duration::from_secs(2);
-        let tick = Duration::from_millis(200);
-        assert!(lock_delay_bound(s, Some(tick)) > Lease::new(s, tick).bound());
-        assert!(lock_delay_bound(s, Some(tick)) < s);
     }
 }

@@ -26,11 +26,17 @@
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tracing::{info, warn};
 use zookeeper_client::SessionState;
 
-use crate::machine::{Cause, Context, Reason};
-use crate::zk::CLIENT_EXPIRY_FACTOR;
+use crate::names::{Cause, Reason};
+
+/// How long, in session timeouts since the disconnection, a session is
+/// kept while no server answers: the client reports `Expired` on its own
+/// after `7/5` of the session timeout, and the daemon then resumes it
+/// ([`Resumption`]) up to this bound. The server decides whether a
+/// session expired: one that restarts with its data restores its sessions
+/// with a fresh timeout. See `docs/design.md`.
+pub const CLIENT_EXPIRY_FACTOR: u32 = 6;
 
 /// How long, in session timeouts, a session may stay disconnected before
 /// the daemon gives it up on its own clock. Longer than the client's own
@@ -264,20 +270,6 @@ pub async fn until_deadline(l: &Liveness) {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
-}
-
-/// Logs and counts a state change, and folds it into `l`.
-pub fn on_state(ctx: &Context, l: &mut Liveness, state: SessionState) -> Health {
-    ctx.board.zk_event(&format!("{state:?}"));
-    let health = l.observe(state);
-    match &health {
-        Health::Connected => info!(?state, "ZooKeeper session connected"),
-        Health::Suspended => {
-            warn!(?state, give_up_in = ?l.give_up_after(), "ZooKeeper session disconnected; suspended until it reconnects or the server expires it")
-        }
-        Health::Lost(why) => warn!(?state, why = %why.detail, "ZooKeeper session lost"),
-    }
-    health
 }
 
 #[cfg(test)]
