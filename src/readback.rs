@@ -125,20 +125,7 @@ fn kind(t: &fs::FileType) -> &'static str {
 mod tests {
     use super::*;
 
-    fn key(token: u64, seq: u64) -> FileKey {
-        FileKey { token, seq }
-    }
-
-    fn record(token: u64, seq: u64) -> LeaderRecord {
-        LeaderRecord {
-            node_id: "n1".into(),
-            token,
-            seq,
-            written_at: "2026-01-01T00:00:00.000Z".into(),
-            session_id: "0x1".into(),
-            znode: "/election/c".into(),
-        }
-    }
+    use crate::files::name::fixtures::{key, record};
 
     fn put(dir: &Path, key: FileKey, body: &[u8]) -> std::path::PathBuf {
         let path = dir.join(key.file_name());

@@ -183,20 +183,7 @@ pub fn now_rfc3339() -> String {
 mod tests {
     use super::*;
 
-    fn key(token: u64, seq: u64) -> FileKey {
-        FileKey { token, seq }
-    }
-
-    fn record(token: u64, seq: u64) -> LeaderRecord {
-        LeaderRecord {
-            node_id: "n1".into(),
-            token,
-            seq,
-            written_at: now_rfc3339(),
-            session_id: "0x1".into(),
-            znode: "/election/c".into(),
-        }
-    }
+    use crate::files::name::fixtures::{key, record};
 
     #[test]
     fn names_round_trip_and_sort_in_write_order() {

@@ -77,3 +77,25 @@ pub fn list(dir: &Path) -> Result<Vec<FileKey>, FileError> {
     keys.sort();
     Ok(keys)
 }
+
+/// Names and records for the unit tests of the modules that read and
+/// write leader files.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::{FileKey, LeaderRecord};
+
+    pub fn key(token: u64, seq: u64) -> FileKey {
+        FileKey { token, seq }
+    }
+
+    pub fn record(token: u64, seq: u64) -> LeaderRecord {
+        LeaderRecord {
+            node_id: "n1".into(),
+            token,
+            seq,
+            written_at: "2026-01-01T00:00:00.000Z".into(),
+            session_id: "0x1".into(),
+            znode: "/election/c".into(),
+        }
+    }
+}
