@@ -282,20 +282,21 @@ start_zookeepers() {
 # (Re)starts the ZooKeeper process of each ZooKeeper pod on its zoo.cfg and
 # data, and waits for the ensemble.
 resume_zookeepers() {
-  local p deadline=$((SECONDS + 60)) up
+  local p
   for p in "${ZK_PODS[@]}"; do
     bg_start "$WORK" "zk-$p" java -Xmx128m -cp "$(zk_classpath)" "${ZK_JVMFLAGS[@]}" \
       org.apache.zookeeper.server.quorum.QuorumPeerMain "$WORK/zk/$p/zoo.cfg"
   done
-  while ((SECONDS < deadline)); do
-    up=0
-    for p in "${ZK_PODS[@]}"; do
-      zk_4lw 127.0.0.1 "${ZK_ADDR[$p]#*:}" srvr | grep -qE '^Mode: (leader|follower|standalone)' && up=$((up + 1))
-    done
-    ((up == ${#ZK_PODS[@]})) && { log "ZooKeeper ensemble of ${#ZK_PODS[@]} servers up"; return; }
-    sleep 0.3
+  wait_until 60 0.3 ensemble_up || die "the ZooKeeper ensemble did not form"
+  log "ZooKeeper ensemble of ${#ZK_PODS[@]} servers up"
+}
+# Does every ZooKeeper server serve as leader, follower or standalone?
+ensemble_up() {
+  local p up=0
+  for p in "${ZK_PODS[@]}"; do
+    zk_4lw 127.0.0.1 "${ZK_ADDR[$p]#*:}" srvr | grep -qE '^Mode: (leader|follower|standalone)' && up=$((up + 1))
   done
-  die "the ZooKeeper ensemble did not form"
+  ((up == ${#ZK_PODS[@]}))
 }
 ZK_PODS=()
 ZK_JVMFLAGS=()
@@ -369,22 +370,20 @@ PY
   log "harness: pod $pod -> pid $(cat "$PIDS/$pod.pid"): ${argv[*]} (log $WORK/logs/$pod.log)"
 }
 
-# Waits until every pod of a selector exists, is bound to a kwok node and Running.
-wait_pods_running() { # selector count timeout
-  local sel=$1 count=$2 timeout=$3 deadline out
-  deadline=$((SECONDS + timeout))
-  while ((SECONDS < deadline)); do
-    out=$(k get pods -l "$sel" -o jsonpath='{range .items[*]}{.metadata.name} {.spec.nodeName} {.status.phase}{"\n"}{end}' 2>/dev/null || true)
-    if [[ $(grep -c ' kwok-node-[0-9]* Running$' <<<"$out") -eq $count && $(grep -c . <<<"$out") -eq $count ]]; then
-      return 0
-    fi
-    sleep 0.3
-  done
-  echo "$out" >&2
-  k get pods -l "$sel" -o wide >&2 || true
-  k describe pods -l "$sel" 2>&1 | tail -40 >&2 || true
-  die "pods $sel: not $count Running on kwok nodes within ${timeout}s"
+# Are exactly COUNT pods of SELECTOR there, each bound to a kwok node and
+# Running? (What it saw in PODS_SEEN.)
+pods_running() { # selector count
+  PODS_SEEN=$(k get pods -l "$1" -o jsonpath='{range .items[*]}{.metadata.name} {.spec.nodeName} {.status.phase}{"\n"}{end}' 2>/dev/null || true)
+  [[ $(grep -c ' kwok-node-[0-9]* Running$' <<<"$PODS_SEEN") -eq $2 && $(grep -c . <<<"$PODS_SEEN") -eq $2 ]]
 }
+wait_pods_running() { # selector count timeout
+  wait_until "$3" 0.3 pods_running "$1" "$2" && return
+  echo "$PODS_SEEN" >&2
+  k get pods -l "$1" -o wide >&2 || true
+  k describe pods -l "$1" 2>&1 | tail -40 >&2 || true
+  die "pods $1: not $2 Running on kwok nodes within ${3}s"
+}
+no_pods() { [[ -z "$(k get pods -l "$1" -o name)" ]]; } # selector
 
 # state of each election pod: "election-0=leader election-1=attempter ..."
 states() {
@@ -393,42 +392,53 @@ states() {
 leaders() {
   k get pods -l "$SEL,election-state=leader" -o jsonpath='{.items[*].metadata.name}'
 }
+state_of() { k get pod "$1" -o jsonpath='{.metadata.labels.election-state}'; } # pod
+not_leader() { [[ "$(state_of "$1")" != leader ]]; } # pod
 
+# Is exactly one pod labelled leader, and not OLD? (It is in LEADER_SEEN.)
+sole_leader_other_than() { # old
+  LEADER_SEEN=$(leaders 2>/dev/null || true)
+  [[ -n "$LEADER_SEEN" && "$LEADER_SEEN" != *" "* && "$LEADER_SEEN" != "$1" ]]
+}
+# ... and are the N-1 others attempters?
+one_leader() { # n [not_this_pod]
+  STATES_SEEN=$(states 2>/dev/null || true)
+  sole_leader_other_than "${2:-}" && [[ $(grep -o '=attempter' <<<"$STATES_SEEN" | wc -l) -eq $(($1 - 1)) ]]
+}
 # Waits until exactly one pod leads and all N others are attempters; prints
 # the leader. wait_one_leader N TIMEOUT [NOT_THIS_POD]
 wait_one_leader() {
-  local n=$1 timeout=$2 not=${3:-} deadline s l
-  deadline=$((SECONDS + timeout))
-  while ((SECONDS < deadline)); do
-    s=$(states 2>/dev/null || true)
-    l=$(leaders 2>/dev/null || true)
-    if [[ -n "$l" && "$l" != *" "* && "$l" != "$not" ]] \
-      && [[ $(grep -o '=attempter' <<<"$s" | wc -l) -eq $((n - 1)) ]]; then
-      echo "$l"
-      return 0
-    fi
-    sleep 0.1
-  done
-  die "no single leader with $((n - 1)) attempters within ${timeout}s${not:+ (other than $not)}: $s"
+  local n=$1 timeout=$2 not=${3:-}
+  wait_until "$timeout" 0.1 one_leader "$n" "$not" \
+    || die "no single leader with $((n - 1)) attempters within ${timeout}s${not:+ (other than $not)}: $STATES_SEEN"
+  echo "$LEADER_SEEN"
 }
 
-# Milliseconds until a pod other than $1 is labelled leader (alone).
-time_new_leader() { # old timeout
-  local old=$1 timeout=$2 t0 deadline l
-  t0=$(now_ms)
-  deadline=$((SECONDS + timeout))
-  while ((SECONDS < deadline)); do
-    l=$(leaders 2>/dev/null || true)
-    for p in $l; do
-      if [[ "$p" != "$old" ]]; then
-        echo $(($(now_ms) - t0))
-        return 0
-      fi
-    done
-    sleep 0.05
-  done
-  die "no new leader within ${timeout}s: $(states)"
+# Is a pod other than OLD labelled leader (among others, maybe)?
+new_leader_other_than() { # old
+  local p
+  for p in $(leaders 2>/dev/null || true); do [[ "$p" == "$1" ]] || return 0; done
+  return 1
 }
+# Milliseconds until a pod other than $1 is labelled leader.
+time_new_leader() { # old timeout
+  local t0
+  t0=$(now_ms)
+  wait_until "$2" 0.05 new_leader_other_than "$1" || die "no new leader within ${2}s: $(states)"
+  echo $(($(now_ms) - t0))
+}
+
+lease_holder() { k get lease "$RELEASE" -o jsonpath='{.spec.holderIdentity}' 2>/dev/null; }
+lease_names() { [[ "$(lease_holder)" == "$1" ]]; } # pod
+event_reasons() { k get events --field-selector "involvedObject.name=$1" -o jsonpath='{.items[*].reason}'; } # pod
+has_event() { [[ " $(event_reasons "$1") " == *" $2 "* ]]; } # pod reason
+# Is POD a new pod (uid not OLD_UID), bound to a kwok node and Running?
+recreated() { # pod old_uid
+  [[ "$(k get pod "$1" -o jsonpath='{.metadata.uid} {.spec.nodeName} {.status.phase}' 2>/dev/null)" =~ ^[0-9a-f-]+\ kwok-node-[0-9]+\ Running$ ]] \
+    && [[ "$(k get pod "$1" -o jsonpath='{.metadata.uid}')" != "$2" ]]
+}
+# Does the API server refuse the kubeconfig's token? (Its answer in REFUSAL.)
+refused() { ! REFUSAL=$("$KUBECTL" --kubeconfig "$1" get pods -l "$SEL" 2>&1); } # kubeconfig
 
 # ======================================================================
 step "1. helm install ($("$HELM" version --short)) on the real API server"
@@ -473,11 +483,7 @@ for pod in json.load(sys.stdin)["items"]:
 # `helm uninstall` deletes it); the leader fills in its spec.
 [[ "$(k get lease "$RELEASE" -o jsonpath='{.metadata.labels.app\.kubernetes\.io/instance}')" == "$RELEASE" ]] \
   || die "lease $RELEASE does not carry the release's labels: $(k get lease "$RELEASE" -o yaml)"
-deadline=$((SECONDS + 15))
-until [[ "$(k get lease "$RELEASE" -o jsonpath='{.spec.holderIdentity}')" == "$leader" ]]; do
-  ((SECONDS < deadline)) || die "lease $RELEASE: holder '$(k get lease "$RELEASE" -o jsonpath='{.spec.holderIdentity}')', not $leader"
-  sleep 0.2
-done
+wait_until 15 0.2 lease_names "$leader" || die "lease $RELEASE: holder '$(lease_holder)', not $leader"
 log "lease $RELEASE: created by the chart (labels of the release), holder $leader written by the leader"
 
 step "2b. helm test, its pod played for real"
@@ -532,18 +538,18 @@ PY
   k patch pod "$TEST_POD" --subresource status --type merge --patch-file "$dir/status.json" >/dev/null
   log "harness: test pod $TEST_POD -> phase $phase"
 }
+# Is the helm test pod Running, a new one (not of uid OLD)?
+test_pod_running() { # old
+  [[ "$(k get pod "$TEST_POD" -o jsonpath='{.status.phase} {.metadata.uid}' 2>/dev/null)" =~ ^Running\ (.*)$ && "${BASH_REMATCH[1]}" != "$1" ]]
+}
 KUBECTL_VERSION=$("$KUBECTL" version --client -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["clientVersion"]["gitVersion"])')
 # helm test, with the harness playing its pod; fails the run unless it passes.
 helm_test() {
-  local helm_test rc=0 deadline uid
+  local helm_test rc=0 uid
   uid=$(k get pod "$TEST_POD" -o jsonpath='{.metadata.uid}' 2>/dev/null || true)
   "$HELM" test "$RELEASE" --kubeconfig "$KCFG" --namespace "$NS" --timeout 2m >"$WORK/helm-test.out" 2>&1 &
   helm_test=$!
-  deadline=$((SECONDS + 60))
-  until [[ "$(k get pod "$TEST_POD" -o jsonpath='{.status.phase} {.metadata.uid}' 2>/dev/null)" =~ ^Running\ (.*)$ && "${BASH_REMATCH[1]}" != "$uid" ]]; do
-    ((SECONDS < deadline)) || die "the helm test pod did not start: $(cat "$WORK/helm-test.out")"
-    sleep 0.2
-  done
+  wait_until 60 0.2 test_pod_running "$uid" || die "the helm test pod did not start: $(cat "$WORK/helm-test.out")"
   run_test_pod
   wait "$helm_test" || rc=$?
   grep -E '^(TEST SUITE|Phase)' "$WORK/helm-test.out" | paste - - | sed 's/^/   | /' | sort -u
@@ -567,16 +573,12 @@ note "SIGKILL of the leader -> another pod labelled leader: $ms ms (session time
 # The dead leader made no last patch: until the new leader corrects it, two
 # pods say leader. Time until exactly one does (the harness does not
 # restart the killed process: a lost node, a CrashLoopBackOff).
-deadline=$((SECONDS + session_s + 20))
-while l=$(leaders 2>/dev/null || true); [[ -z "$l" || "$l" == *" "* || "$l" == "$leader" ]]; do
-  ((SECONDS < deadline)) || die "still not exactly one pod labelled leader: $(states)"
-  sleep 0.05
-done
+wait_until $((session_s + 20)) 0.05 sole_leader_other_than "$leader" || die "still not exactly one pod labelled leader: $(states)"
 ms=$(($(now_ms) - t0))
-new_leader=$l
+new_leader=$LEADER_SEEN
 note "SIGKILL of the leader, process not restarted -> exactly one pod labelled leader ($new_leader): $ms ms after the kill"
 ((ms <= (session_s + 6) * 1000)) || die "stale label corrected after $ms ms, bound $(((session_s + 6) * 1000)) ms"
-old_state=$(k get pod "$leader" -o jsonpath='{.metadata.labels.election-state}')
+old_state=$(state_of "$leader")
 [[ "$old_state" == stale ]] || die "the dead leader $leader is labelled '$old_state', not stale"
 k get pods -L election-state
 log "events of $new_leader and $leader (kubectl get events --field-selector involvedObject.name=...)"
@@ -584,19 +586,15 @@ for p in "$new_leader" "$leader"; do
   k get events --field-selector "involvedObject.name=$p" --sort-by=.eventTime \
     -o custom-columns=OBJECT:.involvedObject.name,TYPE:.type,REASON:.reason,FROM:.reportingComponent,MESSAGE:.message | sed 's/^/   /'
 done
-reasons=$(k get events --field-selector "involvedObject.name=$new_leader" -o jsonpath='{.items[*].reason}')
+reasons=$(event_reasons "$new_leader")
 [[ " $reasons " == *" Candidate "* && " $reasons " == *" BecameLeader "* ]] || die "$new_leader: events $reasons, want Candidate and BecameLeader"
-reasons=$(k get events --field-selector "involvedObject.name=$leader" -o jsonpath='{.items[*].reason}')
+reasons=$(event_reasons "$leader")
 [[ " $reasons " == *" BecameLeader "* && " $reasons " == *" StaleLabelCorrected "* ]] || die "$leader: events $reasons, want BecameLeader and StaleLabelCorrected"
 uid=$(k get pod "$new_leader" -o jsonpath='{.metadata.uid}')
 k describe pod "$new_leader" | grep -q BecameLeader || die "kubectl describe pod $new_leader does not show BecameLeader"
 log "kubectl describe pod $new_leader shows its Events (involvedObject.uid $uid)"
 # The Lease mirror: holder and transitions follow the election.
-deadline=$((SECONDS + 15))
-until [[ "$(k get lease "$RELEASE" -o jsonpath='{.spec.holderIdentity}' 2>/dev/null)" == "$new_leader" ]]; do
-  ((SECONDS < deadline)) || die "lease $RELEASE: holder $(k get lease "$RELEASE" -o jsonpath='{.spec.holderIdentity}'), not $new_leader"
-  sleep 0.2
-done
+wait_until 15 0.2 lease_names "$new_leader" || die "lease $RELEASE: holder $(lease_holder), not $new_leader"
 k get lease "$RELEASE" -o custom-columns=NAME:.metadata.name,HOLDER:.spec.holderIdentity,TRANSITIONS:.spec.leaseTransitions,RENEW:.spec.renewTime,DURATION:.spec.leaseDurationSeconds | sed 's/^/   /'
 lease1=$(k get lease "$RELEASE" -o jsonpath='{.spec.holderIdentity} {.spec.leaseTransitions}')
 [[ "${lease0%% *}" == "$leader" && "${lease1#* }" -eq $((${lease0#* } + 1)) ]] || die "lease before $lease0, after $lease1: want holder $leader then one more transition"
@@ -609,7 +607,7 @@ log "lease $RELEASE: holder $leader -> $new_leader, leaseTransitions ${lease0#* 
 # search and Lease mirror on, talking to this API server).
 for p in $(k get pods -l "$SEL" -o jsonpath='{.items[*].metadata.name}'); do
   [[ -f "$PIDS/$p.pid" ]] || continue
-  role=$(k get pod "$p" -o jsonpath='{.metadata.labels.election-state}')
+  role=$(state_of "$p")
   note "RSS of $p ($role, debug build, every Kubernetes helper on): $(awk '/^VmRSS/{printf "%.1f MB", $2/1024}' "/proc/$(cat "$PIDS/$p.pid")/status")"
 done
 log "helm test while $leader is dead, still Ready for the API (kwok) and labelled stale:"
@@ -633,16 +631,12 @@ ms=$(time_new_leader "$leader" 10)
 note "preStop (election release) + SIGTERM -> another pod labelled leader: $ms ms"
 ((ms <= 3000)) || die "handover took $ms ms, bound 3000 ms"
 stop_pid "$PIDS/$leader.pid" 10
-old_state=$(k get pod "$leader" -o jsonpath='{.metadata.labels.election-state}')
+old_state=$(state_of "$leader")
 [[ "$old_state" == stopping ]] || die "$leader is labelled '$old_state' after its stop, not stopping"
 token=$(k get pod "$leader" -o jsonpath='{.metadata.annotations.election/fencing-token}')
 [[ -z "$token" ]] || die "$leader still carries election/fencing-token=$token after it stopped leading"
 log "$leader says election-state=stopping after it exited, and no longer carries a fencing token"
-deadline=$((SECONDS + 10))
-until [[ " $(k get events --field-selector "involvedObject.name=$leader" -o jsonpath='{.items[*].reason}') " == *" SteppedDown "* ]]; do
-  ((SECONDS < deadline)) || die "$leader: no SteppedDown Event after its preStop path: $(k get events --field-selector "involvedObject.name=$leader" -o jsonpath='{.items[*].reason}')"
-  sleep 0.2
-done
+wait_until 10 0.2 has_event "$leader" SteppedDown || die "$leader: no SteppedDown Event after its preStop path: $(event_reasons "$leader")"
 log "$leader posted SteppedDown (kubectl get events --field-selector involvedObject.name=$leader)"
 log "harness: restarting the process of $leader (restartPolicy Always)"
 start_election "$leader"
@@ -666,21 +660,12 @@ ms=$(time_new_leader "$leader" 10)
 note "kubectl delete pod of the leader (preStop, SIGTERM) -> another pod labelled leader: $ms ms"
 ((ms <= 3000)) || die "handover took $ms ms, bound 3000 ms"
 stop_pid "$PIDS/$leader.pid" 10
-deadline=$((SECONDS + 60))
-until [[ "$(k get pod "$leader" -o jsonpath='{.metadata.uid} {.spec.nodeName} {.status.phase}' 2>/dev/null)" =~ ^[0-9a-f-]+\ kwok-node-[0-9]+\ Running$ ]] \
-  && [[ "$(k get pod "$leader" -o jsonpath='{.metadata.uid}')" != "$old_uid" ]]; do
-  ((SECONDS < deadline)) || die "$leader was not recreated and scheduled within 60 s"
-  sleep 0.2
-done
+wait_until 60 0.2 recreated "$leader" "$old_uid" || die "$leader was not recreated and scheduled within 60 s"
 log "the StatefulSet controller recreated $leader (uid $old_uid -> $(k get pod "$leader" -o jsonpath='{.metadata.uid}'))"
 # The API server caches successful token reviews for 10 s
 # (--authentication-token-success-cache-ttl): allow for that.
-deadline=$((SECONDS + 20))
-while out=$("$KUBECTL" --kubeconfig "$old_kcfg" get pods -l "$SEL" 2>&1); do
-  ((SECONDS < deadline)) || die "the token bound to the deleted pod still works after 20 s"
-  sleep 0.5
-done
-grep -q Unauthorized <<<"$out" || die "the old pod's token: not 401: $out"
+wait_until 20 0.5 refused "$old_kcfg" || die "the token bound to the deleted pod still works after 20 s"
+grep -q Unauthorized <<<"$REFUSAL" || die "the old pod's token: not 401: $REFUSAL"
 log "the token bound to the deleted pod is rejected (401 Unauthorized) $(($(now_ms) - t0)) ms after the delete"
 start_election "$leader"
 leader=$(wait_one_leader 3 30)
@@ -697,6 +682,8 @@ events_before=$(event_list)
 # (diff exits 1 when it finds a change: not a failure here)
 changed_events() { diff <(sort <<<"$events_before") <(event_list | sort) | sed -n 's/^> //p' || true; }
 new_events() { changed_events | cut -d' ' -f1; }
+lost_leadership_and_failover() { grep -qx "$leader=LostLeadership" <<<"$(new_events)" && grep -q '=Failover$' <<<"$(new_events)"; }
+failover_repeated() { changed_events | awk '$1 ~ /=Failover$/ && $3 >= 2 {f = 1} END {exit !f}'; }
 t0=$(now_ms)
 for p in "${ZK_PODS[@]}"; do stop_pid "$PIDS/zk-$p.pid" 5; done
 log "harness: ZooKeeper processes of ${ZK_PODS[*]} stopped (SIGTERM; their pods stay Running for the API)"
@@ -705,30 +692,20 @@ log "harness: ZooKeeper processes of ${ZK_PODS[*]} stopped (SIGTERM; their pods 
 # it up: after several session timeouts (its log says how long: give_up_in;
 # src/zk/session.rs GIVE_UP_FACTOR). With every server down, nothing can
 # expire the session, so the give-up time bounds the label.
-deadline=$((SECONDS + 10 * session_s + 10))
-while [[ "$(k get pod "$leader" -o jsonpath='{.metadata.labels.election-state}')" == leader ]]; do
-  ((SECONDS < deadline)) || die "$leader still labelled leader $((10 * session_s + 10)) s after ZooKeeper stopped"
-  sleep 0.1
-done
+wait_until $((10 * session_s + 10)) 0.1 not_leader "$leader" \
+  || die "$leader still labelled leader $((10 * session_s + 10)) s after ZooKeeper stopped"
 ms=$(($(now_ms) - t0))
 give_up=$(grep -o '"give_up_in":"[0-9]*s"' "$WORK/logs/$leader.log" | tail -1 | tr -dc 0-9)
 [[ -n "$give_up" ]] || give_up=$((8 * session_s))
-note "ZooKeeper stopped -> the leader's label leaves leader ($(k get pod "$leader" -o jsonpath='{.metadata.labels.election-state}')): $ms ms (session timeout $session; the daemon gives a disconnected session up after ${give_up} s)"
+note "ZooKeeper stopped -> the leader's label leaves leader ($(state_of "$leader")): $ms ms (session timeout $session; the daemon gives a disconnected session up after ${give_up} s)"
 ((ms <= (give_up + 4) * 1000)) || die "the leader kept its label for $ms ms, bound $(((give_up + 4) * 1000)) ms (give-up time + 4 s)"
-deadline=$((SECONDS + 20))
-until grep -qx "$leader=LostLeadership" <<<"$(new_events)" && grep -q '=Failover$' <<<"$(new_events)"; do
-  ((SECONDS < deadline)) || die "no LostLeadership on $leader and Failover Events on the API server: new events $(new_events | tr '\n' ' ')"
-  sleep 0.2
-done
+wait_until 20 0.2 lost_leadership_and_failover \
+  || die "no LostLeadership on $leader and Failover Events on the API server: new events $(new_events | tr '\n' ' ')"
 # Each replica went Failover -> Reconnecting -> Failover ... while
 # ZooKeeper was down: the recorder counts the repeats of a reason in one
 # Event object's series (within its 6-minute window), so each pod and
 # reason got one new object at most, and some Failover counts two or more.
-deadline=$((SECONDS + 20))
-until changed_events | awk '$1 ~ /=Failover$/ && $3 >= 2 {f = 1} END {exit !f}'; do
-  ((SECONDS < deadline)) || die "no Failover Event counts a repeat in its series: $(changed_events | tr '\n' ',')"
-  sleep 0.2
-done
+wait_until 20 0.2 failover_repeated || die "no Failover Event counts a repeat in its series: $(changed_events | tr '\n' ',')"
 created=$(comm -13 <(cut -d' ' -f1,2 <<<"$events_before" | sort) <(event_list | cut -d' ' -f1,2 | sort))
 twice=$(cut -d' ' -f1 <<<"$created" | sort | uniq -d)
 [[ -z "$twice" ]] || die "more than one new Event object for one pod and reason (repeats not aggregated): $twice; new objects: $(tr '\n' ',' <<<"$created")"
@@ -786,7 +763,7 @@ expect_patch() {
 other=$(states | tr ' ' '\n' | grep -v '^election-0=' | grep -v '=leader$' | head -1)
 other=${other%%=*}
 [[ -n "$other" ]] || die "no non-leader sibling of election-0: $(states)"
-own_state=$(k get pod election-0 -o jsonpath='{.metadata.labels.election-state}')
+own_state=$(state_of election-0)
 image='{"spec":{"containers":[{"name":"election","image":"registry.example/evil:1"}]}}'
 owner='{"metadata":{"ownerReferences":[{"apiVersion":"v1","kind":"ConfigMap","name":"e2e","uid":"00000000-0000-0000-0000-000000000001"}]}}'
 log "the ValidatingAdmissionPolicy, on the real API server (sibling: $other)"
@@ -893,25 +870,20 @@ helm_upgrade() {
     || die "helm upgrade --reuse-values $* failed: $(cat "$WORK/helm-upgrade.out")"
   echo $(($(now_ms) - t0))
 }
+# Is the pod being deleted, or gone?
+deleting() { [[ -n "$(k get pod "$1" -o jsonpath='{.metadata.deletionTimestamp}' 2>/dev/null)" ]] || ! k get pod "$1" >/dev/null 2>&1; }
+exited() { ! kill -0 "$1" 2>/dev/null; } # pid
 # The kubelet's part when a pod is deleted (here by the StatefulSet
 # controller): the pod's preStop command, then SIGTERM; the process must
 # exit on its own within 10 s.
 stop_like_kubelet() { # pod
-  local pod=$1 pid deadline prestop=()
-  deadline=$((SECONDS + 90))
-  until [[ -n "$(k get pod "$pod" -o jsonpath='{.metadata.deletionTimestamp}' 2>/dev/null)" ]] || ! k get pod "$pod" >/dev/null 2>&1; do
-    ((SECONDS < deadline)) || die "$pod was not deleted within 90 s"
-    sleep 0.1
-  done
+  local pod=$1 pid prestop=()
+  wait_until 90 0.1 deleting "$pod" || die "$pod was not deleted within 90 s"
   mapfile -d '' prestop <"$WORK/pods/$pod/prestop"
   "${prestop[@]}" >/dev/null || die "$pod: its preStop command failed"
   pid=$(cat "$PIDS/$pod.pid")
   kill -TERM "$pid"
-  deadline=$((SECONDS + 10))
-  while kill -0 "$pid" 2>/dev/null; do
-    ((SECONDS < deadline)) || die "$pod's process still runs 10 s after its preStop command and SIGTERM"
-    sleep 0.1
-  done
+  wait_until 10 0.1 exited "$pid" || die "$pod's process still runs 10 s after its preStop command and SIGTERM"
   rm -f "$PIDS/$pod.pid"
   log "harness: $pod deleted by the StatefulSet controller: preStop (election release) and SIGTERM; its process exited"
 }
@@ -943,7 +915,7 @@ t0=$(now_ms)
 start_election election-3
 leader=$(wait_one_leader 4 30)
 [[ "$(k get pod election-3 -o jsonpath='{.metadata.annotations.election/node-id}')" == election-3 ]] || die "election-3 did not annotate itself"
-note "after helm upgrade to 4 replicas (Role unchanged): election-3 scheduled, its process started -> labelled $(k get pod election-3 -o jsonpath='{.metadata.labels.election-state}') in $(($(now_ms) - t0)) ms; one leader ($leader), 3 attempters"
+note "after helm upgrade to 4 replicas (Role unchanged): election-3 scheduled, its process started -> labelled $(state_of election-3) in $(($(now_ms) - t0)) ms; one leader ($leader), 3 attempters"
 k get pods -L election-state
 # A renewal later (every 5 s), a reset by the upgrade would show as one more
 # leaseTransitions (holder none -> the leader).
@@ -1061,18 +1033,10 @@ day2_resize_with_a_planned_stop() {
   t0=$(now_ms)
   k scale statefulset "$RELEASE" --replicas=0 >/dev/null
   for p in "${pods[@]}"; do stop_like_kubelet "$p"; done
-  deadline=$((SECONDS + 60))
-  while [[ -n "$(k get pods -l "$SEL" -o name)" ]]; do
-    ((SECONDS < deadline)) || die "election pods left 60 s after kubectl scale --replicas=0: $(k get pods -l "$SEL" -o name)"
-    sleep 0.2
-  done
+  wait_until 60 0.2 no_pods "$SEL" || die "election pods left 60 s after kubectl scale --replicas=0: $(k get pods -l "$SEL" -o name)"
   k scale statefulset "$RELEASE-zookeeper" --replicas=0 >/dev/null
   for p in "${ZK_PODS[@]}"; do stop_pid "$PIDS/zk-$p.pid" 10; done
-  deadline=$((SECONDS + 60))
-  while [[ -n "$(k get pods -l "$ZK_SEL" -o name)" ]]; do
-    ((SECONDS < deadline)) || die "ZooKeeper pods left 60 s after kubectl scale --replicas=0"
-    sleep 0.2
-  done
+  wait_until 60 0.2 no_pods "$ZK_SEL" || die "ZooKeeper pods left 60 s after kubectl scale --replicas=0"
   t_stop=$(now_ms)
   log "planned stop: election and ZooKeeper StatefulSets at 0 replicas, every process stopped, $((t_stop - t0)) ms"
   # No zookeeper.allowResize: the ensemble is stopped, so the check lets it pass.
@@ -1107,24 +1071,17 @@ day2_resize_with_a_planned_stop() {
 # Waits until every election pod is on the update revision with a live
 # process, then for one leader, which it prints.
 settle_election_pods() { # what
-  local deadline=$((SECONDS + 120))
-  until all_on_update_revision && [[ $(k get pods -l "$SEL" -o name | wc -l) -eq 3 ]] && processes_current; do
-    ((SECONDS < deadline)) || die "$1: pods not all on the StatefulSet's update revision with a process 120 s after helm upgrade"
-    sleep 0.3
-  done
+  wait_until 120 0.3 settled 3 || die "$1: pods not all on the StatefulSet's update revision with a process 120 s after helm upgrade"
   wait_one_leader 3 60
 }
 # Leader changes since EV0/LT0 once the Lease names LEADER: "<Events> <leaseTransitions>".
 leader_changes_since() { # ev0 lt0 leader
-  local deadline=$((SECONDS + 15))
-  until [[ "$(k get lease "$RELEASE" -o jsonpath='{.spec.holderIdentity}')" == "$3" ]]; do
-    ((SECONDS < deadline)) || die "the Lease does not name $3"
-    sleep 0.2
-  done
+  wait_until 15 0.2 lease_names "$3" || die "the Lease does not name $3"
   echo "$(($(became_leader_total) - $1)) $(($(lease_transitions) - $2))"
 }
+claim_gone() { ! k get pvc "$1" >/dev/null 2>&1; }
 day2_switch_persistence_mode() {
-  local t0 ms p deadline ev0 lt0 l0 pv shared_dir files changes lease hook0 token0 token1 out
+  local t0 ms p ev0 lt0 l0 pv shared_dir files changes lease hook0 token0 token1 out
   step "6f. persistence.mode shared -> perReplica (the StatefulSet deleted with its pods), then back (--cascade=orphan, the hook replaces the pods)"
   pv=$(k get pvc "$RELEASE-files" -o jsonpath='{.spec.volumeName}')
   shared_dir=$(kc get pv "$pv" -o jsonpath='{.spec.hostPath.path}')
@@ -1137,11 +1094,7 @@ day2_switch_persistence_mode() {
   kubelet_loop_start
   t0=$(now_ms)
   k delete statefulset "$RELEASE" --wait=false >/dev/null
-  deadline=$((SECONDS + 60))
-  while [[ -n "$(k get pods -l "$SEL" -o name)" ]]; do
-    ((SECONDS < deadline)) || die "election pods left 60 s after kubectl delete statefulset: $(k get pods -l "$SEL" -o name)"
-    sleep 0.2
-  done
+  wait_until 60 0.2 no_pods "$SEL" || die "election pods left 60 s after kubectl delete statefulset: $(k get pods -l "$SEL" -o name)"
   helm_hooked "$WORK/helm-upgrade.out" upgrade "$RELEASE" "$CHART" --kubeconfig "$KCFG" --namespace "$NS" --reuse-values \
     --set persistence.mode=perReplica --wait --timeout 5m \
     || die "helm upgrade --set persistence.mode=perReplica after kubectl delete statefulset failed: $(cat "$WORK/helm-upgrade.out")"
@@ -1157,11 +1110,7 @@ day2_switch_persistence_mode() {
   fi
   # Helm deleted the shared claim; its volume (reclaim policy Retain here)
   # still holds the files. With Delete (most provisioners) they are gone.
-  deadline=$((SECONDS + 60))
-  while k get pvc "$RELEASE-files" >/dev/null 2>&1; do
-    ((SECONDS < deadline)) || die "the shared claim $RELEASE-files is still there 60 s after the switch"
-    sleep 0.3
-  done
+  wait_until 60 0.3 claim_gone "$RELEASE-files" || die "the shared claim $RELEASE-files is still there 60 s after the switch"
   files=$(find "$shared_dir" -type f | wc -l)
   [[ "$(kc get pv "$pv" -o jsonpath='{.status.phase}')" == Released ]] || die "PersistentVolume $pv of the deleted shared claim: $(kc get pv "$pv" -o jsonpath='{.status.phase}'), not Released"
   ((files > 0)) || die "PersistentVolume $pv of the deleted shared claim holds no files"
@@ -1208,11 +1157,7 @@ step "7. helm uninstall"
 "$HELM" uninstall "$RELEASE" --kubeconfig "$KCFG" --namespace "$NS" --wait --timeout 2m || die "helm uninstall failed"
 # The pods are going: their processes stop as the kubelet would stop them.
 for f in "$PIDS"/election-*.pid; do [[ -f "$f" ]] && stop_pid "$f" 10; done
-deadline=$((SECONDS + 60))
-while [[ -n "$(k get pods -l "app.kubernetes.io/instance=$RELEASE" -o name)" ]]; do
-  ((SECONDS < deadline)) || die "pods left 60 s after helm uninstall: $(k get pods -o name)"
-  sleep 0.3
-done
+wait_until 60 0.3 no_pods "app.kubernetes.io/instance=$RELEASE" || die "pods left 60 s after helm uninstall: $(k get pods -o name)"
 left=$(k get all,serviceaccount,role,rolebinding,pdb,pvc,networkpolicy,configmap,secret,lease -l "app.kubernetes.io/instance=$RELEASE" -o name)
 unexpected=$(grep -Ev '^persistentvolumeclaim/(data-election-zookeeper|files-election)-[0-9]*$' <<<"$left" || true)
 [[ -z "$unexpected" ]] || die "left after helm uninstall: $unexpected"
