@@ -81,6 +81,8 @@
 #      sibling's image (403, the policy's message) and the other tenant's
 #      pods (403, RBAC)
 #
+# Each step is one function, run in the order of the list at the end of this
+# file; every wait is `wait_until` (scripts/lib-k8s.sh) on a named check.
 # Everything it starts is stopped on exit, failure included; E2E_TIMEOUT
 # (default 600 s) bounds the run. Without Go or Java it prints SKIPPED and
 # exits 0, or fails with E2E_REQUIRED=1 (`cargo xtask test` and `cargo xtask
