@@ -29,8 +29,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # The one approved way to a newer Go than the machine's: the go command
-# fetches this toolchain from the module proxy (into GOMODCACHE).
-export GOTOOLCHAIN=go1.27.3
+# fetches this toolchain from the module proxy (into GOMODCACHE). The pin lives
+# in hack/tools/GOTOOLCHAIN alone; `cargo xtask` reads the same file.
+GOTOOLCHAIN=$(<hack/tools/GOTOOLCHAIN)
+export GOTOOLCHAIN
 CACHE_ROOT=${XDG_CACHE_HOME:-$HOME/.cache}/election-go
 export GOMODCACHE=${GOMODCACHE:-$CACHE_ROOT/mod}
 export GOCACHE=${GOCACHE:-$CACHE_ROOT/build}

@@ -164,10 +164,15 @@ processes_current() {
   done < <(election_pods)
 }
 
+# Are the N election pods all on the update revision, each with its process?
+settled() { # n
+  all_on_update_revision && [[ $(k get pods -l "$SEL" -o name | wc -l) -eq $1 ]] && processes_current
+}
+
 # One helm upgrade that changes the pod template; prints
 # "<leader changes> <leaseTransitions delta> <ms> <leader before> <leader after>".
 rollout_once() { # replicas helm-set-args...
-  local n=$1 t0 ev0 lt0 l0 l1 deadline ms serial
+  local n=$1 t0 ev0 lt0 l0 l1 ms serial
   shift
   # (run in $(...): a counter would not survive the call; the clock does)
   serial=$(now_ms)
@@ -180,19 +185,11 @@ rollout_once() { # replicas helm-set-args...
     || die "helm upgrade (rollout $serial, $*) failed: $(cat "$WORK/helm-rollout.out")"
   # RollingUpdate returns as soon as kwok says the pods are Ready: wait for
   # the processes too.
-  deadline=$((SECONDS + 120))
-  until all_on_update_revision && [[ $(k get pods -l "$SEL" -o name | wc -l) -eq $n ]] && processes_current; do
-    ((SECONDS < deadline)) || die "rollout $serial: pods not all on the update revision after 120 s"
-    sleep 0.3
-  done
+  wait_until 120 0.3 settled "$n" || die "rollout $serial: pods not all on the update revision after 120 s"
   l1=$(wait_one_leader "$n" 90)
   ms=$(($(now_ms) - t0))
   # The new leader writes the Lease at once; its Event goes out alongside.
-  deadline=$((SECONDS + 15))
-  until [[ "$(k get lease "$RELEASE" -o jsonpath='{.spec.holderIdentity}')" == "$l1" ]]; do
-    ((SECONDS < deadline)) || die "rollout $serial: the Lease does not name $l1"
-    sleep 0.2
-  done
+  wait_until 15 0.2 lease_names "$l1" || die "rollout $serial: the Lease does not name $l1"
   sleep 3
   all_on_update_revision || die "rollout $serial: a pod left the update revision"
   [[ "$(leaders)" == "$l1" ]] || die "rollout $serial: leaders now '$(leaders)', not $l1 alone"

@@ -37,12 +37,11 @@ overlay_expect() {
 
 # A token of the ServiceAccount `election` of NAMESPACE bound to POD, as the
 # kubelet projects it (waits for the StatefulSet controller to create the pod).
+pod_created() { [[ -n "$(kc -n "$1" get pod "$2" -o jsonpath='{.metadata.uid}' 2>/dev/null)" ]]; } # namespace pod
 overlay_pod_token() { # namespace pod
-  local uid deadline=$((SECONDS + 60))
-  until uid=$(kc -n "$1" get pod "$2" -o jsonpath='{.metadata.uid}' 2>/dev/null) && [[ -n "$uid" ]]; do
-    ((SECONDS < deadline)) || die "pod $1/$2 not created within 60 s"
-    sleep 0.3
-  done
+  local uid
+  wait_until 60 0.3 pod_created "$1" "$2" || die "pod $1/$2 not created within 60 s"
+  uid=$(kc -n "$1" get pod "$2" -o jsonpath='{.metadata.uid}')
   kc -n "$1" create token election --duration 10m --bound-object-kind Pod --bound-object-name "$2" --bound-object-uid "$uid"
 }
 

@@ -69,3 +69,15 @@ bg_start() {
   # Not a job of this shell: no "Killed" line when a test kills it.
   disown $!
 }
+
+# Runs COMMAND every INTERVAL seconds until it succeeds (0) or TIMEOUT
+# seconds have passed (1: the caller dies, saying what did not happen and
+# what it sees then). wait_until TIMEOUT INTERVAL COMMAND...
+wait_until() {
+  local deadline=$((SECONDS + $1)) interval=$2
+  shift 2
+  until "$@"; do
+    ((SECONDS < deadline)) || return 1
+    sleep "$interval"
+  done
+}

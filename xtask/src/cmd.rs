@@ -8,10 +8,12 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
-/// The Go toolchain every Go build of the project uses. build-go-tools.sh
-/// exports it too; set here as well so that no script the xtask starts can
-/// build with another.
-pub const GOTOOLCHAIN: &str = "go1.27.3";
+/// The Go toolchain every Go build of the project uses: the one line of
+/// hack/tools/GOTOOLCHAIN, which build-go-tools.sh exports too; set here as
+/// well so that no script the xtask starts can build with another.
+pub fn gotoolchain() -> &'static str {
+    include_str!("../../hack/tools/GOTOOLCHAIN").trim()
+}
 
 /// The repository root (the parent of xtask/).
 pub fn root() -> &'static Path {
@@ -36,7 +38,7 @@ pub fn script(name: &str) -> Command {
     let mut cmd = Command::new("bash");
     cmd.arg(format!("scripts/{name}"))
         .current_dir(root())
-        .env("GOTOOLCHAIN", GOTOOLCHAIN);
+        .env("GOTOOLCHAIN", gotoolchain());
     cmd
 }
 

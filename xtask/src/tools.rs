@@ -17,7 +17,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use crate::cmd::{have, is_root, root, run, script, succeeds};
+use crate::cmd::{gotoolchain, have, is_root, root, run, script, succeeds};
 
 const PYTHON_REQUIREMENTS: &str = "hack/tools/python/requirements.txt";
 
@@ -85,7 +85,8 @@ pub fn go(groups: &[&str]) -> Result<()> {
     if !have("go") {
         bail!(
             "Go is missing: install Go >= 1.21 (its toolchain switch fetches the pinned \
-             go1.27.3); helm, kubectl and the control plane are built from source"
+             {}); helm, kubectl and the control plane are built from source",
+            gotoolchain()
         );
     }
     run(script("build-go-tools.sh").args(groups))
