@@ -33,6 +33,23 @@ fn status(http: SocketAddr) -> Option<Value> {
         .flatten()
 }
 
+/// `election run` against `zk` (nothing listens there), writing to
+/// `dir`, its HTTP listener on `http`, no admin listener.
+fn run_flags<'a>(zk: &'a str, dir: &'a tempfile::TempDir, http: &'a str) -> [&'a str; 9] {
+    let dir = dir.path().to_str().unwrap();
+    [
+        "run",
+        "--zk-servers",
+        zk,
+        "--file-dir",
+        dir,
+        "--http-addr",
+        http,
+        "--admin-addr",
+        "off",
+    ]
+}
+
 #[test]
 fn an_http_listener_on_the_ipv6_any_address_answers_ipv4_and_ipv6_clients() {
     // Given a daemon whose HTTP listener is bound to [::] (the chart's and
@@ -42,20 +59,7 @@ fn an_http_listener_on_the_ipv6_any_address_answers_ipv4_and_ipv6_clients() {
     let zk = loopback().to_string();
     let port = free_port();
     let http = format!("[::]:{port}");
-    let replica = Replica::spawn(
-        &[
-            "run",
-            "--zk-servers",
-            &zk,
-            "--file-dir",
-            dir.path().to_str().unwrap(),
-            "--http-addr",
-            &http,
-            "--admin-addr",
-            "off",
-        ],
-        &[],
-    );
+    let replica = Replica::spawn(&run_flags(&zk, &dir, &http), &[]);
     // When an IPv4 and an IPv6 client ask for /healthz and /status
     let v4 = SocketAddr::from(([127, 0, 0, 1], port));
     let v6 = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
@@ -93,16 +97,11 @@ fn without_ipv6_the_ipv6_any_address_falls_back_to_ipv4() {
             "-e",
             "inject=socket:error=EAFNOSUPPORT:when=1",
             env!("CARGO_BIN_EXE_election"),
-            "run",
-            "--zk-servers",
-            &zk,
-            "--file-dir",
-            dir.path().to_str().unwrap(),
-            "--http-addr",
-            &http,
-            "--admin-addr",
-            "off",
-        ],
+        ]
+        .iter()
+        .chain(&run_flags(&zk, &dir, &http))
+        .copied()
+        .collect::<Vec<_>>(),
         &[],
     );
     // When the daemon starts

@@ -336,6 +336,34 @@ fn lead_as_election_0(g: &mut Group, api: &FakeApi) -> SocketAddr {
     http
 }
 
+/// ZooKeeper, the fake API server holding `siblings` (pod, fencing
+/// token, state-since) labelled leader by daemons that are gone, and a
+/// Group whose next replica is election-0 with `flags` (see
+/// [`lead_as_election_0`]); its HTTP address. [`lead`] starts it.
+fn election_0_with(
+    siblings: &[(&str, &str, &str)],
+    flags: &[&str],
+) -> (ZkCluster, FakeApi, Group, SocketAddr) {
+    let zk = ZkCluster::standalone();
+    let api = FakeApi::start();
+    for (pod, token, since) in siblings {
+        stale_sibling(&api, pod, token, since);
+    }
+    let mut g = Group::new(&zk.connect_string());
+    let http = lead_as_election_0(&mut g, &api);
+    g.extra.extend(flags.iter().map(|f| f.to_string()));
+    (zk, api, g, http)
+}
+
+/// Starts election-0 and waits until it leads.
+fn lead(g: &mut Group) {
+    g.spawn(1);
+    assert_eq!(g.wait_leader(ELECTION), 0);
+}
+
+/// A sibling of a lower token than any leadership here, gone years ago.
+const STALE: (&str, &str, &str) = ("election-1", "0", "2020-01-01T00:00:00Z");
+
 /// Puts sibling `pod` in the fake, labelled leader by a daemon that is
 /// gone: with fencing token `token` and `state-since` `since`.
 fn stale_sibling(api: &FakeApi, pod: &str, token: &str, since: &str) {
@@ -377,15 +405,15 @@ fn stale_labels_are_decided_by_fencing_token_whatever_the_clocks_say() {
     // any this ZooKeeper will hand out, but a start years ago (its clock
     // lags); election-2 with a lower token than ours, but a start in the
     // future (its clock runs ahead)
-    let zk = ZkCluster::standalone();
-    let api = FakeApi::start();
-    stale_sibling(&api, "election-1", "999999999999", "2020-01-01T00:00:00Z");
-    stale_sibling(&api, "election-2", "0", "2999-01-01T00:00:00Z");
+    let (_zk, api, mut g, _) = election_0_with(
+        &[
+            ("election-1", "999999999999", "2020-01-01T00:00:00Z"),
+            ("election-2", "0", "2999-01-01T00:00:00Z"),
+        ],
+        &[],
+    );
     // When election-0 leads and looks for stale labels twice
-    let mut g = Group::new(&zk.connect_string());
-    lead_as_election_0(&mut g, &api);
-    g.spawn(1);
-    assert_eq!(g.wait_leader(ELECTION), 0);
+    lead(&mut g);
     wait_label(&api, "election-0", "leader", &g);
     let ok = wait_until(ELECTION, POLL, || {
         api.pod(NS, "election-2").unwrap()["metadata"]["labels"]["election-state"] == "stale"
@@ -420,16 +448,10 @@ fn a_conflict_on_the_conditional_patch_overwrites_nothing() {
     // Given a sibling labelled leader with a lower token, whose patches the
     // API server refuses with 409 (as when the sibling relabelled itself
     // after the list)
-    let zk = ZkCluster::standalone();
-    let api = FakeApi::start();
-    stale_sibling(&api, "election-1", "0", "2020-01-01T00:00:00Z");
+    let (_zk, api, mut g, _) = election_0_with(&[STALE], &["--pod-uid", "uid-0"]);
     api.answer("PATCH", &pod_path(NS, "election-1"), 409);
     // When election-0 leads and looks for stale labels three times
-    let mut g = Group::new(&zk.connect_string());
-    lead_as_election_0(&mut g, &api);
-    g.extra.extend(["--pod-uid", "uid-0"].map(String::from));
-    g.spawn(1);
-    assert_eq!(g.wait_leader(ELECTION), 0);
+    lead(&mut g);
     let ok = wait_until(ELECTION, POLL, || {
         !api.requests_for(NS, "election-1").is_empty()
     });
@@ -468,12 +490,8 @@ fn a_conflict_on_the_conditional_patch_overwrites_nothing() {
 #[test]
 fn a_leader_whose_pod_was_relabelled_labels_it_leader_again() {
     // Given election-0 leading, its Pod labelled leader
-    let zk = ZkCluster::standalone();
-    let api = FakeApi::start();
-    let mut g = Group::new(&zk.connect_string());
-    let http = lead_as_election_0(&mut g, &api);
-    g.spawn(1);
-    assert_eq!(g.wait_leader(ELECTION), 0);
+    let (_zk, api, mut g, http) = election_0_with(&[], &[]);
+    lead(&mut g);
     wait_label(&api, "election-0", "leader", &g);
     let leader_patches = || {
         api.requests_for(NS, "election-0")
@@ -509,16 +527,10 @@ fn a_leader_whose_pod_was_relabelled_labels_it_leader_again() {
 #[test]
 fn with_pod_events_off_no_event_is_posted() {
     // Given election-0 with Events off, and a stale sibling it will relabel
-    let zk = ZkCluster::standalone();
-    let api = FakeApi::start();
-    stale_sibling(&api, "election-1", "0", "2020-01-01T00:00:00Z");
-    let mut g = Group::new(&zk.connect_string());
-    lead_as_election_0(&mut g, &api);
-    g.extra
-        .extend(["--pod-uid", "uid-0", "--pod-events", "false"].map(String::from));
-    g.spawn(1);
+    let (_zk, api, mut g, _) =
+        election_0_with(&[STALE], &["--pod-uid", "uid-0", "--pod-events", "false"]);
     // When it leads, corrects the sibling, and stops
-    assert_eq!(g.wait_leader(ELECTION), 0);
+    lead(&mut g);
     let ok = wait_until(ELECTION, POLL, || {
         api.pod(NS, "election-1").unwrap()["metadata"]["labels"]["election-state"] == "stale"
     });
@@ -557,14 +569,8 @@ fn event_requests(api: &FakeApi, reason: &str) -> Vec<(String, Option<u16>)> {
 fn a_repeated_event_becomes_one_event_with_a_series_count() {
     // Given election-0 leading, and a stale sibling it relabels, which
     // posts StaleLabelCorrected on the sibling
-    let zk = ZkCluster::standalone();
-    let api = FakeApi::start();
-    stale_sibling(&api, "election-1", "0", "2020-01-01T00:00:00Z");
-    let mut g = Group::new(&zk.connect_string());
-    lead_as_election_0(&mut g, &api);
-    g.extra.extend(["--pod-uid", "uid-0"].map(String::from));
-    g.spawn(1);
-    assert_eq!(g.wait_leader(ELECTION), 0);
+    let (_zk, api, mut g, _) = election_0_with(&[STALE], &["--pod-uid", "uid-0"]);
+    lead(&mut g);
     let ok = wait_until(ELECTION, POLL, || {
         event_requests(&api, "StaleLabelCorrected") == [("POST".into(), Some(201))]
     });
@@ -577,7 +583,7 @@ fn a_repeated_event_becomes_one_event_with_a_series_count() {
     let first = api.events(NS);
     // When the sibling claims to lead again with the same stale token, and
     // is relabelled again: the same reason and note on the same Pod
-    stale_sibling(&api, "election-1", "0", "2020-01-01T00:00:00Z");
+    stale_sibling(&api, STALE.0, STALE.1, STALE.2);
     let ok = wait_until(ELECTION, POLL, || {
         event_requests(&api, "StaleLabelCorrected").len() == 2
     });

@@ -18,7 +18,7 @@ use common::group::{Group, TRANSITIONS, partitioned_pair};
 use common::proxy::{FaultProxy, Mode};
 use common::wait_until;
 use common::zk::ZkCluster;
-use election::files::FileKey;
+use election::files::{FileKey, LeaderRecord};
 use zookeeper_client::{Acls, CreateMode};
 
 const ROOT: &str = "/election/test";
@@ -82,6 +82,26 @@ fn a_lone_leader() -> (ZkCluster, Group, u64) {
     (zk, g, token)
 }
 
+/// A standalone ZooKeeper and two replicas, one of them leading: the
+/// leader's index and its token.
+fn two_with_a_leader() -> (ZkCluster, Group, usize, u64) {
+    let zk = ZkCluster::standalone();
+    let mut g = Group::new(&zk.connect_string());
+    g.spawn(2);
+    let leader = g.wait_leader(Duration::from_secs(20));
+    let token = newest_token(&g);
+    (zk, g, leader, token)
+}
+
+/// The first file of a leadership later than `old_token`, waited for up
+/// to `within`; the test fails with `nobody` if none comes.
+fn first_file_after(g: &Group, old_token: u64, within: Duration, nobody: &str) -> LeaderRecord {
+    let later = || g.records().into_iter().find(|r| r.token > old_token);
+    let ok = wait_until(within, Duration::from_millis(10), || later().is_some());
+    assert!(ok, "{nobody}\n{}", g.logs());
+    later().unwrap()
+}
+
 /// The leadership wrote the file after `key` (seq + 1): it did not reuse
 /// or skip past the name.
 fn assert_the_next_seq_follows(g: &Group, key: FileKey) {
@@ -101,11 +121,7 @@ fn assert_the_next_seq_follows(g: &Group, key: FileKey) {
 fn a_leader_with_a_hung_fsync_steps_down_and_its_write_never_lands_later() {
     assert!(is_root(), "run as root");
     // Given two replicas with a leader
-    let zk = ZkCluster::standalone();
-    let mut g = Group::new(&zk.connect_string());
-    g.spawn(2);
-    let leader = g.wait_leader(Duration::from_secs(20));
-    let old_token = newest_token(&g);
+    let (_zk, mut g, leader, old_token) = two_with_a_leader();
     let arrivals = Arrivals::watch(g.files_dir());
     // When every fsync of the leader hangs for 30 s
     let hang = Duration::from_secs(30);
@@ -113,11 +129,8 @@ fn a_leader_with_a_hung_fsync_steps_down_and_its_write_never_lands_later() {
     let hung_at = Instant::now();
     // Then another replica writes within session + 3 x leader-timeout + 1 s
     let bound = Duration::from_millis(2000 + 3 * 200 + 1000);
-    let ok = wait_until(Duration::from_secs(60), Duration::from_millis(10), || {
-        g.newest_record().is_some_and(|r| r.token > old_token)
-    });
+    first_file_after(&g, old_token, Duration::from_secs(60), "nobody took over");
     let took = hung_at.elapsed();
-    assert!(ok, "nobody took over\n{}", g.logs());
     assert!(
         took <= bound,
         "takeover took {took:?}, more than {bound:?}\n{}",
@@ -148,11 +161,7 @@ fn a_leader_with_a_hung_fsync_steps_down_and_its_write_never_lands_later() {
 fn a_leader_whose_rename_hangs_abandons_its_session_and_never_wedges() {
     assert!(is_root(), "run as root");
     // Given two replicas with a leader
-    let zk = ZkCluster::standalone();
-    let mut g = Group::new(&zk.connect_string());
-    g.spawn(2);
-    let leader = g.wait_leader(Duration::from_secs(20));
-    let old_token = newest_token(&g);
+    let (_zk, mut g, leader, old_token) = two_with_a_leader();
     let arrivals = Arrivals::watch(g.files_dir());
     // When its rename (the commit, made holding the commit gate) hangs 30 s
     let hang = Duration::from_secs(30);
@@ -163,11 +172,8 @@ fn a_leader_whose_rename_hangs_abandons_its_session_and_never_wedges() {
     // the lease left, 0 here, or 100 ms), the server's expiry tick (200 ms)
     // and the successor's claim and first write (honest slack: 0.6 s)
     let bound = Duration::from_millis(2000 + 3 * 200 + 1000 + 600);
-    let ok = wait_until(Duration::from_secs(25), Duration::from_millis(10), || {
-        g.newest_record().is_some_and(|r| r.token > old_token)
-    });
+    let first_new = first_file_after(&g, old_token, Duration::from_secs(25), "nobody took over");
     let took = hung_at.elapsed();
-    assert!(ok, "nobody took over\n{}", g.logs());
     eprintln!("successor wrote {took:?} after the hang began");
     assert!(
         took <= bound,
@@ -190,11 +196,6 @@ fn a_leader_whose_rename_hangs_abandons_its_session_and_never_wedges() {
     // within milliseconds)
     let ms = |t: &str| election::cmd::verify::parse_time_ms(t).unwrap();
     let abandoned_ms = ms(abandoned.split_whitespace().next().unwrap());
-    let first_new = g
-        .records()
-        .into_iter()
-        .find(|rec| rec.token > old_token)
-        .unwrap();
     let waited = ms(&first_new.written_at) - abandoned_ms;
     eprintln!("successor's first write {waited} ms after the abandonment");
     assert!(waited >= 1300, "{waited} ms\n{}", g.logs());
@@ -230,11 +231,7 @@ fn sigterm_while_the_leaders_rename_hangs_exits_at_once_without_releasing() {
     assert!(is_root(), "run as root");
     // Given two replicas with a leader whose rename hangs 30 s, and whose
     // write has already overrun its lease
-    let zk = ZkCluster::standalone();
-    let mut g = Group::new(&zk.connect_string());
-    g.spawn(2);
-    let leader = g.wait_leader(Duration::from_secs(20));
-    let old_token = newest_token(&g);
+    let (_zk, mut g, leader, old_token) = two_with_a_leader();
     let r = g.replica(leader);
     let since = r.line_count();
     let strace = Strace::delay(r.pid(), "renameat2", Duration::from_secs(30));
@@ -266,15 +263,7 @@ fn sigterm_while_the_leaders_rename_hangs_exits_at_once_without_releasing() {
     );
     // And the successor starts only once that session expired (a clean
     // close would have let it write within milliseconds)
-    let ok = wait_until(Duration::from_secs(10), Duration::from_millis(10), || {
-        g.newest_record().is_some_and(|r| r.token > old_token)
-    });
-    assert!(ok, "nobody took over\n{}", g.logs());
-    let first_new = g
-        .records()
-        .into_iter()
-        .find(|rec| rec.token > old_token)
-        .unwrap();
+    let first_new = first_file_after(&g, old_token, Duration::from_secs(10), "nobody took over");
     let waited =
         election::cmd::verify::parse_time_ms(&first_new.written_at).unwrap() - signalled_ms;
     eprintln!("successor's first write {waited} ms after the SIGTERM");
@@ -291,11 +280,7 @@ fn sigterm_while_the_leaders_rename_hangs_exits_at_once_without_releasing() {
 fn a_leader_whose_writes_are_always_fenced_steps_down() {
     assert!(is_root(), "run as root");
     // Given two replicas with a leader
-    let zk = ZkCluster::standalone();
-    let mut g = Group::new(&zk.connect_string());
-    g.spawn(2);
-    let leader = g.wait_leader(Duration::from_secs(20));
-    let old_token = newest_token(&g);
+    let (_zk, mut g, leader, old_token) = two_with_a_leader();
     // When each of its fsyncs takes longer than its whole lease (1 s), so
     // that every write would commit after the lease ran out
     let _strace = Strace::delay(
@@ -305,10 +290,12 @@ fn a_leader_whose_writes_are_always_fenced_steps_down() {
     );
     // Then it counts those writes as failures and steps down, and another
     // replica leads
-    let ok = wait_until(Duration::from_secs(20), Duration::from_millis(50), || {
-        g.newest_record().is_some_and(|r| r.token > old_token)
-    });
-    assert!(ok, "the fenced leader never stepped down\n{}", g.logs());
+    first_file_after(
+        &g,
+        old_token,
+        Duration::from_secs(20),
+        "the fenced leader never stepped down",
+    );
     // (to Failover, having counted failed writes)
     let r = g.replica(leader);
     let down = r.metric(TRANSITIONS, &[("from", "leader"), ("to", "failover")]);
@@ -328,11 +315,7 @@ fn a_leader_whose_writes_are_always_fenced_steps_down() {
 /// leadership may arrive after the successor's first file.
 fn delete_the_leader_node_mid_write(syscall: &str, delay: Duration, moment: impl FnOnce(&Group)) {
     assert!(is_root(), "run as root");
-    let zk = ZkCluster::standalone();
-    let mut g = Group::new(&zk.connect_string());
-    g.spawn(2);
-    let leader = g.wait_leader(Duration::from_secs(20));
-    let old_token = newest_token(&g);
+    let (zk, mut g, leader, old_token) = two_with_a_leader();
     let arrivals = Arrivals::watch(g.files_dir());
     let strace = Strace::delay(g.replica(leader).pid(), syscall, delay);
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -350,10 +333,7 @@ fn delete_the_leader_node_mid_write(syscall: &str, delay: Duration, moment: impl
         g.logs()
     );
     rt.block_on(common::close_client(client));
-    let ok = wait_until(Duration::from_secs(20), Duration::from_millis(20), || {
-        g.newest_record().is_some_and(|r| r.token > old_token)
-    });
-    assert!(ok, "nobody took over\n{}", g.logs());
+    first_file_after(&g, old_token, Duration::from_secs(20), "nobody took over");
     // Checked once the old leader has stepped down (its commit gate is
     // closed) and the successor has written 10 more files (2 s: a write
     // in flight at the deletion, its syscalls slowed, had time to land),
@@ -752,11 +732,7 @@ fn plant_leader_file(dir: &std::path::Path, token: u64) -> FileKey {
 #[test]
 fn a_leader_whose_writes_are_all_superseded_steps_down_and_tokens_jump_above() {
     // Given two replicas with a leader
-    let zk = ZkCluster::standalone();
-    let mut g = Group::new(&zk.connect_string());
-    g.spawn(2);
-    let leader = g.wait_leader(Duration::from_secs(20));
-    let old_token = newest_token(&g);
+    let (_zk, mut g, leader, old_token) = two_with_a_leader();
     let fenced_before = g.writes_fenced(leader);
     let arrivals = Arrivals::watch(g.files_dir());
     // When a file of a much newer leadership appears in file-dir
