@@ -9,7 +9,7 @@
 //! a [`Resend`] request (the leader's list of leader-labelled Pods lacks
 //! our own, so something relabelled it) makes it send the current one again.
 //! Needs `patch` on its own Pod only. Events, the stale-label correction
-//! and the Lease mirror live in [`crate::k8s::ops`].
+//! and the Lease mirror are started by [`crate::k8s::tasks`].
 //!
 //! Label `election-state`: init | attempter | leader | failover | stopping.
 //! Annotations (prefix `election/`): `state-since` (RFC 3339), `node-id`,
