@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use crate::flags::InvalidValue;
-use crate::zk::access::{AccessError, Credentials, TlsFiles, ZkSecurity};
+use crate::zk::security::{AccessError, Credentials, TlsFiles, ZkSecurity};
 
 /// ZooKeeper authentication and TLS, shared by `run` and `status`.
 #[derive(Debug, Clone, Default, Args)]
@@ -95,7 +95,7 @@ impl clap::builder::TypedValueParser for CredentialsParser {
 /// A readable file holding at least one PEM block. The content is read
 /// again at every connect (rotation), this only catches a wrong path early.
 pub fn parse_pem_file(s: &str) -> Result<PathBuf, InvalidValue> {
-    let text = crate::zk::access::read_pem(std::path::Path::new(s)).map_err(|e| match e {
+    let text = crate::zk::security::read_pem(std::path::Path::new(s)).map_err(|e| match e {
         AccessError::Read { source, .. } => InvalidValue::Unreadable {
             path: s.to_owned(),
             source,
