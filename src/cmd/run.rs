@@ -94,7 +94,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             let mut beat = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tokio::select! {
-                    _ = beat.tick() => ctx.board.beat(),
+                    _ = beat.tick() => ctx.published.beat(),
                     signal = signals.next() => {
                         info!(signal, "signal after release; exiting");
                         return;

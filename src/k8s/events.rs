@@ -20,9 +20,9 @@ use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use super::{KubeError, PodRef, bounded, client};
-use crate::board::Transition;
 use crate::machine::Context;
 use crate::names::StateName;
+use crate::published::Transition;
 
 /// Reporting controller of the Events.
 const CONTROLLER: &str = "election.zookeeper/daemon";
@@ -95,10 +95,10 @@ pub(super) async fn post(
     bounded("event", recorder.publish(ev, &pod_reference(regarding))).await
 }
 
-/// Posts one Event per transition until the board is gone; `handled` says
-/// the state entered by the last transition handled.
+/// Posts one Event per transition until the published status is gone;
+/// `handled` says the state entered by the last transition handled.
 pub(super) async fn events(ctx: Context, pod: PodRef, handled: watch::Sender<Option<StateName>>) {
-    let mut rx = ctx.board.transitions();
+    let mut rx = ctx.published.transitions();
     let mut recorder = None;
     loop {
         let t = match rx.recv().await {
@@ -118,11 +118,11 @@ pub(super) async fn events(ctx: Context, pod: PodRef, handled: watch::Sender<Opt
         // Best effort, one attempt: a late Event tells a wrong story.
         match post(&mut recorder, &pod, &pod, &ev).await {
             Ok(()) => {
-                ctx.board.metrics.kube_events.inc();
+                ctx.published.metrics.kube_events.inc();
                 debug!(reason, "event posted");
             }
             Err(e) => {
-                ctx.board.metrics.kube_event_errors.inc();
+                ctx.published.metrics.kube_event_errors.inc();
                 warn!(reason, error = %e, "cannot post event");
             }
         }

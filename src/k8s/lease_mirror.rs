@@ -39,10 +39,10 @@ pub fn next_lease(current: Option<&Lease>, holder: &str, now: &str) -> serde_jso
     })
 }
 
-/// Keeps the Lease `name` held by our Pod while leading, until the board
+/// Keeps the Lease `name` held by our Pod while leading, until the published status
 /// is gone.
 pub(super) async fn mirror(ctx: Context, pod: PodRef, name: String) {
-    let mut rx = ctx.board.subscribe();
+    let mut rx = ctx.published.subscribe();
     let mut api: Option<Api<Lease>> = None;
     // Set once the API server refused to create the Lease: from then on
     // the mirror only reads it (the chart creates it and grants no
@@ -54,22 +54,22 @@ pub(super) async fn mirror(ctx: Context, pod: PodRef, name: String) {
         }
         match renew(&mut api, &pod, &name, !create_refused).await {
             Ok(Renewal::Written) => {
-                ctx.board.metrics.kube_lease_writes.inc();
+                ctx.published.metrics.kube_lease_writes.inc();
                 debug!(lease = %name, "lease mirror renewed");
             }
             Ok(Renewal::Absent) => {
-                ctx.board.metrics.kube_lease_errors.inc();
+                ctx.published.metrics.kube_lease_errors.inc();
                 debug!(lease = %name, "lease mirror absent; not creating it again");
             }
             Err(e) if e.is_forbidden() && e.what() == CREATE_LEASE => {
-                ctx.board.metrics.kube_lease_errors.inc();
+                ctx.published.metrics.kube_lease_errors.inc();
                 create_refused = true;
                 warn!(lease = %name, error = %e,
                     "cannot create the lease mirror: RBAC grants no `create` on leases (the chart creates the Lease itself); \
                      it will be updated once it exists");
             }
             Err(e) => {
-                ctx.board.metrics.kube_lease_errors.inc();
+                ctx.published.metrics.kube_lease_errors.inc();
                 warn!(lease = %name, error = %e, "cannot write the lease mirror");
             }
         }

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::board::Snapshot;
 use crate::names::StateName;
+use crate::published::Snapshot;
 
 /// Why a call to the Kubernetes API failed.
 #[derive(Debug, thiserror::Error)]
@@ -122,12 +122,14 @@ pub struct PodRef {
     pub uid: Option<String>,
 }
 
-/// Waits until this replica leads; returns false when the board is gone.
+/// Waits until this replica leads; returns false when the published
+/// status is gone.
 pub(crate) async fn until_leading(rx: &mut watch::Receiver<Snapshot>) -> bool {
     rx.wait_for(|s| s.state == StateName::Leader).await.is_ok()
 }
 
-/// Sleeps `period` unless the state changes first; false once the board is gone.
+/// Sleeps `period` unless the state changes first; false once the
+/// published status is gone.
 pub(crate) async fn pause_while_leading(
     rx: &mut watch::Receiver<Snapshot>,
     period: Duration,

@@ -90,17 +90,17 @@ pub fn claim_is_stale(claim: Claim<'_>, ours: Ours) -> bool {
 }
 
 /// Waits until this replica leads and knows its fencing token; returns
-/// false when the board is gone.
-async fn until_leading_with_token(rx: &mut watch::Receiver<crate::board::Snapshot>) -> bool {
+/// false when the published status is gone.
+async fn until_leading_with_token(rx: &mut watch::Receiver<crate::published::Snapshot>) -> bool {
     rx.wait_for(|s| s.state == StateName::Leader && s.token.is_some())
         .await
         .is_ok()
 }
 
 /// Corrects stale leader labels every [`STALE_PERIOD`] while leading,
-/// until the board is gone.
+/// until the published status is gone.
 pub(super) async fn stale(ctx: Context, pod: PodRef, selector: String, resend: Resend) {
-    let mut rx = ctx.board.subscribe();
+    let mut rx = ctx.published.subscribe();
     let mut api: Option<Api<Pod>> = None;
     let mut recorder = None;
     let selector = format!("{selector},{STATE_LABEL}=leader");
@@ -127,7 +127,7 @@ pub(super) async fn stale(ctx: Context, pod: PodRef, selector: String, resend: R
             Ok(false) if resent.1 < MAX_RESENDS => {
                 if resend.leader_label_missing() {
                     resent.1 += 1;
-                    ctx.board.metrics.kube_label_resends.inc();
+                    ctx.published.metrics.kube_label_resends.inc();
                     warn!(pod = %pod.name, "our pod is not labelled leader while we lead; labelling it again");
                 }
             }
@@ -194,7 +194,7 @@ async fn correct(
         let (params, patch) = (PatchParams::default(), Patch::Merge(&patch));
         match bounded("patch", pods.patch(&name, &params, &patch)).await {
             Ok(_) => {
-                ctx.board.metrics.kube_stale_corrected.inc();
+                ctx.published.metrics.kube_stale_corrected.inc();
                 info!(sibling = %name, token = ?claim.token, since = ?claim.since, "relabelled a stale leader label");
                 let regarding = PodRef {
                     name: name.clone(),

@@ -2,7 +2,7 @@
 //! ([`crate::k8s::labeller`]): [`events`](super::events),
 //! [`stale_labels`](super::stale_labels) and
 //! [`lease_mirror`](super::lease_mirror). Each is like the labeller: fed by
-//! the status board, every API call bounded, failures logged and counted,
+//! the published status, every API call bounded, failures logged and counted,
 //! never anything fed back into the election.
 
 use std::time::Duration;
