@@ -1,9 +1,8 @@
 //! Starts and stops the Kubernetes tasks besides the labeller
-//! ([`crate::k8s::labeller`]): [`events`](super::events),
-//! [`stale_labels`](super::stale_labels) and
-//! [`lease_mirror`](super::lease_mirror). Each is like the labeller: fed by
-//! the published status, every API call bounded, failures logged and counted,
-//! never anything fed back into the election.
+//! ([`crate::k8s::labeller`]): [`events`], [`stale_labels`] and
+//! [`lease_mirror`]. Each is like the labeller: fed by the published
+//! status, every API call bounded, failures logged and counted, never
+//! anything fed back into the election.
 
 use std::time::Duration;
 
