@@ -91,7 +91,8 @@ fn comments_strings_and_test_code_make_no_edge() {
         ("a.rs", "use crate::b::X;\n"),
         (
             "b.rs",
-            "pub struct X;\n// crate::a::y\n/// [`crate::a`]\n/* crate::a::z */\n\
+            "pub struct X;\n// crate::a::y\n/// [`crate::a`]\n/* crate::a::z /* nested */ crate::a */\n\
+             const R: &str = r#\"crate::a::v\"#;\nconst Q: char = '\"';\n\
              const S: &str = \"crate::a::w\";\nfn l<'a>(x: &'a str) -> char { 'c' }\n\
              #[cfg(test)]\nmod tests {\n    use crate::a::*;\n}\n",
         ),
@@ -425,88 +426,57 @@ fn is_ident(c: u8) -> bool {
 /// The code with comments, string and char literals blanked (newlines kept).
 fn strip(text: &str) -> String {
     let c: Vec<char> = text.chars().collect();
+    let at = |i: usize, s: &str| {
+        s.chars()
+            .enumerate()
+            .all(|(k, ch)| c.get(i + k) == Some(&ch))
+    };
+    // The index just past the first `end` at or after `j`.
+    let past = |mut j: usize, end: &[char]| {
+        while j < c.len() && !c[j..].starts_with(end) {
+            j += if c[j] == '\\' && end == ['"'] { 2 } else { 1 };
+        }
+        (j + end.len()).min(c.len())
+    };
     let mut out = String::with_capacity(text.len());
-    let blank = |out: &mut String, ch: char| out.push(if ch == '\n' { '\n' } else { ' ' });
     let mut i = 0;
     while i < c.len() {
-        if c[i] == '/' && c.get(i + 1) == Some(&'/') {
-            while i < c.len() && c[i] != '\n' {
-                blank(&mut out, c[i]);
-                i += 1;
-            }
-        } else if c[i] == '/' && c.get(i + 1) == Some(&'*') {
-            let mut depth = 0;
-            while i < c.len() {
-                if c[i] == '/' && c.get(i + 1) == Some(&'*') {
-                    depth += 1;
-                    out.push_str("  ");
-                    i += 2;
-                } else if c[i] == '*' && c.get(i + 1) == Some(&'/') {
-                    depth -= 1;
-                    out.push_str("  ");
-                    i += 2;
-                    if depth == 0 {
-                        break;
-                    }
-                } else {
-                    blank(&mut out, c[i]);
-                    i += 1;
+        let word_start = i == 0 || !(c[i - 1].is_alphanumeric() || c[i - 1] == '_');
+        let hashes = c.iter().skip(i + 1).take_while(|ch| **ch == '#').count();
+        let end = if at(i, "//") {
+            past(i, &['\n'])
+        } else if at(i, "/*") {
+            let (mut depth, mut j) = (0, i);
+            while j < c.len() {
+                depth += i32::from(at(j, "/*")) - i32::from(at(j, "*/"));
+                j += if at(j, "/*") || at(j, "*/") { 2 } else { 1 };
+                if depth == 0 {
+                    break;
                 }
             }
-        } else if c[i] == 'r'
-            && (c.get(i + 1) == Some(&'"') || c.get(i + 1) == Some(&'#'))
-            && (i == 0 || !(c[i - 1].is_alphanumeric() || c[i - 1] == '_'))
-        {
-            let mut hashes = 0;
-            let mut j = i + 1;
-            while c.get(j) == Some(&'#') {
-                hashes += 1;
-                j += 1;
-            }
-            if c.get(j) != Some(&'"') {
-                out.push(c[i]);
-                i += 1;
-                continue;
-            }
+            j
+        } else if c[i] == 'r' && word_start && c.get(i + 1 + hashes) == Some(&'"') {
             let close: Vec<char> = std::iter::once('"')
                 .chain(std::iter::repeat_n('#', hashes))
                 .collect();
-            j += 1;
-            while j < c.len() && !c[j..].starts_with(&close) {
-                j += 1;
-            }
-            j = (j + close.len()).min(c.len());
-            for &ch in &c[i..j] {
-                blank(&mut out, ch);
-            }
-            i = j;
+            past(i + 2 + hashes, &close)
         } else if c[i] == '"' {
-            let mut j = i + 1;
-            while j < c.len() && c[j] != '"' {
-                j += if c[j] == '\\' { 2 } else { 1 };
-            }
-            j = (j + 1).min(c.len());
-            for &ch in &c[i..j] {
-                blank(&mut out, ch);
-            }
-            i = j;
-        } else if c[i] == '\'' && c.get(i + 1) == Some(&'\\') {
-            let mut j = i + 2;
-            while j < c.len() && c[j] != '\'' {
-                j += 1;
-            }
-            j = (j + 1).min(c.len());
-            for &ch in &c[i..j] {
-                blank(&mut out, ch);
-            }
-            i = j;
+            past(i + 1, &['"'])
+        } else if at(i, "'\\") {
+            past(i + 2, &['\''])
         } else if c[i] == '\'' && c.get(i + 2) == Some(&'\'') {
-            out.push_str("   ");
-            i += 3;
+            i + 3
         } else {
             out.push(c[i]);
             i += 1;
-        }
+            continue;
+        };
+        out.extend(
+            c[i..end]
+                .iter()
+                .map(|&ch| if ch == '\n' { '\n' } else { ' ' }),
+        );
+        i = end;
     }
     out
 }
