@@ -151,7 +151,7 @@ fn kill_round(g: &mut Group, restart: bool, phase: Duration) -> f64 {
         spawn_with_state_dir(g, leader);
     }
     let at = election::cmd::verify::parse_time_ms(&first.unwrap().written_at).unwrap();
-    (at - election::board::unix_ms(t0) as i64) as f64
+    (at - election::published::unix_ms(t0) as i64) as f64
 }
 
 /// "kill" and, with `restart`, "kill and restart", `rounds` each, at each

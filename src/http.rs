@@ -175,7 +175,7 @@ pub fn liveness(
 
 async fn healthz(State(ctx): State<Context>) -> Response {
     let verdict = liveness(
-        ctx.board.since_heartbeat(),
+        ctx.published.since_heartbeat(),
         ctx.dir_check.running_for(),
         ctx.dir_check.refused_for(),
         liveness_bound(&ctx),
@@ -187,7 +187,7 @@ async fn healthz(State(ctx): State<Context>) -> Response {
 }
 
 async fn readyz(State(ctx): State<Context>) -> Response {
-    let status = ctx.board.status();
+    let status = ctx.published.status();
     if status.is_ready() {
         (StatusCode::OK, format!("ready: {}\n", status.state)).into_response()
     } else {
@@ -200,15 +200,15 @@ async fn readyz(State(ctx): State<Context>) -> Response {
 }
 
 /// 200 with the fencing token (decimal, one line) only while this replica
-/// leads with a valid lease ([`crate::board::Board::confirmed_token`]): not
+/// leads with a valid lease ([`crate::published::PublishedStatus::confirmed_token`]): not
 /// while it is suspended, nor once the lease of its last confirmation ran
 /// out; 503 otherwise. For sidecars that poll (README, "Run your own
 /// singleton"): unlike `run -- CMD`, polling cannot stop work in time.
 async fn leader(State(ctx): State<Context>) -> Response {
-    if let Some(token) = ctx.board.confirmed_token() {
+    if let Some(token) = ctx.published.confirmed_token() {
         return (StatusCode::OK, format!("{token}\n")).into_response();
     }
-    let s = ctx.board.status();
+    let s = ctx.published.status();
     let why = match s.state {
         StateName::Leader => "leader, leadership not confirmed now".to_owned(),
         state => state.to_string(),
@@ -221,13 +221,13 @@ async fn leader(State(ctx): State<Context>) -> Response {
 }
 
 async fn status(State(ctx): State<Context>) -> Response {
-    let s = ctx.board.status();
+    let s = ctx.published.status();
     let mut value = serde_json::to_value(&s).unwrap_or_default();
     if let Some(obj) = value.as_object_mut() {
         obj.insert("ready".into(), s.is_ready().into());
         obj.insert(
             "confirmed".into(),
-            ctx.board.confirmed_token().is_some().into(),
+            ctx.published.confirmed_token().is_some().into(),
         );
         obj.insert("version".into(), env!("CARGO_PKG_VERSION").into());
     }
@@ -244,7 +244,7 @@ async fn metrics(State(ctx): State<Context>) -> Response {
 
 /// Renders the Prometheus text exposition (see [`metrics::CONTENT_TYPE`]).
 pub fn render_metrics(ctx: &Context) -> String {
-    let b = &ctx.board;
+    let b = &ctx.published;
     let s = b.status();
     b.metrics.encode(&metrics::Now {
         state: s.state,
@@ -261,7 +261,7 @@ struct ReleaseQuery {
 async fn release(State(ctx): State<Context>, Query(q): Query<ReleaseQuery>) -> Response {
     let bound = Duration::from_millis(q.timeout_ms.unwrap_or(10_000).clamp(100, 120_000));
     info!("release requested through the admin listener");
-    let mut rx = ctx.board.subscribe();
+    let mut rx = ctx.published.subscribe();
     ctx.stop(StopRequest::Release);
     let done = tokio::time::timeout(bound, rx.wait_for(|s| s.release_done)).await;
     let released = done

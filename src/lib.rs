@@ -2,7 +2,7 @@
 //!
 //! The binary parses flags ([`config`]) and runs a subcommand from [`cmd`];
 //! the state machine lives in [`machine`] with one module per state in
-//! [`states`]. [`board`] holds what the daemon publishes (the status
+//! [`states`]. [`published`] holds what the daemon publishes (the status
 //! snapshot, the [`metrics`], heartbeat); [`http`] and [`k8s`] serve it.
 //! [`names`] holds the published state names and causes, [`flags`] the flag
 //! values the subcommands share.
@@ -10,7 +10,6 @@
 //! bounded and checked, by [`readback`]; [`zk`] holds the ZooKeeper sessions
 //! and [`recipe`] the election recipe built on them.
 
-pub mod board;
 pub mod cmd;
 pub mod config;
 pub mod files;
@@ -22,6 +21,7 @@ pub mod lease;
 pub mod machine;
 pub mod metrics;
 pub mod names;
+pub mod published;
 pub mod readback;
 pub mod recipe;
 pub mod state_dir;

@@ -22,9 +22,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::board::{Board, Entered};
 use crate::config::RunArgs;
 pub use crate::names::{Cause, Reason, StateName};
+use crate::published::{Entered, PublishedStatus};
 use crate::state_dir::StateDir;
 use crate::states::init::dir_check::DirCheck;
 use crate::zk::{Origin, ZkSession};
@@ -42,7 +42,7 @@ pub struct Context {
     /// What asked the daemon to stop, set with `cancel` (see [`Context::stop`]).
     stop_request: Arc<OnceLock<StopRequest>>,
     /// Status, metrics and heartbeat.
-    pub board: Arc<Board>,
+    pub published: Arc<PublishedStatus>,
     /// The device file-dir was on at the first successful Init; the leader
     /// writes nowhere else (a vanished mount must not swallow files).
     pub file_dir_device: Arc<OnceLock<u64>>,
@@ -69,11 +69,11 @@ pub enum StopRequest {
 }
 
 impl Context {
-    /// A context for `cfg`, with a fresh board.
+    /// A context for `cfg`, with a fresh published status.
     pub fn new(cfg: RunArgs) -> Context {
         let node_id = cfg.resolved_node_id();
         Context {
-            board: Arc::new(Board::new(&node_id)),
+            published: Arc::new(PublishedStatus::new(&node_id)),
             cfg: Arc::new(cfg),
             node_id,
             cancel: CancellationToken::new(),
@@ -251,7 +251,7 @@ impl State {
         }
     }
 
-    /// What the board publishes on entering this state.
+    /// What is published on entering this state.
     pub fn entered(&self) -> Entered<'_> {
         let session = self.session();
         Entered {

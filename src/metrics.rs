@@ -2,7 +2,7 @@
 //! [`Registry`] per daemon, built once in [`Metrics::new`], encoded on each
 //! scrape by [`Metrics::encode`].
 //!
-//! Counters are bumped where things happen (`board.metrics.files_written.inc()`).
+//! Counters are bumped where things happen (`published.metrics.files_written.inc()`).
 //! Gauges that describe the present (`election_state`, `election_is_leader`,
 //! `election_seconds_since_last_write`, `election_fencing_token`) are set
 //! from a [`Now`] just before encoding, so a scrape never shows a state the
@@ -80,7 +80,7 @@ struct VersionLabels {
     version: &'static str,
 }
 
-/// What the scrape-time gauges show: read from the board by the caller.
+/// What the scrape-time gauges show: read from the published status by the caller.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Now {
     /// Current state.

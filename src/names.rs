@@ -1,7 +1,7 @@
 //! The bounded names the daemon publishes: state names and transition
 //! causes, each written once here with its string (log fields, metric
 //! labels, `/status`, Pod labels and annotations, Event reasons). Low in
-//! the module graph so that the machine, the board and the metrics import
+//! the module graph so that the machine, the published status and the metrics import
 //! them downward.
 
 use serde::Serialize;

@@ -141,8 +141,8 @@ fn graceful_handover_on_sigterm_of_the_leader() {
         .into_iter()
         .find(|r| r.token == new_token)
         .unwrap();
-    let took_ms =
-        verify::parse_time_ms(&first_new.written_at).unwrap() - election::board::unix_ms(t0) as i64;
+    let took_ms = verify::parse_time_ms(&first_new.written_at).unwrap()
+        - election::published::unix_ms(t0) as i64;
     eprintln!("successor's first file {took_ms} ms after SIGTERM");
     assert!(
         took_ms < 5000,
@@ -178,8 +178,8 @@ fn crash_of_the_leader_fails_over_within_about_the_session_timeout() {
         .into_iter()
         .find(|r| r.token > old_token)
         .unwrap();
-    let took_ms =
-        verify::parse_time_ms(&first_new.written_at).unwrap() - election::board::unix_ms(t0) as i64;
+    let took_ms = verify::parse_time_ms(&first_new.written_at).unwrap()
+        - election::published::unix_ms(t0) as i64;
     eprintln!("crash failover: successor's first file {took_ms} ms after SIGKILL");
     let session_ms = humantime::parse_duration(SESSION).unwrap().as_millis() as i64;
     assert!(
@@ -368,7 +368,7 @@ fn a_partitioned_leader_stops_writing_before_its_session_can_expire() {
     let records = assert_clean_takeover_by_r1(&g);
     let last_old = records.iter().rev().find(|r| r.node_id == "r0").unwrap();
     let last_old_ms = verify::parse_time_ms(&last_old.written_at).unwrap();
-    let cut_ms = election::board::unix_ms(cut) as i64;
+    let cut_ms = election::published::unix_ms(cut) as i64;
     // The session timeout is 2 s: the leader stopped well before that.
     assert!(
         last_old_ms - cut_ms < 2000,

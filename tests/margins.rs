@@ -58,7 +58,7 @@ fn a_successor_with_a_shorter_session_waits_out_the_lease_of_a_holder_with_a_lon
     // stay, its lease keeps running) and its candidate node is deleted
     wait_new_file(&g, Duration::from_secs(10));
     assert!(g.replica(0).signal(libc::SIGSTOP));
-    let frozen_ms = election::board::unix_ms(SystemTime::now()) as i64;
+    let frozen_ms = election::published::unix_ms(SystemTime::now()) as i64;
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let c = common::zk_client(&zk.connect_string()).await;
@@ -275,7 +275,7 @@ fn a_leader_whose_follower_dies_right_after_a_confirmation_stops_writing_before_
         let server = followers[old];
         signal_server(&zk, server, libc::SIGSTOP);
         let confirmed = confirmed.unwrap() as i64;
-        let frozen_ms = election::board::unix_ms(SystemTime::now());
+        let frozen_ms = election::published::unix_ms(SystemTime::now());
         // Then the other replica takes over once the session expired, and
         // its first file comes after the old leader's lease ended: that
         // lease ran from when its last good confirmation was sent (it may

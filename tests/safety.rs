@@ -243,7 +243,7 @@ fn sigterm_while_the_leaders_rename_hangs_exits_at_once_without_releasing() {
     .unwrap_or_else(|| panic!("no write overran\n{}", g.logs()));
     // When it gets a SIGTERM (the first one: that used to hang)
     let signalled = Instant::now();
-    let signalled_ms = election::board::unix_ms(std::time::SystemTime::now()) as i64;
+    let signalled_ms = election::published::unix_ms(std::time::SystemTime::now()) as i64;
     r.signal(libc::SIGTERM);
     // Then its main thread exits within 2 s (abandoning the session)
     let exited = wait_until(Duration::from_secs(10), Duration::from_millis(5), || {

@@ -29,7 +29,7 @@ mod common;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime};
 
-use election::board::unix_ms;
+use election::published::unix_ms;
 
 use common::faults::{Arrivals, Strace, late_arrivals};
 use common::group::{Group, SESSION};

@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::group::Group;
 use common::zk::{ZkCluster, ZkOptions};
 use common::{close_client, zk_client};
-use election::zk::access::digest_id;
+use election::zk::security::digest_id;
 use rstest::rstest;
 use zookeeper_client::{Acl, Acls, AuthId, Client, CreateMode, Error as ZkErr, Permission};
 

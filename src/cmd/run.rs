@@ -10,7 +10,9 @@ use tracing::{info, warn};
 
 use crate::config::RunArgs;
 use crate::http;
-use crate::k8s::{labeller, ops};
+use crate::k8s::PodRef;
+use crate::k8s::labeller;
+use crate::k8s::tasks::KubeTasks;
 use crate::machine::{Context, Outcome, StopRequest};
 use crate::state_dir::StateDir;
 use crate::states;
@@ -50,10 +52,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
 
     // Events, stale-label correction, Lease mirror.
-    let helpers = match (&ctx.cfg.pod_name, &ctx.cfg.pod_namespace, &labeller) {
-        (Some(name), Some(namespace), Some(labeller)) => Some(ops::Helpers::spawn(
+    let kube_tasks = match (&ctx.cfg.pod_name, &ctx.cfg.pod_namespace, &labeller) {
+        (Some(name), Some(namespace), Some(labeller)) => Some(KubeTasks::spawn(
             &ctx,
-            ops::PodRef {
+            PodRef {
                 name: name.clone(),
                 namespace: namespace.clone(),
                 uid: ctx.cfg.pod_uid.clone(),
@@ -80,8 +82,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(labeller) = labeller {
         labeller.finish(LABEL_FLUSH).await;
     }
-    if let Some(helpers) = helpers {
-        helpers.finish(EVENTS_FLUSH).await;
+    if let Some(kube_tasks) = kube_tasks {
+        kube_tasks.finish(EVENTS_FLUSH).await;
     }
     if outcome == Outcome::Released && !signals.seen() {
         // Released by the preStop hook: stay (idle, not leading) until the
@@ -92,7 +94,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             let mut beat = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tokio::select! {
-                    _ = beat.tick() => ctx.board.beat(),
+                    _ = beat.tick() => ctx.published.beat(),
                     signal = signals.next() => {
                         info!(signal, "signal after release; exiting");
                         return;

@@ -9,7 +9,7 @@
 //! a [`Resend`] request (the leader's list of leader-labelled Pods lacks
 //! our own, so something relabelled it) makes it send the current one again.
 //! Needs `patch` on its own Pod only. Events, the stale-label correction
-//! and the Lease mirror live in [`crate::k8s::ops`].
+//! and the Lease mirror are started by [`crate::k8s::tasks`].
 //!
 //! Label `election-state`: init | attempter | leader | failover | stopping.
 //! Annotations (prefix `election/`): `state-since` (RFC 3339), `node-id`,
@@ -27,9 +27,9 @@ use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use super::{ANNOTATION_PREFIX, KubeError, STATE_LABEL, bounded, client};
-use crate::board::Snapshot;
 use crate::machine::Context;
 use crate::names::StateName;
+use crate::published::Snapshot;
 
 /// Backoff between failed patches: first and longest pause.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(30));
@@ -134,7 +134,7 @@ async fn run(
     patched: watch::Sender<Option<StateName>>,
     resend: Arc<Notify>,
 ) {
-    let mut rx = ctx.board.subscribe();
+    let mut rx = ctx.published.subscribe();
     let mut api: Option<Api<Pod>> = None;
     let mut last_sent: Option<Value> = None;
     'latest: loop {
@@ -145,14 +145,14 @@ async fn run(
             loop {
                 match apply(&mut api, &namespace, &name, &patch).await {
                     Ok(()) => {
-                        ctx.board.metrics.kube_patches.inc();
+                        ctx.published.metrics.kube_patches.inc();
                         debug!(pod = %name, state = %status.state, "pod labelled");
                         last_sent = Some(patch);
                         patched.send_replace(Some(status.state));
                         break;
                     }
                     Err(e) => {
-                        ctx.board.metrics.kube_patch_errors.inc();
+                        ctx.published.metrics.kube_patch_errors.inc();
                         warn!(pod = %name, error = %e, retry_in = ?pause, "cannot label pod");
                         // Wait out the pause, unless a different patch is
                         // due first: the latest state replaces the one we

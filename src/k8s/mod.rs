@@ -1,13 +1,21 @@
 //! Kubernetes: the Pod labeller (the `election-state` label and status
-//! annotations on our own Pod) and the operational helpers (Events,
-//! stale-label correction, the Lease mirror), and the decision of
-//! `election rollout`.
+//! annotations on our own Pod), the other tasks that show the election in
+//! the API (Events, stale-label correction, the Lease mirror, started by
+//! [`tasks`]), and the decision of `election rollout`.
 
+pub mod events;
 pub mod labeller;
-pub mod ops;
+pub mod lease_mirror;
 pub mod rollout;
+pub mod stale_labels;
+pub mod tasks;
 
 use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::names::StateName;
+use crate::published::Snapshot;
 
 /// Why a call to the Kubernetes API failed.
 #[derive(Debug, thiserror::Error)]
@@ -70,7 +78,7 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// The Kubernetes client from the environment (in-cluster or KUBECONFIG),
 /// built once, lazily, by whichever task needs it first, and bounded like
 /// every call (a failure is retried by the next caller). The labeller,
-/// the helper tasks of [`ops`] and `election rollout` share it: one
+/// the tasks of [`tasks`] and `election rollout` share it: one
 /// connection pool, one TLS configuration per process.
 pub async fn client() -> Result<::kube::Client, KubeError> {
     static CLIENT: tokio::sync::OnceCell<::kube::Client> = tokio::sync::OnceCell::const_new();
@@ -100,5 +108,44 @@ pub async fn bounded<T>(
             what,
             after: CALL_TIMEOUT,
         }),
+    }
+}
+
+/// Which Pod this replica is, as the Kubernetes tasks need it.
+#[derive(Debug, Clone)]
+pub struct PodRef {
+    /// Pod name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Pod uid (Events name their object by uid too).
+    pub uid: Option<String>,
+}
+
+/// Waits until this replica leads; returns false when the published
+/// status is gone.
+pub(crate) async fn until_leading(rx: &mut watch::Receiver<Snapshot>) -> bool {
+    rx.wait_for(|s| s.state == StateName::Leader).await.is_ok()
+}
+
+/// Sleeps `period` unless the state changes first; false once the
+/// published status is gone.
+pub(crate) async fn pause_while_leading(
+    rx: &mut watch::Receiver<Snapshot>,
+    period: Duration,
+) -> bool {
+    let until = tokio::time::Instant::now() + period;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(until) => return true,
+            r = rx.changed() => {
+                if r.is_err() {
+                    return false;
+                }
+                if rx.borrow_and_update().state != StateName::Leader {
+                    return true;
+                }
+            }
+        }
     }
 }

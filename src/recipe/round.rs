@@ -19,7 +19,7 @@ use super::candidate::{
     standing,
 };
 use super::claim::FENCING_NODE;
-use crate::board::Board;
+use crate::published::PublishedStatus;
 use crate::zk::{self, ZkError, ZkSession, child_path};
 
 /// What one round found.
@@ -47,11 +47,11 @@ pub struct Candidacy<'a> {
 }
 
 /// One look at the election.
-/// Publishes who leads and where we queue on `board`.
+/// Publishes who leads and where we queue on `published`.
 pub async fn round(
     session: &ZkSession,
     me: Candidacy<'_>,
-    board: &Board,
+    published: &PublishedStatus,
 ) -> Result<Round, ZkError> {
     let Candidacy {
         root,
@@ -136,7 +136,7 @@ pub async fn round(
                 Err(_) => None,
             }
         };
-        board.saw_leader(leader_id);
+        published.saw_leader(leader_id);
     }
     match standing {
         Standing::Absent => {
@@ -188,7 +188,7 @@ pub async fn round(
         }
         Standing::Behind { own, predecessor } => {
             let own_path = child_path(root, &own.name);
-            board.queued(&own_path);
+            published.queued(&own_path);
             let pred_path = child_path(root, &predecessor.name);
             let watched = client
                 .check_and_watch_stat(&pred_path)

@@ -110,7 +110,7 @@ impl Attempter<'_> {
     /// Rounds and waits until the candidate leads, fails or is stopped.
     async fn compete(&mut self) -> Exit {
         loop {
-            self.ctx.board.beat();
+            self.ctx.published.beat();
             if self.ctx.cancel.is_cancelled() {
                 return Exit::Stop;
             }
@@ -140,7 +140,7 @@ impl Attempter<'_> {
             impostors: &mut self.impostors,
         };
         let found = tokio::select! {
-            r = tokio::time::timeout(self.round_bound, round(&self.session, me, &self.ctx.board)) => {
+            r = tokio::time::timeout(self.round_bound, round(&self.session, me, &self.ctx.published)) => {
                 r.unwrap_or_else(|_| Err(ZkError::request("round", &self.ctx.cfg.zk_root, ZkErr::Timeout)))
             }
             _ = self.ctx.cancel.cancelled() => return Err(Exit::Stop),
@@ -213,7 +213,7 @@ impl Attempter<'_> {
                 _ = self.tick.tick() => Then::KeepWaiting,
                 _ = self.ctx.cancel.cancelled() => Then::Leave(Exit::Stop),
             };
-            self.ctx.board.beat();
+            self.ctx.published.beat();
             match then {
                 Then::KeepWaiting => {}
                 Then::LookAgain => return None,

@@ -22,7 +22,7 @@ const BASE: Duration = Duration::from_millis(100);
 
 /// Runs Failover.
 pub async fn run(ctx: &Context, session: Option<ZkSession>, recovery: Recovery) -> Step {
-    ctx.board.beat();
+    ctx.published.beat();
     if let Some(session) = session {
         let info = session.info();
         let origin = session.origin().clone();

@@ -9,7 +9,7 @@ use crate::zk::session::{Health, Liveness};
 
 /// Logs and counts a state change, and folds it into `l`.
 pub fn on_state(ctx: &Context, l: &mut Liveness, state: SessionState) -> Health {
-    ctx.board.zk_event(&format!("{state:?}"));
+    ctx.published.zk_event(&format!("{state:?}"));
     let health = l.observe(state);
     match &health {
         Health::Connected => info!(?state, "ZooKeeper session connected"),

@@ -71,7 +71,7 @@ async fn check_dir(ctx: &Context, recovery: Recovery) -> Result<u64, Step> {
 
 /// Runs Init.
 pub async fn run(ctx: &Context, recovery: Recovery) -> Step {
-    ctx.board.beat();
+    ctx.published.beat();
     if ctx.cancel.is_cancelled() {
         return Step::stop(ctx, None);
     }
@@ -84,7 +84,7 @@ pub async fn run(ctx: &Context, recovery: Recovery) -> Step {
 
     close_earlier(ctx).await;
 
-    ctx.board.metrics.zk_connect_attempts.inc();
+    ctx.published.metrics.zk_connect_attempts.inc();
     let cfg = &ctx.cfg;
     let security = cfg.zk_security.security();
     let connect = ZkSession::connect(
@@ -105,7 +105,7 @@ pub async fn run(ctx: &Context, recovery: Recovery) -> Step {
         }
     };
     info!(session_id = %session.id_hex(), session_timeout = ?session.timeout(), "ZooKeeper session established");
-    ctx.board.zk_event("SyncConnected");
+    ctx.published.zk_event("SyncConnected");
     save_session(ctx, &session).await;
 
     let ensured = tokio::select! {

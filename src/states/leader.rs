@@ -152,7 +152,7 @@ impl Leader<'_> {
         }
         let sid = self.session.id_hex();
         info!(token = self.token, znode = %self.leadership.path, session_id = %sid, "leadership acquired");
-        self.ctx.board.leading(&self.ctx.node_id, self.token);
+        self.ctx.published.leading(&self.ctx.node_id, self.token);
         let watched = tokio::select! {
             watched = self.watch_node() => watched,
             _ = ctx.cancel.cancelled() => Err(Exit::Stop),
@@ -166,7 +166,7 @@ impl Leader<'_> {
         let mut rewatch = false;
         let hang_after = self.session.timeout();
         loop {
-            self.ctx.board.beat();
+            self.ctx.published.beat();
             tokio::select! {
                 biased;
                 _ = self.ctx.cancel.cancelled() => return Exit::Stop,
@@ -234,7 +234,7 @@ impl Leader<'_> {
         // command does (the lease itself is kept until the gate closes).
         let mut leaving = self.lease.clone();
         leaving.revoke();
-        self.ctx.board.lease(&leaving);
+        self.ctx.published.lease(&leaving);
         // The command first: it has exited before anything is given up.
         let mut me = self;
         me.stop_child().await;
@@ -252,7 +252,7 @@ impl Leader<'_> {
             .remaining()
             .max(session.timeout() / COMMIT_GRACE_DIVISOR);
         lease.revoke();
-        ctx.board.lease(&lease);
+        ctx.published.lease(&lease);
         if !close_gate(&gate, bound).await {
             return abandon(ctx, session, recovery, exit, bound);
         }
@@ -463,7 +463,7 @@ impl Leader<'_> {
             }
             Health::Suspended => {
                 self.lease.revoke();
-                self.ctx.board.lease(&self.lease);
+                self.ctx.published.lease(&self.lease);
                 warn!("suspended: no writes until the session is confirmed again");
                 None
             }
@@ -479,7 +479,7 @@ impl Leader<'_> {
             None => {}
         }
         if !self.live.is_connected() {
-            self.ctx.board.metrics.writes_fenced.inc();
+            self.ctx.published.metrics.writes_fenced.inc();
             warn!("skipping write: suspended");
             return None;
         }
@@ -494,7 +494,7 @@ impl Leader<'_> {
                     return Some(Exit::Attempter(Cause::LeadershipLost.because(why)));
                 }
                 Confirm::Unknown(why) => {
-                    self.ctx.board.metrics.writes_fenced.inc();
+                    self.ctx.published.metrics.writes_fenced.inc();
                     return self.failed(&format!("leadership not confirmed: {why}"));
                 }
             }
@@ -526,7 +526,7 @@ impl Leader<'_> {
         let (found, sent) = recipe::confirm(&self.session, &self.leadership.path, max_rtt).await;
         if let Confirm::Held = found {
             self.lease.confirm(sent);
-            self.ctx.board.lease(&self.lease);
+            self.ctx.published.lease(&self.lease);
         }
         found
     }
@@ -571,7 +571,7 @@ fn abandon(
     match exit {
         Exit::Stop => {
             // Not released: the node goes only with the session's expiry.
-            ctx.board.stopped(false);
+            ctx.published.stopped(false);
             Step::Exit(ctx.stop_outcome())
         }
         Exit::Failover(why) | Exit::Attempter(why) => Step::failover(

@@ -50,7 +50,7 @@ pub async fn run(ctx: Context) -> Outcome {
             Step::Next(next, why) => {
                 let to = next.name();
                 info!(state = %to, from = %from, to = %to, cause = %why.cause, detail = %why.detail, "transition");
-                ctx.board.transition(from, next.entered(), why);
+                ctx.published.transition(from, next.entered(), why);
                 state = next;
             }
             Step::Exit(outcome) => {

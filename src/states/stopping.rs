@@ -19,7 +19,7 @@ const CLOSE_BOUND: Duration = Duration::from_secs(2);
 
 /// Runs Stopping.
 pub async fn run(ctx: &Context, session: Option<ZkSession>, outcome: Outcome) -> Step {
-    ctx.board.beat();
+    ctx.published.beat();
     let mut released = true;
     if let Some(session) = session {
         let id = session.id_hex();
@@ -53,6 +53,6 @@ pub async fn run(ctx: &Context, session: Option<ZkSession>, outcome: Outcome) ->
     }
     // `election release` answers "released" only when every session of
     // ours is known closed or expired.
-    ctx.board.stopped(released);
+    ctx.published.stopped(released);
     Step::Exit(outcome)
 }

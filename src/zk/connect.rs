@@ -8,8 +8,8 @@ use tokio::time::Instant;
 use tracing::info;
 use zookeeper_client::{Client, SessionInfo, SessionState};
 
-use super::access::ZkSecurity;
 use super::error::ZkError;
+use super::security::ZkSecurity;
 use super::session;
 
 /// How a session ended, as far as the server is concerned.

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::access;
+use super::security;
 
 /// Errors of ZooKeeper operations, one variant per failing step.
 #[derive(Debug, thiserror::Error)]
@@ -16,7 +16,7 @@ pub enum ZkError {
     },
     /// The TLS files could not be read or parsed.
     #[error("ZooKeeper TLS settings: {0}")]
-    Tls(#[from] access::AccessError),
+    Tls(#[from] security::AccessError),
     /// The TLS files could not be read in time.
     #[error("ZooKeeper TLS files: {0}")]
     TlsRead(String),

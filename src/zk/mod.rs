@@ -8,9 +8,9 @@
 //! Connecting, resuming and settling a session are in [`connect`].
 //! The election recipe built on it lives in [`crate::recipe`].
 
-pub mod access;
 mod connect;
 mod error;
+pub mod security;
 pub mod session;
 
 pub use connect::{Closed, Origin, settle};
@@ -25,7 +25,7 @@ use zookeeper_client::{
     Acl, Acls, Client, CreateMode, SessionInfo, SessionState, Stat, StateWatcher,
 };
 
-use crate::zk::access::{ZkSecurity, is_open_to_world};
+use crate::zk::security::{ZkSecurity, is_open_to_world};
 use connect::{ResumeTask, Resumed, SessionThread, close_or_expired, resume};
 
 /// Longest wait for a close acknowledgement while disconnected.
@@ -44,7 +44,7 @@ pub struct ZkSession {
     resuming: Option<ResumeTask>,
     /// Whether the server said the session expired (set by a resumption).
     server_expired: bool,
-    /// ACL of every node of the election (see [`crate::zk::access`]).
+    /// ACL of every node of the election (see [`crate::zk::security`]).
     acl: Vec<Acl>,
     /// ACL of a missing parent above the election path, shared with others.
     parent_acl: Vec<Acl>,

@@ -108,9 +108,9 @@ def test_the_bundled_ensemble_gets_the_super_digest_from_its_secret(helm, manife
 
 def test_every_zookeeper_security_flag_is_wired_by_some_values(helm, manifests):
     """Drift check against the daemon: every `env = "ELECTION_..."` of ZkSecurityArgs."""
-    source = (ROOT / "src" / "config.rs").read_text()
+    source = (ROOT / "src" / "config" / "zk_security.rs").read_text()
     match = re.search(r"pub struct ZkSecurityArgs \{(.*?)\n\}", source, re.S)
-    assert match, "src/config.rs has no `pub struct ZkSecurityArgs`: update this test"
+    assert match, "src/config/zk_security.rs has no `pub struct ZkSecurityArgs`: update this test"
     daemon_env = set(re.findall(r'env = "(ELECTION_[A-Z_]+)"', match.group(1)))
     chart_env = set(env_of(container(manifests(helm, CUSTOM).election, "election")))
     # ELECTION_ZK_AUTH (the password in a variable) is deliberately not used.

@@ -221,7 +221,7 @@ impl Group {
         let records = self.records();
         let last = records.last().expect("the leader wrote before the cut");
         let last_ms = election::cmd::verify::parse_time_ms(&last.written_at).unwrap();
-        let after = last_ms - election::board::unix_ms(cut) as i64;
+        let after = last_ms - election::published::unix_ms(cut) as i64;
         assert!(
             after < bound.as_millis() as i64,
             "last write {after} ms after ZooKeeper was cut off (bound {bound:?})\n{}",

@@ -64,7 +64,7 @@ impl Leader<'_> {
             } else {
                 warn!("cannot move the command's deadline: its watchdog does not read");
             }
-            self.ctx.board.child_pid(job.pid());
+            self.ctx.published.child_pid(job.pid());
             return None;
         }
         let command = self.ctx.cfg.job()?;
@@ -72,7 +72,7 @@ impl Leader<'_> {
         match Job::start(command, self.token, &self.ctx.node_id, left, stop) {
             Ok(job) => {
                 info!(token = self.token, command = %command[0], kill_in = ?left, "command started");
-                self.ctx.board.child_started(None);
+                self.ctx.published.child_started(None);
                 self.job = Some(job);
                 self.job_deadline = Some(deadline);
                 None
@@ -84,7 +84,7 @@ impl Leader<'_> {
                     stop_time: Duration::ZERO,
                 };
                 error!(error = %e, "cannot start the command's watchdog");
-                self.ctx.board.child_ended(&ended);
+                self.ctx.published.child_ended(&ended);
                 Some(Exit::Failover(
                     Cause::ChildExited.because(format!("the command did not run: {ended}")),
                 ))
@@ -98,7 +98,7 @@ impl Leader<'_> {
     pub(super) fn on_child_end(&mut self, ended: Ended) -> Exit {
         self.job = None;
         self.job_deadline = None;
-        self.ctx.board.child_ended(&ended);
+        self.ctx.published.child_ended(&ended);
         warn!(status = %ended.status, ended_by = %ended.by, "the command ended; giving up leadership");
         Exit::Failover(Cause::ChildExited.because(format!("the command ended: {ended}")))
     }
@@ -118,12 +118,12 @@ impl Leader<'_> {
         match job.stop(bound).await {
             Some(ended) => {
                 info!(pid, status = %ended.status, ended_by = %ended.by, stop_time = ?ended.stop_time, "command stopped");
-                self.ctx.board.child_ended(&ended);
+                self.ctx.published.child_ended(&ended);
             }
             None => {
                 error!(pid, waited = ?bound,
                     "the command's watchdog did not report its end; killed it and the command's process group");
-                self.ctx.board.child_ended(&Ended {
+                self.ctx.published.child_ended(&Ended {
                     status: "unknown".into(),
                     by: "watchdog-lost".into(),
                     stop_time: bound,

@@ -49,7 +49,7 @@ impl Leader<'_> {
             return Ok(None);
         }
         let dir = self.ctx.cfg.file_dir.clone();
-        let board = self.ctx.board.clone();
+        let published = self.ctx.published.clone();
         let read = tokio::task::spawn_blocking(move || {
             let removed = files::remove_stale_temp_files(&dir);
             if removed > 0 {
@@ -63,7 +63,7 @@ impl Leader<'_> {
                 }
                 Err(e) => Err(e),
                 Ok((newest, refused)) => {
-                    report_refused(&board, &refused);
+                    report_refused(&published, &refused);
                     Ok(newest)
                 }
             }
@@ -126,7 +126,7 @@ impl Leader<'_> {
         let result = match end {
             WriteEnd::Overdue => {
                 w.overdue = true;
-                self.ctx.board.metrics.write_errors.inc();
+                self.ctx.published.metrics.write_errors.inc();
                 return self.failed("the write did not finish within the lease");
             }
             WriteEnd::Hung => {
@@ -161,18 +161,18 @@ impl Leader<'_> {
             }
             Ok(path) => {
                 self.failures = 0;
-                self.ctx.board.wrote_file();
+                self.ctx.published.wrote_file();
                 info!(file = %path.display(), token = key.token, seq = key.seq, "file written");
                 self.prune();
                 None
             }
             Err(_) if late => None,
             Err(e) if e.is_fenced() => {
-                self.ctx.board.metrics.writes_fenced.inc();
+                self.ctx.published.metrics.writes_fenced.inc();
                 self.failed(&format!("write discarded at the commit point: {e}"))
             }
             Err(e) => {
-                self.ctx.board.metrics.write_errors.inc();
+                self.ctx.published.metrics.write_errors.inc();
                 self.failed(&e.to_string())
             }
         }
@@ -186,14 +186,14 @@ impl Leader<'_> {
         let dir = self.ctx.cfg.file_dir.clone();
         let capacity = self.ctx.cfg.storage_capacity;
         let token = self.token;
-        let board = self.ctx.board.clone();
+        let published = self.ctx.published.clone();
         let pruning = self.pruning.clone();
         tokio::task::spawn_blocking(move || {
             let pruned = files::prune(&dir, capacity, token);
-            board.metrics.files_pruned.inc_by(pruned.deleted as u64);
-            report_refused(&board, &pruned.refused);
+            published.metrics.files_pruned.inc_by(pruned.deleted as u64);
+            report_refused(&published, &pruned.refused);
             if let Some(e) = pruned.error {
-                board.metrics.prune_errors.inc();
+                published.metrics.prune_errors.inc();
                 warn!(error = %e, "retention failed");
             }
             pruning.store(false, Ordering::SeqCst);
@@ -218,10 +218,10 @@ pub(super) async fn wait_write(writing: &mut Option<InFlight>, hang_after: Durat
 }
 
 /// Logs each refused file once and lists it in `/status`.
-fn report_refused(board: &crate::board::Board, refused: &[files::Refused]) {
+fn report_refused(published: &crate::published::PublishedStatus, refused: &[files::Refused]) {
     for r in refused {
         let file = r.key.file_name();
-        if board.refused_file(&file, &r.why.to_string()) {
+        if published.refused_file(&file, &r.why.to_string()) {
             warn!(file, reason = %r.why,
                 "refusing a file named like a leader file: its token does not count, and it is left alone");
         }

@@ -92,7 +92,7 @@ pub struct RefusedFile {
 /// How many refused files `/status` lists.
 pub const REFUSED_LISTED: usize = 8;
 
-/// How many refused file names the board remembers, each reported once.
+/// How many refused file names the published status remembers, each reported once.
 const REFUSED_REMEMBERED: usize = 1024;
 
 impl Snapshot {
@@ -148,7 +148,7 @@ pub struct Transition {
     pub why: Reason,
 }
 
-/// What the board learns from the state entered (see
+/// What the published status learns from the state entered (see
 /// `State::entered` in the machine).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entered<'a> {
@@ -164,7 +164,7 @@ pub struct Entered<'a> {
 
 /// The status channel, the metrics and the liveness heartbeat.
 #[derive(Debug)]
-pub struct Board {
+pub struct PublishedStatus {
     status: watch::Sender<Snapshot>,
     transitions: broadcast::Sender<Transition>,
     /// Counters.
@@ -183,10 +183,10 @@ pub struct Board {
     lease: Mutex<Option<Lease>>,
 }
 
-impl Board {
-    /// A board for replica `node_id`, in Init.
-    pub fn new(node_id: &str) -> Board {
-        Board {
+impl PublishedStatus {
+    /// The published status of replica `node_id`, in Init.
+    pub fn new(node_id: &str) -> PublishedStatus {
+        PublishedStatus {
             status: watch::channel(Snapshot::new(node_id)).0,
             // Bounded: a follower that falls behind skips steps (Lagged).
             transitions: broadcast::channel(32).0,
@@ -218,8 +218,8 @@ impl Board {
     /// Records a transition to `next` and publishes the new snapshot. The
     /// snapshot is derived from the state entered: its name, its session,
     /// its node. What a state learns later goes through the methods below
-    /// ([`Board::saw_leader`], [`Board::queued`], [`Board::leading`],
-    /// [`Board::wrote_file`], [`Board::stopped`]).
+    /// ([`PublishedStatus::saw_leader`], [`PublishedStatus::queued`], [`PublishedStatus::leading`],
+    /// [`PublishedStatus::wrote_file`], [`PublishedStatus::stopped`]).
     pub fn transition(&self, from: StateName, next: Entered<'_>, why: Reason) {
         let to = next.state;
         self.metrics.transition(from, to);
@@ -289,7 +289,7 @@ impl Board {
     }
 
     /// Leader confirmed its leadership or revoked its lease (a
-    /// disconnection, leaving): [`Board::confirmed_token`] follows it, and
+    /// disconnection, leaving): [`PublishedStatus::confirmed_token`] follows it, and
     /// `/status` shows the session timeout as negotiated now and the lease.
     pub fn lease(&self, lease: &Lease) {
         *self.lease.lock().unwrap() = Some(lease.clone());
@@ -303,7 +303,7 @@ impl Board {
     }
     /// The token while this replica leads with a valid lease: confirmed by
     /// ZooKeeper less than a lease ago and not suspended since. `None`
-    /// otherwise, also when Leader has stopped updating the board.
+    /// otherwise, also when Leader has stopped updating the published status.
     pub fn confirmed_token(&self) -> Option<u64> {
         let valid = self
             .lease
@@ -428,13 +428,13 @@ mod tests {
 
     #[test]
     fn a_transition_derives_the_snapshot_from_the_state_entered() {
-        let board = Board::new("n1");
-        let mut rx = board.subscribe();
-        let mut events = board.transitions();
-        board.saw_leader(Some("n2".into()));
-        board.leading("n1", 7);
-        board.queued("/election/c_1_0000000001");
-        board.transition(
+        let published = PublishedStatus::new("n1");
+        let mut rx = published.subscribe();
+        let mut events = published.transitions();
+        published.saw_leader(Some("n2".into()));
+        published.leading("n1", 7);
+        published.queued("/election/c_1_0000000001");
+        published.transition(
             StateName::Leader,
             sessionless(StateName::Failover),
             Cause::SessionLost.because("session Expired"),
@@ -455,14 +455,14 @@ mod tests {
             (t.from, t.to, t.why.cause),
             (StateName::Leader, StateName::Failover, Cause::SessionLost)
         );
-        board.transition(
+        published.transition(
             StateName::Failover,
             sessionless(StateName::Stopping),
             Cause::StopRequested.because("stop requested"),
         );
         let count = |from, to| {
             let labels = TransitionLabels { from, to };
-            board.metrics.transitions.get(&labels).map(|c| c.get())
+            published.metrics.transitions.get(&labels).map(|c| c.get())
         };
         assert_eq!(count(StateName::Leader, StateName::Failover), Some(1));
         assert_eq!(count(StateName::Failover, StateName::Stopping), Some(1));
@@ -470,8 +470,8 @@ mod tests {
 
     #[test]
     fn the_first_file_of_each_leadership_is_its_takeover() {
-        let board = Board::new("n1");
-        let count = |b: &Board| {
+        let published = PublishedStatus::new("n1");
+        let count = |b: &PublishedStatus| {
             let text = b.metrics.encode(&crate::metrics::Now {
                 state: StateName::Leader,
                 token: None,
@@ -481,30 +481,38 @@ mod tests {
                 .find_map(|l| l.strip_prefix("election_takeover_seconds_count "))
                 .map(str::to_owned)
         };
-        board.wrote_file();
-        assert_eq!(count(&board).as_deref(), Some("0"), "no leadership yet");
+        published.wrote_file();
+        assert_eq!(count(&published).as_deref(), Some("0"), "no leadership yet");
         // (A Leader state needs a live session: what transition() does on
         // entering a state, without one.)
-        board.entered(StateName::Leader);
-        board.wrote_file();
-        board.wrote_file();
-        assert_eq!(count(&board).as_deref(), Some("1"), "the first file only");
-        board.transition(
+        published.entered(StateName::Leader);
+        published.wrote_file();
+        published.wrote_file();
+        assert_eq!(
+            count(&published).as_deref(),
+            Some("1"),
+            "the first file only"
+        );
+        published.transition(
             StateName::Leader,
             sessionless(StateName::Failover),
             Cause::SessionLost.because(""),
         );
-        board.entered(StateName::Leader);
-        board.entered(StateName::Attempter);
-        board.wrote_file();
+        published.entered(StateName::Leader);
+        published.entered(StateName::Attempter);
+        published.wrote_file();
         assert_eq!(
-            count(&board).as_deref(),
+            count(&published).as_deref(),
             Some("1"),
             "a leadership without a file"
         );
-        board.entered(StateName::Leader);
-        board.wrote_file();
-        assert_eq!(count(&board).as_deref(), Some("2"), "one per leadership");
+        published.entered(StateName::Leader);
+        published.wrote_file();
+        assert_eq!(
+            count(&published).as_deref(),
+            Some("2"),
+            "one per leadership"
+        );
     }
 
     #[test]
@@ -526,34 +534,34 @@ mod tests {
 
     #[test]
     fn each_refused_file_is_reported_once_and_the_list_is_bounded() {
-        let board = Board::new("n1");
-        assert!(board.refused_file("leader_a.json", "empty"));
-        assert!(!board.refused_file("leader_a.json", "empty"));
+        let published = PublishedStatus::new("n1");
+        assert!(published.refused_file("leader_a.json", "empty"));
+        assert!(!published.refused_file("leader_a.json", "empty"));
         for i in 0..REFUSED_REMEMBERED * 2 {
-            board.refused_file(&format!("f{i}"), "x");
+            published.refused_file(&format!("f{i}"), "x");
         }
-        let listed = board.status().refused_files;
+        let listed = published.status().refused_files;
         assert_eq!(listed.len(), REFUSED_LISTED);
         assert_eq!(listed[0].file, "leader_a.json");
-        assert_eq!(board.refused.lock().unwrap().len(), REFUSED_REMEMBERED);
-        assert!(!board.refused_file("one-more", "x"), "bounded memory");
+        assert_eq!(published.refused.lock().unwrap().len(), REFUSED_REMEMBERED);
+        assert!(!published.refused_file("one-more", "x"), "bounded memory");
     }
 
     #[test]
     fn identical_updates_do_not_wake_followers() {
-        let board = Board::new("n1");
-        let mut rx = board.subscribe();
+        let published = PublishedStatus::new("n1");
+        let mut rx = published.subscribe();
         rx.borrow_and_update();
-        board.saw_leader(None);
+        published.saw_leader(None);
         assert!(!rx.has_changed().unwrap());
-        board.saw_leader(Some("x".into()));
+        published.saw_leader(Some("x".into()));
         assert!(rx.has_changed().unwrap());
         rx.borrow_and_update();
-        board.queued("/e/c_1");
-        board.queued("/e/c_1");
+        published.queued("/e/c_1");
+        published.queued("/e/c_1");
         assert!(rx.has_changed().unwrap());
         rx.borrow_and_update();
-        board.queued("/e/c_1");
+        published.queued("/e/c_1");
         assert!(!rx.has_changed().unwrap());
     }
 }
