@@ -96,7 +96,8 @@ pub const REFUSED_LISTED: usize = 8;
 const REFUSED_REMEMBERED: usize = 1024;
 
 impl Snapshot {
-    fn new(node_id: &str) -> Snapshot {
+    /// The status of a daemon that just started as `node_id`.
+    pub(crate) fn new(node_id: &str) -> Snapshot {
         Snapshot {
             node_id: node_id.to_owned(),
             state: StateName::Init,

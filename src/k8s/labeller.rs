@@ -221,23 +221,13 @@ mod tests {
     #[test]
     fn the_patch_carries_the_state_label_and_annotations() {
         let status = Snapshot {
-            node_id: "election-1".into(),
             state: StateName::Leader,
             since_ms: 1_767_225_600_000,
             leader: Some("election-1".into()),
             token: Some(42),
-            session_id: None,
-            znode: None,
             cause: Cause::FirstInQueue,
-            cause_detail: "first in the election queue".into(),
             last_write_ms: Some(1),
-            released: false,
-            release_done: false,
-            refused_files: Vec::new(),
-            session_timeout_ms: None,
-            lease_ms: None,
-            confirmed_ms: None,
-            child: None,
+            ..Snapshot::new("election-1")
         };
         let p = patch_for(&status);
         assert_eq!(p["metadata"]["labels"]["election-state"], "leader");
@@ -250,23 +240,9 @@ mod tests {
     #[test]
     fn writes_do_not_change_the_patch() {
         let mut status = Snapshot {
-            node_id: "n".into(),
             state: StateName::Attempter,
             since_ms: 0,
-            leader: None,
-            token: None,
-            session_id: None,
-            znode: None,
-            cause: Cause::Start,
-            cause_detail: String::new(),
-            last_write_ms: None,
-            released: false,
-            release_done: false,
-            refused_files: Vec::new(),
-            session_timeout_ms: None,
-            lease_ms: None,
-            confirmed_ms: None,
-            child: None,
+            ..Snapshot::new("n")
         };
         let before = patch_for(&status);
         status.last_write_ms = Some(5);
