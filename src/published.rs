@@ -42,7 +42,6 @@ pub struct Snapshot {
     /// close was acknowledged).
     pub released: bool,
     /// Set once Stopping is done, released or not.
-    #[serde(default)]
     pub release_done: bool,
     /// Files named like leader files that this replica refused to trust
     /// since it started (the first [`REFUSED_LISTED`]).
@@ -56,7 +55,6 @@ pub struct Snapshot {
     pub lease_ms: Option<u64>,
     /// While leading, when the request of the latest good confirmation was
     /// sent (Unix milliseconds): the lease runs from there.
-    #[serde(default)]
     pub confirmed_ms: Option<u64>,
     /// The command run while leading (`election run -- CMD`); `None`
     /// with the file writer.
@@ -302,6 +300,7 @@ impl PublishedStatus {
             }
         });
     }
+
     /// The token while this replica leads with a valid lease: confirmed by
     /// ZooKeeper less than a lease ago and not suspended since. `None`
     /// otherwise, also when Leader has stopped updating the published status.
