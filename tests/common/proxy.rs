@@ -503,15 +503,20 @@ impl Connection {
         chunk
     }
 
+    /// The requests `chunk` completes, counted by opcode
+    /// ([`FaultProxy::requests`]).
+    fn requests_in(&mut self, chunk: &[u8]) -> Vec<Frame> {
+        let frames = self.requests.feed(chunk);
+        let mut seen = self.stats.requests.lock().unwrap();
+        for f in &frames {
+            *seen.entry(f.opcode).or_default() += 1;
+        }
+        frames
+    }
+
     /// The request of `chunk` an armed cut applies to, taking the cut.
     fn armed_cut(&mut self, chunk: &[u8]) -> Option<(Frame, Cut)> {
-        let frames = self.requests.feed(chunk);
-        {
-            let mut seen = self.stats.requests.lock().unwrap();
-            for f in &frames {
-                *seen.entry(f.opcode).or_default() += 1;
-            }
-        }
+        let frames = self.requests_in(chunk);
         let mut armed = self.stats.cut.lock().unwrap();
         let cut = (*armed)?;
         let frame = frames.into_iter().find(|f| f.opcode == cut.opcode)?;
