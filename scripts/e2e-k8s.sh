@@ -423,6 +423,14 @@ wait_one_leader() {
   echo "$LEADER_SEEN"
 }
 
+# Starts the process of pod $1 again, waits until one of the 3 pods is
+# labelled leader (sets $leader) and shows the pods.
+restart_and_wait_one_leader() { # pod
+  start_election "$1"
+  leader=$(wait_one_leader 3 30)
+  k get pods -L election-state
+}
+
 # Is a pod other than OLD labelled leader (among others, maybe)?
 new_leader_other_than() { # old
   local p
@@ -630,9 +638,7 @@ kill_leader_not_restarted() {
   helm_test
   log "helm test passed in the stale window: it counts exactly one Ready pod labelled leader ($new_leader)"
   log "harness: restarting the process of $leader (late: a CrashLoopBackOff ends)"
-  start_election "$leader"
-  leader=$(wait_one_leader 3 30)
-  k get pods -L election-state
+  restart_and_wait_one_leader "$leader"
 }
 
 restart_takeover() {
@@ -659,9 +665,7 @@ prestop_handover() {
   wait_until 10 0.2 has_event "$leader" SteppedDown || die "$leader: no SteppedDown Event after its preStop path: $(event_reasons "$leader")"
   log "$leader posted SteppedDown (kubectl get events --field-selector involvedObject.name=$leader)"
   log "harness: restarting the process of $leader (restartPolicy Always)"
-  start_election "$leader"
-  leader=$(wait_one_leader 3 30)
-  k get pods -L election-state
+  restart_and_wait_one_leader "$leader"
 }
 
 delete_leader_pod() {
@@ -689,9 +693,7 @@ delete_leader_pod() {
   wait_until 20 0.5 refused "$old_kcfg" || die "the token bound to the deleted pod still works after 20 s"
   grep -q Unauthorized <<<"$REFUSAL" || die "the old pod's token: not 401: $REFUSAL"
   log "the token bound to the deleted pod is rejected (401 Unauthorized) $(($(now_ms) - t0)) ms after the delete"
-  start_election "$leader"
-  leader=$(wait_one_leader 3 30)
-  k get pods -L election-state
+  restart_and_wait_one_leader "$leader"
 }
 
 zookeeper_down() {
