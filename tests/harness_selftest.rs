@@ -288,6 +288,44 @@ fn a_closed_proxy_refuses_connects_at_the_port_and_listens_again_after() {
 }
 
 #[test]
+fn a_mute_proxy_holds_connections_unanswered_until_the_client_gives_up() {
+    // Given a client through a proxy
+    let zk = ZkCluster::standalone();
+    let proxy = FaultProxy::start(zk.server_addr(0));
+    let rt = runtime();
+    rt.block_on(async {
+        let client = zk_client(&proxy.addr().to_string()).await;
+        let session = client.session_id();
+        assert_eq!(proxy.sessions_given_up(), 0);
+        // When the proxy goes mute
+        proxy.set_mode(Mode::Mute);
+        // Then the connection is cut, a reconnection is taken and never
+        // answered, and the client gives up on it with its session
+        let took = wait_state(&client, SessionState::Disconnected, Duration::from_secs(2)).await;
+        assert!(took.is_some(), "Disconnected after Mute");
+        let gave_up =
+            common::wait_until_async(Duration::from_secs(10), Duration::from_millis(10), || {
+                proxy.sessions_given_up() == 1
+            })
+            .await;
+        assert!(gave_up, "the client gives up on an unanswered connection");
+        assert_eq!(client.state(), SessionState::Disconnected);
+        // and once the proxy passes again, the same session reconnects
+        proxy.set_mode(Mode::Pass);
+        let took = wait_state(
+            &client,
+            SessionState::SyncConnected,
+            Duration::from_secs(10),
+        )
+        .await;
+        assert!(took.is_some(), "reconnected after Mute");
+        assert_eq!(client.session_id(), session);
+        assert_eq!(proxy.sessions_given_up(), 1);
+        close_client(client).await;
+    });
+}
+
+#[test]
 fn proxies_for_an_ensemble_build_a_working_connect_string() {
     // Given an ensemble with one proxy per server
     let zk = ZkCluster::ensemble(3);

@@ -47,6 +47,13 @@ pub enum Mode {
     /// the client, the client hears nothing). Like `Blackhole`, a connection
     /// that lost bytes is reset when forwarding resumes.
     HalfOpen,
+    /// A server whose port is open but whose process does not answer yet
+    /// (a JVM starting on a loaded machine): resets existing connections,
+    /// then accepts new ones without connecting upstream, reads them and
+    /// answers nothing, so each client gives up on its own
+    /// ([`FaultProxy::sessions_given_up`]). A held connection is reset when
+    /// the mode changes.
+    Mute,
 }
 
 impl Mode {
@@ -80,6 +87,8 @@ struct Stats {
     /// The session of [`FaultProxy::forget_session`] (0: none).
     forgotten: AtomicI64,
     new_sessions: AtomicUsize,
+    /// The sessions whose client gave up on a [`Mode::Mute`] connection.
+    given_up: Mutex<std::collections::HashSet<i64>>,
 }
 
 /// A one-shot fault: the connection is cut at the client's next request
@@ -196,6 +205,13 @@ impl FaultProxy {
             .unwrap_or(0)
     }
 
+    /// How many sessions' clients gave up on a connection that
+    /// [`Mode::Mute`] held unanswered (closed it themselves); a client
+    /// asking for a new session does not count.
+    pub fn sessions_given_up(&self) -> usize {
+        self.stats.given_up.lock().unwrap().len()
+    }
+
     /// How many armed cuts were made.
     pub fn cuts(&self) -> usize {
         self.stats.cuts.load(Ordering::SeqCst)
@@ -279,6 +295,10 @@ async fn accept_loop(
         }
         let mode = mode.clone();
         let stats = stats.clone();
+        if *mode.borrow() == Mode::Mute {
+            tokio::spawn(hold_unanswered(client, mode, stats));
+            continue;
+        }
         tokio::spawn(async move {
             stats.open.fetch_add(1, Ordering::SeqCst);
             proxy_connection(client, upstream, mode, stats.clone()).await;
@@ -302,6 +322,47 @@ async fn rebind(addr: SocketAddr) -> TcpListener {
 fn reset(stream: TcpStream) {
     let _ = stream.set_zero_linger();
     drop(stream);
+}
+
+/// Holds a connection of [`Mode::Mute`] until its client gives up (noting
+/// the session its connect request resumes) or the mode changes (reset).
+async fn hold_unanswered(
+    mut client: TcpStream,
+    mut mode: watch::Receiver<Mode>,
+    stats: Arc<Stats>,
+) {
+    let mut connect = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        if *mode.borrow_and_update() != Mode::Mute {
+            return reset(client);
+        }
+        tokio::select! {
+            changed = mode.changed() => {
+                if changed.is_err() {
+                    return reset(client);
+                }
+            }
+            read = client.read(&mut buf) => match read {
+                Ok(0) | Err(_) => break,
+                Ok(n) => connect.extend_from_slice(&buf[..n.min(64)]),
+            }
+        }
+    }
+    if let Some(session) = resumed_session(&connect) {
+        stats.given_up.lock().unwrap().insert(session);
+    }
+}
+
+/// Where a connect request (a connection's first frame) holds the session
+/// id: length (4 bytes), protocol version (4), last zxid (8), timeout (4),
+/// session id (8), password; the client sends it in one write.
+const SESSION_ID: std::ops::Range<usize> = 4 + 16..4 + 24;
+
+/// The session a connect request resumes (none for a new session).
+fn resumed_session(connect: &[u8]) -> Option<i64> {
+    let id = i64::from_be_bytes(connect.get(SESSION_ID)?.try_into().ok()?);
+    (id != 0).then_some(id)
 }
 
 /// What travels through a direction's queue.
@@ -409,7 +470,10 @@ impl Connection {
         let mut lost = false;
         let mut client_buf = vec![0u8; 16 * 1024];
         let mut server_buf = vec![0u8; 16 * 1024];
-        if matches!(*self.mode.borrow_and_update(), Mode::Refuse | Mode::Closed) {
+        if matches!(
+            *self.mode.borrow_and_update(),
+            Mode::Refuse | Mode::Closed | Mode::Mute
+        ) {
             return Err(Broken);
         }
         loop {
@@ -429,7 +493,7 @@ impl Connection {
                         return Err(Broken);
                     }
                     match *self.mode.borrow_and_update() {
-                        Mode::Refuse | Mode::Closed => return Err(Broken),
+                        Mode::Refuse | Mode::Closed | Mode::Mute => return Err(Broken),
                         Mode::Pass | Mode::Delay(_) if lost => return Err(Broken),
                         _ => {}
                     }
@@ -485,18 +549,11 @@ impl Connection {
 impl Connection {
     /// A connect request (the connection's first frame) that resumes the
     /// session of [`FaultProxy::forget_session`] asks for a new session:
-    /// its session id becomes 0. The connect request is length (4 bytes),
-    /// protocol version (4), last zxid (8), timeout (4), session id (8),
-    /// password; the client sends it in one write.
+    /// its session id becomes 0 ([`SESSION_ID`]).
     fn maybe_new_session(&self, mut chunk: Vec<u8>) -> Vec<u8> {
-        const SESSION_ID: std::ops::Range<usize> = 4 + 16..4 + 24;
         let first = self.requests.frames == 0 && self.requests.buf.is_empty();
         let forgotten = self.stats.forgotten.load(Ordering::SeqCst);
-        if first
-            && forgotten != 0
-            && chunk.len() >= SESSION_ID.end
-            && chunk[SESSION_ID] == forgotten.to_be_bytes()
-        {
+        if first && forgotten != 0 && resumed_session(&chunk) == Some(forgotten) {
             chunk[SESSION_ID].fill(0);
             self.stats.new_sessions.fetch_add(1, Ordering::SeqCst);
         }
