@@ -5,12 +5,14 @@
 //! [`states`]. [`published`] holds what the daemon publishes (the status
 //! snapshot, the [`metrics`], heartbeat); [`http`] and [`k8s`] serve it.
 //! [`names`] holds the published state names and causes, [`flags`] the flag
-//! values the subcommands share.
+//! values the subcommands share, [`code_pages`] gives back the code pages only
+//! startup needed.
 //! Leader files follow the contract in [`files`] and are read back,
 //! bounded and checked, by [`readback`]; [`zk`] holds the ZooKeeper sessions
 //! and [`recipe`] the election recipe built on them.
 
 pub mod cmd;
+pub mod code_pages;
 pub mod config;
 pub mod files;
 pub mod flags;

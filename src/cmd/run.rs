@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing::{info, warn};
 
+use crate::code_pages;
 use crate::config::RunArgs;
 use crate::http;
 use crate::k8s::PodRef;
@@ -38,6 +39,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         ctx = ctx.with_state_dir(state_dir);
     }
     let mut signals = Signals::install()?;
+    tokio::spawn(code_pages::release_periodically());
 
     let servers = http::start(&ctx)
         .await
