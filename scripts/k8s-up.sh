@@ -68,16 +68,14 @@ fail() {
   exit 1
 }
 
-# wait_until SECONDS WHAT COMMAND...: polls COMMAND every 0.2 s.
-wait_until() {
-  local timeout=$1 what=$2 deadline
+# wait_or_fail SECONDS WHAT COMMAND...: wait_until (lib-k8s.sh) COMMAND
+# succeeds, polling every 0.2 s with its output dropped, or fail.
+wait_or_fail() {
+  local timeout=$1 what=$2
   shift 2
-  deadline=$((SECONDS + timeout))
-  until "$@" >/dev/null 2>&1; do
-    ((SECONDS < deadline)) || fail "$what not within ${timeout}s"
-    sleep 0.2
-  done
+  wait_until "$timeout" 0.2 silently "$@" || fail "$what not within ${timeout}s"
 }
+silently() { "$@" >/dev/null 2>&1; }
 
 # --- certificates (EC P-256: quick to generate) and the service-account key
 pki=$D/pki
@@ -251,7 +249,7 @@ done | "${K[@]}" apply -f - >/dev/null
 start_retrying kube-controller-manager 60
 start_retrying kube-scheduler 60
 # The service-account controller has created the default namespace's account.
-wait_until 60 "ServiceAccount default/default (controller manager at work)" \
+wait_or_fail 60 "ServiceAccount default/default (controller manager at work)" \
   "${K[@]}" get serviceaccount default --namespace default
 "${K[@]}" wait --for=condition=Ready node --all --timeout=60s >/dev/null \
   || fail "kwok nodes not Ready: $("${K[@]}" get nodes 2>&1)"
