@@ -132,10 +132,15 @@ pub async fn release_periodically() {
     loop {
         tokio::time::sleep(wait).await;
         wait = EVERY;
-        match release() {
-            Ok(kib) => debug!(released_kib = kib, "code pages released"),
-            Err(e) => {
+        // Reading smaps walks the page tables: off the runtime's threads.
+        match tokio::task::spawn_blocking(release).await {
+            Ok(Ok(kib)) => debug!(released_kib = kib, "code pages released"),
+            Ok(Err(e)) => {
                 warn!(error = %e, "cannot release code pages; keeping them");
+                return;
+            }
+            Err(e) => {
+                warn!(error = %e, "code page release failed; keeping them");
                 return;
             }
         }
